@@ -1,0 +1,13 @@
+"""Step-time models behind one interface (`CostModel`), chosen by name."""
+
+from __future__ import annotations
+
+from seersim.config import Scenario
+from seersim.cost.base import CostModel, LinearStretch, StepLines, TabulatedStretch
+from seersim.cost.roofline import RooflineCost
+
+__all__ = ["CostModel", "StepLines", "LinearStretch", "TabulatedStretch", "RooflineCost", "build_cost_model"]
+
+
+def build_cost_model(scenario: Scenario) -> CostModel:
+    return RooflineCost(scenario.model, scenario.gpu, scenario.cluster.parallelism)

@@ -1,0 +1,141 @@
+"""Cost-model interface: the time of one engine iteration (forward pass).
+
+An iteration's time is linear in the context tokens it attends (attention FLOPs and
+KV reads both are), with intercepts that depend on the batch's token count and size.
+So a cost model returns `StepLines`: time = max_j(intercept_j + slope_j · context),
+the upper envelope of a few lines (a roofline is the max of a compute line and a
+memory line; an additive fitted model is a single line). Within a fast-forwarded
+decode stretch the batch is fixed and the context grows by a constant each step,
+so the stretch's total time is a closed-form sum (DESIGN §5).
+"""
+
+from __future__ import annotations
+
+import bisect
+from dataclasses import dataclass
+from typing import Protocol, runtime_checkable
+
+import numpy as np
+
+
+@dataclass(frozen=True, slots=True)
+class StepLines:
+    """Iteration time in seconds = max_j(intercepts_s[j] + slopes_s[j] · context_tokens)."""
+
+    intercepts_s: tuple[float, ...]
+    slopes_s: tuple[float, ...]
+
+    def at(self, context_tokens: float) -> float:
+        return max(a + b * context_tokens for a, b in zip(self.intercepts_s, self.slopes_s))
+
+    def at_array(self, context_tokens: np.ndarray) -> np.ndarray:
+        c = np.asarray(context_tokens, dtype=np.float64)
+        out = self.intercepts_s[0] + self.slopes_s[0] * c
+        for a, b in zip(self.intercepts_s[1:], self.slopes_s[1:]):
+            out = np.maximum(out, a + b * c)
+        return out
+
+
+@runtime_checkable
+class CostModel(Protocol):
+    """Step-time model. Implementations: `RooflineCost` (analytic), fitted models (calibrate/)."""
+
+    name: str
+
+    def step_lines(self, num_seqs: int, new_tokens: int, extra_attn_pairs: int) -> StepLines:
+        """Lines for a batch of `num_seqs` sequences computing `new_tokens` tokens in total.
+
+        The caller evaluates them at context_tokens = Σ_i (computed_i + new_i). Attention
+        pairs are context_tokens + extra_attn_pairs (0 for pure decode; prefill chunks and
+        verified drafts attend more than one query token per sequence).
+        """
+        ...
+
+
+class LinearStretch:
+    """Cumulative time of k decode steps whose context is C0 + n·k at step k (k = 1..K).
+
+    Closed form per envelope segment, so a stretch costs O(lines), not O(steps).
+    """
+
+    __slots__ = ("lines", "c0", "n", "_breaks", "_starts", "_cum")
+
+    def __init__(self, lines: StepLines, c0: int, n: int) -> None:
+        self.lines, self.c0, self.n = lines, c0, n
+        # The envelope is convex in k: find which line dominates where, as k-ranges.
+        self._breaks: list[tuple[int, float, float]] = []  # (first k, intercept at k=0, slope per k)
+        self._build()
+
+    def _build(self) -> None:
+        pieces = sorted(zip(self.lines.slopes_s, self.lines.intercepts_s))
+        # per-step time as a function of k: (a + b·c0) + (b·n)·k
+        segs: list[tuple[int, float, float]] = []
+        k = 1
+        while True:
+            val = [(a + b * self.c0) + (b * self.n) * k for b, a in pieces]
+            j = max(range(len(pieces)), key=lambda i: (val[i], pieces[i][0]))
+            b, a = pieces[j]
+            segs.append((k, a + b * self.c0, b * self.n))
+            # next k where a steeper line overtakes this one
+            nxt = None
+            for b2, a2 in pieces:
+                if b2 * self.n > b * self.n:
+                    a0, a20 = a + b * self.c0, a2 + b2 * self.c0
+                    cross = (a0 - a20) / ((b2 - b) * self.n)
+                    kk = max(k + 1, int(np.floor(cross)) + 1)
+                    if nxt is None or kk < nxt:
+                        nxt = kk
+            if nxt is None:
+                break
+            k = nxt
+        self._breaks = segs
+        self._starts = [s[0] for s in segs]
+        total = 0.0
+        self._cum = [0.0]
+        for i in range(1, len(segs)):
+            total += self._seg_sum(i - 1, segs[i][0] - 1)
+            self._cum.append(total)
+
+    def _seg_sum(self, i: int, k_end: int) -> float:
+        """Σ of segment i's per-step times for k in [start_i, k_end]."""
+        k0, a, b = self._breaks[i]
+        cnt = k_end - k0 + 1
+        if cnt <= 0:
+            return 0.0
+        return cnt * a + b * (k0 + k_end) * cnt / 2.0
+
+    def step_time(self, k: int) -> float:
+        return self.lines.at(self.c0 + self.n * k)
+
+    def cumulative(self, k: int) -> float:
+        """Total time of steps 1..k."""
+        if k <= 0:
+            return 0.0
+        i = bisect.bisect_right(self._starts, k) - 1
+        return self._cum[i] + self._seg_sum(i, k)
+
+    def steps_done_by(self, elapsed_s: float, k_max: int) -> int:
+        """Number of whole steps (≤ k_max) finished within `elapsed_s` of the stretch start."""
+        lo, hi = 0, k_max
+        while lo < hi:
+            mid = (lo + hi + 1) // 2
+            if self.cumulative(mid) <= elapsed_s:
+                lo = mid
+            else:
+                hi = mid - 1
+        return lo
+
+
+class TabulatedStretch:
+    """Cumulative time of steps with arbitrary per-step context (e.g. speculative decoding)."""
+
+    __slots__ = ("_cum",)
+
+    def __init__(self, lines: StepLines, context_per_step: np.ndarray) -> None:
+        self._cum = np.concatenate(([0.0], np.cumsum(lines.at_array(context_per_step))))
+
+    def cumulative(self, k: int) -> float:
+        return float(self._cum[k])
+
+    def steps_done_by(self, elapsed_s: float, k_max: int) -> int:
+        return int(min(k_max, np.searchsorted(self._cum, elapsed_s, side="right") - 1))

@@ -1,0 +1,31 @@
+"""Typed errors of seersim.
+
+Library code raises these; only the CLI turns them into one-line messages and exit
+codes. Each message names the offending field or file and says how to fix it.
+"""
+
+from __future__ import annotations
+
+
+class SeersimError(Exception):
+    """Base of every error seersim raises on bad input or impossible set-ups."""
+
+
+class ScenarioError(SeersimError):
+    """A scenario file or an override is malformed or has an invalid field."""
+
+
+class SpecError(SeersimError):
+    """An unknown model/GPU name, or a model that cannot run on the chosen hardware."""
+
+
+class TraceError(SeersimError):
+    """A replay or profiling trace is missing, truncated or has wrong columns."""
+
+
+class PolicyError(SeersimError):
+    """An unknown policy, or a policy decision the cluster cannot apply."""
+
+
+class SimulationError(SeersimError):
+    """The simulation reached a state it cannot continue from (e.g. a request can never fit)."""

@@ -1,0 +1,159 @@
+"""The policy ↔ cluster contract.
+
+A policy is a global scheduler. The cluster (simulated here; a live vLLM fleet in
+`backends/`) tells it what happened — the step started, a chunk ended — and asks it
+to `decide`: the policy returns `Dispatch` decisions (request, instance, chunk limit,
+whether to pull KV through the pool) and never mutates the cluster. It sees only a
+read-only `ClusterView` of what a real scheduler can observe: instance loads and KV
+use, each request's tokens so far, where its KV is cached, finished siblings'
+lengths. True output lengths are not in the view (an `oracle_*` policy gets them
+explicitly and says so in its name).
+"""
+
+from __future__ import annotations
+
+from abc import ABC, abstractmethod
+from dataclasses import dataclass
+from typing import ClassVar, Protocol
+
+import numpy as np
+
+from seersim.config import PolicyConfig
+
+
+@dataclass(frozen=True, slots=True)
+class Dispatch:
+    """Run up to `max_new_tokens` more tokens of a request on an instance.
+
+    `pull_kv`: fetch the request's KV missing on the target from the global pool
+    (else the target recomputes what it lacks).
+    """
+
+    request_id: int
+    instance_id: int
+    max_new_tokens: int
+    pull_kv: bool = False
+
+
+class ClusterView(Protocol):
+    """Read-only, observable state. Arrays are read-only numpy views; do not keep them."""
+
+    @property
+    def now_s(self) -> float: ...
+    @property
+    def num_instances(self) -> int: ...
+    @property
+    def block_size(self) -> int: ...
+    @property
+    def max_num_seqs(self) -> int: ...
+    @property
+    def kv_total_blocks(self) -> np.ndarray: ...
+    @property
+    def in_flight(self) -> np.ndarray:
+        """Chunks dispatched to each instance and not yet returned (incl. KV in transit)."""
+        ...
+    @property
+    def reserved_blocks(self) -> np.ndarray:
+        """Blocks each instance's in-flight chunks will hold when they reach their limits."""
+        ...
+    @property
+    def group_id(self) -> np.ndarray: ...
+    @property
+    def input_tokens(self) -> np.ndarray: ...
+    @property
+    def generated_tokens(self) -> np.ndarray:
+        """Tokens each request has generated so far (as of its last returned chunk)."""
+        ...
+    @property
+    def max_tokens(self) -> int: ...
+    @property
+    def num_requests(self) -> int: ...
+    def finished_lengths(self, group_id: int) -> list[int]:
+        """Output lengths of the group's finished responses (observable: they ended)."""
+        ...
+    def cached_tokens(self, request_id: int) -> dict[int, int]:
+        """Instance id -> tokens of this request's prefix cached there."""
+        ...
+    def pool_tokens(self, request_id: int) -> int:
+        """Tokens of this request's KV held in the global pool."""
+        ...
+
+
+class Policy(ABC):
+    """Base of every scheduling policy; subclasses register by `name`."""
+
+    name: ClassVar[str]
+    #: True only for reference policies that read hidden output lengths
+    uses_true_lengths: ClassVar[bool] = False
+
+    def __init__(self, cfg: PolicyConfig) -> None:
+        self.cfg = cfg
+
+    def on_step_start(self, view: ClusterView, request_ids: np.ndarray) -> None:
+        """A new RL step: these requests wait for their first chunk."""
+
+    def on_chunk_done(self, view: ClusterView, request_id: int, finished: bool) -> None:
+        """A chunk returned; the request is finished, or pending again."""
+
+    @abstractmethod
+    def decide(self, view: ClusterView) -> list[Dispatch]:
+        """Dispatch decisions now (may be empty: wait for the next event)."""
+
+
+class Loads:
+    """A policy's tentative bookkeeping within one `decide`: the loads and KV reservations
+    its own earlier decisions in the same call will add."""
+
+    def __init__(self, view: ClusterView) -> None:
+        self.view = view
+        self.in_flight = view.in_flight.astype(np.int64).copy()
+        self.reserved = view.reserved_blocks.astype(np.int64).copy()
+        self.total = view.kv_total_blocks
+
+    def projected_blocks(self, request_id: int, max_new_tokens: int) -> int:
+        v = self.view
+        tokens = int(v.input_tokens[request_id] + v.generated_tokens[request_id]) + max_new_tokens
+        return -(-tokens // v.block_size)
+
+    def has_room(self, max_blocks: int) -> np.ndarray:
+        """Instances where a chunk needing `max_blocks` fits with every in-flight chunk at its limit."""
+        return (self.reserved + max_blocks <= self.total) & (self.in_flight < self.view.max_num_seqs)
+
+    def add(self, instance_id: int, blocks: int) -> None:
+        self.in_flight[instance_id] += 1
+        self.reserved[instance_id] += blocks
+
+
+def chunk_limit(view: ClusterView, request_id: int, chunk_tokens: int) -> int:
+    """min(chunk, max_tokens − generated): the next chunk of a request (DESIGN §6)."""
+    return int(min(chunk_tokens, view.max_tokens - view.generated_tokens[request_id]))
+
+
+def place_chunk(view: ClusterView, loads: Loads, request_id: int, max_new: int, cfg: PolicyConfig) -> Dispatch | None:
+    """Seer's divided-rollout placement rule (DESIGN §6, the paper's §3.2).
+
+    While the in-flight spread is within `imbalance_threshold`, the chunk goes back to
+    the instance caching the longest prefix of the request (affinity). Past it, or when
+    that instance lacks KV room, it goes to the least-loaded instance with room, which
+    pulls the missing KV from the pool when the affinity gap exceeds
+    `migrate_margin_tokens`, else recomputes. None when no instance has room.
+    """
+    blocks = loads.projected_blocks(request_id, max_new)
+    room = loads.has_room(blocks)
+    if not room.any():
+        return None
+    cached = view.cached_tokens(request_id)
+    best = max(cached.values(), default=0)
+    target = -1
+    if loads.in_flight.max() - loads.in_flight.min() <= cfg.imbalance_threshold and best > 0:
+        # longest cached prefix among instances with room; ties by load, then id
+        options = [(-tok, loads.in_flight[i], i) for i, tok in cached.items() if room[i] and tok > 0]
+        if options:
+            target = min(options)[2]
+    if target < 0:
+        candidates = np.flatnonzero(room)
+        target = int(candidates[np.argmin(loads.in_flight[candidates])])
+    gap = best - cached.get(target, 0)
+    pull = gap > cfg.migrate_margin_tokens and view.pool_tokens(request_id) > cached.get(target, 0)
+    loads.add(target, blocks)
+    return Dispatch(request_id, target, max_new, pull)

@@ -1,0 +1,33 @@
+"""GPU spec: datasheet figures plus the achieved fractions a real engine reaches.
+
+A pure roofline is optimistic for real engines (DESIGN §5), so the spec carries
+achieved fractions of peak FLOPs and HBM bandwidth and a per-step overhead; each
+default names its source, and calibration (`seersim calibrate`) fits them from traces.
+"""
+
+from __future__ import annotations
+
+from pydantic import BaseModel, ConfigDict, Field, PositiveFloat, PositiveInt
+
+
+class GPUSpec(BaseModel):
+    """One GPU type (per device figures, bf16 dense)."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    name: str
+    memory_bytes: PositiveFloat
+    hbm_bandwidth_bytes_per_s: PositiveFloat
+    peak_flops: PositiveFloat = Field(description="dense bf16 FLOP/s (no sparsity)")
+    nvlink_bandwidth_bytes_per_s: PositiveFloat = Field(description="per GPU, one direction")
+    scaleout_bandwidth_bytes_per_s: PositiveFloat = Field(
+        50e9, description="per GPU NIC, one direction (400 Gbps RDMA = 50 GB/s)"
+    )
+    gpus_per_node: PositiveInt = 8
+    # Achieved fractions and overheads: defaults are assumptions to be calibrated.
+    flops_efficiency: float = Field(0.5, gt=0, le=1, description="achieved / peak FLOP/s (GEMMs in serving)")
+    bandwidth_efficiency: float = Field(0.7, gt=0, le=1, description="achieved / peak HBM bandwidth in decode")
+    step_overhead_s: float = Field(0.004, ge=0, description="per engine iteration CPU + launch overhead")
+    collective_latency_s: float = Field(10e-6, ge=0, description="fixed latency of one collective")
+    gpu_hour_usd: float = Field(2.0, ge=0, description="price of one GPU-hour, for cost reports")
+    sources: dict[str, str] = Field(default_factory=dict)

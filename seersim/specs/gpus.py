@@ -1,0 +1,88 @@
+"""GPU catalog (datasheet values; cited per field)."""
+
+from __future__ import annotations
+
+from seersim.specs.gpu import GPUSpec
+
+GB = 1e9
+TB = 1e12
+
+_H100_SHEET = "https://www.nvidia.com/en-us/data-center/h100/ (H100 SXM datasheet)"
+_A100_SHEET = "https://www.nvidia.com/en-us/data-center/a100/ (A100 80GB SXM datasheet)"
+_H200_SHEET = "https://www.nvidia.com/en-us/data-center/h200/ (H200 SXM datasheet)"
+_EFFICIENCY = (
+    "assumed defaults, to be fitted by calibration: ~50% MFU for serving GEMMs and ~70% "
+    "HBM bandwidth in decode are typical of vLLM on Hopper (Vidur MLSys'24 profiles; "
+    "DESIGN §5 'roofline realism')"
+)
+_OVERHEAD = "assumed ~4 ms per iteration: vLLM scheduler + sampling + launch with CUDA graphs"
+
+GPUS: dict[str, GPUSpec] = {
+    g.name: g
+    for g in [
+        GPUSpec(
+            name="h100-sxm",
+            memory_bytes=80 * GB,
+            hbm_bandwidth_bytes_per_s=3.35 * TB,
+            peak_flops=989e12,
+            nvlink_bandwidth_bytes_per_s=450 * GB,
+            gpu_hour_usd=2.5,
+            sources={
+                "memory/hbm/flops": _H100_SHEET + ": 80 GB HBM3, 3.35 TB/s, 989 TFLOPS bf16 dense",
+                "nvlink": _H100_SHEET + ": NVLink 900 GB/s bidirectional = 450 GB/s per direction",
+                "efficiency": _EFFICIENCY,
+                "step_overhead_s": _OVERHEAD,
+                "gpu_hour_usd": "assumed cloud on-demand price, edit per contract",
+            },
+        ),
+        GPUSpec(
+            name="h800",
+            memory_bytes=80 * GB,
+            hbm_bandwidth_bytes_per_s=3.35 * TB,
+            peak_flops=989e12,
+            nvlink_bandwidth_bytes_per_s=200 * GB,
+            gpu_hour_usd=2.5,
+            sources={
+                "memory/hbm/flops": "H800 SXM = H100 SXM compute and HBM (DESIGN §5); " + _H100_SHEET,
+                "nvlink": "H800 NVLink 400 GB/s bidirectional (export variant) = 200 GB/s per direction",
+                "scaleout": "Seer paper setup: 8 x 400 Gbps RDMA per node = 50 GB/s per GPU",
+                "efficiency": _EFFICIENCY,
+                "step_overhead_s": _OVERHEAD,
+                "gpu_hour_usd": "assumed, same as H100",
+            },
+        ),
+        GPUSpec(
+            name="h200",
+            memory_bytes=141 * GB,
+            hbm_bandwidth_bytes_per_s=4.8 * TB,
+            peak_flops=989e12,
+            nvlink_bandwidth_bytes_per_s=450 * GB,
+            gpu_hour_usd=3.5,
+            sources={
+                "memory/hbm/flops": _H200_SHEET + ": 141 GB HBM3e, 4.8 TB/s, 989 TFLOPS bf16 dense",
+                "nvlink": _H200_SHEET + ": NVLink 900 GB/s bidirectional",
+                "efficiency": _EFFICIENCY,
+                "step_overhead_s": _OVERHEAD,
+                "gpu_hour_usd": "assumed cloud on-demand price",
+            },
+        ),
+        GPUSpec(
+            name="a100-80gb",
+            memory_bytes=80 * GB,
+            hbm_bandwidth_bytes_per_s=2.039 * TB,
+            peak_flops=312e12,
+            nvlink_bandwidth_bytes_per_s=300 * GB,
+            scaleout_bandwidth_bytes_per_s=25 * GB,
+            flops_efficiency=0.55,
+            gpu_hour_usd=1.5,
+            sources={
+                "memory/hbm/flops": _A100_SHEET + ": 80 GB HBM2e, 2,039 GB/s, 312 TFLOPS bf16 dense",
+                "nvlink": _A100_SHEET + ": NVLink 600 GB/s bidirectional",
+                "scaleout": "assumed 200 Gbps HDR InfiniBand per GPU (DGX A100)",
+                "efficiency": _EFFICIENCY,
+                "step_overhead_s": _OVERHEAD,
+                "gpu_hour_usd": "assumed cloud on-demand price",
+            },
+        ),
+    ]
+}
