@@ -67,6 +67,34 @@ class LinearStretch:
         self._build()
 
     def _build(self) -> None:
+        if len(self.lines.slopes_s) == 2:
+            self._build_two()
+        else:
+            self._build_general()
+        self._starts = [s[0] for s in self._breaks]
+        total = 0.0
+        self._cum = [0.0]
+        for i in range(1, len(self._breaks)):
+            total += self._seg_sum(i - 1, self._breaks[i][0] - 1)
+            self._cum.append(total)
+
+    def _build_two(self) -> None:
+        """Two lines (a roofline): at most one crossover, found in closed form."""
+        (a1, a2), (b1, b2) = self.lines.intercepts_s, self.lines.slopes_s
+        c0, n = self.c0, self.n
+        if b1 > b2 or (b1 == b2 and a1 < a2):  # make line 1 the less steep one
+            a1, a2, b1, b2 = a2, a1, b2, b1
+        s1 = (1, a1 + b1 * c0, b1 * n)
+        s2 = (1, a2 + b2 * c0, b2 * n)
+        if s2[2] == s1[2] or s1[1] + s1[2] <= s2[1] + s2[2]:
+            # steeper line already on top at k=1 (or parallel): it stays on top
+            self._breaks = [s1 if s1[1] + s1[2] > s2[1] + s2[2] else s2]
+            return
+        cross = (s1[1] - s2[1]) / (s2[2] - s1[2])  # k where the steeper line overtakes
+        k = max(2, int(np.floor(cross)) + 1)
+        self._breaks = [s1, (k, s2[1], s2[2])]
+
+    def _build_general(self) -> None:
         pieces = sorted(zip(self.lines.slopes_s, self.lines.intercepts_s))
         # per-step time as a function of k: (a + b·c0) + (b·n)·k
         segs: list[tuple[int, float, float]] = []
@@ -89,12 +117,6 @@ class LinearStretch:
                 break
             k = nxt
         self._breaks = segs
-        self._starts = [s[0] for s in segs]
-        total = 0.0
-        self._cum = [0.0]
-        for i in range(1, len(segs)):
-            total += self._seg_sum(i - 1, segs[i][0] - 1)
-            self._cum.append(total)
 
     def _seg_sum(self, i: int, k_end: int) -> float:
         """Σ of segment i's per-step times for k in [start_i, k_end]."""
@@ -134,8 +156,32 @@ class TabulatedStretch:
     def __init__(self, lines: StepLines, context_per_step: np.ndarray) -> None:
         self._cum = np.concatenate(([0.0], np.cumsum(lines.at_array(context_per_step))))
 
+    @classmethod
+    def single(cls, step_s: float) -> "TabulatedStretch":
+        """A one-iteration stretch of known duration."""
+        obj = cls.__new__(cls)
+        obj._cum = np.array([0.0, step_s])
+        return obj
+
     def cumulative(self, k: int) -> float:
         return float(self._cum[k])
 
     def steps_done_by(self, elapsed_s: float, k_max: int) -> int:
         return int(min(k_max, np.searchsorted(self._cum, elapsed_s, side="right") - 1))
+
+
+class HeadStretch:
+    """One mixed iteration (e.g. a prefill) followed by a pure-decode `LinearStretch`."""
+
+    __slots__ = ("head_s", "tail")
+
+    def __init__(self, head_s: float, tail: LinearStretch) -> None:
+        self.head_s, self.tail = head_s, tail
+
+    def cumulative(self, k: int) -> float:
+        return 0.0 if k <= 0 else self.head_s + self.tail.cumulative(k - 1)
+
+    def steps_done_by(self, elapsed_s: float, k_max: int) -> int:
+        if elapsed_s < self.head_s or k_max <= 0:
+            return 0
+        return 1 + self.tail.steps_done_by(elapsed_s - self.head_s, k_max - 1)

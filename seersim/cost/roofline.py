@@ -35,6 +35,8 @@ class RooflineCost:
         # Dense weights are replicated per DP rank; routed experts are sharded (EP), read once.
         self._dense_bytes = model.dense_params * model.weight_bytes_per_param * parallelism.dp
         self._expert_bytes = model.expert_params * model.weight_bytes_per_param
+        self._active_params = model.active_params
+        self._moe_layers = model.num_moe_layers
         self._attn_slope_s = model.attention_flops_per_pair / self._flops_per_s
         self._kv_slope_s = model.kv_bytes_per_token / self._bytes_per_s
         self.step_lines = lru_cache(maxsize=65536)(self._step_lines)  # type: ignore[method-assign]
@@ -56,8 +58,8 @@ class RooflineCost:
     def _step_lines(self, num_seqs: int, new_tokens: int, extra_attn_pairs: int) -> StepLines:
         m = self.model
         fixed = self.gpu.step_overhead_s + self.collective_s(new_tokens)
-        compute0 = (2.0 * m.active_params * new_tokens) / self._flops_per_s + self._attn_slope_s * extra_attn_pairs
-        weights = self._dense_bytes + m.num_moe_layers * m.distinct_experts_touched(new_tokens) * self._expert_bytes
+        compute0 = (2.0 * self._active_params * new_tokens) / self._flops_per_s + self._attn_slope_s * extra_attn_pairs
+        weights = self._dense_bytes + self._moe_layers * m.distinct_experts_touched(new_tokens) * self._expert_bytes
         memory0 = weights / self._bytes_per_s
         return StepLines(
             intercepts_s=(fixed + compute0, fixed + memory0),

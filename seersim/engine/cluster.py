@@ -98,6 +98,15 @@ class Cluster:
         self._ran_on: list[set[int]] = [set() for _ in range(self.table.n)]
         self._finished_by_group: dict[int, list[int]] = {}
         self._remaining = self.table.n
+        # read-only views handed to policies (the arrays are never reallocated)
+        self._ro_views = {
+            "kv_total": _ro(self._kv_total),
+            "in_flight": _ro(self._in_flight),
+            "reserved": _ro(self._reserved),
+            "group_id": _ro(self.table.group_id),
+            "input_tokens": _ro(self.table.input_tokens),
+            "generated": _ro(self.table.generated),
+        }
         self._pass_pending = False
         self._all_done = self.env.event()
 
@@ -128,15 +137,15 @@ class Cluster:
 
     @property
     def kv_total_blocks(self) -> np.ndarray:
-        return _ro(self._kv_total)
+        return self._ro_views["kv_total"]
 
     @property
     def in_flight(self) -> np.ndarray:
-        return _ro(self._in_flight)
+        return self._ro_views["in_flight"]
 
     @property
     def reserved_blocks(self) -> np.ndarray:
-        return _ro(self._reserved)
+        return self._ro_views["reserved"]
 
     @property
     def kv_used_blocks(self) -> np.ndarray:
@@ -144,15 +153,15 @@ class Cluster:
 
     @property
     def group_id(self) -> np.ndarray:
-        return _ro(self.table.group_id)
+        return self._ro_views["group_id"]
 
     @property
     def input_tokens(self) -> np.ndarray:
-        return _ro(self.table.input_tokens)
+        return self._ro_views["input_tokens"]
 
     @property
     def generated_tokens(self) -> np.ndarray:
-        return _ro(self.table.generated)
+        return self._ro_views["generated"]
 
     @property
     def max_tokens(self) -> int:

@@ -30,7 +30,7 @@ import numpy as np
 import simpy
 
 from seersim.config import EngineConfig
-from seersim.cost import CostModel, LinearStretch, TabulatedStretch
+from seersim.cost import CostModel, HeadStretch, LinearStretch, TabulatedStretch
 from seersim.engine.kvcache import KVCache, prompt_key
 from seersim.engine.requests import RequestTable
 from seersim.errors import SimulationError
@@ -55,7 +55,10 @@ class InstanceStats:
     verified_tokens: int = 0
 
 
-_COLS = ("rid", "computed", "tokens", "left", "shared", "blocks", "group", "acc", "gamma", "tau_q")
+# Rows of the running-batch matrix `Instance.R` (one column per running sequence,
+# in admission order): one int64 matrix, so that masking a batch is one numpy op.
+RID, COMPUTED, TOKENS, LEFT, SHARED, BLOCKS, GROUP, ACC, GAMMA, TAU_Q = range(10)
+NCOLS = 10
 
 
 def _ceil_div(a: np.ndarray | int, b: int):
@@ -63,7 +66,12 @@ def _ceil_div(a: np.ndarray | int, b: int):
 
 
 class _Plan:
-    """One scheduled stretch: `steps` iterations with the same batch (or one mixed step)."""
+    """One scheduled stretch of `steps` iterations.
+
+    pure: every iteration is the same decode batch. Otherwise the first iteration is a
+    mixed one (`new` tokens per sequence), followed — when `steps` > 1 — by a pure
+    decode tail (every sequence finished its prefill in the first iteration).
+    """
 
     __slots__ = ("steps", "stretch", "new", "pure", "emit_fn")
 
@@ -96,9 +104,7 @@ class Instance:
         self.stats = InstanceStats()
         self.samples: list[tuple] = []  # timeline rows, see Cluster.instance_frame
         self.waiting: deque[tuple[int, int]] = deque()  # (request id, tokens left in chunk)
-        empty = np.zeros(0, np.int64)
-        for col in _COLS:
-            setattr(self, "r_" + col, empty)
+        self.R = np.zeros((NCOLS, 0), np.int64)
         self._wake: simpy.Event | None = None
         self._interruptible = False
         self.process = env.process(self._run())
@@ -106,7 +112,7 @@ class Instance:
     # ------------------------------------------------------------------ observable state
     @property
     def num_running(self) -> int:
-        return len(self.r_rid)
+        return self.R.shape[1]
 
     @property
     def num_waiting(self) -> int:
@@ -126,7 +132,7 @@ class Instance:
     def _run(self):
         env = self.env
         while True:
-            if not len(self.r_rid) and not self.waiting:
+            if not self.R.shape[1] and not self.waiting:
                 self._wake = env.event()
                 yield self._wake
                 self._wake = None
@@ -157,87 +163,132 @@ class Instance:
             self._interruptible = False
             self.stats.busy_s += plan.stretch.cumulative(steps)
             self.stats.iterations += steps
-            self._advance(plan, steps, start)
+            if self._advance(plan, steps, start):
+                # Chunks ended: let the global scheduler's pass at this instant (already
+                # queued) dispatch before this engine schedules its next iteration.
+                yield env.timeout(0)
 
     # ------------------------------------------------------------------ scheduling
     def _plan(self) -> _Plan | None:
-        new, changed = self._schedule()
+        new, changed, preempted, budget_blocked = self._schedule()
         if new is None:
             return None
         if changed:
             self._sample()
-        n = len(self.r_rid)
-        scheduled = new > 0
-        computed = self.r_computed
         if self.spec is not None and self.spec.active:
-            return self._plan_speculative(new, changed)
-        pure = not changed and n > 0 and bool(np.all(new == 1))
-        if pure:
-            c0 = int(computed.sum())
-            lines = self.cost.step_lines(n, n, 0)
-            stretch = LinearStretch(lines, c0, n)
-            steps = self._pure_steps() if self.fast_forward else 1
+            return self.spec.plan(self, new, preempted)
+        R = self.R
+        n = R.shape[1]
+        computed = R[COMPUTED]
+        # Pure decode (every sequence takes one token, no preemption): the batch stays the
+        # same until a chunk ends or blocks run out; admission cannot become possible
+        # later in the stretch (free blocks only shrink), so it may follow an admission.
+        if not preempted and bool((new == 1).all()):
+            stretch = LinearStretch(self.cost.step_lines(n, n, 0), int(computed.sum()), n)
+            steps = self._pure_steps(computed, R[LEFT], allocated=True) if self.fast_forward else 1
             return _Plan(steps, stretch, new, True)
-        ctx = computed[scheduled] + new[scheduled]
-        pairs = int((new[scheduled] * computed[scheduled] + new[scheduled] * (new[scheduled] + 1) // 2).sum())
-        context = int(ctx.sum())
-        lines = self.cost.step_lines(int(scheduled.sum()), int(new.sum()), pairs - context)
-        return _Plan(1, TabulatedStretch(lines, np.array([context])), new, False)
+        scheduled = new > 0
+        c, k = computed[scheduled], new[scheduled]
+        context = int((c + k).sum())
+        pairs = int((k * c + k * (k + 1) // 2).sum())
+        head_s = self.cost.step_lines(int(scheduled.sum()), int(k.sum()), pairs - context).at(context)
+        # After this mixed iteration, if every sequence has finished its prefill (and
+        # emits a token), nobody's chunk ends, and admission was not stopped by the token
+        # budget (which frees up next iteration), a pure decode tail follows.
+        tail = 0
+        if self.fast_forward and not preempted and not budget_blocked:
+            need = R[TOKENS] - computed
+            after_left = R[LEFT] - 1
+            if bool((new == need).all()) and int(after_left.min()) > 0 and not self._publishes_prompt(new):
+                tail = self._pure_steps(computed + new, after_left, allocated=False)
+        if tail:
+            stretch = HeadStretch(head_s, LinearStretch(self.cost.step_lines(n, n, 0), int((computed + new).sum()), n))
+        else:
+            stretch = TabulatedStretch.single(head_s)
+        return _Plan(1 + tail, stretch, new, False)
 
-    def _pure_steps(self) -> int:
-        """Steps the current pure-decode batch can run unchanged (step 1 included)."""
-        left_min = int(self.r_left.min())
-        n = len(self.r_rid)
-        bs = self.bs
-        # Step j >= 2 writes token computed+j; it needs a block when (computed + j - 1) % bs == 0.
-        first = (-self.r_computed) % bs + 1
-        first = np.where(first >= 2, first, first + bs)
-        # Step 1's blocks are allocated already; demands repeat every bs steps, one per
-        # sequence, so the (free+1)-th demand falls in period q at the r-th smallest offset.
-        q, r = divmod(self.kv.free_blocks, n)
-        fail_step = int(np.partition(first, r)[r]) + q * bs
-        return max(1, min(left_min, fail_step - 1))
+    def _pure_steps(self, computed: np.ndarray, left: np.ndarray, allocated: bool) -> int:
+        """Pure-decode steps the batch can run unchanged from `computed` tokens each.
 
-    def _schedule(self) -> tuple[np.ndarray | None, bool]:
-        """One iteration's scheduling decision (vLLM v1 semantics).
-
-        Returns (new tokens per running row, whether the batch changed); allocates the
-        iteration's KV blocks. (None, _) when nothing can run.
+        With `allocated`, step 1's blocks are held already (and step 1 always runs).
         """
         bs = self.bs
-        kv = self.kv
+        n = len(computed)
+        # Step j writes token computed+j; it needs a block when (computed + j - 1) % bs == 0.
+        first = (-computed) % bs + 1
+        if allocated:
+            first[first < 2] += bs
+        # Demands repeat every bs steps, one per sequence, so the (free+1)-th demand
+        # falls in period q at the r-th smallest offset.
+        q, r = divmod(self._stretch_block_limit(), n)
+        fail_step = int(np.partition(first, r)[r]) + q * bs
+        steps = min(int(left.min()), fail_step - 1)
+        return max(1, steps) if allocated else max(0, steps)
+
+    def _publishes_prompt(self, new: np.ndarray) -> bool:
+        """Whether this iteration's prefill will publish a group prompt that a waiting
+        request could then hit (which can make it admissible next iteration)."""
+        if not self.waiting or not self.cfg.prefix_caching:
+            return False
+        R = self.R
+        p = self.table.prompt_blocks[R[RID]] * self.bs
+        return bool(((R[SHARED] == 0) & (p > 0) & (R[COMPUTED] < p) & (R[COMPUTED] + new >= p)).any())
+
+    def _stretch_block_limit(self) -> int:
+        """Blocks a stretch may allocate without changing what the scheduler would admit.
+
+        Free blocks only shrink during a stretch, so a waiting head blocked by KV stays
+        blocked — unless evicting its own cached prefix shrinks its hit so that a chunked
+        prefill of it fits (vLLM admits such partial prefills). So a stretch stops
+        before the head's cached prefix would be evicted.
+        """
+        if not self.waiting or not self.cfg.prefix_caching:
+            return self.kv.free_blocks
+        rid, _ = self.waiting[0]
+        group = int(self.table.group_id[rid])
+        return self.kv.blocks_before_eviction_of((rid, prompt_key(group)))
+
+    def _schedule(self) -> tuple[np.ndarray | None, bool, bool, bool]:
+        """One iteration's scheduling decision (vLLM v1 semantics).
+
+        Returns (new tokens per running column, batch changed, preempted, admission
+        stopped by the token budget); allocates the iteration's KV blocks. new is None
+        when nothing can run.
+        """
+        bs, kv, R = self.bs, self.kv, self.R
         budget = self.cfg.max_num_batched_tokens
-        changed = False
-        preempted = False
-        if len(self.r_rid):
-            need = self.r_tokens - self.r_computed
+        preempted = admitted = False
+        if R.shape[1]:
+            need = R[TOKENS] - R[COMPUTED]
             if self.spec is not None:
-                need = need + self.r_gamma
+                need += R[GAMMA]
             before = np.cumsum(need) - need
             new = np.minimum(need, np.maximum(budget - before, 0))
-            add = np.maximum(_ceil_div(self.r_computed + new, bs) - self.r_shared - self.r_blocks, 0)
+            add = np.maximum(_ceil_div(R[COMPUTED] + new, bs) - R[SHARED] - R[BLOCKS], 0)
             total_add = int(add.sum())
             if total_add > kv.free_blocks:
                 keep = self._preemption_cut(add)
-                for i in range(len(self.r_rid) - 1, keep - 1, -1):
+                for i in range(R.shape[1] - 1, keep - 1, -1):
                     self._preempt(i)
-                self._truncate(keep)
+                self.R = R = R[:, :keep]
                 new, add = new[:keep], add[:keep]
                 total_add = int(add.sum())
-                preempted = changed = True
+                preempted = True
             kv.allocate(total_add)
-            self.r_blocks = self.r_blocks + add
+            R[BLOCKS] += add
             budget -= int(new.sum())
         else:
             new = np.zeros(0, np.int64)
-        if not preempted and self.waiting and budget > 0 and len(self.r_rid) < self.cfg.max_num_seqs:
+        if not preempted and self.waiting and budget > 0 and R.shape[1] < self.cfg.max_num_seqs:
             admitted_new = self._admit(budget)
             if admitted_new:
                 new = np.concatenate((new, np.asarray(admitted_new, np.int64)))
-                changed = True
-        if not len(self.r_rid):
-            return None, changed
-        return new, changed
+                admitted = True
+                budget -= sum(admitted_new)
+        budget_blocked = bool(self.waiting) and budget <= 0 and self.R.shape[1] < self.cfg.max_num_seqs
+        if not self.R.shape[1]:
+            return None, admitted or preempted, preempted, budget_blocked
+        return new, admitted or preempted, preempted, budget_blocked
 
     def _preemption_cut(self, add: np.ndarray) -> int:
         """How many running sequences (a prefix in admission order) keep running.
@@ -246,13 +297,13 @@ class Instance:
         largest with free + blocks freed by preempting m..n-1 ≥ blocks needed by 0..m-1.
         A group's shared prompt is freed with its lowest-index holder.
         """
-        freed = self.r_blocks.copy()
-        holders = np.flatnonzero(self.r_shared > 0)
+        R = self.R
+        freed = R[BLOCKS].copy()
+        holders = np.flatnonzero(R[SHARED] > 0)
         if len(holders):
-            _, first = np.unique(self.r_group[holders], return_index=True)
+            _, first = np.unique(R[GROUP, holders], return_index=True)
             idx = holders[first]
-            freed[idx] += self.r_shared[idx]
-        n = len(add)
+            freed[idx] += R[SHARED, idx]
         suffix_freed = np.concatenate((np.cumsum(freed[::-1])[::-1], [0]))  # freed by preempting m..n-1
         prefix_add = np.concatenate(([0], np.cumsum(add)))  # needed by 0..m-1
         ok = self.kv.free_blocks + suffix_freed - prefix_add >= 0
@@ -261,9 +312,9 @@ class Instance:
     def _admit(self, budget: int) -> list[int]:
         """Admit waiting requests in order while budget, max_num_seqs and KV allow."""
         kv, bs, table = self.kv, self.bs, self.table
-        rows: list[tuple[int, ...]] = []
+        cols: list[tuple[int, ...]] = []
         news: list[int] = []
-        room = self.cfg.max_num_seqs - len(self.r_rid)
+        room = self.cfg.max_num_seqs - self.R.shape[1]
         caching = self.cfg.prefix_caching
         while self.waiting and budget > 0 and room > 0:
             rid, left = self.waiting[0]
@@ -284,26 +335,20 @@ class Instance:
                 kv.take_cached(rid)
             kv.allocate(need_blocks)
             acc, gamma, tau_q = self.spec.admit(rid) if self.spec is not None else (0, 0, 0)
-            rows.append((rid, hit, tokens, left, p_hit, own_hit + need_blocks, group, acc, gamma, tau_q))
+            cols.append((rid, hit, tokens, left, p_hit, own_hit + need_blocks, group, acc, gamma, tau_q))
             news.append(new)
             budget -= new
             room -= 1
-        if rows:
-            cols = np.array(rows, dtype=np.int64).T
-            for col, values in zip(_COLS, cols):
-                setattr(self, "r_" + col, np.concatenate((getattr(self, "r_" + col), values)))
+        if cols:
+            self.R = np.concatenate((self.R, np.array(cols, dtype=np.int64).T), axis=1)
         return news
 
     # ------------------------------------------------------------------ state changes
-    def _truncate(self, keep: int) -> None:
-        for col in _COLS:
-            setattr(self, "r_" + col, getattr(self, "r_" + col)[:keep])
-
     def _release(self, i: int, cache: bool) -> None:
-        """Free row i's KV; with `cache`, keep its full blocks hashed for a later prefix hit."""
+        """Free column i's KV; with `cache`, keep its full blocks hashed for a later prefix hit."""
         kv, bs = self.kv, self.bs
-        rid, group = int(self.r_rid[i]), int(self.r_group[i])
-        blocks, shared, computed = int(self.r_blocks[i]), int(self.r_shared[i]), int(self.r_computed[i])
+        col = self.R[:, i].tolist()
+        rid, computed, shared, blocks, group = col[RID], col[COMPUTED], col[SHARED], col[BLOCKS], col[GROUP]
         p_blocks = int(self.table.prompt_blocks[rid])
         if shared:
             kv.release_prompt(group)
@@ -323,95 +368,102 @@ class Instance:
         kv.release(blocks)
 
     def _preempt(self, i: int) -> None:
-        rid = int(self.r_rid[i])
+        rid = int(self.R[RID, i])
         self._release(i, cache=True)
-        self.table.generated[rid] = int(self.r_tokens[i] - self.table.input_tokens[rid])
+        self.table.generated[rid] = int(self.R[TOKENS, i] - self.table.input_tokens[rid])
         self.table.preemptions[rid] += 1
         self.stats.preemptions += 1
-        self.waiting.appendleft((rid, int(self.r_left[i])))
+        self.waiting.appendleft((rid, int(self.R[LEFT, i])))
 
-    def _advance(self, plan: _Plan, steps: int, start: float) -> None:
-        """Apply `steps` iterations of the plan; retire sequences whose chunk is done."""
-        table = self.table
-        end = self.env.now
+    def _advance(self, plan: _Plan, steps: int, start: float) -> bool:
+        """Apply `steps` iterations of the plan; retire sequences whose chunk is done.
+
+        Returns whether any chunk ended.
+        """
+        table, R = self.table, self.R
         if plan.pure:
-            first_token = self.r_tokens == table.input_tokens[self.r_rid]
-            if first_token.any():
-                table.first_token_s[self.r_rid[first_token]] = start + plan.stretch.cumulative(1)
-            old_blocks = _ceil_div(self.r_computed + 1, self.bs)  # allocated for step 1
-            self.r_computed = self.r_computed + steps
-            self.r_tokens = self.r_tokens + steps
-            self.r_left = self.r_left - steps
-            add = int((_ceil_div(self.r_computed, self.bs) - old_blocks).sum())
-            if add:
-                self.kv.allocate(add)
-                self.r_blocks = self.r_blocks + (_ceil_div(self.r_computed, self.bs) - old_blocks)
-            emitted = steps * len(self.r_rid)
-            self.stats.emitted_tokens += emitted
-            self.stats.verified_tokens += emitted
+            self._advance_decode(steps, start + plan.stretch.cumulative(1))
         elif plan.emit_fn is not None:
-            emitted = plan.emit_fn(steps, start)
+            plan.emit_fn(steps, start)
         else:
             new = plan.new
-            before = self.r_computed
-            self.r_computed = before + new
-            emit = (self.r_computed == self.r_tokens) & (new > 0)
-            first = emit & (self.r_tokens == table.input_tokens[self.r_rid])
+            before = R[COMPUTED].copy()
+            R[COMPUTED] += new
+            emit = (R[COMPUTED] == R[TOKENS]) & (new > 0)
+            first = emit & (R[TOKENS] == table.input_tokens[R[RID]])
             if first.any():
-                table.first_token_s[self.r_rid[first]] = end
-            self.r_tokens = self.r_tokens + emit
-            self.r_left = self.r_left - emit
-            prefill = new - emit
-            self.stats.prefill_tokens += int(prefill[prefill > 0].sum())
+                table.first_token_s[R[RID, first]] = start + plan.stretch.cumulative(1)
+            R[TOKENS] += emit
+            R[LEFT] -= emit
+            self.stats.prefill_tokens += int((new - emit).sum())
             self.stats.emitted_tokens += int(emit.sum())
             self.stats.verified_tokens += int(new.sum())
             self._share_new_prompts(before)
-        done = self.r_left <= 0
+            if steps > 1:
+                head_end = start + plan.stretch.cumulative(1)
+                self._advance_decode(steps - 1, head_end + plan.stretch.tail.cumulative(1))
+        done = self.R[LEFT] <= 0
         if done.any():
             self._retire(done)
+            return True
+        return False
+
+    def _advance_decode(self, steps: int, first_step_end_s: float) -> None:
+        """Apply `steps` pure-decode iterations: one token each, blocks as they fill."""
+        R, table = self.R, self.table
+        first_token = R[TOKENS] == table.input_tokens[R[RID]]
+        if first_token.any():
+            table.first_token_s[R[RID, first_token]] = first_step_end_s
+        R[COMPUTED] += steps
+        R[TOKENS] += steps
+        R[LEFT] -= steps
+        grow = _ceil_div(R[COMPUTED], self.bs) - R[SHARED] - R[BLOCKS]
+        add = int(grow.sum())
+        if add:
+            self.kv.allocate(add)
+            R[BLOCKS] += grow
+        emitted = steps * R.shape[1]
+        self.stats.emitted_tokens += emitted
+        self.stats.verified_tokens += emitted
 
     def _share_new_prompts(self, before: np.ndarray) -> None:
         """Sequences whose prefill just covered the prompt publish it for their siblings."""
         if not self.cfg.prefix_caching:
             return
-        p = self.table.prompt_blocks[self.r_rid]
-        crossed = (self.r_shared == 0) & (p > 0) & (self.r_computed >= p * self.bs) & (before < p * self.bs)
+        R = self.R
+        p = self.table.prompt_blocks[R[RID]] * self.bs
+        crossed = (R[SHARED] == 0) & (p > 0) & (R[COMPUTED] >= p) & (before < p)
         for i in np.flatnonzero(crossed):
-            group = int(self.r_group[i])
+            group = int(R[GROUP, i])
             if not self.kv.prompt_present(group):
-                self.kv.share_prompt(group, int(p[i]))
-                self.r_shared[i] = p[i]
-                self.r_blocks[i] -= p[i]
+                blocks = int(p[i]) // self.bs
+                self.kv.share_prompt(group, blocks)
+                R[SHARED, i] = blocks
+                R[BLOCKS, i] -= blocks
 
     def _retire(self, done: np.ndarray) -> None:
         table = self.table
         now = self.env.now
         finished_rows = []
-        for i in np.flatnonzero(done):
-            rid = int(self.r_rid[i])
-            generated = int(self.r_tokens[i] - table.input_tokens[rid])
-            table.generated[rid] = generated
-            finished = generated >= table.output_tokens[rid]
-            if finished:
-                table.finish_s[rid] = now
-            self._release(i, cache=not finished)
-            finished_rows.append((rid, finished))
-        keep = ~done
-        for col in _COLS:
-            setattr(self, "r_" + col, getattr(self, "r_" + col)[keep])
+        idx = np.flatnonzero(done)
+        rids = self.R[RID, idx]
+        generated = self.R[TOKENS, idx] - table.input_tokens[rids]
+        table.generated[rids] = generated
+        finished = generated >= table.output_tokens[rids]
+        table.finish_s[rids[finished]] = now
+        for i, rid, fin in zip(idx.tolist(), rids.tolist(), finished.tolist()):
+            self._release(i, cache=not fin)
+            finished_rows.append((rid, fin))
+        self.R = self.R[:, ~done]
         self._sample()
         for rid, finished in finished_rows:
             self.listener.on_chunk_done(self, rid, finished)
 
     # ------------------------------------------------------------------ speculative hooks
-    def _plan_speculative(self, new: np.ndarray, changed: bool) -> _Plan:
-        assert self.spec is not None
-        return self.spec.plan(self, new, changed)
-
     # ------------------------------------------------------------------ records
     def _sample(self) -> None:
         self.samples.append(
-            (self.env.now, len(self.r_rid), len(self.waiting), self.kv.used_blocks, self.kv.cached_blocks)
+            (self.env.now, self.R.shape[1], len(self.waiting), self.kv.used_blocks, self.kv.cached_blocks)
         )
 
     def insert_pulled_kv(self, request_id: int, group_id: int, prompt_blocks: int, own_blocks: int) -> None:

@@ -50,6 +50,17 @@ class KVCache:
             return 0, 0
         return prompt_blocks, self._cached.get(request_id, 0)
 
+    def blocks_before_eviction_of(self, keys: tuple[int, ...]) -> int:
+        """Blocks allocatable before any of `keys`' cached entries would be evicted (LRU)."""
+        room = self.total_blocks - self.used_blocks - self.cached_blocks
+        if not any(k in self._cached for k in keys):
+            return self.free_blocks
+        for key, blocks in self._cached.items():
+            if key in keys:
+                return room
+            room += blocks
+        return room
+
     # ---- mutations -------------------------------------------------------------------
     def allocate(self, blocks: int) -> None:
         if blocks < 0 or blocks > self.free_blocks:
