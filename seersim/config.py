@@ -58,6 +58,19 @@ class SpeculationConfig(_Strict):
         64, description="engine iterations after which acceptance and draft length are re-chosen"
     )
     draft_overhead_s: float = Field(0.0005, ge=0, description="per-step cost of building drafts (suffix-tree lookups)")
+    acceptance_table: dict[int, float] | None = Field(
+        None, description="finished sibling references -> mean accepted length; default: paper Table 2"
+    )
+    reference_draft_tokens: int = Field(8, ge=1, le=8, description="draft length at which the table's values hold")
+
+    @model_validator(mode="after")
+    def _table(self) -> "SpeculationConfig":
+        if self.acceptance_table is not None:
+            if 0 not in self.acceptance_table:
+                raise ValueError("acceptance_table needs an entry for 0 references")
+            if any(v < 1.0 for v in self.acceptance_table.values()):
+                raise ValueError("acceptance_table values are mean accepted lengths incl. the bonus token (>= 1)")
+        return self
 
 
 class EngineConfig(_Strict):

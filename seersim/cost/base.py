@@ -42,12 +42,15 @@ class CostModel(Protocol):
 
     name: str
 
-    def step_lines(self, num_seqs: int, new_tokens: int, extra_attn_pairs: int) -> StepLines:
+    def step_lines(
+        self, num_seqs: int, new_tokens: int, extra_attn_pairs: int, queries_per_seq: float = 1.0
+    ) -> StepLines:
         """Lines for a batch of `num_seqs` sequences computing `new_tokens` tokens in total.
 
         The caller evaluates them at context_tokens = Σ_i (computed_i + new_i). Attention
-        pairs are context_tokens + extra_attn_pairs (0 for pure decode; prefill chunks and
-        verified drafts attend more than one query token per sequence).
+        pairs are queries_per_seq · context_tokens + extra_attn_pairs: a decode step has
+        one query per sequence and extra 0; a prefill chunk attends more (extra > 0);
+        verifying γ draft tokens is γ+1 queries per sequence.
         """
         ...
 

@@ -55,7 +55,9 @@ class RooflineCost:
             t += 2 * m.num_moe_layers * (gpu.collective_latency_s + a2a)
         return t
 
-    def _step_lines(self, num_seqs: int, new_tokens: int, extra_attn_pairs: int) -> StepLines:
+    def _step_lines(
+        self, num_seqs: int, new_tokens: int, extra_attn_pairs: int, queries_per_seq: float = 1.0
+    ) -> StepLines:
         m = self.model
         fixed = self.gpu.step_overhead_s + self.collective_s(new_tokens)
         compute0 = (2.0 * self._active_params * new_tokens) / self._flops_per_s + self._attn_slope_s * extra_attn_pairs
@@ -63,5 +65,5 @@ class RooflineCost:
         memory0 = weights / self._bytes_per_s
         return StepLines(
             intercepts_s=(fixed + compute0, fixed + memory0),
-            slopes_s=(self._attn_slope_s, self._kv_slope_s),
+            slopes_s=(self._attn_slope_s * queries_per_seq, self._kv_slope_s),
         )

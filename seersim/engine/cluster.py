@@ -97,6 +97,13 @@ class Cluster:
         self._reservation = np.zeros(self.table.n, np.int64)
         self._ran_on: list[set[int]] = [set() for _ in range(self.table.n)]
         self._finished_by_group: dict[int, list[int]] = {}
+        n_groups = int(self.table.group_id.max()) + 1 if self.table.n else 0
+        self.finished_counts = np.zeros(n_groups, np.int64)
+        # each group's first request is its probe (context-aware scheduling, speculation priority)
+        self.is_probe = np.zeros(self.table.n, bool)
+        if self.table.n:
+            _, first = np.unique(self.table.group_id, return_index=True)
+            self.is_probe[first] = True
         self._remaining = self.table.n
         # read-only views handed to policies (the arrays are never reallocated)
         self._ro_views = {
@@ -269,6 +276,7 @@ class Cluster:
             t.state[request_id] = DONE
             self.pool.free(request_id)
             self._finished_by_group.setdefault(int(t.group_id[request_id]), []).append(int(t.generated[request_id]))
+            self.finished_counts[t.group_id[request_id]] += 1
             self._remaining -= 1
             if self.progress is not None:
                 self.progress(t.n - self._remaining, t.n)

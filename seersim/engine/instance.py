@@ -53,6 +53,8 @@ class InstanceStats:
     prefill_tokens: int = 0
     emitted_tokens: int = 0
     verified_tokens: int = 0
+    decode_seq_steps: int = 0  # Σ over decode iterations of sequences decoding
+    decode_emitted_tokens: int = 0
 
 
 # Rows of the running-batch matrix `Instance.R` (one column per running sequence,
@@ -170,13 +172,15 @@ class Instance:
 
     # ------------------------------------------------------------------ scheduling
     def _plan(self) -> _Plan | None:
+        if self.spec is not None:
+            self.spec.begin_iteration(self)
         new, changed, preempted, budget_blocked = self._schedule()
         if new is None:
             return None
         if changed:
             self._sample()
-        if self.spec is not None and self.spec.active:
-            return self.spec.plan(self, new, preempted)
+        if self.spec is not None:
+            return self.spec.plan(self, new, changed, preempted)
         R = self.R
         n = R.shape[1]
         computed = R[COMPUTED]
@@ -423,8 +427,11 @@ class Instance:
             self.kv.allocate(add)
             R[BLOCKS] += grow
         emitted = steps * R.shape[1]
-        self.stats.emitted_tokens += emitted
-        self.stats.verified_tokens += emitted
+        st = self.stats
+        st.emitted_tokens += emitted
+        st.verified_tokens += emitted
+        st.decode_seq_steps += emitted
+        st.decode_emitted_tokens += emitted
 
     def _share_new_prompts(self, before: np.ndarray) -> None:
         """Sequences whose prefill just covered the prompt publish it for their siblings."""

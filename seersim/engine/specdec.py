@@ -1,0 +1,277 @@
+"""Speculative decoding as an engine option (DESIGN §6): `fixed` and Seer's
+`grouped_adaptive`.
+
+Acceptance model. The paper's Table 2 gives the mean accepted length τ (incl. the
+bonus token) against the number n of a group's finished sibling responses used as
+draft references (n = 0, 1, 5, 15; 1/2/4 draft paths). We read each entry as τ at the
+reference draft length (`reference_draft_tokens`, 8 = the adaptive cap, an assumption:
+the table does not state it), solve τ = (1−α^(γ+1))/(1−α) for the per-token acceptance
+α, and interpolate α linearly in n between rows. `fixed` uses the n = 0 row (the
+request's own history only) with a constant γ.
+
+Accounting is integer and deterministic: each sequence carries an accumulator in
+units of 1/Q token and emits (acc + τ·Q) // Q tokens per iteration, capped by its chunk,
+so tokens are conserved exactly and a stretch's emissions are closed-form.
+
+Epochs. γ and τ are chosen for the current batch at an *epoch* start and kept for
+`reevaluate_steps` iterations or until the batch changes — the same in fast-forward
+and step-by-step modes, so both give identical records.
+
+Draft length (`grouped_adaptive`, the paper's Algorithm 1): for the batch size B pick
+γ* minimising the time per accepted token T_SD = (D + T(B, γ))/τ(γ) over γ ≤ 8, where
+T(B, γ) is the cost model's iteration time verifying γ drafts per sequence and D the
+draft-building overhead; the budget Γ* = γ*·B goes to probes first (one token each),
+then one token per request at a time to probes while their marginal gain
+B_h·(β[γ_h]−β[γ_h+1]) exceeds λ = 2 times the others' B_l·(β[γ_l]−β[γ_l+1]), else to
+the others (β[j] = α^j, the probability that the j-th draft token is accepted).
+"""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING
+
+import numpy as np
+from scipy import optimize
+
+from seersim.config import SpeculationConfig
+from seersim.cost import StepLines, TabulatedStretch
+
+if TYPE_CHECKING:
+    from seersim.engine.cluster import Cluster
+    from seersim.engine.instance import Instance
+
+Q = 1 << 20  # accumulator units per token
+MAX_DRAFT = 8
+PRIORITY_LAMBDA = 2.0
+
+# Paper Table 2: mean accepted length incl. bonus, by finished references n, per draft paths.
+PAPER_ACCEPTANCE: dict[int, dict[int, float]] = {
+    1: {0: 1.70, 1: 2.04, 5: 2.32, 15: 2.53},
+    2: {0: 1.77, 1: 2.14, 5: 2.44, 15: 2.69},
+    4: {0: 1.85, 1: 2.25, 5: 2.59, 15: 2.85},
+}
+
+
+def tau(alpha: float | np.ndarray, gamma: int | np.ndarray):
+    """Mean tokens emitted per verification with γ drafts at per-token acceptance α."""
+    alpha = np.asarray(alpha, dtype=float)
+    g = np.asarray(gamma)
+    with np.errstate(divide="ignore", invalid="ignore"):
+        out = (1.0 - alpha ** (g + 1)) / (1.0 - alpha)
+    return np.where(alpha >= 1.0, g + 1.0, out)
+
+
+def alpha_for_tau(tau_value: float, gamma: int) -> float:
+    """Per-token acceptance α whose τ at draft length γ equals `tau_value`."""
+    if tau_value <= 1.0:
+        return 0.0
+    if tau_value >= gamma + 1:
+        return 1.0
+    return float(optimize.brentq(lambda a: float(tau(a, gamma)) - tau_value, 0.0, 1.0 - 1e-12, xtol=1e-14))
+
+
+class AcceptanceModel:
+    """α as a function of a group's finished sibling references (calibratable table)."""
+
+    def __init__(self, table: dict[int, float], reference_draft_tokens: int = MAX_DRAFT) -> None:
+        self.refs = np.array(sorted(table), dtype=float)
+        self.alphas = np.array([alpha_for_tau(table[int(n)], reference_draft_tokens) for n in self.refs])
+
+    def alpha(self, refs: np.ndarray | int) -> np.ndarray:
+        return np.interp(np.asarray(refs, dtype=float), self.refs, self.alphas)
+
+
+class SpecDecoder:
+    """Per-instance speculative-decoding state: the current epoch's draft lengths."""
+
+    def __init__(self, cluster: "Cluster", cfg: SpeculationConfig) -> None:
+        self.cluster = cluster
+        self.cfg = cfg
+        self.grouped = cfg.mode == "grouped_adaptive"
+        table = cfg.acceptance_table or PAPER_ACCEPTANCE[cfg.paths]
+        self.model = AcceptanceModel({int(k): float(v) for k, v in table.items()}, cfg.reference_draft_tokens)
+        self.epoch_left = 0
+
+    # ------------------------------------------------------------------ engine hooks
+    @staticmethod
+    def admit(request_id: int) -> tuple[int, int, int]:
+        """(accumulator, γ, τ·Q) of a newly admitted sequence: no drafts until the next epoch."""
+        return 0, 0, Q
+
+    def begin_iteration(self, inst: "Instance") -> None:
+        """At an epoch start, choose γ and τ for the running decodes."""
+        if self.epoch_left > 0:
+            return
+        from seersim.engine.instance import COMPUTED, GAMMA, RID, TAU_Q, TOKENS
+
+        R = inst.R
+        self.epoch_left = self.cfg.reevaluate_steps
+        if not R.shape[1]:
+            return
+        decoding = R[TOKENS] - R[COMPUTED] == 1
+        rids = R[RID]
+        gamma = np.zeros(R.shape[1], np.int64)
+        table = self.cluster.table
+        refs = self.cluster.finished_counts[table.group_id[rids]] if self.grouped else np.zeros(len(rids))
+        alpha = self.model.alpha(refs)
+        if decoding.any():
+            if self.grouped:
+                gamma[decoding] = self._adaptive_gamma(inst, alpha[decoding], self.cluster.is_probe[rids[decoding]])
+            else:
+                gamma[decoding] = self.cfg.draft_tokens
+        R[GAMMA] = gamma * self.cfg.paths
+        R[TAU_Q] = np.rint(tau(alpha, gamma) * Q).astype(np.int64)
+
+    def _iteration_s(self, inst: "Instance", batch: int, gamma: int, context: int) -> float:
+        width = 1 + self.cfg.paths * gamma
+        lines = inst.cost.step_lines(batch, batch * width, 0, float(width))
+        return lines.at(context + batch * (width - 1)) + (self.cfg.draft_overhead_s if gamma else 0.0)
+
+    def _adaptive_gamma(self, inst: "Instance", alpha: np.ndarray, probe: np.ndarray) -> np.ndarray:
+        from seersim.engine.instance import COMPUTED
+
+        batch = len(alpha)
+        context = int(inst.R[COMPUTED].sum()) + inst.R.shape[1]
+        a_mean = float(alpha.mean())
+        per_token = [self._iteration_s(inst, batch, g, context) / float(tau(a_mean, g)) for g in range(MAX_DRAFT + 1)]
+        best = int(np.argmin(per_token))
+        n_h = int(probe.sum())
+        n_l = batch - n_h
+        budget = best * batch
+        out = np.zeros(batch, np.int64)
+        if best == 0 or budget < n_h:
+            return out
+        if n_h == 0:
+            out[:] = best
+            return out
+        a_h = float(alpha[probe].mean())
+        a_l = float(alpha[~probe].mean()) if n_l else 0.0
+        g_h, g_l = 1, 0
+        budget -= n_h
+        while True:
+            gain_h = n_h * (a_h**g_h - a_h ** (g_h + 1)) if g_h < MAX_DRAFT else -1.0
+            gain_l = n_l * (a_l**g_l - a_l ** (g_l + 1)) if (g_l < MAX_DRAFT and n_l) else -1.0
+            if gain_h >= 0 and budget >= n_h and (gain_h > PRIORITY_LAMBDA * gain_l or gain_l < 0 or budget < n_l):
+                g_h += 1
+                budget -= n_h
+            elif gain_l >= 0 and budget >= n_l:
+                g_l += 1
+                budget -= n_l
+            else:
+                break
+        out[probe] = g_h
+        out[~probe] = g_l
+        return out
+
+    # ------------------------------------------------------------------ planning
+    def plan(self, inst: "Instance", new: np.ndarray, changed: bool, preempted: bool):
+        from seersim.engine.instance import _Plan
+
+        from seersim.engine.instance import COMPUTED, GAMMA, TOKENS
+
+        R = inst.R
+        full = new == R[TOKENS] - R[COMPUTED] + R[GAMMA]
+        if changed or preempted or not bool(((R[TOKENS] - R[COMPUTED] == 1) & full).all()):
+            # a mixed iteration: the batch changes, so the next iteration starts a new epoch
+            self.epoch_left = 0
+            return _Plan(1, TabulatedStretch.single(self._mixed_step_s(inst, new)), new, False, self._emit_mixed(inst, new))
+        return self._plan_decode(inst)
+
+    def _lines(self, inst: "Instance") -> StepLines:
+        from seersim.engine.instance import GAMMA
+
+        R = inst.R
+        n = R.shape[1]
+        verified = int((1 + R[GAMMA]).sum())
+        lines = inst.cost.step_lines(n, verified, 0, verified / n)
+        if self.cfg.draft_overhead_s and bool((R[GAMMA] > 0).any()):
+            lines = StepLines(tuple(a + self.cfg.draft_overhead_s for a in lines.intercepts_s), lines.slopes_s)
+        return lines
+
+    def _mixed_step_s(self, inst: "Instance", new: np.ndarray) -> float:
+        from seersim.engine.instance import COMPUTED
+
+        R = inst.R
+        scheduled = new > 0
+        c, k = R[COMPUTED][scheduled], new[scheduled]
+        context = int((c + k).sum())
+        pairs = int((k * c + k * (k + 1) // 2).sum())
+        return inst.cost.step_lines(int(scheduled.sum()), int(k.sum()), pairs - context).at(context)
+
+    def _emission(self, inst: "Instance", steps: int) -> np.ndarray:
+        """Cumulative tokens each sequence emits after 0..steps iterations (capped by its chunk)."""
+        from seersim.engine.instance import ACC, LEFT, TAU_Q
+
+        R = inst.R
+        k = np.arange(steps + 1, dtype=np.int64)[:, None]
+        return np.minimum((R[ACC] + k * R[TAU_Q]) // Q, R[LEFT])
+
+    def _plan_decode(self, inst: "Instance"):
+        from seersim.engine.instance import BLOCKS, COMPUTED, GAMMA, LEFT, SHARED, _Plan
+
+        R, bs = inst.R, inst.bs
+        horizon = self.epoch_left if inst.fast_forward else 1
+        cum = self._emission(inst, horizon)
+        # a chunk ends at the first iteration where some sequence reaches its limit
+        reached = (cum[1:] >= R[LEFT]).any(axis=1)
+        steps = int(np.argmax(reached)) + 1 if reached.any() else horizon
+        # KV: iteration k needs slots for computed + emitted so far + 1 + γ (step 1 is allocated)
+        need_blocks = -(-(R[COMPUTED] + cum[:-1] + 1 + R[GAMMA]) // bs) - R[SHARED]
+        extra = np.maximum(need_blocks - R[BLOCKS], 0).sum(axis=1)
+        over = np.flatnonzero(extra[1:] > inst._stretch_block_limit())
+        if len(over):
+            steps = min(steps, int(over[0]) + 1)  # iterations before the first that cannot allocate
+        context = (R[COMPUTED] + cum[:steps] + 1 + R[GAMMA]).sum(axis=1)
+        stretch = TabulatedStretch(self._lines(inst), context)
+        return _Plan(steps, stretch, None, False, self._emit_decode(inst, cum, need_blocks))
+
+    # ------------------------------------------------------------------ applying
+    def _emit_decode(self, inst: "Instance", cum: np.ndarray, need_blocks: np.ndarray):
+        from seersim.engine.instance import ACC, BLOCKS, COMPUTED, GAMMA, LEFT, TAU_Q, TOKENS
+
+        def apply(steps: int, start: float) -> None:
+            R = inst.R
+            grow = np.maximum(need_blocks[:steps].max(axis=0) - R[BLOCKS], 0)
+            inst.kv.allocate(int(grow.sum()))
+            R[BLOCKS] += grow
+            emitted = cum[steps]
+            R[COMPUTED] += emitted
+            R[TOKENS] += emitted
+            R[LEFT] -= emitted
+            R[ACC] = (R[ACC] + steps * R[TAU_Q]) % Q
+            total = int(emitted.sum())
+            self._account(inst, steps, total, int(steps * (1 + R[GAMMA]).sum()), steps * R.shape[1], total)
+
+        return apply
+
+    def _emit_mixed(self, inst: "Instance", new: np.ndarray):
+        from seersim.engine.instance import ACC, COMPUTED, GAMMA, LEFT, RID, TAU_Q, TOKENS
+
+        def apply(steps: int, start: float) -> None:
+            R, table = inst.R, inst.table
+            decoding = R[TOKENS] - R[COMPUTED] == 1
+            spec_emit = np.minimum((R[ACC] + R[TAU_Q]) // Q, R[LEFT])
+            prefill_done = ~decoding & (R[COMPUTED] + new == R[TOKENS]) & (new > 0)
+            first = prefill_done & (R[TOKENS] == table.input_tokens[R[RID]])
+            if first.any():
+                table.first_token_s[R[RID, first]] = inst.env.now
+            before = R[COMPUTED].copy()
+            emitted = np.where(decoding & (new > 0), spec_emit, prefill_done.astype(np.int64))
+            R[COMPUTED] += np.where(decoding, np.where(new > 0, spec_emit, 0), new)
+            R[TOKENS] += emitted
+            R[LEFT] -= emitted
+            R[ACC] = np.where(decoding & (new > 0), (R[ACC] + R[TAU_Q]) % Q, R[ACC])
+            inst.stats.prefill_tokens += int((np.where(decoding, 0, new) - prefill_done).sum())
+            spec = decoding & (new > 0)
+            self._account(inst, 1, int(emitted.sum()), int(new.sum()), int(spec.sum()), int(spec_emit[spec].sum()))
+            inst._share_new_prompts(before)
+
+        return apply
+
+    def _account(self, inst: "Instance", steps: int, emitted: int, verified: int, seq_steps: int, decode_emitted: int) -> None:
+        self.epoch_left = max(0, self.epoch_left - steps)
+        st = inst.stats
+        st.emitted_tokens += emitted
+        st.verified_tokens += verified
+        st.decode_seq_steps += seq_steps
+        st.decode_emitted_tokens += decode_emitted
