@@ -18,7 +18,7 @@ from seersim.config import Scenario, with_overrides
 from seersim.cost import CostModel
 from seersim.engine import Cluster
 from seersim.metrics import summarize
-from seersim.policies import make_policy
+from seersim.policies import make_policy, policy_class
 from seersim.workload import Workload, build_workload
 
 
@@ -90,6 +90,9 @@ def simulate(
         overrides["policy.name"] = policy
     if overrides:
         scenario = with_overrides(scenario, **overrides)
+    wanted = policy_class(scenario.policy.name).speculation
+    if wanted and scenario.engine.speculation.mode == "none":
+        scenario = with_overrides(scenario, **{"engine.speculation.mode": wanted})
     seed = scenario.seed if seed is None else seed
     rng = np.random.default_rng(seed)
     result = RunResult(scenario=scenario, policy=scenario.policy.name, seed=seed)

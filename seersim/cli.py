@@ -111,6 +111,146 @@ def run(
             typer.echo(f"records written to {out}/")
 
 
+def _split(csv: str | None) -> list[str] | None:
+    return [x.strip() for x in csv.split(",") if x.strip()] if csv else None
+
+
+@app.command("compare")
+def compare_cmd(
+    scenario: Annotated[Path, typer.Argument(help="scenario YAML file")],
+    policies: Annotated[
+        Optional[str], typer.Option("--policies", help="comma-separated policies (default baseline,divided,context_aware,seer)")
+    ] = None,
+    seeds: Annotated[int, typer.Option("--seeds", min=1, help="number of seeds (scenario seed, +1, ...)")] = 1,
+    jobs: Annotated[int, typer.Option("--jobs", "-j", min=1, help="parallel processes")] = 1,
+    set_: SetOpt = None,
+    out: OutOpt = None,
+    json_: JsonOpt = False,
+) -> None:
+    """Run every policy on identical work and compare makespan, throughput and tail."""
+    from seersim.compare import DEFAULT_POLICIES, compare, plot_comparison
+    from seersim.config import load_scenario
+    from seersim.report import save_figure, write_frame, write_json
+
+    with _cli_errors():
+        sc = load_scenario(scenario, overrides=list(set_ or []))
+        with _progress(not json_, f"comparing on {sc.name}") as progress:
+            cmp = compare(sc, _split(policies) or DEFAULT_POLICIES, seeds=seeds, jobs=jobs, progress=progress)
+        if out is not None:
+            write_json(out / "compare.json", cmp.to_json())
+            write_frame(out / "runs", cmp.runs)
+            for name, fig in plot_comparison(cmp).items():
+                save_figure(fig, out / name)
+        if json_:
+            typer.echo(json.dumps(cmp.to_json(), default=float))
+            return
+        _print_compare(cmp)
+        if out is not None:
+            typer.echo(f"results and plots written to {out}/")
+
+
+def _print_compare(cmp) -> None:
+    from rich.console import Console
+    from rich.table import Table
+
+    spread = len(cmp.seeds) > 1
+    t = Table(title=f"{cmp.scenario.name}: {len(cmp.seeds)} seed(s), vs {cmp.baseline}")
+    for col in ("policy", "makespan", "throughput", "tail", "speedup", "tail vs baseline", "preemptions", "migrations"):
+        t.add_column(col, justify="left" if col == "policy" else "right")
+
+    def pm(v, sd, fmt):
+        return fmt.format(v) + (f" ± {fmt.format(sd)}" if spread else "")
+
+    for r in cmp.table.to_dict(orient="records"):
+        t.add_row(
+            r["policy"],
+            pm(r["makespan_s"], r["makespan_s_std"], "{:,.1f}") + " s",
+            pm(r["throughput_tokens_per_s"], r["throughput_tokens_per_s_std"], "{:,.0f}") + " tok/s",
+            pm(r["tail_s"], r["tail_s_std"], "{:,.1f}") + " s",
+            pm(r["speedup_vs_baseline"], r["speedup_vs_baseline_std"], "{:.2f}") + "x",
+            f"{-r['tail_reduction_vs_baseline']:+.0%}",
+            f"{r.get('preemptions', 0):,.0f}",
+            f"{r.get('migrations', 0):,.0f}",
+        )
+    Console().print(t)
+
+
+@app.command()
+def regress(
+    baseline: Annotated[Path, typer.Option("--baseline", "-b", help="stored baseline JSON")] = Path(
+        "scenarios/regress-baseline.json"
+    ),
+    update: Annotated[bool, typer.Option("--update", help="rewrite the baseline with the current results")] = False,
+    scenarios: Annotated[Optional[str], typer.Option("--scenarios", help="with --update: comma-separated scenario files")] = None,
+    policies: Annotated[Optional[str], typer.Option("--policies", help="with --update --scenarios: policies")] = None,
+    tolerance: Annotated[Optional[float], typer.Option("--tolerance", min=0.0, help="relative tolerance (default: the file's)")] = None,
+    json_: JsonOpt = False,
+) -> None:
+    """Check policies against a stored baseline; exit 1 when a metric got worse."""
+    from seersim import regress as rg
+
+    with _cli_errors():
+        if update:
+            entries = rg.update(baseline, _split(scenarios), _split(policies), tolerance)
+            typer.echo(f"baseline {baseline} updated: {len(entries)} entries")
+            return
+        if scenarios or policies:
+            raise_bad = "--scenarios/--policies only go with --update"
+            _err(raise_bad)
+            raise typer.Exit(EXIT_BAD_INPUT)
+        df = rg.check(baseline, tolerance)
+    worse = df[df["status"] == "WORSE"]
+    if json_:
+        typer.echo(json.dumps({"passed": worse.empty, "rows": df.to_dict(orient="records")}, default=float))
+    else:
+        from rich.console import Console
+        from rich.table import Table
+
+        t = Table(title=f"regression check against {baseline}")
+        for col in ("scenario", "policy", "metric", "stored", "now", "change", "status"):
+            t.add_column(col)
+        for r in df.to_dict(orient="records"):
+            style = "bold red" if r["status"] == "WORSE" else ""
+            t.add_row(
+                r["scenario"], r["policy"], r["metric"], f"{r['stored']:,.2f}", f"{r['now']:,.2f}",
+                f"{r['change']:+.2%}", r["status"], style=style,
+            )
+        Console().print(t)
+        typer.echo(f"{len(worse)} metric(s) worse than the baseline" if len(worse) else "no regression")
+    if len(worse):
+        raise typer.Exit(EXIT_CHECK_FAILED)
+
+
+@app.command()
+def reproduce(
+    scenarios_dir: Annotated[Path, typer.Option("--scenarios-dir", help="folder with the paper scenarios")] = Path("scenarios"),
+    out: Annotated[Optional[Path], typer.Option("--out", "-o", help="write the markdown table here")] = None,
+    seeds: Annotated[int, typer.Option("--seeds", min=1)] = 1,
+    jobs: Annotated[int, typer.Option("--jobs", "-j", min=1)] = 1,
+    json_: JsonOpt = False,
+) -> None:
+    """Reproduce the Seer paper's Table 4 ablation on the shipped paper scenarios."""
+    from seersim.report import atomic_write
+    from seersim.reproduce import reproduce as run_repro
+    from seersim.reproduce import to_markdown
+
+    with _cli_errors():
+        with _progress(not json_, "reproducing Table 4") as progress:
+            df = run_repro(scenarios_dir, seeds=seeds, jobs=jobs, progress=progress)
+    md = to_markdown(df)
+    if out is not None:
+        header = (
+            "# Seer paper reproduction\n\nGenerated by `seersim reproduce --out "
+            f"{out}` (seeds: {seeds}). Paper: arXiv 2511.14617 v3, Table 4 (speedups are rollout-throughput ratios "
+            "over the baseline; tail reduction is 1 - tail/baseline tail). Assumptions: see each scenario file.\n\n"
+        )
+        atomic_write(out, lambda p: p.write_text(header + md))
+    if json_:
+        typer.echo(df.to_json(orient="records"))
+    else:
+        typer.echo(md)
+
+
 @app.command()
 def specs() -> None:
     """List the model and GPU catalogs (names usable in a scenario)."""

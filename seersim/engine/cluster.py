@@ -197,6 +197,8 @@ class Cluster:
     # ------------------------------------------------------------------ running
     def run(self) -> SimOutput:
         rids = np.arange(self.table.n, dtype=np.int64)
+        if self.policy.uses_true_lengths:
+            self.policy.reveal_true_lengths(self.table.output_tokens.copy())
         self.policy.on_step_start(self, rids)
         if self.table.n:
             self._request_pass()

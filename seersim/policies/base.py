@@ -85,9 +85,16 @@ class Policy(ABC):
     name: ClassVar[str]
     #: True only for reference policies that read hidden output lengths
     uses_true_lengths: ClassVar[bool] = False
+    #: speculative-decoding mode the policy switches on in the engines when the
+    #: scenario leaves it at "none" (Seer = context-aware + grouped_adaptive)
+    speculation: ClassVar[str | None] = None
 
     def __init__(self, cfg: PolicyConfig) -> None:
         self.cfg = cfg
+
+    def reveal_true_lengths(self, output_tokens: np.ndarray) -> None:
+        """Hidden output lengths; given only to policies with `uses_true_lengths`."""
+        raise NotImplementedError
 
     def on_step_start(self, view: ClusterView, request_ids: np.ndarray) -> None:
         """A new RL step: these requests wait for their first chunk."""

@@ -1,0 +1,127 @@
+"""Compare policies on identical work: every policy runs the same scenario with the
+same seeds (so the same requests), and results are aggregated over seeds.
+
+Ratios follow DESIGN §6: speedup_vs_baseline = throughput / baseline throughput (per
+seed, then averaged); tail_reduction_vs_baseline = 1 − tail_s / baseline tail_s.
+"""
+
+from __future__ import annotations
+
+from concurrent.futures import ProcessPoolExecutor
+from dataclasses import dataclass, field
+
+import numpy as np
+import pandas as pd
+
+from seersim.api import RunResult, simulate
+from seersim.config import Scenario
+from seersim.policies import policy_class
+
+DEFAULT_POLICIES = ("baseline", "divided", "context_aware", "seer")
+METRICS = ("makespan_s", "throughput_tokens_per_s", "tail_s")
+
+
+@dataclass
+class Comparison:
+    scenario: Scenario
+    policies: list[str]
+    seeds: list[int]
+    baseline: str
+    runs: pd.DataFrame  # one row per (policy, seed): the run's summary
+    examples: dict[str, RunResult] = field(default_factory=dict)  # first seed's full result per policy
+
+    @property
+    def table(self) -> pd.DataFrame:
+        """One row per policy: metric means, spreads over seeds, ratios vs the baseline."""
+        runs = self.runs
+        base = runs[runs["policy"] == self.baseline].set_index("seed")
+        rows = []
+        for pol in self.policies:
+            r = runs[runs["policy"] == pol].set_index("seed")
+            speed = r["throughput_tokens_per_s"] / base["throughput_tokens_per_s"]
+            tail_red = 1.0 - r["tail_s"] / base["tail_s"].replace(0.0, np.nan)
+            row = {"policy": pol}
+            for m in METRICS:
+                row[m] = float(r[m].mean())
+                row[m + "_std"] = float(r[m].std(ddof=1)) if len(r) > 1 else 0.0
+            row["speedup_vs_baseline"] = float(speed.mean())
+            row["speedup_vs_baseline_std"] = float(speed.std(ddof=1)) if len(r) > 1 else 0.0
+            row["tail_reduction_vs_baseline"] = float(tail_red.mean())
+            for m in ("preemptions", "migrations", "output_tokens", "gpu_utilization", "cost_usd"):
+                if m in r:
+                    row[m] = float(r[m].mean())
+            rows.append(row)
+        return pd.DataFrame(rows)
+
+    def to_json(self) -> dict:
+        return {
+            "scenario": self.scenario.name,
+            "baseline": self.baseline,
+            "seeds": self.seeds,
+            "results": self.table.to_dict(orient="records"),
+        }
+
+
+def _run_one(args) -> tuple[str, int, dict, RunResult | None]:
+    scenario, policy, seed, keep = args
+    res = simulate(scenario, policy=policy, seed=seed)
+    return policy, seed, res.summary, (res if keep else None)
+
+
+def compare(
+    scenario: Scenario,
+    policies: list[str] | tuple[str, ...] = DEFAULT_POLICIES,
+    seeds: int = 1,
+    jobs: int = 1,
+    progress=None,
+) -> Comparison:
+    """Run every policy × seed. Seeds are scenario.seed, scenario.seed+1, ...
+
+    `jobs` > 1 runs them in that many processes (results are identical either way).
+    """
+    policies = list(dict.fromkeys(policies))
+    for p in policies:
+        policy_class(p)  # fail fast on an unknown name
+    seed_list = [scenario.seed + i for i in range(seeds)]
+    baseline = "baseline" if "baseline" in policies else policies[0]
+    tasks = [(scenario, p, s, s == seed_list[0]) for s in seed_list for p in policies]
+    if jobs > 1 and len(tasks) > 1:
+        with ProcessPoolExecutor(max_workers=jobs) as pool:
+            outs = []
+            for i, out in enumerate(pool.map(_run_one, tasks)):
+                outs.append(out)
+                if progress:
+                    progress(i + 1, len(tasks))
+    else:
+        outs = []
+        for i, t in enumerate(tasks):
+            outs.append(_run_one(t))
+            if progress:
+                progress(i + 1, len(tasks))
+    runs = pd.DataFrame([{**summary, "policy": pol, "seed": seed} for pol, seed, summary, _ in outs])
+    examples = {pol: res for pol, _, _, res in outs if res is not None}
+    return Comparison(scenario, policies, seed_list, baseline, runs, examples)
+
+
+# ---------------------------------------------------------------------------- plots
+def plot_comparison(cmp: Comparison):
+    """Figures: per-policy timelines side by side, finish-time CDF, throughput bars."""
+    from seersim.report import _pyplot, plot_finish_cdf, plot_timeline
+
+    plt = _pyplot()
+    n = len(cmp.policies)
+    fig_tl, axes = plt.subplots(2, n, figsize=(4.5 * n, 6), sharex=True, sharey="row", squeeze=False)
+    for j, pol in enumerate(cmp.policies):
+        res = cmp.examples[pol]
+        step = res.steps[0]
+        kv = int(step.instances["kv_blocks"].iloc[0])
+        plot_timeline(step.timeline, kv, pol, axes=axes[:, j])
+    fig_cdf = plot_finish_cdf({p: cmp.examples[p].steps[0].requests for p in cmp.policies})
+    fig_bar, ax = plt.subplots(figsize=(1.6 * n + 2, 4))
+    t = cmp.table
+    ax.bar(t["policy"], t["throughput_tokens_per_s"], yerr=t["throughput_tokens_per_s_std"], color="tab:blue")
+    for x, (v, s) in enumerate(zip(t["throughput_tokens_per_s"], t["speedup_vs_baseline"])):
+        ax.text(x, v, f"{s:.2f}x", ha="center", va="bottom")
+    ax.set_ylabel("output tokens / s")
+    ax.set_title(f"{cmp.scenario.name}: rollout throughput")
+    return {"timelines.png": fig_tl, "finish_cdf.png": fig_cdf, "throughput.png": fig_bar}

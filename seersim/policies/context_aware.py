@@ -1,0 +1,123 @@
+"""Seer's Context-Aware Scheduling (the paper's Algorithm 2), on top of divided rollout.
+
+Responses of one group have similar lengths, so each group's first request runs as a
+*probe* at high priority and the group's finished lengths estimate the rest:
+
+  every scheduling decision:
+  1. a group's estimate = the longest finished length seen in it; none yet: max_tokens;
+  2. if a probe is waiting, pick the probe with the fewest tokens generated so far;
+  3. else pick, among the other waiting requests, one of the group with the largest
+     estimate (ties by request id) — approximately longest-first;
+  4. its chunk is min(chunk_tokens, max_tokens − generated), sent to an instance with
+     KV room for it (placement as divided rollout), else wait until room frees.
+
+Anti-starvation: every `anti_starvation_every`-th pick (0 = off) serves instead the
+waiting group that has received the least service time so far.
+
+The policy learns only what it observes: finished lengths, tokens generated so far.
+"""
+
+from __future__ import annotations
+
+import heapq
+from bisect import insort
+
+import numpy as np
+
+from seersim.policies.base import ClusterView, Dispatch, Loads, Policy, chunk_limit, place_chunk
+
+
+class ContextAwarePolicy(Policy):
+    name = "context_aware"
+
+    def __init__(self, cfg) -> None:
+        super().__init__(cfg)
+        self._probe_heap: list[tuple[int, int]] = []  # (generated, request id)
+        self._group_heap: list[tuple[int, int, int]] = []  # (-estimate, first waiting id, group)
+        self._waiting: dict[int, list[int]] = {}  # group -> sorted waiting non-probe ids
+        self._estimate: dict[int, int] = {}
+        self._is_probe: set[int] = set()
+        self._served_s: dict[int, float] = {}
+        self._dispatched_at: dict[int, float] = {}
+        self._picks = 0
+
+    # ---- events -------------------------------------------------------------------
+    def on_step_start(self, view: ClusterView, request_ids: np.ndarray) -> None:
+        groups = view.group_id[request_ids]
+        _, first = np.unique(groups, return_index=True)
+        self._is_probe = {int(request_ids[i]) for i in first}
+        for rid in request_ids.tolist():
+            self._make_waiting(view, rid)
+
+    def on_chunk_done(self, view: ClusterView, request_id: int, finished: bool) -> None:
+        group = int(view.group_id[request_id])
+        t0 = self._dispatched_at.pop(request_id, view.now_s)
+        self._served_s[group] = self._served_s.get(group, 0.0) + view.now_s - t0
+        if finished:
+            lengths = view.finished_lengths(group)
+            new_est = max(lengths) if lengths else view.max_tokens
+            if new_est != self._estimate.get(group):
+                self._estimate[group] = new_est
+                self._push_group(group)
+        else:
+            self._make_waiting(view, request_id)
+
+    def _make_waiting(self, view: ClusterView, rid: int) -> None:
+        if rid in self._is_probe:
+            heapq.heappush(self._probe_heap, (int(view.generated_tokens[rid]), rid))
+            return
+        group = int(view.group_id[rid])
+        self._estimate.setdefault(group, view.max_tokens)
+        insort(self._waiting.setdefault(group, []), rid)
+        self._push_group(group)
+
+    def _push_group(self, group: int) -> None:
+        members = self._waiting.get(group)
+        if members:
+            heapq.heappush(self._group_heap, (-self._estimate[group], members[0], group))
+
+    # ---- picking ------------------------------------------------------------------
+    def _top_group(self) -> int | None:
+        heap = self._group_heap
+        while heap:
+            neg_est, first, group = heap[0]
+            members = self._waiting.get(group)
+            if members and members[0] == first and -neg_est == self._estimate[group]:
+                return group
+            heapq.heappop(heap)  # stale entry
+        return None
+
+    def _starved_group(self) -> int | None:
+        waiting = [g for g, m in self._waiting.items() if m]
+        return min(waiting, key=lambda g: (self._served_s.get(g, 0.0), g)) if waiting else None
+
+    def _next(self) -> tuple[int, str] | None:
+        """The request to serve next and where it comes from ('probe' or 'group')."""
+        if self._probe_heap:
+            return self._probe_heap[0][1], "probe"
+        every = self.cfg.anti_starvation_every
+        group = self._starved_group() if every and (self._picks + 1) % every == 0 else self._top_group()
+        if group is None:
+            return None
+        return self._waiting[group][0], "group"
+
+    def decide(self, view: ClusterView) -> list[Dispatch]:
+        loads = Loads(view)
+        out: list[Dispatch] = []
+        while True:
+            nxt = self._next()
+            if nxt is None:
+                return out
+            rid, source = nxt
+            d = place_chunk(view, loads, rid, chunk_limit(view, rid, self.cfg.chunk_tokens), self.cfg)
+            if d is None:
+                return out  # no instance has room: wait for one (no smaller request jumps ahead)
+            self._picks += 1
+            if source == "probe":
+                heapq.heappop(self._probe_heap)
+            else:
+                group = int(view.group_id[rid])
+                self._waiting[group].pop(0)
+                self._push_group(group)
+            self._dispatched_at[rid] = view.now_s
+            out.append(d)
