@@ -34,7 +34,7 @@ import numpy as np
 from scipy import optimize
 
 from seersim.config import SpeculationConfig
-from seersim.cost import StepLines, TabulatedStretch
+from seersim.cost import LinearStretch, StepLines, TabulatedStretch
 
 if TYPE_CHECKING:
     from seersim.engine.cluster import Cluster
@@ -91,6 +91,12 @@ class SpecDecoder:
         table = cfg.acceptance_table or PAPER_ACCEPTANCE[cfg.paths]
         self.model = AcceptanceModel({int(k): float(v) for k, v in table.items()}, cfg.reference_draft_tokens)
         self.epoch_left = 0
+        # The iteration time inside an epoch uses the epoch's *expected* context growth
+        # (Σ τ_i per iteration) rather than the integer emissions: identical in both
+        # engine modes, closed-form over a stretch, and off by < 1 token per sequence.
+        self.epoch_step = 0
+        self.epoch_base_context = 0.0
+        self.epoch_rate = 0.0
 
     # ------------------------------------------------------------------ engine hooks
     @staticmethod
@@ -106,6 +112,7 @@ class SpecDecoder:
 
         R = inst.R
         self.epoch_left = self.cfg.reevaluate_steps
+        self.epoch_step = 0
         if not R.shape[1]:
             return
         decoding = R[TOKENS] - R[COMPUTED] == 1
@@ -121,6 +128,8 @@ class SpecDecoder:
                 gamma[decoding] = self.cfg.draft_tokens
         R[GAMMA] = gamma * self.cfg.paths
         R[TAU_Q] = np.rint(tau(alpha, gamma) * Q).astype(np.int64)
+        self.epoch_base_context = float((R[COMPUTED] + 1 + R[GAMMA]).sum())
+        self.epoch_rate = float(R[TAU_Q].sum()) / Q
 
     def _iteration_s(self, inst: "Instance", batch: int, gamma: int, context: int) -> float:
         width = 1 + self.cfg.paths * gamma
@@ -133,7 +142,8 @@ class SpecDecoder:
         batch = len(alpha)
         context = int(inst.R[COMPUTED].sum()) + inst.R.shape[1]
         a_mean = float(alpha.mean())
-        per_token = [self._iteration_s(inst, batch, g, context) / float(tau(a_mean, g)) for g in range(MAX_DRAFT + 1)]
+        taus = tau(a_mean, np.arange(MAX_DRAFT + 1))
+        per_token = [self._iteration_s(inst, batch, g, context) / taus[g] for g in range(MAX_DRAFT + 1)]
         best = int(np.argmin(per_token))
         n_h = int(probe.sum())
         n_l = batch - n_h
@@ -198,43 +208,53 @@ class SpecDecoder:
         pairs = int((k * c + k * (k + 1) // 2).sum())
         return inst.cost.step_lines(int(scheduled.sum()), int(k.sum()), pairs - context).at(context)
 
-    def _emission(self, inst: "Instance", steps: int) -> np.ndarray:
-        """Cumulative tokens each sequence emits after 0..steps iterations (capped by its chunk)."""
-        from seersim.engine.instance import ACC, LEFT, TAU_Q
-
-        R = inst.R
-        k = np.arange(steps + 1, dtype=np.int64)[:, None]
-        return np.minimum((R[ACC] + k * R[TAU_Q]) // Q, R[LEFT])
-
     def _plan_decode(self, inst: "Instance"):
-        from seersim.engine.instance import BLOCKS, COMPUTED, GAMMA, LEFT, SHARED, _Plan
+        """A pure speculative-decode stretch, in closed form (O(n log K), no per-step loop).
+
+        Sequence i emits cum_i(k) = (acc_i + k·τ_i) // Q tokens after k iterations.
+        """
+        from seersim.engine.instance import ACC, BLOCKS, COMPUTED, GAMMA, LEFT, SHARED, TAU_Q, _Plan
 
         R, bs = inst.R, inst.bs
+        acc, tq, left = R[ACC], R[TAU_Q], R[LEFT]
         horizon = self.epoch_left if inst.fast_forward else 1
-        cum = self._emission(inst, horizon)
         # a chunk ends at the first iteration where some sequence reaches its limit
-        reached = (cum[1:] >= R[LEFT]).any(axis=1)
-        steps = int(np.argmax(reached)) + 1 if reached.any() else horizon
-        # KV: iteration k needs slots for computed + emitted so far + 1 + γ (step 1 is allocated)
-        need_blocks = -(-(R[COMPUTED] + cum[:-1] + 1 + R[GAMMA]) // bs) - R[SHARED]
-        extra = np.maximum(need_blocks - R[BLOCKS], 0).sum(axis=1)
-        over = np.flatnonzero(extra[1:] > inst._stretch_block_limit())
-        if len(over):
-            steps = min(steps, int(over[0]) + 1)  # iterations before the first that cannot allocate
-        context = (R[COMPUTED] + cum[:steps] + 1 + R[GAMMA]).sum(axis=1)
-        stretch = TabulatedStretch(self._lines(inst), context)
-        return _Plan(steps, stretch, None, False, self._emit_decode(inst, cum, need_blocks))
+        reach = -(-(left * Q - acc) // tq)
+        steps = max(1, min(horizon, int(reach.min())))
+        # KV: iteration k needs slots for computed + emitted before it + 1 + γ (step 1 is allocated)
+        base = R[COMPUTED] + 1 + R[GAMMA]
+        held = R[BLOCKS] + R[SHARED]
+        limit = inst._stretch_block_limit()
+
+        def extra_blocks(k: int) -> int:
+            need = -(-(base + (acc + (k - 1) * tq) // Q) // bs)
+            return int(np.maximum(need - held, 0).sum())
+
+        if steps > 1 and extra_blocks(steps) > limit:
+            lo, hi = 1, steps  # extra_blocks(lo) <= limit < extra_blocks(hi)
+            while hi - lo > 1:
+                mid = (lo + hi) // 2
+                if extra_blocks(mid) > limit:
+                    hi = mid
+                else:
+                    lo = mid
+            steps = lo
+        c0 = self.epoch_base_context + self.epoch_rate * (self.epoch_step - 1)
+        stretch = LinearStretch(self._lines(inst), c0, self.epoch_rate)
+        return _Plan(steps, stretch, None, False, self._emit_decode(inst))
 
     # ------------------------------------------------------------------ applying
-    def _emit_decode(self, inst: "Instance", cum: np.ndarray, need_blocks: np.ndarray):
-        from seersim.engine.instance import ACC, BLOCKS, COMPUTED, GAMMA, LEFT, TAU_Q, TOKENS
+    def _emit_decode(self, inst: "Instance"):
+        from seersim.engine.instance import ACC, BLOCKS, COMPUTED, GAMMA, LEFT, SHARED, TAU_Q, TOKENS
 
         def apply(steps: int, start: float) -> None:
-            R = inst.R
-            grow = np.maximum(need_blocks[:steps].max(axis=0) - R[BLOCKS], 0)
+            R, bs = inst.R, inst.bs
+            # blocks for the last iteration's slots (the most any iteration needed)
+            last = R[COMPUTED] + 1 + R[GAMMA] + (R[ACC] + (steps - 1) * R[TAU_Q]) // Q
+            grow = np.maximum(-(-last // bs) - R[SHARED] - R[BLOCKS], 0)
             inst.kv.allocate(int(grow.sum()))
             R[BLOCKS] += grow
-            emitted = cum[steps]
+            emitted = np.minimum((R[ACC] + steps * R[TAU_Q]) // Q, R[LEFT])
             R[COMPUTED] += emitted
             R[TOKENS] += emitted
             R[LEFT] -= emitted
@@ -270,6 +290,7 @@ class SpecDecoder:
 
     def _account(self, inst: "Instance", steps: int, emitted: int, verified: int, seq_steps: int, decode_emitted: int) -> None:
         self.epoch_left = max(0, self.epoch_left - steps)
+        self.epoch_step += steps
         st = inst.stats
         st.emitted_tokens += emitted
         st.verified_tokens += verified

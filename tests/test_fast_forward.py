@@ -1,0 +1,127 @@
+"""Fast-forward ≡ step-by-step (DESIGN §2, §6 "Exactness"): same tokens, preemptions,
+migrations and records; times equal within 1e-9 relative."""
+
+from __future__ import annotations
+
+import pytest
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
+
+import seersim
+from conftest import assert_frames_equivalent, load_small
+
+# Small, fast base: 8 prompts x 8, outputs clipped at 4096 tokens.
+SMALL = {"workload.prompts": 8, "workload.max_tokens": 4096, "workload.output_tokens.mean": 1500}
+
+
+def _both(policy: str, **overrides):
+    sc = load_small(**overrides)
+    ff = seersim.simulate(sc, policy=policy)
+    sbs = seersim.simulate(sc, policy=policy, **{"engine.mode": "step_by_step"})
+    assert ff.scenario.engine.mode == "fast_forward"
+    assert sbs.scenario.engine.mode == "step_by_step"
+    return ff, sbs
+
+
+def _assert_equivalent(ff, sbs) -> None:
+    assert_frames_equivalent(ff.requests, sbs.requests)
+    assert_frames_equivalent(ff.timeline, sbs.timeline)
+    assert_frames_equivalent(ff.instances, sbs.instances)
+    for key in ("preemptions", "migrations", "chunks", "output_tokens", "iterations", "prefill_tokens", "requests"):
+        assert ff.summary[key] == sbs.summary[key], key
+    for key in ("makespan_s", "tail_s", "throughput_tokens_per_s"):
+        assert ff.summary[key] == pytest.approx(sbs.summary[key], rel=1e-9), key
+
+
+@pytest.mark.parametrize("mode", ["fast_forward", "step_by_step"])
+def test_modes_differ_in_plans_taken(monkeypatch, mode):
+    """Guard that the comparison compares two different code paths: fast-forward applies
+    many iterations per plan, step-by-step exactly one."""
+    from seersim.engine.instance import Instance
+
+    from conftest import run_cluster
+
+    calls = {"plans": 0}
+    original = Instance._advance
+
+    def counting(self, plan, steps, start):
+        calls["plans"] += 1
+        return original(self, plan, steps, start)
+
+    monkeypatch.setattr(Instance, "_advance", counting)
+    _, out, _ = run_cluster(load_small(**SMALL, **{"engine.mode": mode}))
+    iterations = int(out.instances["iterations"].sum())
+    if mode == "step_by_step":
+        assert calls["plans"] == iterations
+    else:
+        assert iterations > 20 * calls["plans"]
+
+
+def test_baseline_no_pressure():
+    ff, sbs = _both("baseline", **SMALL)
+    assert ff.summary["preemptions"] == 0
+    _assert_equivalent(ff, sbs)
+
+
+def test_baseline_with_preemptions():
+    ff, sbs = _both("baseline", **{"workload.prompts": 12, "cluster.instances": 2, "engine.kv_capacity_tokens": 40000})
+    assert ff.summary["preemptions"] > 0, "scenario must preempt to be meaningful"
+    _assert_equivalent(ff, sbs)
+
+
+def test_divided_small_chunks_with_migrations():
+    ff, sbs = _both(
+        "divided",
+        **{
+            "workload.prompts": 12,
+            "cluster.instances": 2,
+            "engine.kv_capacity_tokens": 40000,
+            "policy.chunk_tokens": 512,
+            "policy.imbalance_threshold": 2,
+        },
+    )
+    assert ff.summary["migrations"] > 0, "scenario must migrate to be meaningful"
+    assert ff.summary["pulled_bytes"] > 0
+    _assert_equivalent(ff, sbs)
+
+
+def test_divided_without_prefix_caching():
+    ff, sbs = _both(
+        "divided", **{**SMALL, "cluster.instances": 2, "engine.prefix_caching": False, "policy.chunk_tokens": 512}
+    )
+    _assert_equivalent(ff, sbs)
+
+
+@pytest.mark.parametrize("policy", ["context_aware", "seer"])
+def test_context_aware_and_seer(policy):
+    """seer switches on grouped adaptive speculative decoding (its own fast-forward path)."""
+    ff, sbs = _both(policy, **{**SMALL, "cluster.instances": 2, "engine.kv_capacity_tokens": 30000, "policy.chunk_tokens": 512})
+    _assert_equivalent(ff, sbs)
+
+
+@settings(max_examples=8, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(
+    prompts=st.integers(4, 12),
+    group_size=st.integers(2, 6),
+    max_tokens=st.integers(512, 4096),
+    mean_frac=st.floats(0.1, 0.6),
+    kv_tokens=st.integers(20000, 80000),
+    policy=st.sampled_from(["baseline", "divided"]),
+    instances=st.integers(1, 3),
+    chunk=st.sampled_from([256, 512, 2048]),
+    seed=st.integers(0, 10_000),
+)
+def test_property_random_small_scenarios(prompts, group_size, max_tokens, mean_frac, kv_tokens, policy, instances, chunk, seed):
+    overrides = {
+        "seed": seed,
+        "workload.prompts": prompts,
+        "workload.group_size": group_size,
+        "workload.max_tokens": max_tokens,
+        "workload.output_tokens.mean": round(max_tokens * mean_frac, 1),
+        "engine.kv_capacity_tokens": kv_tokens,
+        "cluster.instances": instances,
+        "policy.chunk_tokens": chunk,
+        "policy.imbalance_threshold": 2,
+    }
+    ff, sbs = _both(policy, **overrides)
+    _assert_equivalent(ff, sbs)
