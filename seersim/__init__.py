@@ -13,7 +13,7 @@ catalogs (`specs/`), trace formats (`workload/replay.py`). See docs/extending.md
 
 from seersim.api import RunResult, StepResult, simulate
 from seersim.config import Scenario, load_scenario, scenario_from_dict, with_overrides
-from seersim.errors import PolicyError, ScenarioError, SeersimError, SimulationError, SpecError, TraceError
+from seersim.errors import OutputError, PolicyError, ScenarioError, SeersimError, SimulationError, SpecError, TraceError
 
 __all__ = [
     "RunResult",
@@ -29,5 +29,6 @@ __all__ = [
     "TraceError",
     "PolicyError",
     "SimulationError",
+    "OutputError",
 ]
 __version__ = "0.1.0"

@@ -14,12 +14,15 @@ from typing import Callable
 import numpy as np
 import pandas as pd
 
-from seersim.config import Scenario, with_overrides
+import math
+
+from seersim.config import Scenario, SyntheticWorkload, with_overrides
 from seersim.cost import CostModel
+from seersim.errors import ScenarioError
 from seersim.engine import Cluster
 from seersim.metrics import summarize
 from seersim.policies import make_policy, policy_class
-from seersim.workload import Workload, build_workload
+from seersim.workload import Request, Workload, build_workload, generate_synthetic
 
 
 @dataclass
@@ -45,8 +48,9 @@ class RunResult:
         if len(self.steps) == 1:
             return dict(self.steps[0].summary)
         rows = pd.DataFrame([s.summary for s in self.steps])
-        out = {k: rows[k].iloc[0] for k in rows.columns if rows[k].dtype == object}
-        out.update({k: float(rows[k].mean()) for k in rows.columns if rows[k].dtype != object})
+        numeric = [k for k in rows.columns if pd.api.types.is_numeric_dtype(rows[k])]
+        out = {k: rows[k].iloc[0] for k in rows.columns if k not in numeric}
+        out.update({k: float(rows[k].mean()) for k in numeric})
         out["steps"] = len(self.steps)
         out["seed"] = self.seed
         return out
@@ -94,13 +98,56 @@ def simulate(
     if wanted and scenario.engine.speculation.mode == "none":
         scenario = with_overrides(scenario, **{"engine.speculation.mode": wanted})
     seed = scenario.seed if seed is None else seed
+    if seed < 0:
+        raise ScenarioError(f"seed: must be >= 0 (got {seed})")
     rng = np.random.default_rng(seed)
     result = RunResult(scenario=scenario, policy=scenario.policy.name, seed=seed)
+    carried: list[Request] = []
     for step in range(scenario.steps):
         wl = workload if workload is not None else build_workload(scenario, rng, step)
         pol = make_policy(scenario.policy)
-        out = Cluster(scenario, wl, pol, cost=cost, progress=progress).run()
+        stop_after = None
+        if pol.over_issue:
+            wl, stop_after = over_issued_step(scenario, wl, carried, rng)
+        cluster = Cluster(scenario, wl, pol, cost=cost, progress=progress, stop_after_groups=stop_after)
+        out = cluster.run()
+        if pol.over_issue:
+            carried = carry_over(wl, out.requests)
         summary = summarize(out, scenario, pol.name, seed)
         summary["step"] = step
         result.steps.append(StepResult(step, summary, out.requests, out.instances, out.timeline))
     return result
+
+
+def over_issued_step(
+    scenario: Scenario, workload: Workload, carried: list[Request], rng: np.random.Generator
+) -> tuple[Workload, int]:
+    """Partial rollout: carried requests plus fresh groups up to over_issue_factor × the
+    step's groups; the step ends after the step's number of groups finish."""
+    needed = workload.num_groups
+    carried_groups = sorted({r.group_id for r in carried})
+    target = math.ceil(scenario.policy.over_issue_factor * needed)
+    fresh_groups = max(0, target - len(carried_groups))
+    if isinstance(scenario.workload, SyntheticWorkload) and fresh_groups != needed:
+        cfg = scenario.workload.model_copy(update={"prompts": max(1, fresh_groups)})
+        fresh = generate_synthetic(cfg, rng).requests if fresh_groups else ()
+    else:
+        fresh = workload.requests
+    remap = {g: i for i, g in enumerate(carried_groups)}
+    reqs = [
+        Request(i, remap[r.group_id], r.input_tokens, r.output_tokens, workload.max_tokens, r.generated_tokens)
+        for i, r in enumerate(carried)
+    ]
+    base = len(carried_groups)
+    for r in fresh:
+        reqs.append(Request(len(reqs), base + r.group_id, r.input_tokens, r.output_tokens, workload.max_tokens))
+    return Workload(tuple(reqs), workload.max_tokens), needed
+
+
+def carry_over(workload: Workload, requests: pd.DataFrame) -> list[Request]:
+    """Unfinished requests of a partial-rollout step, with the tokens they generated."""
+    unfinished = requests[requests["finish_s"].isna()]
+    return [
+        Request(0, int(r.group_id), int(r.input_tokens), int(r.output_tokens), workload.max_tokens, int(r.generated_tokens))
+        for r in unfinished.itertuples()
+    ]

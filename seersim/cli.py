@@ -27,7 +27,7 @@ EXIT_BAD_INPUT = 2
 EXIT_CHECK_FAILED = 1
 
 PolicyOpt = Annotated[Optional[str], typer.Option("--policy", "-p", help="policy name (overrides policy.name)")]
-SeedOpt = Annotated[Optional[int], typer.Option("--seed", help="random seed (overrides the scenario's)")]
+SeedOpt = Annotated[Optional[int], typer.Option("--seed", help="random seed >= 0 (overrides the scenario's)")]
 SetOpt = Annotated[
     Optional[list[str]],
     typer.Option("--set", "-s", help="override a scenario field: dotted.key=value (repeatable)"),

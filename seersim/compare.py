@@ -63,8 +63,8 @@ class Comparison:
 
 
 def _run_one(args) -> tuple[str, int, dict, RunResult | None]:
-    scenario, policy, seed, keep = args
-    res = simulate(scenario, policy=policy, seed=seed)
+    scenario, policy, seed, keep, cost = args
+    res = simulate(scenario, policy=policy, seed=seed, cost=cost)
     return policy, seed, res.summary, (res if keep else None)
 
 
@@ -74,17 +74,19 @@ def compare(
     seeds: int = 1,
     jobs: int = 1,
     progress=None,
+    cost=None,
 ) -> Comparison:
     """Run every policy × seed. Seeds are scenario.seed, scenario.seed+1, ...
 
-    `jobs` > 1 runs them in that many processes (results are identical either way).
+    `jobs` > 1 runs them in that many processes (results are identical either way);
+    `cost` replaces the scenario's cost model (e.g. a calibrated one).
     """
     policies = list(dict.fromkeys(policies))
     for p in policies:
         policy_class(p)  # fail fast on an unknown name
     seed_list = [scenario.seed + i for i in range(seeds)]
     baseline = "baseline" if "baseline" in policies else policies[0]
-    tasks = [(scenario, p, s, s == seed_list[0]) for s in seed_list for p in policies]
+    tasks = [(scenario, p, s, s == seed_list[0], cost) for s in seed_list for p in policies]
     if jobs > 1 and len(tasks) > 1:
         with ProcessPoolExecutor(max_workers=jobs) as pool:
             outs = []

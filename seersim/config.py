@@ -184,7 +184,7 @@ class KVPoolConfig(_Strict):
 class Scenario(_Strict):
     name: str = "scenario"
     description: str = ""
-    seed: int = 0
+    seed: int = Field(0, ge=0, description="random seed (numpy Generator)")
     steps: PositiveInt = Field(1, description="RL steps to simulate (carry-over matters for partial_rollout)")
     model: ModelSpec
     gpu: GPUSpec
@@ -222,7 +222,7 @@ def _resolve_spec(raw: Any, field: str, lookup, spec_cls) -> Any:
     return raw
 
 
-def _format_validation_error(exc: ValidationError) -> str:
+def _format_validation_error(exc: ValidationError, data: dict) -> str:
     lines = []
     for err in exc.errors():
         loc = [str(p) for p in err["loc"] if not str(p).startswith("function-")]
@@ -231,7 +231,7 @@ def _format_validation_error(exc: ValidationError) -> str:
         path = ".".join(loc) or "(top level)"
         msg = err["msg"]
         if err["type"] == "extra_forbidden":
-            known = _known_fields(loc[:-1])
+            known = _known_fields(loc[:-1], data)
             close = difflib.get_close_matches(loc[-1], known, n=1) if known else []
             msg = "unknown field" + (f"; did you mean '{close[0]}'?" if close else "")
         elif "input" in err and err["type"] != "missing":
@@ -240,14 +240,19 @@ def _format_validation_error(exc: ValidationError) -> str:
     return "; ".join(lines)
 
 
-def _known_fields(loc: list[str]) -> list[str]:
+def _known_fields(loc: list[str], data: Any) -> list[str]:
+    """Field names of the model at `loc` (for a union, the member the data's `kind` picks)."""
     model: Any = Scenario
     for part in loc:
         field = getattr(model, "model_fields", {}).get(part)
         if field is None:
             return []
+        data = data.get(part) if isinstance(data, dict) else None
         ann = field.annotation
         candidates = [a for a in getattr(ann, "__args__", (ann,)) if isinstance(a, type) and issubclass(a, BaseModel)]
+        kind = data.get("kind") if isinstance(data, dict) else None
+        chosen = [c for c in candidates if "kind" in c.model_fields and c.model_fields["kind"].default == kind]
+        candidates = chosen or candidates
         if not candidates:
             return []
         model = candidates[0]
@@ -268,7 +273,7 @@ def scenario_from_dict(data: dict, base_dir: str | Path = ".") -> Scenario:
     try:
         return Scenario.model_validate(data)
     except ValidationError as exc:
-        raise ScenarioError(_format_validation_error(exc)) from None
+        raise ScenarioError(_format_validation_error(exc, data)) from None
 
 
 def parse_overrides(pairs: list[str]) -> list[tuple[list[str], Any]]:

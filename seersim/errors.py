@@ -29,3 +29,7 @@ class PolicyError(SeersimError):
 
 class SimulationError(SeersimError):
     """The simulation reached a state it cannot continue from (e.g. a request can never fit)."""
+
+
+class OutputError(SeersimError):
+    """A result file or folder cannot be written (e.g. --out names an existing file)."""

@@ -19,20 +19,21 @@ TAIL_FRACTION = 0.9
 
 
 def finish_quantile_s(finish_s: np.ndarray, fraction: float) -> float:
-    """Time by which `fraction` of the requests had finished."""
+    """Time by which `fraction` of the requests finished in the step had finished
+    (all requests, unless a partial rollout carried some over)."""
     done = np.sort(finish_s[~np.isnan(finish_s)])
     if not len(done):
         return float("nan")
-    k = max(1, math.ceil(fraction * len(finish_s)))
-    return float(done[min(k, len(done)) - 1])
+    k = max(1, math.ceil(fraction * len(done)))
+    return float(done[k - 1])
 
 
 def summarize(out: SimOutput, scenario: Scenario, policy: str, seed: int) -> dict:
     req, inst = out.requests, out.instances
     finish = req["finish_s"].to_numpy()
-    makespan = float(np.nanmax(finish)) if len(finish) else 0.0
+    makespan = float(np.nanmax(finish)) if (~np.isnan(finish)).any() else 0.0
     t90 = finish_quantile_s(finish, TAIL_FRACTION)
-    tokens = int(req["generated_tokens"].sum())
+    tokens = int(req["step_tokens"].sum())  # generated in this step (carried tokens count where made)
     gpus = scenario.gpus_total
     busy_gpu_s = float((inst["busy_s"] * inst["gpus"]).sum())
     gpu_s = makespan * gpus
@@ -43,6 +44,7 @@ def summarize(out: SimOutput, scenario: Scenario, policy: str, seed: int) -> dic
         "policy": policy,
         "seed": seed,
         "requests": int(len(req)),
+        "finished_requests": int((~np.isnan(finish)).sum()),
         "groups": int(req["group_id"].nunique()),
         "output_tokens": tokens,
         "makespan_s": makespan,

@@ -13,6 +13,8 @@ from typing import Any, Callable
 import numpy as np
 import pandas as pd
 
+from seersim.errors import OutputError
+
 # Rows of the summary table: (key, label, format)
 SUMMARY_ROWS = [
     ("requests", "requests", "{:,}"),
@@ -53,8 +55,11 @@ def summary_table(summary: dict, title: str):
 # ------------------------------------------------------------------ atomic files
 def atomic_write(path: Path, write: Callable[[Path], None]) -> None:
     """Write through a temporary file in the same folder, then rename over `path`."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", dir=path.parent)
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", dir=path.parent)
+    except OSError as exc:
+        raise OutputError(f"cannot write '{path}': {exc.strerror or exc}; choose another --out folder") from None
     os.close(fd)
     tmp_path = Path(tmp)
     try:

@@ -122,12 +122,6 @@ def test_model_that_does_not_fit_gpu_memory(settings, model):
     assert "does not fit" in line
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="library bug: kv_capacity_blocks() (seersim/engine/cluster.py) returns the "
-    "engine.kv_capacity_tokens override before checking that the weights fit, so a 1 TB "
-    "model 'runs' on one 80 GB GPU when the scenario sets kv_capacity_tokens (small.yaml does)",
-)
 def test_model_that_does_not_fit_even_with_kv_capacity_override():
     line = assert_clean_error(
         invoke(
@@ -158,11 +152,6 @@ def test_unknown_field_in_yaml_file(tmp_path):
     assert "did you mean 'max_num_seqs'" in line
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="library bug: _known_fields() in seersim/config.py suggests field names from the first "
-    "member of the workload union (SyntheticWorkload) even for a replay workload",
-)
 def test_unknown_replay_field_suggests_replay_field(tmp_path):
     csv = tmp_path / "t.csv"
     csv.write_text("group_id,input_tokens,output_tokens\n0,10,20\n")
@@ -171,18 +160,24 @@ def test_unknown_replay_field_suggests_replay_field(tmp_path):
     assert "did you mean 'limit'" in line
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="library bug: switching a synthetic workload to kind=replay reports "
-    "\"workload.prompts: unknown field; did you mean 'prompts'?\" (suggests the rejected name itself; "
-    "_known_fields() in seersim/config.py looks at SyntheticWorkload, not the replay model)",
-)
 def test_suggestion_never_repeats_the_rejected_name(tmp_path):
     csv = tmp_path / "t.csv"
     csv.write_text("group_id,input_tokens,output_tokens\n0,10,20\n")
     result = invoke("run", SMALL, "--set", "workload.kind=replay", "--set", f"workload.path={csv}")
     line = assert_clean_error(result, "workload.prompts")
     assert "did you mean 'prompts'" not in line
+
+
+@pytest.mark.parametrize("how", ["option", "field"])
+def test_negative_seed(how):
+    args = ["--seed", "-1"] if how == "option" else ["--set", "seed=-1"]
+    assert_clean_error(invoke("run", SMALL, "--set", "workload.prompts=2", *args), "seed")
+
+
+def test_out_is_an_existing_file(tmp_path):
+    f = tmp_path / "afile"
+    f.write_text("x")
+    assert_clean_error(invoke("run", SMALL, "--set", "workload.prompts=2", "--out", f), str(f))
 
 
 # --------------------------------------------------------------------------- trace errors

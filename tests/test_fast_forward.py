@@ -99,7 +99,9 @@ def test_context_aware_and_seer(policy):
     _assert_equivalent(ff, sbs)
 
 
-@settings(max_examples=8, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+# derandomize + no example database: the same 8 examples on every machine and run (a CI
+# suite must not flip); explore more with e.g. `--hypothesis-seed=N` and max_examples.
+@settings(max_examples=8, deadline=None, derandomize=True, database=None, suppress_health_check=[HealthCheck.too_slow])
 @given(
     prompts=st.integers(4, 12),
     group_size=st.integers(2, 6),
@@ -124,4 +126,57 @@ def test_property_random_small_scenarios(prompts, group_size, max_tokens, mean_f
         "policy.imbalance_threshold": 2,
     }
     ff, sbs = _both(policy, **overrides)
+    _assert_equivalent(ff, sbs)
+
+
+# Found by a random search over engine/policy knobs: an oracle_lpt run whose placement
+# decisions differ between the modes (request 36 at t=9.941 s is dispatched with
+# pull_kv=True under fast-forward, pull_kv=False step by step).
+MID_STRETCH_REPRO = {
+    "seed": 357,
+    "workload.prompts": 10,
+    "workload.group_size": 6,
+    "workload.max_tokens": 2048,
+    "workload.output_tokens.mean": 1005.6,
+    "engine.kv_capacity_tokens": 16994,
+    "engine.max_num_seqs": 64,
+    "engine.max_num_batched_tokens": 600,
+    "engine.block_size_tokens": 32,
+    "cluster.instances": 3,
+    "policy.chunk_tokens": 512,
+    "policy.imbalance_threshold": 0,
+}
+
+
+def test_policy_view_mid_stretch_matches_step_by_step():
+    ff, sbs = _both("oracle_lpt", **MID_STRETCH_REPRO)
+    _assert_equivalent(ff, sbs)
+
+
+# Found by the property test above (hypothesis, policy divided): request 18's prefill on
+# instance 1 publishes its group's prompt in the head iteration of a mixed + pure-decode
+# stretch; at t=44.845 s the policy places sibling request 19 and, under fast-forward,
+# sees no cached prefix on instance 1 (step by step: 640 tokens), so pull_kv differs.
+PROMPT_PUBLISH_REPRO = {
+    "seed": 711,
+    "workload.prompts": 11,
+    "workload.group_size": 6,
+    "workload.max_tokens": 3584,
+    "workload.output_tokens.mean": 1792.0,
+    "engine.kv_capacity_tokens": 22877,
+    "cluster.instances": 3,
+    "policy.chunk_tokens": 256,
+    "policy.imbalance_threshold": 2,
+}
+
+
+@pytest.mark.xfail(
+    strict=True,
+    reason="library bug: Instance._advance (seersim/engine/instance.py) calls _share_new_prompts "
+    "only when the whole HeadStretch (mixed head + decode tail) is applied, so a group prompt "
+    "published by the head iteration is invisible to Cluster.cached_tokens() during the tail "
+    "(_publishes_prompt guards only the local waiting queue; settle_kv covers blocks, not prompts)",
+)
+def test_prompt_published_mid_stretch_is_visible_to_the_policy():
+    ff, sbs = _both("divided", **PROMPT_PUBLISH_REPRO)
     _assert_equivalent(ff, sbs)

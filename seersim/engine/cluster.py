@@ -22,7 +22,7 @@ from seersim.engine.instance import Instance
 from seersim.engine.kvcache import KVCache
 from seersim.engine.kvpool import KVPool
 from seersim.engine.requests import DONE, IN_FLIGHT, PENDING, RequestTable
-from seersim.errors import PolicyError, SpecError
+from seersim.errors import PolicyError, SimulationError, SpecError
 from seersim.policies import Dispatch, Policy
 from seersim.workload import Workload
 
@@ -32,8 +32,6 @@ def kv_capacity_blocks(scenario: Scenario) -> int:
     eng, m, g = scenario.engine, scenario.model, scenario.gpu
     par = scenario.cluster.parallelism
     bs = eng.block_size_tokens
-    if eng.kv_capacity_tokens is not None:
-        return eng.kv_capacity_tokens // bs
     weights = m.dense_params * m.weight_bytes_per_param * par.dp + m.routed_expert_params * m.weight_bytes_per_param
     budget = par.gpus * (g.memory_bytes * eng.gpu_memory_utilization - eng.activation_reserve_bytes_per_gpu)
     kv_bytes = budget - weights
@@ -43,6 +41,14 @@ def kv_capacity_blocks(scenario: Scenario) -> int:
             f"model '{m.name}' ({weights / 1e9:.0f} GB of weights per instance) does not fit {par.gpus} x "
             f"{g.name} ({budget / 1e9:.0f} GB usable): raise cluster.parallelism (tp/dp) or use a larger GPU"
         )
+    if eng.kv_capacity_tokens is not None:
+        # a what-if override may shrink the KV cache, never conjure memory the GPUs lack
+        if eng.kv_capacity_tokens // bs > blocks:
+            raise SpecError(
+                f"engine.kv_capacity_tokens={eng.kv_capacity_tokens} exceeds the {blocks * bs} tokens of KV that "
+                f"{par.gpus} x {g.name} hold after the weights; lower it or add memory"
+            )
+        return eng.kv_capacity_tokens // bs
     return blocks
 
 
@@ -66,9 +72,12 @@ class Cluster:
         policy: Policy,
         cost: CostModel | None = None,
         progress: Callable[[int, int], None] | None = None,
+        stop_after_groups: int | None = None,
     ) -> None:
         self.scenario = scenario
         self.progress = progress
+        # partial rollout: the step ends once this many groups have fully finished
+        self.stop_after_groups = stop_after_groups
         self.policy = policy
         self.env = simpy.Environment()
         eng = scenario.engine
@@ -99,6 +108,8 @@ class Cluster:
         self._finished_by_group: dict[int, list[int]] = {}
         n_groups = int(self.table.group_id.max()) + 1 if self.table.n else 0
         self.finished_counts = np.zeros(n_groups, np.int64)
+        self.group_sizes = np.bincount(self.table.group_id, minlength=n_groups) if self.table.n else self.finished_counts
+        self._groups_done = 0
         # each group's first request is its probe (context-aware scheduling, speculation priority)
         self.is_probe = np.zeros(self.table.n, bool)
         if self.table.n:
@@ -156,6 +167,8 @@ class Cluster:
 
     @property
     def kv_used_blocks(self) -> np.ndarray:
+        for inst in self.instances:
+            inst.settle_kv()
         return np.array([inst.kv.used_blocks for inst in self.instances])
 
     @property
@@ -186,6 +199,7 @@ class Cluster:
         group = int(self.table.group_id[request_id])
         p_blocks = int(self.table.prompt_blocks[request_id])
         for i in self._ran_on[request_id]:
+            self.instances[i].settle_kv()
             p_hit, own = self.instances[i].kv.prefix_blocks(request_id, group, p_blocks)
             if p_hit + own:
                 out[i] = (p_hit + own) * self.bs
@@ -202,8 +216,18 @@ class Cluster:
         self.policy.on_step_start(self, rids)
         if self.table.n:
             self._request_pass()
-            self.env.run(until=self._all_done)
+            try:
+                self.env.run(until=self._all_done)
+            except RuntimeError:  # simpy: no events left before every request finished
+                if self._all_done.triggered:
+                    raise
+                raise SimulationError(
+                    f"policy {self.policy.name} stopped dispatching with {self._remaining} request(s) unfinished "
+                    "and nothing running: a policy must eventually dispatch every waiting request"
+                ) from None
         for inst in self.instances:
+            if self.stop_after_groups is not None:
+                inst.abort()
             inst.kv.check()
         return self._records()
 
@@ -264,6 +288,7 @@ class Cluster:
         yield self.env.timeout(delay)
         p_blocks = int(self.table.prompt_blocks[rid])
         own = max(0, pooled_tokens // self.bs - p_blocks)
+        inst.settle_kv()
         inst.insert_pulled_kv(rid, int(self.table.group_id[rid]), p_blocks, own)
         inst.enqueue(rid, left)
 
@@ -278,15 +303,20 @@ class Cluster:
             t.state[request_id] = DONE
             self.pool.free(request_id)
             self._finished_by_group.setdefault(int(t.group_id[request_id]), []).append(int(t.generated[request_id]))
-            self.finished_counts[t.group_id[request_id]] += 1
+            g = t.group_id[request_id]
+            self.finished_counts[g] += 1
             self._remaining -= 1
+            if self.finished_counts[g] == self.group_sizes[g]:
+                self._groups_done += 1
+                if self.stop_after_groups is not None and self._groups_done >= self.stop_after_groups:
+                    self._remaining = 0  # the step ends now; the rest carries over
             if self.progress is not None:
                 self.progress(t.n - self._remaining, t.n)
         else:
             t.state[request_id] = PENDING
             self.pool.store(request_id, int(t.input_tokens[request_id] + t.generated[request_id]))
         self.policy.on_chunk_done(self, request_id, finished)
-        if self._remaining == 0:
+        if self._remaining <= 0:
             if not self._all_done.triggered:
                 self._all_done.succeed()
         else:

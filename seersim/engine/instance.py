@@ -75,10 +75,13 @@ class _Plan:
     decode tail (every sequence finished its prefill in the first iteration).
     """
 
-    __slots__ = ("steps", "stretch", "new", "pure", "emit_fn")
+    __slots__ = ("steps", "stretch", "new", "pure", "emit_fn", "blocks_fn")
 
-    def __init__(self, steps, stretch, new, pure, emit_fn=None):
+    def __init__(self, steps, stretch, new, pure, emit_fn=None, blocks_fn=None):
         self.steps, self.stretch, self.new, self.pure, self.emit_fn = steps, stretch, new, pure, emit_fn
+        # blocks_fn(k): blocks iterations 1..k allocate beyond what scheduling allocated;
+        # set only when those allocations may evict cached prefixes a policy can observe
+        self.blocks_fn = blocks_fn
 
 
 class Instance:
@@ -109,6 +112,9 @@ class Instance:
         self.R = np.zeros((NCOLS, 0), np.int64)
         self._wake: simpy.Event | None = None
         self._interruptible = False
+        self._active: tuple[_Plan, float] | None = None  # the stretch in progress and its start
+        self._current: tuple[_Plan, float] | None = None  # (any plan) for abort()
+        self._kv_pre = 0  # blocks of that stretch allocated early by settle_kv()
         self.process = env.process(self._run())
 
     # ------------------------------------------------------------------ observable state
@@ -151,6 +157,8 @@ class Instance:
             start = env.now
             steps = plan.steps
             self._interruptible = steps > 1
+            self._active = (plan, start) if plan.blocks_fn is not None else None
+            self._current = (plan, start)
             try:
                 yield env.timeout(plan.stretch.cumulative(steps))
             except simpy.Interrupt:
@@ -163,12 +171,57 @@ class Instance:
                     except simpy.Interrupt:
                         continue
             self._interruptible = False
+            self._active = self._current = None
             self.stats.busy_s += plan.stretch.cumulative(steps)
             self.stats.iterations += steps
             if self._advance(plan, steps, start):
                 # Chunks ended: let the global scheduler's pass at this instant (already
                 # queued) dispatch before this engine schedules its next iteration.
                 yield env.timeout(0)
+
+    def settle_kv(self) -> None:
+        """Apply the KV allocations of the iterations started so far in the current stretch.
+
+        A fast-forwarded stretch allocates its blocks when it ends; iteration by
+        iteration they would be allocated (evicting cached prefixes) as each starts.
+        Whoever reads this instance's cache mid-stretch (a policy's view, a KV pull)
+        calls this first, so it sees exactly what step-by-step simulation shows.
+        """
+        if self._active is None:
+            return
+        plan, start = self._active
+        k = min(plan.stretch.steps_done_by(self.env.now - start, plan.steps) + 1, plan.steps)
+        target = plan.blocks_fn(k)
+        if target > self._kv_pre:
+            self.kv.allocate(target - self._kv_pre)
+            self._kv_pre = target
+
+    def abort(self) -> None:
+        """The RL step ended early (partial rollout): keep the iterations completed so far,
+        record every running request's tokens, and free the KV."""
+        if self._current is not None:
+            plan, start = self._current
+            done = plan.stretch.steps_done_by(self.env.now - start, plan.steps)
+            self._current = self._active = None
+            self._undo_pre()  # _advance re-allocates the completed iterations' blocks
+            if done:
+                self._advance(plan, done, start)
+        table = self.table
+        for i in range(self.R.shape[1] - 1, -1, -1):
+            rid = int(self.R[RID, i])
+            table.generated[rid] = int(self.R[TOKENS, i] - table.input_tokens[rid])
+            self._release(i, cache=False)
+        self.R = self.R[:, :0]
+        self.waiting.clear()
+
+    def _undo_pre(self) -> None:
+        pre = self._take_pre()
+        if pre:
+            self.kv.release(pre)
+
+    def _take_pre(self) -> int:
+        pre, self._kv_pre = self._kv_pre, 0
+        return pre
 
     # ------------------------------------------------------------------ scheduling
     def _plan(self) -> _Plan | None:
@@ -190,7 +243,7 @@ class Instance:
         if not preempted and bool((new == 1).all()):
             stretch = LinearStretch(self.cost.step_lines(n, n, 0), int(computed.sum()), n)
             steps = self._pure_steps(computed, R[LEFT], allocated=True) if self.fast_forward else 1
-            return _Plan(steps, stretch, new, True)
+            return _Plan(steps, stretch, new, True, blocks_fn=self._decode_blocks_fn(computed, steps, 0))
         scheduled = new > 0
         c, k = computed[scheduled], new[scheduled]
         context = int((c + k).sum())
@@ -207,9 +260,24 @@ class Instance:
                 tail = self._pure_steps(computed + new, after_left, allocated=False)
         if tail:
             stretch = HeadStretch(head_s, LinearStretch(self.cost.step_lines(n, n, 0), int((computed + new).sum()), n))
-        else:
-            stretch = TabulatedStretch.single(head_s)
-        return _Plan(1 + tail, stretch, new, False)
+            return _Plan(1 + tail, stretch, new, False, blocks_fn=self._decode_blocks_fn(computed + new, tail, 1))
+        return _Plan(1, TabulatedStretch.single(head_s), new, False)
+
+    def _decode_blocks_fn(self, computed: np.ndarray, steps: int, head: int):
+        """blocks_fn of a decode stretch (after `head` mixed iterations), or None when its
+        allocations cannot evict a cached prefix (then nothing observable changes early)."""
+        R, bs = self.R, self.bs
+        held = R[BLOCKS] + R[SHARED]
+
+        def blocks(k: int) -> int:
+            if k <= head:
+                return 0
+            return int(np.maximum(_ceil_div(computed + (k - head), bs) - held, 0).sum())
+
+        if steps <= 1 or not self.kv.cached_blocks:
+            return None
+        uncached_free = self.kv.total_blocks - self.kv.used_blocks - self.kv.cached_blocks
+        return blocks if blocks(steps + head) > uncached_free else None
 
     def _pure_steps(self, computed: np.ndarray, left: np.ndarray, allocated: bool) -> int:
         """Pure-decode steps the batch can run unchanged from `computed` tokens each.
@@ -423,8 +491,8 @@ class Instance:
         R[LEFT] -= steps
         grow = _ceil_div(R[COMPUTED], self.bs) - R[SHARED] - R[BLOCKS]
         add = int(grow.sum())
+        self.kv.allocate(add - self._take_pre())
         if add:
-            self.kv.allocate(add)
             R[BLOCKS] += grow
         emitted = steps * R.shape[1]
         st = self.stats

@@ -26,7 +26,8 @@ class RequestTable:
         self.output_tokens = np.fromiter((r.output_tokens for r in reqs), np.int64, n)  # hidden truth
         # full prompt blocks that prefix caching can share between siblings
         self.prompt_blocks = self.input_tokens // block_size if prefix_caching else np.zeros(n, np.int64)
-        self.generated = np.zeros(n, np.int64)
+        self.generated = np.fromiter((r.generated_tokens for r in reqs), np.int64, n)
+        self.initial_generated = self.generated.copy()  # carried over from an earlier step
         self.state = np.full(n, PENDING, np.int8)
         self.instance = np.full(n, -1, np.int64)  # where it runs or last ran
         self.chunks = np.zeros(n, np.int64)
@@ -45,6 +46,7 @@ class RequestTable:
                 "input_tokens": self.input_tokens,
                 "output_tokens": self.output_tokens,
                 "generated_tokens": self.generated,
+                "step_tokens": self.generated - self.initial_generated,
                 "instance": self.instance,
                 "chunks": self.chunks,
                 "migrations": self.migrations,

@@ -227,6 +227,8 @@ class SpecDecoder:
         limit = inst._stretch_block_limit()
 
         def extra_blocks(k: int) -> int:
+            if k <= 1:
+                return 0
             need = -(-(base + (acc + (k - 1) * tq) // Q) // bs)
             return int(np.maximum(need - held, 0).sum())
 
@@ -241,7 +243,9 @@ class SpecDecoder:
             steps = lo
         c0 = self.epoch_base_context + self.epoch_rate * (self.epoch_step - 1)
         stretch = LinearStretch(self._lines(inst), c0, self.epoch_rate)
-        return _Plan(steps, stretch, None, False, self._emit_decode(inst))
+        kv = inst.kv
+        evicts = steps > 1 and kv.cached_blocks and extra_blocks(steps) > kv.total_blocks - kv.used_blocks - kv.cached_blocks
+        return _Plan(steps, stretch, None, False, self._emit_decode(inst), extra_blocks if evicts else None)
 
     # ------------------------------------------------------------------ applying
     def _emit_decode(self, inst: "Instance"):
@@ -252,7 +256,7 @@ class SpecDecoder:
             # blocks for the last iteration's slots (the most any iteration needed)
             last = R[COMPUTED] + 1 + R[GAMMA] + (R[ACC] + (steps - 1) * R[TAU_Q]) // Q
             grow = np.maximum(-(-last // bs) - R[SHARED] - R[BLOCKS], 0)
-            inst.kv.allocate(int(grow.sum()))
+            inst.kv.allocate(int(grow.sum()) - inst._take_pre())
             R[BLOCKS] += grow
             emitted = np.minimum((R[ACC] + steps * R[TAU_Q]) // Q, R[LEFT])
             R[COMPUTED] += emitted

@@ -11,10 +11,11 @@ from seersim.policies.baseline import BaselinePolicy
 from seersim.policies.context_aware import ContextAwarePolicy
 from seersim.policies.divided import DividedPolicy
 from seersim.policies.oracle_lpt import OracleLPTPolicy
+from seersim.policies.partial_rollout import PartialRolloutPolicy
 from seersim.policies.seer import SeerPolicy
 
 REGISTRY: dict[str, type[Policy]] = {
-    p.name: p for p in (BaselinePolicy, DividedPolicy, ContextAwarePolicy, SeerPolicy, OracleLPTPolicy)
+    p.name: p for p in (BaselinePolicy, DividedPolicy, ContextAwarePolicy, SeerPolicy, OracleLPTPolicy, PartialRolloutPolicy)
 }
 
 __all__ = ["ClusterView", "Dispatch", "Loads", "Policy", "REGISTRY", "chunk_limit", "make_policy", "place_chunk", "policy_class"]

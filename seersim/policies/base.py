@@ -88,6 +88,8 @@ class Policy(ABC):
     #: speculative-decoding mode the policy switches on in the engines when the
     #: scenario leaves it at "none" (Seer = context-aware + grouped_adaptive)
     speculation: ClassVar[str | None] = None
+    #: partial rollout: the simulator over-issues groups and ends steps early (APRIL)
+    over_issue: ClassVar[bool] = False
 
     def __init__(self, cfg: PolicyConfig) -> None:
         self.cfg = cfg

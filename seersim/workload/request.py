@@ -7,6 +7,8 @@ from dataclasses import dataclass
 import numpy as np
 import pandas as pd
 
+from seersim.errors import TraceError
+
 
 @dataclass(frozen=True, slots=True)
 class Request:
@@ -18,6 +20,7 @@ class Request:
     input_tokens: int
     output_tokens: int
     max_tokens: int
+    generated_tokens: int = 0  # carried over from an earlier RL step (partial rollout)
 
 
 @dataclass(frozen=True)
@@ -28,7 +31,16 @@ class Workload:
     def __post_init__(self) -> None:
         ids = [r.id for r in self.requests]
         if ids != list(range(len(ids))):
-            raise ValueError("request ids must be 0..n-1 in order")
+            raise TraceError("workload: request ids must be 0..n-1 in order")
+        for r in self.requests:
+            if r.input_tokens < 1 or not (1 <= r.output_tokens <= self.max_tokens) or not (
+                0 <= r.generated_tokens < r.output_tokens
+            ):
+                raise TraceError(
+                    f"workload: request {r.id} has input_tokens={r.input_tokens}, output_tokens={r.output_tokens}, "
+                    f"generated_tokens={r.generated_tokens}; need input >= 1, 1 <= output <= max_tokens="
+                    f"{self.max_tokens} and 0 <= generated < output"
+                )
 
     def __len__(self) -> int:
         return len(self.requests)
