@@ -12,6 +12,7 @@ so the stretch's total time is a closed-form sum (DESIGN §5).
 from __future__ import annotations
 
 import bisect
+import math
 from dataclasses import dataclass
 from typing import Protocol, runtime_checkable
 
@@ -140,15 +141,30 @@ class LinearStretch:
         return self._cum[i] + self._seg_sum(i, k)
 
     def steps_done_by(self, elapsed_s: float, k_max: int) -> int:
-        """Number of whole steps (≤ k_max) finished within `elapsed_s` of the stretch start."""
-        lo, hi = 0, k_max
-        while lo < hi:
-            mid = (lo + hi + 1) // 2
-            if self.cumulative(mid) <= elapsed_s:
-                lo = mid
-            else:
-                hi = mid - 1
-        return lo
+        """Number of whole steps (≤ k_max) finished within `elapsed_s` of the stretch start.
+
+        Solves the segment's quadratic for a guess, then corrects it against
+        `cumulative` itself so the answer agrees exactly with the summed times.
+        """
+        if k_max <= 0 or self.cumulative(1) > elapsed_s:
+            return 0
+        if self.cumulative(k_max) <= elapsed_s:
+            return k_max
+        i = bisect.bisect_right(self._cum, elapsed_s) - 1  # segment where the time runs out
+        k0, a, b = self._breaks[i]
+        rem = elapsed_s - self._cum[i]
+        # cnt·a + b·(2·k0 + cnt − 1)·cnt/2 = rem, solved for cnt
+        lin = a + b * (k0 - 0.5)
+        if b > 0:
+            cnt = (-lin + math.sqrt(max(lin * lin + 2.0 * b * rem, 0.0))) / b
+        else:
+            cnt = rem / lin if lin > 0 else 0.0
+        k = min(max(int(cnt) + k0 - 1, 0), k_max)
+        while k < k_max and self.cumulative(k + 1) <= elapsed_s:
+            k += 1
+        while k > 0 and self.cumulative(k) > elapsed_s:
+            k -= 1
+        return k
 
 
 class TabulatedStretch:
