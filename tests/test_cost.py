@@ -72,7 +72,7 @@ def test_cumulative_is_strictly_increasing():
     assert all(b > a for a, b in zip(cum, cum[1:]))
 
 
-@settings(max_examples=150, deadline=None)
+@settings(max_examples=150, deadline=None, derandomize=True, database=None)
 @given(
     lines=st.lists(
         st.tuples(st.floats(1e-5, 0.05), st.floats(1e-10, 2e-6)), min_size=1, max_size=4

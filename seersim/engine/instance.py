@@ -244,11 +244,7 @@ class Instance:
             stretch = LinearStretch(self.cost.step_lines(n, n, 0), int(computed.sum()), n)
             steps = self._pure_steps(computed, R[LEFT], allocated=True) if self.fast_forward else 1
             return _Plan(steps, stretch, new, True, blocks_fn=self._decode_blocks_fn(computed, steps, 0))
-        scheduled = new > 0
-        c, k = computed[scheduled], new[scheduled]
-        context = int((c + k).sum())
-        pairs = int((k * c + k * (k + 1) // 2).sum())
-        head_s = self.cost.step_lines(int(scheduled.sum()), int(k.sum()), pairs - context).at(context)
+        head_s = self.mixed_step_s(new)
         # After this mixed iteration, if every sequence has finished its prefill (and
         # emits a token), nobody's chunk ends, and admission was not stopped by the token
         # budget (which frees up next iteration), a pure decode tail follows.
@@ -278,6 +274,15 @@ class Instance:
             return None
         uncached_free = self.kv.total_blocks - self.kv.used_blocks - self.kv.cached_blocks
         return blocks if blocks(steps + head) > uncached_free else None
+
+    def mixed_step_s(self, new: np.ndarray) -> float:
+        """Time of one iteration computing `new` tokens per running sequence (prefill
+        chunks attend to their earlier tokens and to each other causally)."""
+        scheduled = new > 0
+        c, k = self.R[COMPUTED][scheduled], new[scheduled]
+        context = int((c + k).sum())
+        pairs = int((k * c + k * (k + 1) // 2).sum())
+        return self.cost.step_lines(int(scheduled.sum()), int(k.sum()), pairs - context).at(context)
 
     def _pure_steps(self, computed: np.ndarray, left: np.ndarray, allocated: bool) -> int:
         """Pure-decode steps the batch can run unchanged from `computed` tokens each.

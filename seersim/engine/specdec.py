@@ -184,7 +184,7 @@ class SpecDecoder:
         if changed or preempted or not bool(((R[TOKENS] - R[COMPUTED] == 1) & full).all()):
             # a mixed iteration: the batch changes, so the next iteration starts a new epoch
             self.epoch_left = 0
-            return _Plan(1, TabulatedStretch.single(self._mixed_step_s(inst, new)), new, False, self._emit_mixed(inst, new))
+            return _Plan(1, TabulatedStretch.single(inst.mixed_step_s(new)), new, False, self._emit_mixed(inst, new))
         return self._plan_decode(inst)
 
     def _lines(self, inst: "Instance") -> StepLines:
@@ -197,16 +197,6 @@ class SpecDecoder:
         if self.cfg.draft_overhead_s and bool((R[GAMMA] > 0).any()):
             lines = StepLines(tuple(a + self.cfg.draft_overhead_s for a in lines.intercepts_s), lines.slopes_s)
         return lines
-
-    def _mixed_step_s(self, inst: "Instance", new: np.ndarray) -> float:
-        from seersim.engine.instance import COMPUTED
-
-        R = inst.R
-        scheduled = new > 0
-        c, k = R[COMPUTED][scheduled], new[scheduled]
-        context = int((c + k).sum())
-        pairs = int((k * c + k * (k + 1) // 2).sum())
-        return inst.cost.step_lines(int(scheduled.sum()), int(k.sum()), pairs - context).at(context)
 
     def _plan_decode(self, inst: "Instance"):
         """A pure speculative-decode stretch, in closed form (O(n log K), no per-step loop).
