@@ -59,6 +59,8 @@ def summarize(out: SimOutput, scenario: Scenario, policy: str, seed: int) -> dic
         "pulled_bytes": float(req["pulled_bytes"].sum()),
         "prefill_tokens": int(inst["prefill_tokens"].sum()),
         "iterations": int(inst["iterations"].sum()),
+        # tokens a decoding sequence emits per iteration (1 without speculation; τ with it)
+        "mean_accepted_tokens": float(inst["decode_emitted_tokens"].sum() / max(1, inst["decode_seq_steps"].sum())),
         "instances": int(len(inst)),
         "gpus": gpus,
         "kv_capacity_tokens_per_instance": out.kv_blocks_per_instance * out.block_size,

@@ -339,6 +339,8 @@ class Cluster:
                     "prefill_tokens": s.prefill_tokens,
                     "emitted_tokens": s.emitted_tokens,
                     "verified_tokens": s.verified_tokens,
+                    "decode_seq_steps": s.decode_seq_steps,
+                    "decode_emitted_tokens": s.decode_emitted_tokens,
                     "kv_blocks": inst.kv.total_blocks,
                 }
             )
