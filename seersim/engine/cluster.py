@@ -168,7 +168,7 @@ class Cluster:
     @property
     def kv_used_blocks(self) -> np.ndarray:
         for inst in self.instances:
-            inst.settle_kv()
+            inst.settle_kv(cache_only=False)
         return np.array([inst.kv.used_blocks for inst in self.instances])
 
     @property
@@ -288,7 +288,7 @@ class Cluster:
         yield self.env.timeout(delay)
         p_blocks = int(self.table.prompt_blocks[rid])
         own = max(0, pooled_tokens // self.bs - p_blocks)
-        inst.settle_kv()
+        inst.settle_kv(cache_only=False)
         inst.insert_pulled_kv(rid, int(self.table.group_id[rid]), p_blocks, own)
         inst.enqueue(rid, left)
 

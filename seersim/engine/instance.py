@@ -75,13 +75,13 @@ class _Plan:
     decode tail (every sequence finished its prefill in the first iteration).
     """
 
-    __slots__ = ("steps", "stretch", "new", "pure", "emit_fn", "blocks_fn")
+    __slots__ = ("steps", "stretch", "new", "pure", "emit_fn", "blocks_fn", "total_blocks")
 
     def __init__(self, steps, stretch, new, pure, emit_fn=None, blocks_fn=None):
         self.steps, self.stretch, self.new, self.pure, self.emit_fn = steps, stretch, new, pure, emit_fn
-        # blocks_fn(k): blocks iterations 1..k allocate beyond what scheduling allocated;
-        # set only when those allocations may evict cached prefixes a policy can observe
+        # blocks_fn(k): blocks iterations 1..k allocate beyond what scheduling allocated
         self.blocks_fn = blocks_fn
+        self.total_blocks: int | None = None  # blocks_fn(steps), computed on first need
 
 
 class Instance:
@@ -112,8 +112,7 @@ class Instance:
         self.R = np.zeros((NCOLS, 0), np.int64)
         self._wake: simpy.Event | None = None
         self._interruptible = False
-        self._active: tuple[_Plan, float] | None = None  # the stretch in progress and its start
-        self._current: tuple[_Plan, float] | None = None  # (any plan) for abort()
+        self._current: tuple[_Plan, float] | None = None  # the stretch in progress and its start
         self._kv_pre = 0  # blocks of that stretch allocated early by settle_kv()
         self.process = env.process(self._run())
 
@@ -157,7 +156,6 @@ class Instance:
             start = env.now
             steps = plan.steps
             self._interruptible = steps > 1
-            self._active = (plan, start) if plan.blocks_fn is not None else None
             self._current = (plan, start)
             try:
                 yield env.timeout(plan.stretch.cumulative(steps))
@@ -171,7 +169,7 @@ class Instance:
                     except simpy.Interrupt:
                         continue
             self._interruptible = False
-            self._active = self._current = None
+            self._current = None
             self.stats.busy_s += plan.stretch.cumulative(steps)
             self.stats.iterations += steps
             if self._advance(plan, steps, start):
@@ -179,21 +177,31 @@ class Instance:
                 # queued) dispatch before this engine schedules its next iteration.
                 yield env.timeout(0)
 
-    def settle_kv(self) -> None:
+    def settle_kv(self, cache_only: bool = True) -> None:
         """Apply the KV allocations of the iterations started so far in the current stretch.
 
         A fast-forwarded stretch allocates its blocks when it ends; iteration by
         iteration they would be allocated (evicting cached prefixes) as each starts.
-        Whoever reads this instance's cache mid-stretch (a policy's view, a KV pull)
-        calls this first, so it sees exactly what step-by-step simulation shows.
+        Whoever reads this instance's KV mid-stretch (a policy's view of cached
+        prefixes, a KV pull landing) calls this first, so it sees exactly what
+        step-by-step simulation shows. `cache_only`: the caller reads only cached
+        prefixes, which cannot change while the stretch's allocations fit uncached blocks.
         """
-        if self._active is None:
+        if self._current is None:
             return
-        plan, start = self._active
+        plan, start = self._current
+        if plan.blocks_fn is None:
+            return
+        kv = self.kv
+        if cache_only:
+            if plan.total_blocks is None:
+                plan.total_blocks = plan.blocks_fn(plan.steps)
+            if plan.total_blocks - self._kv_pre <= kv.total_blocks - kv.used_blocks - kv.cached_blocks:
+                return
         k = min(plan.stretch.steps_done_by(self.env.now - start, plan.steps) + 1, plan.steps)
         target = plan.blocks_fn(k)
         if target > self._kv_pre:
-            self.kv.allocate(target - self._kv_pre)
+            kv.allocate(target - self._kv_pre)
             self._kv_pre = target
 
     def abort(self) -> None:
@@ -202,7 +210,7 @@ class Instance:
         if self._current is not None:
             plan, start = self._current
             done = plan.stretch.steps_done_by(self.env.now - start, plan.steps)
-            self._current = self._active = None
+            self._current = None
             self._undo_pre()  # _advance re-allocates the completed iterations' blocks
             if done:
                 self._advance(plan, done, start)
@@ -220,6 +228,7 @@ class Instance:
             self.kv.release(pre)
 
     def _take_pre(self) -> int:
+        """Blocks of the ending stretch that settle_kv() allocated early (then reset)."""
         pre, self._kv_pre = self._kv_pre, 0
         return pre
 
@@ -243,7 +252,7 @@ class Instance:
         if not preempted and bool((new == 1).all()):
             stretch = LinearStretch(self.cost.step_lines(n, n, 0), int(computed.sum()), n)
             steps = self._pure_steps(computed, R[LEFT], allocated=True) if self.fast_forward else 1
-            return _Plan(steps, stretch, new, True, blocks_fn=self._decode_blocks_fn(computed, steps, 0))
+            return _Plan(steps, stretch, new, True, blocks_fn=self._decode_blocks_fn(computed, 0))
         head_s = self.mixed_step_s(new)
         # After this mixed iteration, if every sequence has finished its prefill (and
         # emits a token), nobody's chunk ends, and admission was not stopped by the token
@@ -256,24 +265,20 @@ class Instance:
                 tail = self._pure_steps(computed + new, after_left, allocated=False)
         if tail:
             stretch = HeadStretch(head_s, LinearStretch(self.cost.step_lines(n, n, 0), int((computed + new).sum()), n))
-            return _Plan(1 + tail, stretch, new, False, blocks_fn=self._decode_blocks_fn(computed + new, tail, 1))
+            return _Plan(1 + tail, stretch, new, False, blocks_fn=self._decode_blocks_fn(computed + new, 1))
         return _Plan(1, TabulatedStretch.single(head_s), new, False)
 
-    def _decode_blocks_fn(self, computed: np.ndarray, steps: int, head: int):
-        """blocks_fn of a decode stretch (after `head` mixed iterations), or None when its
-        allocations cannot evict a cached prefix (then nothing observable changes early)."""
-        R, bs = self.R, self.bs
-        held = R[BLOCKS] + R[SHARED]
+    def _decode_blocks_fn(self, computed: np.ndarray, head: int):
+        """blocks_fn of a decode stretch after `head` mixed iterations."""
+        held = self.R[BLOCKS] + self.R[SHARED]
+        bs = self.bs
 
         def blocks(k: int) -> int:
             if k <= head:
                 return 0
-            return int(np.maximum(_ceil_div(computed + (k - head), bs) - held, 0).sum())
+            return int(np.maximum(-(-(computed + (k - head)) // bs) - held, 0).sum())
 
-        if steps <= 1 or not self.kv.cached_blocks:
-            return None
-        uncached_free = self.kv.total_blocks - self.kv.used_blocks - self.kv.cached_blocks
-        return blocks if blocks(steps + head) > uncached_free else None
+        return blocks
 
     def mixed_step_s(self, new: np.ndarray) -> float:
         """Time of one iteration computing `new` tokens per running sequence (prefill

@@ -233,9 +233,7 @@ class SpecDecoder:
             steps = lo
         c0 = self.epoch_base_context + self.epoch_rate * (self.epoch_step - 1)
         stretch = LinearStretch(self._lines(inst), c0, self.epoch_rate)
-        kv = inst.kv
-        evicts = steps > 1 and kv.cached_blocks and extra_blocks(steps) > kv.total_blocks - kv.used_blocks - kv.cached_blocks
-        return _Plan(steps, stretch, None, False, self._emit_decode(inst), extra_blocks if evicts else None)
+        return _Plan(steps, stretch, None, False, self._emit_decode(inst), extra_blocks)
 
     # ------------------------------------------------------------------ applying
     def _emit_decode(self, inst: "Instance"):
