@@ -170,13 +170,6 @@ PROMPT_PUBLISH_REPRO = {
 }
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="library bug: Instance._advance (seersim/engine/instance.py) calls _share_new_prompts "
-    "only when the whole HeadStretch (mixed head + decode tail) is applied, so a group prompt "
-    "published by the head iteration is invisible to Cluster.cached_tokens() during the tail "
-    "(_publishes_prompt guards only the local waiting queue; settle_kv covers blocks, not prompts)",
-)
 def test_prompt_published_mid_stretch_is_visible_to_the_policy():
     ff, sbs = _both("divided", **PROMPT_PUBLISH_REPRO)
     _assert_equivalent(ff, sbs)

@@ -308,9 +308,10 @@ class Instance:
         return max(1, steps) if allocated else max(0, steps)
 
     def _publishes_prompt(self, new: np.ndarray) -> bool:
-        """Whether this iteration's prefill will publish a group prompt that a waiting
-        request could then hit (which can make it admissible next iteration)."""
-        if not self.waiting or not self.cfg.prefix_caching:
+        """Whether this iteration's prefill will publish a group prompt: a waiting request
+        could then hit it (and become admissible), and the policy's view of cached
+        prefixes changes, so the iteration must end at its own boundary."""
+        if not self.cfg.prefix_caching:
             return False
         R = self.R
         p = self.table.prompt_blocks[R[RID]] * self.bs
