@@ -42,6 +42,37 @@ def reproduce(scenarios_dir: Path, seeds: int = 1, jobs: int = 1, progress=None)
     return df
 
 
+CHUNKS = (2048, 8192, 32768)  # DESIGN §6: publish how results move with 2K / 8K / 32K chunks
+
+
+def chunk_sensitivity(scenarios_dir: Path, policies=("divided", "context_aware"), jobs: int = 1) -> pd.DataFrame:
+    """Speedup over the baseline of chunked policies at each chunk size, per paper model."""
+    rows = []
+    for name in PAPER:
+        for chunk in CHUNKS:
+            sc = load_scenario(scenarios_dir / f"{name}.yaml", **{"policy.chunk_tokens": chunk})
+            table = compare(sc, ("baseline", *policies), jobs=jobs).table.set_index("policy")
+            for pol in policies:
+                rows.append(
+                    {
+                        "model": name,
+                        "policy": pol,
+                        "chunk_tokens": chunk,
+                        "speedup": float(table.loc[pol, "speedup_vs_baseline"]),
+                        "tail_reduction": float(table.loc[pol, "tail_reduction_vs_baseline"]),
+                    }
+                )
+    return pd.DataFrame(rows)
+
+
+def chunk_markdown(df: pd.DataFrame) -> str:
+    lines = ["| model | policy | " + " | ".join(f"{c // 1024}K chunks" for c in CHUNKS) + " |", "|---|---|" + "---|" * len(CHUNKS)]
+    for (model, pol), g in df.groupby(["model", "policy"], sort=False):
+        cells = [f"{r.speedup:.2f}x (tail {-r.tail_reduction:+.0%})" for r in g.sort_values("chunk_tokens").itertuples()]
+        lines.append(f"| {model} | {pol} | " + " | ".join(cells) + " |")
+    return "\n".join(lines) + "\n"
+
+
 def to_markdown(df: pd.DataFrame) -> str:
     lines = [
         "| model | metric | paper | seersim | diff | within ±10 pp |",
