@@ -27,7 +27,11 @@ class StepLines:
     slopes_s: tuple[float, ...]
 
     def at(self, context_tokens: float) -> float:
-        return max(a + b * context_tokens for a, b in zip(self.intercepts_s, self.slopes_s))
+        a, b = self.intercepts_s, self.slopes_s
+        if len(a) == 2:  # the common roofline case, without the generator
+            x, y = a[0] + b[0] * context_tokens, a[1] + b[1] * context_tokens
+            return x if x > y else y
+        return max(ai + bi * context_tokens for ai, bi in zip(a, b))
 
     def at_array(self, context_tokens: np.ndarray) -> np.ndarray:
         c = np.asarray(context_tokens, dtype=np.float64)

@@ -13,9 +13,11 @@ Accounting is integer and deterministic: each sequence carries an accumulator in
 units of 1/Q token and emits (acc + τ·Q) // Q tokens per iteration, capped by its chunk,
 so tokens are conserved exactly and a stretch's emissions are closed-form.
 
-Epochs. γ and τ are chosen for the current batch at an *epoch* start and kept for
-`reevaluate_steps` iterations or until the batch changes — the same in fast-forward
-and step-by-step modes, so both give identical records.
+Epochs. The draft lengths (for probes, for the others) are chosen for the current
+batch at an *epoch* start and kept for `reevaluate_steps` iterations; when the batch
+changes mid-epoch every decoding sequence is re-assigned the epoch's lengths and the τ
+of its group's references then. The same in fast-forward and step-by-step modes, so
+both give identical records.
 
 Draft length (`grouped_adaptive`, the paper's Algorithm 1): for the batch size B pick
 γ* minimising the time per accepted token T_SD = (D + T(B, γ))/τ(γ) over γ ≤ 8, where
@@ -53,11 +55,12 @@ PAPER_ACCEPTANCE: dict[int, dict[int, float]] = {
 
 
 def tau(alpha: float | np.ndarray, gamma: int | np.ndarray):
-    """Mean tokens emitted per verification with γ drafts at per-token acceptance α."""
+    """Mean tokens emitted per verification with γ drafts at per-token acceptance α:
+    1 + α + α² + … + α^γ."""
     alpha = np.asarray(alpha, dtype=float)
     g = np.asarray(gamma)
-    with np.errstate(divide="ignore", invalid="ignore"):
-        out = (1.0 - alpha ** (g + 1)) / (1.0 - alpha)
+    safe = np.minimum(alpha, 1.0 - 1e-12)
+    out = (1.0 - safe ** (g + 1)) / (1.0 - safe)
     return np.where(alpha >= 1.0, g + 1.0, out)
 
 
@@ -80,6 +83,13 @@ class AcceptanceModel:
     def alpha(self, refs: np.ndarray | int) -> np.ndarray:
         return np.interp(np.asarray(refs, dtype=float), self.refs, self.alphas)
 
+    def tables(self, max_refs: int) -> tuple[np.ndarray, np.ndarray]:
+        """α[n] and τ·Q[n, γ] for n = 0..max_refs references and γ = 0..8, precomputed
+        so that choosing drafts per epoch is table look-ups."""
+        alpha = self.alpha(np.arange(max_refs + 1))
+        tau_q = np.rint(tau(alpha[:, None], np.arange(MAX_DRAFT + 1)[None, :]) * Q).astype(np.int64)
+        return alpha, tau_q
+
 
 class SpecDecoder:
     """Per-instance speculative-decoding state: the current epoch's draft lengths."""
@@ -91,6 +101,10 @@ class SpecDecoder:
         table = cfg.acceptance_table or PAPER_ACCEPTANCE[cfg.paths]
         self.model = AcceptanceModel({int(k): float(v) for k, v in table.items()}, cfg.reference_draft_tokens)
         self.epoch_left = 0
+        self._rebase = False  # the batch changed: re-assign drafts, restart the context model
+        self.epoch_gamma = (0, 0)  # (γ for probes, γ for the others) of the current epoch
+        self._alpha: np.ndarray | None = None  # per-reference-count tables, built on first use
+        self._tau_q = np.zeros((0, 0), np.int64)
         # The iteration time inside an epoch uses the epoch's *expected* context growth
         # (Σ τ_i per iteration) rather than the integer emissions: identical in both
         # engine modes, closed-form over a stretch, and off by < 1 token per sequence.
@@ -105,29 +119,48 @@ class SpecDecoder:
         return 0, 0, Q
 
     def begin_iteration(self, inst: "Instance") -> None:
-        """At an epoch start, choose γ and τ for the running decodes."""
+        """Before scheduling an iteration: at an epoch start choose the draft lengths
+        (probes, others) for the batch; after a batch change re-assign them."""
         if self.epoch_left > 0:
+            if self._rebase:
+                self._assign(inst)
             return
-        from seersim.engine.instance import COMPUTED, GAMMA, RID, TAU_Q, TOKENS
+        from seersim.engine.instance import COMPUTED, RID, TOKENS
 
         R = inst.R
         self.epoch_left = self.cfg.reevaluate_steps
-        self.epoch_step = 0
-        if not R.shape[1]:
-            return
+        if self._alpha is None:
+            max_refs = int(self.cluster.group_sizes.max()) if len(self.cluster.group_sizes) else 1
+            self._alpha, self._tau_q = self.model.tables(max_refs)
         decoding = R[TOKENS] - R[COMPUTED] == 1
+        if not self.grouped:
+            self.epoch_gamma = (self.cfg.draft_tokens, self.cfg.draft_tokens)
+        elif decoding.any():
+            rids = R[RID, decoding]
+            refs = self.cluster.finished_counts[self.cluster.table.group_id[rids]]
+            self.epoch_gamma = self._adaptive_gamma(inst, self._alpha[refs], self.cluster.is_probe[rids])
+        else:
+            self.epoch_gamma = (0, 0)
+        self._assign(inst)
+
+    def _assign(self, inst: "Instance") -> None:
+        """Give every decoding sequence its epoch draft length and τ (from its group's
+        finished references now), and restart the epoch's context model."""
+        from seersim.engine.instance import COMPUTED, GAMMA, RID, TAU_Q, TOKENS
+
+        R = inst.R
         rids = R[RID]
-        gamma = np.zeros(R.shape[1], np.int64)
-        table = self.cluster.table
-        refs = self.cluster.finished_counts[table.group_id[rids]] if self.grouped else np.zeros(len(rids))
-        alpha = self.model.alpha(refs)
-        if decoding.any():
-            if self.grouped:
-                gamma[decoding] = self._adaptive_gamma(inst, alpha[decoding], self.cluster.is_probe[rids[decoding]])
-            else:
-                gamma[decoding] = self.cfg.draft_tokens
+        decoding = R[TOKENS] - R[COMPUTED] == 1
+        g_probe, g_other = self.epoch_gamma
+        gamma = np.where(self.cluster.is_probe[rids], g_probe, g_other) * decoding
+        if self.grouped:
+            refs = self.cluster.finished_counts[self.cluster.table.group_id[rids]]
+        else:
+            refs = np.zeros(len(rids), np.int64)
         R[GAMMA] = gamma * self.cfg.paths
-        R[TAU_Q] = np.rint(tau(alpha, gamma) * Q).astype(np.int64)
+        R[TAU_Q] = self._tau_q[refs, gamma]
+        self._rebase = False
+        self.epoch_step = 0
         self.epoch_base_context = float((R[COMPUTED] + 1 + R[GAMMA]).sum())
         self.epoch_rate = float(R[TAU_Q].sum()) / Q
 
@@ -136,26 +169,25 @@ class SpecDecoder:
         lines = inst.cost.step_lines(batch, batch * width, 0, float(width))
         return lines.at(context + batch * (width - 1)) + (self.cfg.draft_overhead_s if gamma else 0.0)
 
-    def _adaptive_gamma(self, inst: "Instance", alpha: np.ndarray, probe: np.ndarray) -> np.ndarray:
+    def _adaptive_gamma(self, inst: "Instance", alpha: np.ndarray, probe: np.ndarray) -> tuple[int, int]:
+        """(γ for probes, γ for the others) of a batch with these acceptances."""
         from seersim.engine.instance import COMPUTED
 
         batch = len(alpha)
         context = int(inst.R[COMPUTED].sum()) + inst.R.shape[1]
-        a_mean = float(alpha.mean())
-        taus = tau(a_mean, np.arange(MAX_DRAFT + 1))
+        a_mean = float(alpha.sum()) / batch
+        taus = [sum(a_mean**j for j in range(g + 1)) for g in range(MAX_DRAFT + 1)]
         per_token = [self._iteration_s(inst, batch, g, context) / taus[g] for g in range(MAX_DRAFT + 1)]
         best = int(np.argmin(per_token))
         n_h = int(probe.sum())
         n_l = batch - n_h
         budget = best * batch
-        out = np.zeros(batch, np.int64)
         if best == 0 or budget < n_h:
-            return out
+            return 0, 0
         if n_h == 0:
-            out[:] = best
-            return out
-        a_h = float(alpha[probe].mean())
-        a_l = float(alpha[~probe].mean()) if n_l else 0.0
+            return best, best
+        a_h = float(alpha[probe].sum()) / n_h
+        a_l = float(alpha[~probe].sum()) / n_l if n_l else 0.0
         g_h, g_l = 1, 0
         budget -= n_h
         while True:
@@ -169,21 +201,18 @@ class SpecDecoder:
                 budget -= n_l
             else:
                 break
-        out[probe] = g_h
-        out[~probe] = g_l
-        return out
+        return g_h, g_l
 
     # ------------------------------------------------------------------ planning
     def plan(self, inst: "Instance", new: np.ndarray, changed: bool, preempted: bool):
-        from seersim.engine.instance import _Plan
-
-        from seersim.engine.instance import COMPUTED, GAMMA, TOKENS
+        from seersim.engine.instance import COMPUTED, GAMMA, TAU_Q, TOKENS, _Plan
 
         R = inst.R
         full = new == R[TOKENS] - R[COMPUTED] + R[GAMMA]
         if changed or preempted or not bool(((R[TOKENS] - R[COMPUTED] == 1) & full).all()):
-            # a mixed iteration: the batch changes, so the next iteration starts a new epoch
-            self.epoch_left = 0
+            # A mixed iteration. Draft lengths stay until the epoch ends (sequences that
+            # joined decode without drafts); the context model restarts from the new batch.
+            self._rebase = True
             return _Plan(1, TabulatedStretch.single(inst.mixed_step_s(new)), new, False, self._emit_mixed(inst, new))
         return self._plan_decode(inst)
 
