@@ -202,3 +202,14 @@ def test_compare_out_writes_plots(tmp_path):
         assert (out / name).stat().st_size > 0
     data = json.loads((out / "compare.json").read_text())
     assert data["seeds"] == [0, 1]
+
+
+@pytest.mark.parametrize("policy", ["baseline", "divided", "seer"])
+def test_every_request_records_its_first_token(policy):
+    # input lengths that are whole blocks make siblings hit their entire prompt, so
+    # they decode their first token without any prefill (the easy case to miss)
+    sc = small(**{"workload.input_tokens": {"dist": "constant", "mean": 512}})
+    req = seersim.simulate(sc, policy=policy).requests
+    assert req["first_token_s"].notna().all()
+    assert (req["first_token_s"] <= req["finish_s"]).all()
+    assert (req["first_token_s"] >= req["dispatch_s"]).all()

@@ -114,6 +114,7 @@ class Instance:
         self._interruptible = False
         self._current: tuple[_Plan, float] | None = None  # the stretch in progress and its start
         self._kv_pre = 0  # blocks of that stretch allocated early by settle_kv()
+        self._fresh_decoders = False  # a sequence decodes its first token (prompt fully cached)
         self.process = env.process(self._run())
 
     # ------------------------------------------------------------------ observable state
@@ -345,9 +346,16 @@ class Instance:
             need = R[TOKENS] - R[COMPUTED]
             if self.spec is not None:
                 need += R[GAMMA]
-            before = np.cumsum(need) - need
-            new = np.minimum(need, np.maximum(budget - before, 0))
-            add = np.maximum(_ceil_div(R[COMPUTED] + new, bs) - R[SHARED] - R[BLOCKS], 0)
+            n = R.shape[1]
+            if self.spec is None and n <= budget and int(need.sum()) == n:
+                # every sequence decodes one token (the common case): its block holds
+                # ceil(computed/bs) blocks, so it needs a new one exactly at a boundary
+                new = need
+                add = (R[COMPUTED] % bs == 0).astype(np.int64)
+            else:
+                before = np.cumsum(need) - need
+                new = np.minimum(need, np.maximum(budget - before, 0))
+                add = np.maximum(_ceil_div(R[COMPUTED] + new, bs) - R[SHARED] - R[BLOCKS], 0)
             total_add = int(add.sum())
             if total_add > kv.free_blocks:
                 keep = self._preemption_cut(add)
@@ -419,6 +427,8 @@ class Instance:
             kv.allocate(need_blocks)
             acc, gamma, tau_q = self.spec.admit(rid) if self.spec is not None else (0, 0, 0)
             cols.append((rid, hit, tokens, left, p_hit, own_hit + need_blocks, group, acc, gamma, tau_q))
+            if new == 1 and tokens == table.input_tokens[rid]:
+                self._fresh_decoders = True
             news.append(new)
             budget -= new
             room -= 1
@@ -494,8 +504,9 @@ class Instance:
     def _advance_decode(self, steps: int, first_step_end_s: float) -> None:
         """Apply `steps` pure-decode iterations: one token each, blocks as they fill."""
         R, table = self.R, self.table
-        first_token = R[TOKENS] == table.input_tokens[R[RID]]
-        if first_token.any():
+        if self._fresh_decoders:  # admitted with the whole prompt cached: first token now
+            self._fresh_decoders = False
+            first_token = R[TOKENS] == table.input_tokens[R[RID]]
             table.first_token_s[R[RID, first_token]] = first_step_end_s
         R[COMPUTED] += steps
         R[TOKENS] += steps

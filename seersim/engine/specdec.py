@@ -262,14 +262,18 @@ class SpecDecoder:
             steps = lo
         c0 = self.epoch_base_context + self.epoch_rate * (self.epoch_step - 1)
         stretch = LinearStretch(self._lines(inst), c0, self.epoch_rate)
-        return _Plan(steps, stretch, None, False, self._emit_decode(inst), extra_blocks)
+        return _Plan(steps, stretch, None, False, self._emit_decode(inst, stretch), extra_blocks)
 
     # ------------------------------------------------------------------ applying
-    def _emit_decode(self, inst: "Instance"):
-        from seersim.engine.instance import ACC, BLOCKS, COMPUTED, GAMMA, LEFT, SHARED, TAU_Q, TOKENS
+    def _emit_decode(self, inst: "Instance", stretch: LinearStretch):
+        from seersim.engine.instance import ACC, BLOCKS, COMPUTED, GAMMA, LEFT, RID, SHARED, TAU_Q, TOKENS
 
         def apply(steps: int, start: float) -> None:
             R, bs = inst.R, inst.bs
+            if inst._fresh_decoders:  # prompt fully cached at admission: first token at step 1
+                inst._fresh_decoders = False
+                fresh = R[TOKENS] == inst.table.input_tokens[R[RID]]
+                inst.table.first_token_s[R[RID, fresh]] = start + stretch.cumulative(1)
             # blocks for the last iteration's slots (the most any iteration needed)
             last = R[COMPUTED] + 1 + R[GAMMA] + (R[ACC] + (steps - 1) * R[TAU_Q]) // Q
             grow = np.maximum(-(-last // bs) - R[SHARED] - R[BLOCKS], 0)
@@ -293,7 +297,8 @@ class SpecDecoder:
             decoding = R[TOKENS] - R[COMPUTED] == 1
             spec_emit = np.minimum((R[ACC] + R[TAU_Q]) // Q, R[LEFT])
             prefill_done = ~decoding & (R[COMPUTED] + new == R[TOKENS]) & (new > 0)
-            first = prefill_done & (R[TOKENS] == table.input_tokens[R[RID]])
+            fresh = R[TOKENS] == table.input_tokens[R[RID]]
+            first = fresh & (prefill_done | (decoding & (new > 0)))
             if first.any():
                 table.first_token_s[R[RID, first]] = inst.env.now
             before = R[COMPUTED].copy()
