@@ -195,9 +195,13 @@ class Instance:
             return
         kv = self.kv
         if cache_only:
+            uncached_free = kv.total_blocks - kv.used_blocks - kv.cached_blocks
+            # cheap bound first: each sequence needs at most one block per bs iterations (+1)
+            if self.R.shape[1] * (plan.steps // self.bs + 2) * (1 + self._max_gamma()) <= uncached_free:
+                return
             if plan.total_blocks is None:
                 plan.total_blocks = plan.blocks_fn(plan.steps)
-            if plan.total_blocks - self._kv_pre <= kv.total_blocks - kv.used_blocks - kv.cached_blocks:
+            if plan.total_blocks - self._kv_pre <= uncached_free:
                 return
         k = min(plan.stretch.steps_done_by(self.env.now - start, plan.steps) + 1, plan.steps)
         target = plan.blocks_fn(k)
@@ -227,6 +231,10 @@ class Instance:
         pre = self._take_pre()
         if pre:
             self.kv.release(pre)
+
+    def _max_gamma(self) -> int:
+        """Largest per-iteration draft width in the batch (0 without speculation)."""
+        return int(self.R[GAMMA].max()) if self.spec is not None and self.R.shape[1] else 0
 
     def _take_pre(self) -> int:
         """Blocks of the ending stretch that settle_kv() allocated early (then reset)."""
