@@ -228,7 +228,7 @@ class Cluster:
         for inst in self.instances:
             if self.stop_after_groups is not None:
                 inst.abort()
-            inst.kv.check()
+            inst.kv.check(idle=True)
         return self._records()
 
     def _request_pass(self) -> None:

@@ -125,10 +125,13 @@ class KVCache:
             _, blocks = self._cached.popitem(last=False)
             self.cached_blocks -= blocks
 
-    def check(self) -> None:
-        """Assert the block invariants (used by tests and at the end of a run)."""
+    def check(self, idle: bool = False) -> None:
+        """Assert the block invariants (used by tests and at the end of a run, when
+        `idle`: nothing runs, so no block may still be in use)."""
         assert 0 <= self.used_blocks <= self.total_blocks, (self.used_blocks, self.total_blocks)
         assert self.cached_blocks == sum(self._cached.values())
         assert self.used_blocks + self.cached_blocks <= self.total_blocks
         shared = sum(b for _, b in self._prompt_refs.values())
         assert shared <= self.used_blocks
+        if idle:
+            assert self.used_blocks == 0 and not self._prompt_refs, (self.used_blocks, len(self._prompt_refs))
