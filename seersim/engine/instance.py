@@ -499,7 +499,8 @@ class Instance:
             self.stats.prefill_tokens += int((new - emit).sum())
             self.stats.emitted_tokens += int(emit.sum())
             self.stats.verified_tokens += int(new.sum())
-            self._share_new_prompts(before)
+            if not isinstance(plan.stretch, HeadStretch):  # a tail is only planned when none publishes
+                self._share_new_prompts(before)
             if steps > 1:
                 head_end = start + plan.stretch.cumulative(1)
                 self._advance_decode(steps - 1, head_end + plan.stretch.tail.cumulative(1))
