@@ -104,7 +104,7 @@ def simulate(
     result = RunResult(scenario=scenario, policy=scenario.policy.name, seed=seed)
     carried: list[Request] = []
     for step in range(scenario.steps):
-        wl = workload if workload is not None else build_workload(scenario, rng, step)
+        wl = workload if workload is not None else build_workload(scenario, rng)
         pol = make_policy(scenario.policy)
         stop_after = None
         if pol.over_issue:

@@ -52,6 +52,12 @@ def _cli_errors():
         raise typer.Exit(130) from None
 
 
+def _load(scenario: Path, set_: list[str] | None):
+    from seersim.config import load_scenario
+
+    return load_scenario(scenario, overrides=list(set_ or []))
+
+
 @contextmanager
 def _progress(enabled: bool, label: str):
     """A rich progress bar on stderr, only for a TTY; yields a callback(done, total)."""
@@ -91,11 +97,10 @@ def run(
 ) -> None:
     """Simulate one scenario's RL rollout step(s) and print a summary."""
     from seersim.api import simulate
-    from seersim.config import load_scenario
     from seersim.report import summary_table, write_run
 
     with _cli_errors():
-        sc = load_scenario(scenario, overrides=list(set_ or []))
+        sc = _load(scenario, set_)
         with _progress(not json_, f"simulating {sc.name}") as progress:
             result = simulate(sc, policy=policy, seed=seed, progress=progress)
         summary = result.summary
@@ -129,11 +134,10 @@ def compare_cmd(
 ) -> None:
     """Run every policy on identical work and compare makespan, throughput and tail."""
     from seersim.compare import DEFAULT_POLICIES, compare, plot_comparison
-    from seersim.config import load_scenario
     from seersim.report import save_figure, write_frame, write_json
 
     with _cli_errors():
-        sc = load_scenario(scenario, overrides=list(set_ or []))
+        sc = _load(scenario, set_)
         with _progress(not json_, f"comparing on {sc.name}") as progress:
             cmp = compare(sc, _split(policies) or DEFAULT_POLICIES, seeds=seeds, jobs=jobs, progress=progress)
         if out is not None:

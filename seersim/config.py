@@ -202,7 +202,7 @@ class Scenario(_Strict):
 
 
 # --------------------------------------------------------------------------- loading
-def _resolve_spec(raw: Any, field: str, lookup, spec_cls) -> Any:
+def _resolve_spec(raw: Any, field: str, lookup) -> Any:
     """A spec field is a catalog name, or a mapping (optionally `base: NAME` + overrides)."""
     if isinstance(raw, str):
         try:
@@ -267,8 +267,8 @@ def scenario_from_dict(data: dict, base_dir: str | Path = ".") -> Scenario:
     for field in ("model", "gpu"):
         if field not in data:
             raise ScenarioError(f"{field}: missing; name a catalog entry (see `seersim specs`) or give an inline spec")
-    data["model"] = _resolve_spec(data["model"], "model", get_model, ModelSpec)
-    data["gpu"] = _resolve_spec(data["gpu"], "gpu", get_gpu, GPUSpec)
+    data["model"] = _resolve_spec(data["model"], "model", get_model)
+    data["gpu"] = _resolve_spec(data["gpu"], "gpu", get_gpu)
     data.setdefault("base_dir", str(base_dir))
     try:
         return Scenario.model_validate(data)

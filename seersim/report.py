@@ -38,7 +38,7 @@ SUMMARY_ROWS = [
 def _fmt(fmt: str, value: Any) -> str:
     if isinstance(value, float) and math.isnan(value):
         return "n/a"
-    if "{:," in fmt and "d" not in fmt and isinstance(value, float) and fmt in ("{:,}",):
+    if fmt == "{:,}" and isinstance(value, float):  # counts averaged over steps
         value = int(round(value))
     return fmt.format(value)
 

@@ -97,7 +97,7 @@ class Cluster:
         self.pool = KVPool(scenario.kv_pool, nodes, scenario.model.kv_bytes_per_token)
         self._link_bytes_per_s = par.gpus * scenario.gpu.scaleout_bandwidth_bytes_per_s
         self.instances = [
-            Instance(i, self.env, KVCache(blocks, self.bs), self.cost, eng, self.table, self, self._make_spec(i))
+            Instance(i, self.env, KVCache(blocks, self.bs), self.cost, eng, self.table, self, self._make_spec())
             for i in range(n)
         ]
         self._kv_total = np.full(n, blocks, np.int64)
@@ -128,7 +128,7 @@ class Cluster:
         self._pass_pending = False
         self._all_done = self.env.event()
 
-    def _make_spec(self, instance_id: int):
+    def _make_spec(self):
         spec_cfg = self.scenario.engine.speculation
         if spec_cfg.mode == "none":
             return None

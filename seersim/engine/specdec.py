@@ -205,7 +205,7 @@ class SpecDecoder:
 
     # ------------------------------------------------------------------ planning
     def plan(self, inst: "Instance", new: np.ndarray, changed: bool, preempted: bool):
-        from seersim.engine.instance import COMPUTED, GAMMA, TAU_Q, TOKENS, _Plan
+        from seersim.engine.instance import COMPUTED, GAMMA, TOKENS, _Plan
 
         R = inst.R
         full = new == R[TOKENS] - R[COMPUTED] + R[GAMMA]
@@ -290,7 +290,7 @@ class SpecDecoder:
         return apply
 
     def _emit_mixed(self, inst: "Instance", new: np.ndarray):
-        from seersim.engine.instance import ACC, COMPUTED, GAMMA, LEFT, RID, TAU_Q, TOKENS
+        from seersim.engine.instance import ACC, COMPUTED, LEFT, RID, TAU_Q, TOKENS
 
         def apply(steps: int, start: float) -> None:
             R, table = inst.R, inst.table

@@ -18,11 +18,12 @@ from seersim.workload.synthetic import generate_synthetic
 __all__ = ["Request", "Workload", "build_workload", "generate_synthetic", "read_trace"]
 
 
-def build_workload(scenario: Scenario, rng: np.random.Generator, step: int = 0) -> Workload:
-    """The requests of RL step `step`. Replayed traces are the same work whatever the seed."""
+def build_workload(scenario: Scenario, rng: np.random.Generator) -> Workload:
+    """The requests of one RL step, drawn from `rng` (successive calls give successive
+    steps). Replayed traces are the same work whatever the seed."""
     wl = scenario.workload
     if isinstance(wl, SyntheticWorkload):
-        return generate_synthetic(wl, rng, id_offset=0, step=step)
+        return generate_synthetic(wl, rng)
     assert isinstance(wl, ReplayWorkload)
     path = Path(wl.path)
     if not path.is_absolute():

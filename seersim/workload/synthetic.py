@@ -57,9 +57,8 @@ def correlated_uniforms(rng: np.random.Generator, groups: int, group_size: int, 
     return np.clip(special.ndtr(z), 1e-12, 1 - 1e-12).ravel()
 
 
-def generate_synthetic(cfg: SyntheticWorkload, rng: np.random.Generator, id_offset: int = 0, step: int = 0) -> Workload:
+def generate_synthetic(cfg: SyntheticWorkload, rng: np.random.Generator) -> Workload:
     """One RL step of `prompts × group_size` requests. Siblings share their prompt length."""
-    del id_offset, step  # ids restart at 0 per step; the rng stream makes steps differ
     out_cfg: OutputDist = cfg.output_tokens
     in_cfg = cfg.input_tokens
     in_hi = in_cfg.max if in_cfg.max is not None else max(int(in_cfg.mean * 64), in_cfg.min + 1)
