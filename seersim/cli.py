@@ -171,7 +171,7 @@ def _print_compare(cmp) -> None:
             pm(r["makespan_s"], r["makespan_s_std"], "{:,.1f}") + " s",
             pm(r["throughput_tokens_per_s"], r["throughput_tokens_per_s_std"], "{:,.0f}") + " tok/s",
             pm(r["tail_s"], r["tail_s_std"], "{:,.1f}") + " s",
-            pm(r["speedup_vs_baseline"], r["speedup_vs_baseline_std"], "{:.2f}") + "x",
+            pm(r["speedup_vs_baseline"], r["speedup_vs_baseline_std"], "{:.2f}") + f"x ({r['speedup_vs_baseline'] - 1:+.0%})",
             f"{-r['tail_reduction_vs_baseline']:+.0%}",
             f"{r.get('preemptions', 0):,.0f}",
             f"{r.get('migrations', 0):,.0f}",
