@@ -33,6 +33,7 @@ from seersim.config import EngineConfig
 from seersim.cost import CostModel, HeadStretch, LinearStretch, TabulatedStretch
 from seersim.engine.kvcache import KVCache, prompt_key
 from seersim.engine.requests import RequestTable
+from seersim.engine.specdec import Q as Q_ACC
 from seersim.errors import SimulationError
 
 if TYPE_CHECKING:
@@ -481,24 +482,12 @@ class Instance:
 
         Returns whether any chunk ended.
         """
-        table, R = self.table, self.R
         if plan.pure:
             self._advance_decode(steps, start + plan.stretch.cumulative(1))
         elif plan.emit_fn is not None:
             plan.emit_fn(steps, start)
         else:
-            new = plan.new
-            before = R[COMPUTED].copy()
-            R[COMPUTED] += new
-            emit = (R[COMPUTED] == R[TOKENS]) & (new > 0)
-            first = emit & (R[TOKENS] == table.input_tokens[R[RID]])
-            if first.any():
-                table.first_token_s[R[RID, first]] = start + plan.stretch.cumulative(1)
-            R[TOKENS] += emit
-            R[LEFT] -= emit
-            self.stats.prefill_tokens += int((new - emit).sum())
-            self.stats.emitted_tokens += int(emit.sum())
-            self.stats.verified_tokens += int(new.sum())
+            before = self._advance_mixed(plan.new, start + plan.stretch.cumulative(1))
             if not isinstance(plan.stretch, HeadStretch):  # a tail is only planned when none publishes
                 self._share_new_prompts(before)
             if steps > 1:
@@ -509,6 +498,38 @@ class Instance:
             self._retire(done)
             return True
         return False
+
+    def _advance_mixed(self, new: np.ndarray, end_s: float) -> np.ndarray:
+        """Apply one mixed iteration: prefills advance by `new` tokens and emit the first
+        token when they complete; decodes emit one token, or with speculation what their
+        accumulator yields (their `new` counts the verified drafts). Returns the
+        computed tokens before it."""
+        R, table = self.R, self.table
+        before = R[COMPUTED].copy()
+        decoding = R[TOKENS] - before == 1
+        emit = ((before + new == R[TOKENS]) & (new > 0)).astype(np.int64)
+        advance = new
+        spec = None
+        if self.spec is not None:
+            spec = decoding & (new > 0)
+            spec_emit = np.minimum((R[ACC] + R[TAU_Q]) // Q_ACC, R[LEFT])
+            emit = np.where(spec, spec_emit, emit)
+            advance = np.where(spec, spec_emit, new)
+            R[ACC] = np.where(spec, (R[ACC] + R[TAU_Q]) % Q_ACC, R[ACC])
+        first = (emit > 0) & (R[TOKENS] == table.input_tokens[R[RID]])
+        if first.any():
+            table.first_token_s[R[RID, first]] = end_s
+        R[COMPUTED] += advance
+        R[TOKENS] += emit
+        R[LEFT] -= emit
+        emitted = int(emit.sum())
+        self.stats.prefill_tokens += int(np.where(decoding, 0, new - emit).sum())
+        if spec is None:
+            self.stats.emitted_tokens += emitted
+            self.stats.verified_tokens += int(new.sum())
+        else:
+            self.spec._account(self, 1, emitted, int(new.sum()), int(spec.sum()), int(emit[spec].sum()))
+        return before
 
     def _advance_decode(self, steps: int, first_step_end_s: float) -> None:
         """Apply `steps` pure-decode iterations: one token each, blocks as they fill."""

@@ -213,7 +213,7 @@ class SpecDecoder:
             # A mixed iteration. Draft lengths stay until the epoch ends (sequences that
             # joined decode without drafts); the context model restarts from the new batch.
             self._rebase = True
-            return _Plan(1, TabulatedStretch.single(inst.mixed_step_s(new)), new, False, self._emit_mixed(inst, new))
+            return _Plan(1, TabulatedStretch.single(inst.mixed_step_s(new)), new, False)
         return self._plan_decode(inst)
 
     def _lines(self, inst: "Instance") -> StepLines:
@@ -286,31 +286,6 @@ class SpecDecoder:
             R[ACC] = (R[ACC] + steps * R[TAU_Q]) % Q
             total = int(emitted.sum())
             self._account(inst, steps, total, int(steps * (1 + R[GAMMA]).sum()), steps * R.shape[1], total)
-
-        return apply
-
-    def _emit_mixed(self, inst: "Instance", new: np.ndarray):
-        from seersim.engine.instance import ACC, COMPUTED, LEFT, RID, TAU_Q, TOKENS
-
-        def apply(steps: int, start: float) -> None:
-            R, table = inst.R, inst.table
-            decoding = R[TOKENS] - R[COMPUTED] == 1
-            spec_emit = np.minimum((R[ACC] + R[TAU_Q]) // Q, R[LEFT])
-            prefill_done = ~decoding & (R[COMPUTED] + new == R[TOKENS]) & (new > 0)
-            fresh = R[TOKENS] == table.input_tokens[R[RID]]
-            first = fresh & (prefill_done | (decoding & (new > 0)))
-            if first.any():
-                table.first_token_s[R[RID, first]] = inst.env.now
-            before = R[COMPUTED].copy()
-            emitted = np.where(decoding & (new > 0), spec_emit, prefill_done.astype(np.int64))
-            R[COMPUTED] += np.where(decoding, np.where(new > 0, spec_emit, 0), new)
-            R[TOKENS] += emitted
-            R[LEFT] -= emitted
-            R[ACC] = np.where(decoding & (new > 0), (R[ACC] + R[TAU_Q]) % Q, R[ACC])
-            inst.stats.prefill_tokens += int((np.where(decoding, 0, new) - prefill_done).sum())
-            spec = decoding & (new > 0)
-            self._account(inst, 1, int(emitted.sum()), int(new.sum()), int(spec.sum()), int(spec_emit[spec].sum()))
-            inst._share_new_prompts(before)
 
         return apply
 
