@@ -24,6 +24,7 @@ from seersim.engine.kvpool import KVPool
 from seersim.engine.requests import DONE, IN_FLIGHT, PENDING, RequestTable
 from seersim.errors import PolicyError, SimulationError, SpecError
 from seersim.policies import Dispatch, Policy
+from seersim.policies.base import chunk_blocks
 from seersim.workload import Workload
 
 
@@ -263,8 +264,7 @@ class Cluster:
         t.state[rid] = IN_FLIGHT
         t.instance[rid] = iid
         t.chunks[rid] += 1
-        tokens = int(t.input_tokens[rid] + t.generated[rid])
-        blocks = -(-(tokens + d.max_new_tokens) // self.bs)
+        blocks = chunk_blocks(self, rid, d.max_new_tokens)
         self._reservation[rid] = blocks
         self._reserved[iid] += blocks
         self._in_flight[iid] += 1

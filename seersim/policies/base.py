@@ -120,9 +120,7 @@ class Loads:
         self.total = view.kv_total_blocks
 
     def projected_blocks(self, request_id: int, max_new_tokens: int) -> int:
-        v = self.view
-        tokens = int(v.input_tokens[request_id] + v.generated_tokens[request_id]) + max_new_tokens
-        return -(-tokens // v.block_size)
+        return chunk_blocks(self.view, request_id, max_new_tokens)
 
     def has_room(self, max_blocks: int) -> np.ndarray:
         """Instances where a chunk needing `max_blocks` fits with every in-flight chunk at its limit."""
@@ -131,6 +129,12 @@ class Loads:
     def add(self, instance_id: int, blocks: int) -> None:
         self.in_flight[instance_id] += 1
         self.reserved[instance_id] += blocks
+
+
+def chunk_blocks(view: ClusterView, request_id: int, max_new_tokens: int) -> int:
+    """KV blocks a chunk holds when it reaches its limit: what an instance reserves for it."""
+    tokens = int(view.input_tokens[request_id] + view.generated_tokens[request_id]) + max_new_tokens
+    return -(-tokens // view.block_size)
 
 
 def chunk_limit(view: ClusterView, request_id: int, chunk_tokens: int) -> int:
