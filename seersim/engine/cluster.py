@@ -21,7 +21,7 @@ from seersim.cost import CostModel, build_cost_model
 from seersim.engine.instance import Instance
 from seersim.engine.kvcache import KVCache
 from seersim.engine.kvpool import KVPool
-from seersim.engine.requests import DONE, IN_FLIGHT, PENDING, RequestTable
+from seersim.requests import DONE, IN_FLIGHT, PENDING, RequestTable
 from seersim.errors import PolicyError, SimulationError, SpecError
 from seersim.policies import Dispatch, Policy
 from seersim.policies.base import chunk_blocks
@@ -83,7 +83,9 @@ class Cluster:
         self.env = simpy.Environment()
         eng = scenario.engine
         self.bs = eng.block_size_tokens
-        self.table = RequestTable(workload, self.bs, eng.prefix_caching)
+        self.table = RequestTable(workload)
+        # full prompt blocks that prefix caching can share between siblings
+        self.prompt_blocks = self.table.input_tokens // self.bs if eng.prefix_caching else np.zeros(self.table.n, np.int64)
         self.cost = cost or build_cost_model(scenario)
         blocks = kv_capacity_blocks(scenario)
         max_ctx = int((self.table.input_tokens + workload.max_tokens).max()) if self.table.n else 0
@@ -98,7 +100,7 @@ class Cluster:
         self.pool = KVPool(scenario.kv_pool, nodes, scenario.model.kv_bytes_per_token)
         self._link_bytes_per_s = par.gpus * scenario.gpu.scaleout_bandwidth_bytes_per_s
         self.instances = [
-            Instance(i, self.env, KVCache(blocks, self.bs), self.cost, eng, self.table, self, self._make_spec())
+            Instance(i, self.env, KVCache(blocks, self.bs), self.cost, eng, self.table, self.prompt_blocks, self, self._make_spec())
             for i in range(n)
         ]
         self._kv_total = np.full(n, blocks, np.int64)
@@ -198,7 +200,7 @@ class Cluster:
     def cached_tokens(self, request_id: int) -> dict[int, int]:
         out = {}
         group = int(self.table.group_id[request_id])
-        p_blocks = int(self.table.prompt_blocks[request_id])
+        p_blocks = int(self.prompt_blocks[request_id])
         for i in self._ran_on[request_id]:
             self.instances[i].settle_kv()
             p_hit, own = self.instances[i].kv.prefix_blocks(request_id, group, p_blocks)
@@ -286,7 +288,7 @@ class Cluster:
 
     def _deliver_after(self, delay: float, inst: Instance, rid: int, left: int, pooled_tokens: int):
         yield self.env.timeout(delay)
-        p_blocks = int(self.table.prompt_blocks[rid])
+        p_blocks = int(self.prompt_blocks[rid])
         own = max(0, pooled_tokens // self.bs - p_blocks)
         inst.settle_kv(cache_only=False)
         inst.insert_pulled_kv(rid, int(self.table.group_id[rid]), p_blocks, own)

@@ -32,7 +32,7 @@ import simpy
 from seersim.config import EngineConfig
 from seersim.cost import CostModel, HeadStretch, LinearStretch, TabulatedStretch
 from seersim.engine.kvcache import KVCache, prompt_key
-from seersim.engine.requests import RequestTable
+from seersim.requests import RequestTable
 from seersim.engine.specdec import Q as Q_ACC
 from seersim.errors import SimulationError
 
@@ -94,6 +94,7 @@ class Instance:
         cost: CostModel,
         cfg: EngineConfig,
         table: RequestTable,
+        prompt_blocks: np.ndarray,
         listener: EngineListener,
         spec: "SpecDecoder | None" = None,
     ) -> None:
@@ -103,6 +104,7 @@ class Instance:
         self.cost = cost
         self.cfg = cfg
         self.table = table
+        self.prompt_blocks = prompt_blocks  # full prompt blocks prefix caching can share
         self.listener = listener
         self.spec = spec
         self.bs = kv.block_size
@@ -324,7 +326,7 @@ class Instance:
         if not self.cfg.prefix_caching:
             return False
         R = self.R
-        p = self.table.prompt_blocks[R[RID]] * self.bs
+        p = self.prompt_blocks[R[RID]] * self.bs
         return bool(((R[SHARED] == 0) & (p > 0) & (R[COMPUTED] < p) & (R[COMPUTED] + new >= p)).any())
 
     def _stretch_block_limit(self) -> int:
@@ -420,7 +422,7 @@ class Instance:
             rid, left = self.waiting[0]
             group = int(table.group_id[rid])
             tokens = int(table.input_tokens[rid] + table.generated[rid])
-            p_blocks = int(table.prompt_blocks[rid])
+            p_blocks = int(self.prompt_blocks[rid])
             p_hit, own_hit = kv.prefix_blocks(rid, group, p_blocks) if caching else (0, 0)
             hit = min((p_hit + own_hit) * bs, tokens - 1)
             new = min(tokens - hit, budget)
@@ -451,7 +453,7 @@ class Instance:
         kv, bs = self.kv, self.bs
         col = self.R[:, i].tolist()
         rid, computed, shared, blocks, group = col[RID], col[COMPUTED], col[SHARED], col[BLOCKS], col[GROUP]
-        p_blocks = int(self.table.prompt_blocks[rid])
+        p_blocks = int(self.prompt_blocks[rid])
         if shared:
             kv.release_prompt(group)
         cache = cache and self.cfg.prefix_caching
@@ -558,7 +560,7 @@ class Instance:
         if not self.cfg.prefix_caching:
             return
         R = self.R
-        p = self.table.prompt_blocks[R[RID]] * self.bs
+        p = self.prompt_blocks[R[RID]] * self.bs
         crossed = (R[SHARED] == 0) & (p > 0) & (R[COMPUTED] >= p) & (before < p)
         for i in np.flatnonzero(crossed):
             group = int(R[GROUP, i])
