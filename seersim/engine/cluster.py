@@ -93,7 +93,7 @@ class SimBackend:
                 table,
                 self.prompt_blocks,
                 self._on_chunk_done,
-                SpecDecoder(spec, groups) if spec.mode != "none" else None,
+                SpecDecoder(spec, groups, self.cost) if spec.mode != "none" else None,
             )
             for i in range(self.num_instances)
         ]
