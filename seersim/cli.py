@@ -312,6 +312,15 @@ def policies() -> None:
         typer.echo(f"{name:16s} {doc}")
 
 
+def _register_subapps() -> None:
+    from seersim.calibrate.cli import app as calibrate_app
+
+    app.add_typer(calibrate_app, name="calibrate")
+
+
+_register_subapps()
+
+
 def main() -> None:
     app()
 

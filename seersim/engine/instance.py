@@ -30,10 +30,11 @@ import numpy as np
 import simpy
 
 from seersim.config import EngineConfig
-from seersim.cost import CostModel, HeadStretch, LinearStretch, TabulatedStretch
+from seersim.cost import CostModel
 from seersim.engine.kvcache import KVCache, prompt_key
 from seersim.engine.requests import RequestTable
 from seersim.engine.specdec import Q as Q_ACC
+from seersim.engine.stretch import HeadStretch, LinearStretch, TabulatedStretch
 from seersim.errors import SimulationError
 
 if TYPE_CHECKING:

@@ -36,7 +36,8 @@ import numpy as np
 from scipy import optimize
 
 from seersim.config import SpeculationConfig
-from seersim.cost import LinearStretch, StepLines, TabulatedStretch
+from seersim.cost import StepLines
+from seersim.engine.stretch import LinearStretch, TabulatedStretch
 
 if TYPE_CHECKING:
     from seersim.engine.cluster import Cluster
