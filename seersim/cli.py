@@ -313,9 +313,10 @@ def policies() -> None:
 
 
 def _register_subapps() -> None:
-    from seersim.calibrate.cli import app as calibrate_app
+    from seersim.calibrate.cli import app as calibrate_app, profile_cmd
 
     app.add_typer(calibrate_app, name="calibrate")
+    app.command("profile")(profile_cmd)
 
 
 _register_subapps()

@@ -245,3 +245,37 @@ def test_calibrate_cost_rejects_a_table_without_the_schema_columns(tmp_path):
     bad.write_text("a,b\n1,2\n")
     res = CliRunner().invoke(app, ["calibrate", "cost", str(bad)])
     assert res.exit_code == 2 and "missing columns" in res.output
+
+
+def test_calibrate_cost_fits_an_operator_table_with_attention(tmp_path):
+    """A seersim operator table (as `seersim profile` writes on a GPU), generated from known
+    curves: the fit recovers the attention efficiencies that Vidur's tables cannot give."""
+    from dataclasses import replace
+
+    from seersim.calibrate.costfit import predict_rows
+    from seersim.cost.calibration import load_calibration, shipped_calibration
+    from seersim.profile.table import write_profile_table
+
+    truth = replace(load_calibration(shipped_calibration("h100")).curves,
+                    attention_flops_efficiency=0.42, attention_bandwidth_efficiency=0.66)
+    model, gpu = get_model("qwen2.5-7b"), get_gpu("h100-sxm")
+    rows = []
+    for op in ("qkv_proj", "attn_out_proj", "mlp_up_gate", "mlp_down", "lm_head"):
+        rows += [{"op": op, "num_tokens": t, "batch_size": t, "context_tokens": 0, "prefill_tokens": t, "decode_tokens": 0}
+                 for t in (1, 8, 32, 64, 128, 256, 512, 1024, 2048, 4096)]
+    rows += [{"op": "attn_decode", "num_tokens": b, "batch_size": b, "context_tokens": b * c, "prefill_tokens": 0,
+              "decode_tokens": b} for b in (1, 8, 32, 128) for c in (512, 2048, 8192, 32768)]
+    rows += [{"op": "attn_prefill", "num_tokens": t, "batch_size": 1, "context_tokens": t, "prefill_tokens": t,
+              "decode_tokens": 0} for t in (512, 2048, 8192, 16384)]
+    df = pd.DataFrame(rows)
+    df["tp"] = 1
+    df["time_s"] = predict_rows(truth, gpu, model, df)
+    df["time_s_std"], df["repeats"] = 0.0, 5
+    table = tmp_path / "ops.csv"
+    write_profile_table(df.drop(columns="tp"), table, {"gpu": "h100-sxm", "model": "qwen2.5-7b", "tp": 1})
+    res = CliRunner().invoke(app, ["calibrate", "cost", str(table), "--out", str(tmp_path / "ops.yaml"), "--json"])
+    assert res.exit_code == 0, res.output
+    r = json.loads(res.output)
+    assert r["kind"] == "kernel_curves" and r["heldout_mape"] < 0.05
+    assert r["params"]["attention_bandwidth_efficiency"] == pytest.approx(0.66, rel=0.05)
+    assert r["params"]["attention_flops_efficiency"] == pytest.approx(0.42, rel=0.1)

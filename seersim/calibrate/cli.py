@@ -121,3 +121,50 @@ def _cost(profiles, test, out, gpu, seed, as_json) -> None:
     lines += [f"  test MAPE on {k}: {v:.1%}" for k, v in tests.items()]
     lines += [f"  wrote {out} and {plot}"]
     _emit(result, as_json, lines)
+
+
+def _ints(csv: str | None) -> tuple[int, ...] | None:
+    return tuple(int(x) for x in csv.split(",") if x.strip()) if csv else None
+
+
+def profile_cmd(
+    model: Annotated[str, typer.Option("--model", "-m", help="catalog model, e.g. qwen2.5-7b")],
+    out: Annotated[Path, typer.Option("--out", "-o", help="profiling table to write (CSV + .meta.json)")],
+    device: Annotated[str, typer.Option("--device", help="torch device: cuda, cuda:1, cpu")] = "cuda",
+    gpu: Annotated[Optional[str], typer.Option("--gpu", help="catalog GPU this runs on (recorded for calibration)")] = None,
+    tp: Annotated[int, typer.Option("--tp", help="tensor-parallel degree whose shard shapes are timed")] = 1,
+    dtype: Annotated[str, typer.Option("--dtype", help="torch dtype of weights and activations")] = "bfloat16",
+    ops: Annotated[Optional[str], typer.Option("--ops", help="comma-separated subset of ops (default: all)")] = None,
+    tokens: Annotated[Optional[str], typer.Option("--tokens", help="token counts for GEMMs, comma-separated")] = None,
+    batches: Annotated[Optional[str], typer.Option("--batches", help="decode attention batch sizes")] = None,
+    contexts: Annotated[Optional[str], typer.Option("--contexts", help="decode attention context lengths")] = None,
+    prefill: Annotated[Optional[str], typer.Option("--prefill", help="prefill attention lengths")] = None,
+    repeats: Annotated[int, typer.Option("--repeats", help="timed repeats per point (median kept)")] = 10,
+) -> None:
+    """Time a catalog model's operators with torch at its TP-shard shapes (random weights)
+    and write a `seersim-profile/1` table for `seersim calibrate cost`. Needs torch
+    (`pip install 'seersim[gpu]'`)."""
+    with _errors():
+        from seersim.errors import SpecError
+        from seersim.profile.table import write_profile_table
+        from seersim.profile.torch_ops import ProfileGrid, profile_model, provenance
+        from seersim.specs import get_gpu, get_model
+
+        spec = get_model(model)
+        if gpu is not None:
+            gpu = get_gpu(gpu).name
+        elif device.startswith("cuda"):
+            raise SpecError("--gpu: name the catalog GPU this runs on (e.g. h100-sxm) so the table can be calibrated")
+        base = ProfileGrid()
+        grid = ProfileGrid(
+            tokens=_ints(tokens) or base.tokens,
+            decode_batches=_ints(batches) or base.decode_batches,
+            decode_contexts=_ints(contexts) or base.decode_contexts,
+            prefill_tokens=_ints(prefill) or base.prefill_tokens,
+            repeats=repeats,
+            warmup=min(3, repeats),
+        )
+        wanted = {o.strip() for o in ops.split(",")} if ops else None
+        rows = profile_model(spec, tp, device, dtype, grid, wanted)
+        write_profile_table(rows, out, provenance(spec, gpu or "cpu", tp, device, dtype, _command()))
+        typer.echo(f"profiled {len(rows)} points of {spec.name} (tp={tp}) on {device}: wrote {out}")

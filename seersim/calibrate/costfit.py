@@ -18,7 +18,7 @@ from scipy import optimize
 
 from seersim.calibrate.tables import CostData
 from seersim.cost.calibration import Calibration, IterationFit
-from seersim.cost.curves import KernelCurves, elementwise_bytes
+from seersim.cost.curves import KernelCurves, elementwise_bytes, routed_experts_s
 from seersim.errors import TraceError
 from seersim.specs import GPUSpec, ModelSpec, get_gpu
 
@@ -83,6 +83,8 @@ def predict_rows(curves: KernelCurves, gpu: GPUSpec, model: ModelSpec, rows: pd.
             out[idx] = curves.elementwise_s(gpu, sizes[op])
         elif op in ("attn_decode", "attn_prefill"):
             out[idx] = _attention_s(curves, gpu, model, tp, r, prefill=op == "attn_prefill")
+        elif op == "moe_experts":
+            out[idx] = [routed_experts_s(curves, gpu, model, float(x), tp, 1) for x in t]
         elif op == "all_reduce":
             out[idx] = curves.all_reduce_s(gpu, t * model.hidden_size * 2, tp)
         else:

@@ -14,7 +14,7 @@ from seersim.config import Parallelism, Scenario
 from seersim.cost.base import CachedStepLines, StepLines
 from seersim.cost.calibration import Calibration, IterationFit, load_calibration, shipped_calibration
 from seersim.cost.collectives import ep_all_to_all_s, tp_message_bytes
-from seersim.cost.curves import ACTIVATION_BYTES, KernelCurves, elementwise_bytes
+from seersim.cost.curves import ACTIVATION_BYTES, KernelCurves, elementwise_bytes, routed_experts_s
 from seersim.cost.overhead import ENGINE_STEP_OVERHEAD_S
 from seersim.errors import SpecError
 from seersim.specs import GPUSpec, ModelSpec
@@ -71,27 +71,13 @@ class KernelCurvesCost(CachedStepLines):
         elem_rate = g.hbm_bandwidth_bytes_per_s * c.elementwise_bandwidth_efficiency
         total += m.num_layers * sum(c.elementwise_latency_s + b * t / elem_rate for b in self._elem_bytes_per_token)
         if m.is_moe:
-            total += m.num_moe_layers * self._routed_experts_s(t)
+            total += m.num_moe_layers * routed_experts_s(c, g, m, t, par.tp, par.ep)
         total += gemm(g, logit_rows / par.dp, *self._lm_head, w)
         total += c.elementwise_latency_s + 2 * t * m.hidden_size * ACTIVATION_BYTES / elem_rate  # embedding gather
         if par.tp > 1:
             total += 2 * m.num_layers * float(c.all_reduce_s(g, tp_message_bytes(m, t), par.tp))
         total += ep_all_to_all_s(m, par, g, t, c.all_reduce_latency_s)
         return total
-
-    def _routed_experts_s(self, t: float) -> float:
-        """One MoE layer's routed experts on one rank: one fused launch, each touched
-        expert's weights read once (an EP group sees its ep ranks' tokens)."""
-        m, c, g, par = self.model, self.curves, self.gpu, self.par
-        w = m.weight_bytes_per_param
-        touched = m.distinct_experts_touched(int(round(t * par.ep))) / par.ep
-        if touched <= 0:
-            return 0.0
-        width = m.moe_intermediate_size // (par.tp if par.ep == 1 else 1)
-        rows = t * m.experts_per_token / touched  # token rows per touched expert
-        up = c.gemm_scalar_s(g, rows, m.hidden_size, 2 * width, w) - c.gemm_latency_s
-        down = c.gemm_scalar_s(g, rows, width, m.hidden_size, w) - c.gemm_latency_s
-        return 2 * c.gemm_latency_s + touched * (up + down)
 
     def _step_lines(self, num_seqs: int, new_tokens: int, extra_attn_pairs: int, queries_per_seq: float) -> StepLines:
         logit_rows = min(float(new_tokens), num_seqs * queries_per_seq)
