@@ -34,8 +34,9 @@ import numpy as np
 from scipy import optimize
 
 from seersim.config import SpeculationConfig
-from seersim.cost import CostModel, LinearStretch, StepLines, TabulatedStretch
+from seersim.cost import CostModel, StepLines
 from seersim.engine.batch import Q, EngineState, Plan, RunningBatch
+from seersim.engine.stretch import LinearStretch, TabulatedStretch
 from seersim.requests import GroupProgress
 
 MAX_DRAFT = 8
