@@ -14,7 +14,7 @@ from typing import Annotated, Optional
 
 import typer
 
-from seersim.errors import SeersimError
+from seersim.clikit import EXIT_BAD_INPUT, EXIT_CHECK_FAILED, cli_errors as _cli_errors, err as _err
 
 app = typer.Typer(
     add_completion=False,
@@ -23,8 +23,6 @@ app = typer.Typer(
     pretty_exceptions_enable=False,
 )
 
-EXIT_BAD_INPUT = 2
-EXIT_CHECK_FAILED = 1
 
 PolicyOpt = Annotated[Optional[str], typer.Option("--policy", "-p", help="policy name (overrides policy.name)")]
 SeedOpt = Annotated[Optional[int], typer.Option("--seed", help="random seed >= 0 (overrides the scenario's)")]
@@ -36,20 +34,6 @@ OutOpt = Annotated[Optional[Path], typer.Option("--out", "-o", help="folder for 
 JsonOpt = Annotated[bool, typer.Option("--json", help="print the summary as one JSON object on stdout")]
 
 
-def _err(msg: str) -> None:
-    typer.echo(f"seersim: error: {msg}", err=True)
-
-
-@contextmanager
-def _cli_errors():
-    try:
-        yield
-    except SeersimError as exc:
-        _err(str(exc))
-        raise typer.Exit(EXIT_BAD_INPUT) from None
-    except KeyboardInterrupt:
-        _err("interrupted")
-        raise typer.Exit(130) from None
 
 
 def _load(scenario: Path, set_: list[str] | None):

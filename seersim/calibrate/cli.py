@@ -10,6 +10,8 @@ from typing import Annotated, Optional
 
 import typer
 
+from seersim.clikit import cli_errors
+
 app = typer.Typer(
     add_completion=False,
     no_args_is_help=True,
@@ -18,13 +20,6 @@ app = typer.Typer(
 )
 
 JsonOpt = Annotated[bool, typer.Option("--json", help="print the result as one JSON object on stdout")]
-
-
-def _errors():
-    """The main CLI's error handling (one `seersim: error:` line, exit 2)."""
-    from seersim.cli import _cli_errors
-
-    return _cli_errors()
 
 
 def _command() -> str:
@@ -53,7 +48,7 @@ def cost_cmd(
     """Fit a cost calibration: kernel curves from operator tables, or an iteration line
     from `iteration` tables (live engine steps). Writes the calibration file a scenario's
     `cost: {model: calibrated, file: ...}` reads, and a predicted-vs-measured plot."""
-    with _errors():
+    with cli_errors():
         _cost(profiles, test, out, gpu, seed, as_json)
 
 
@@ -144,7 +139,7 @@ def profile_cmd(
     """Time a catalog model's operators with torch at its TP-shard shapes (random weights)
     and write a `seersim-profile/1` table for `seersim calibrate cost`. Needs torch
     (`pip install 'seersim[gpu]'`)."""
-    with _errors():
+    with cli_errors():
         from seersim.errors import SpecError
         from seersim.profile.table import write_profile_table
         from seersim.profile.torch_ops import ProfileGrid, profile_model, provenance
