@@ -14,7 +14,7 @@ from typing import Annotated, Optional
 
 import typer
 
-from seersim.errors import SeersimError
+from seersim.errors import BadOption, SeersimError
 
 app = typer.Typer(
     add_completion=False,
@@ -116,8 +116,14 @@ def run(
             typer.echo(f"records written to {out}/")
 
 
-def _split(csv: str | None) -> list[str] | None:
-    return [x.strip() for x in csv.split(",") if x.strip()] if csv else None
+def _split(csv: str | None, option: str = "--policies") -> list[str] | None:
+    """A comma-separated option; None when not given, an error when given but empty."""
+    if csv is None:
+        return None
+    names = [x.strip() for x in csv.split(",") if x.strip()]
+    if not names:
+        raise BadOption(f"{option} is empty; name at least one, e.g. {option} baseline,divided")
+    return names
 
 
 @app.command("compare")
@@ -195,7 +201,7 @@ def regress(
 
     with _cli_errors():
         if update:
-            entries = rg.update(baseline, _split(scenarios), _split(policies), tolerance)
+            entries = rg.update(baseline, _split(scenarios, "--scenarios"), _split(policies), tolerance)
             typer.echo(f"baseline {baseline} updated: {len(entries)} entries")
             return
         if scenarios or policies:

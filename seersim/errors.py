@@ -33,3 +33,7 @@ class SimulationError(SeersimError):
 
 class OutputError(SeersimError):
     """A result file or folder cannot be written (e.g. --out names an existing file)."""
+
+
+class BadOption(SeersimError):
+    """A command-line option has a value no command can use (e.g. an empty list)."""
