@@ -20,6 +20,7 @@ from seersim.config import Scenario, SyntheticWorkload, with_overrides
 from seersim.cost import CostModel
 from seersim.errors import ScenarioError
 from seersim.engine import Cluster
+from seersim.limits import check_work
 from seersim.metrics import summarize
 from seersim.policies import make_policy, policy_class
 from seersim.workload import Request, Workload, build_workload, generate_synthetic
@@ -100,6 +101,8 @@ def simulate(
     seed = scenario.seed if seed is None else seed
     if seed < 0:
         raise ScenarioError(f"seed: must be >= 0 (got {seed})")
+    if workload is None:
+        check_work(scenario)
     rng = np.random.default_rng(seed)
     result = RunResult(scenario=scenario, policy=scenario.policy.name, seed=seed)
     carried: list[Request] = []

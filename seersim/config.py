@@ -192,6 +192,25 @@ class KVPoolConfig(_Strict):
     )
 
 
+# --------------------------------------------------------------------------- limits
+class LimitsConfig(_Strict):
+    """Bounds on one run's work, checked from the scenario before anything is built
+    (seersim/limits.py), so a typo cannot exhaust memory or hang a machine. They do not
+    change results; raise one with e.g. `--set limits.max_requests=50000000`."""
+
+    # 2M requests: ~600x a paper step (Moonlight: 3,200 per step, DESIGN §4), ~15 min
+    # at the ~0.4 ms per request measured on scenarios/small.yaml (one core)
+    max_requests: Count = Field(2_000_000, description="requests simulated over all steps")
+    # 10M chunks: each is a dispatch and a batch change, ~0.1 ms measured (small.yaml,
+    # policy.chunk_tokens=64), so ~15 min
+    max_chunks: Count = Field(10_000_000, description="chunk dispatches over all steps (chunked policies)")
+    # 1e11 tokens: ~400x a Kimi-K2 step (6,400 x 38,959 mean = 2.5e8, DESIGN §4)
+    max_output_tokens: Real = Field(1e11, gt=0, le=1e15, description="output tokens generated over all steps")
+    max_memory_bytes: Bytes | None = Field(
+        None, description="estimated memory of the records; default: half of this machine's physical memory"
+    )
+
+
 # --------------------------------------------------------------------------- scenario
 class Scenario(_Strict):
     name: str = "scenario"
@@ -205,6 +224,7 @@ class Scenario(_Strict):
     workload: SyntheticWorkload | ReplayWorkload = Field(discriminator="kind")
     policy: PolicyConfig = PolicyConfig()
     kv_pool: KVPoolConfig = KVPoolConfig()
+    limits: LimitsConfig = LimitsConfig()
     training_s: Seconds = Field(0.0, description="training time per RL step, for whole-iteration reports")
     base_dir: str = Field(".", description="folder relative trace paths resolve against (set by the loader)")
 

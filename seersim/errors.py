@@ -37,3 +37,7 @@ class OutputError(SeersimError):
 
 class BadOption(SeersimError):
     """A command-line option has a value no command can use (e.g. an empty list)."""
+
+
+class LimitError(SeersimError):
+    """A run would exceed one of the scenario's `limits` (work or memory), so it is refused up front."""
