@@ -46,15 +46,24 @@ class RunResult:
 
     @property
     def summary(self) -> dict:
+        """The step's summary; over several steps, the mean of each metric, labelled
+        `"aggregate": "mean of N steps"` (the per-step values are in `steps`)."""
         if len(self.steps) == 1:
             return dict(self.steps[0].summary)
-        rows = pd.DataFrame([s.summary for s in self.steps])
+        rows = pd.DataFrame([s.summary for s in self.steps]).drop(columns="step")
         numeric = [k for k in rows.columns if pd.api.types.is_numeric_dtype(rows[k])]
         out = {k: rows[k].iloc[0] for k in rows.columns if k not in numeric}
         out.update({k: float(rows[k].mean()) for k in numeric})
+        out["aggregate"] = f"mean of {len(self.steps)} steps"
         out["steps"] = len(self.steps)
         out["seed"] = self.seed
         return out
+
+    def to_json(self) -> dict:
+        """The summary; with several steps, plus `per_step` (each step's own summary)."""
+        if len(self.steps) == 1:
+            return self.summary
+        return {**self.summary, "per_step": [s.summary for s in self.steps]}
 
     def _concat(self, attr: str) -> pd.DataFrame:
         frames = [getattr(s, attr).assign(step=s.step) for s in self.steps]
