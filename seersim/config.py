@@ -11,15 +11,29 @@ import copy
 import difflib
 import re
 from pathlib import Path
-from typing import Any, Literal
+from typing import Annotated, Any, Literal
 
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
 
 from seersim.errors import ScenarioError, SpecError
 from seersim.fields import (
-    MAX_CAPACITY_TOKENS, BytesPerS, Count, Fraction, GPUs, Int, NonNegBytes, NonNegCount, NonNegTokens, Real,
-    Seconds, TokenAmount, Tokens, UnitInterval, Bytes,
+    MAX_CAPACITY_TOKENS,
+    Bytes,
+    BytesPerS,
+    Count,
+    Fraction,
+    GPUs,
+    Int,
+    NonNegBytes,
+    NonNegCount,
+    NonNegTokens,
+    PlainNumber,
+    Real,
+    Seconds,
+    Tokens,
+    TokenAmount,
+    UnitInterval,
 )
 from seersim.specs import GPUSpec, ModelSpec, get_gpu, get_model
 
@@ -59,7 +73,7 @@ class SpeculationConfig(_Strict):
 
     mode: Literal["none", "fixed", "grouped_adaptive"] = "none"
     draft_tokens: Int = Field(4, ge=1, le=8, description="γ for mode 'fixed'; the cap for adaptive")
-    paths: Literal[1, 2, 4] = Field(1, description="draft paths (multi-path drafts accept more, cost more)")
+    paths: Annotated[Literal[1, 2, 4], PlainNumber] = Field(1, description="draft paths (multi-path drafts accept more, cost more)")
     reevaluate_steps: Count = Field(
         64, description="engine iterations after which acceptance and draft length are re-chosen"
     )

@@ -42,7 +42,9 @@ def _plain_number(value: Any) -> Any:
     return value
 
 
-_Num = BeforeValidator(_plain_number)
+PlainNumber = BeforeValidator(_plain_number)
+"""Attach to any other numeric annotation (e.g. a Literal of numbers)."""
+_Num = PlainNumber
 
 Int = Annotated[int, _Num, Field(ge=-(2**63), le=2**63 - 1)]
 """Any integer (narrow it at the field)."""
