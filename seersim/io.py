@@ -24,6 +24,14 @@ RESULT_GLOBS = (
 
 
 def _umask() -> int:
+    """The process's umask: read from /proc where Linux shows it (setting it, the only
+    portable way to read it, races with other threads creating files)."""
+    try:
+        for line in Path("/proc/self/status").read_text().splitlines():
+            if line.startswith("Umask:"):
+                return int(line.split()[1], 8)
+    except (OSError, ValueError, IndexError):
+        pass
     mask = os.umask(0o022)
     os.umask(mask)
     return mask
