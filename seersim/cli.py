@@ -15,6 +15,7 @@ from typing import Annotated, Optional
 import typer
 
 from seersim.clikit import EXIT_BAD_INPUT, EXIT_CHECK_FAILED, cli_errors as _cli_errors, err as _err
+from seersim.errors import BadOption
 
 app = typer.Typer(
     add_completion=False,
@@ -31,6 +32,9 @@ SetOpt = Annotated[
     typer.Option("--set", "-s", help="override a scenario field: dotted.key=value (repeatable)"),
 ]
 OutOpt = Annotated[Optional[Path], typer.Option("--out", "-o", help="folder for records, summary.json and plots")]
+OverwriteOpt = Annotated[
+    bool, typer.Option("--overwrite", help="replace seersim's earlier results in a non-empty --out folder")
+]
 JsonOpt = Annotated[bool, typer.Option("--json", help="print the summary as one JSON object on stdout")]
 
 
@@ -42,32 +46,10 @@ def _load(scenario: Path, set_: list[str] | None):
     return load_scenario(scenario, overrides=list(set_ or []))
 
 
-@contextmanager
 def _progress(enabled: bool, label: str):
-    """A rich progress bar on stderr, only for a TTY; yields a callback(done, total)."""
-    if not enabled or not sys.stderr.isatty():
-        yield None
-        return
-    from rich.console import Console
-    from rich.progress import BarColumn, MofNCompleteColumn, Progress, TimeElapsedColumn
+    from seersim.progress import progress
 
-    with Progress(
-        "[progress.description]{task.description}",
-        BarColumn(),
-        MofNCompleteColumn(),
-        TimeElapsedColumn(),
-        console=Console(stderr=True),
-        transient=True,
-    ) as bar:
-        task = bar.add_task(label, total=None)
-        state = {"last": 0}
-
-        def update(done: int, total: int) -> None:
-            if done - state["last"] >= max(1, total // 200) or done == total:
-                state["last"] = done
-                bar.update(task, completed=done, total=total)
-
-        yield update
+    return progress(enabled, label)
 
 
 @app.command()
@@ -77,31 +59,38 @@ def run(
     seed: SeedOpt = None,
     set_: SetOpt = None,
     out: OutOpt = None,
+    overwrite: OverwriteOpt = False,
     json_: JsonOpt = False,
 ) -> None:
-    """Simulate one scenario's RL rollout step(s) and print a summary."""
+    """Simulate one scenario's RL rollout step(s) and print a summary (per step when
+    there are several, with their mean)."""
     from seersim.api import simulate
-    from seersim.report import summary_table, write_run
+    from seersim.io import prepare_out_dir
+    from seersim.report import print_summary, write_run
 
     with _cli_errors():
         sc = _load(scenario, set_)
+        if out is not None:
+            prepare_out_dir(out, overwrite)
         with _progress(not json_, f"simulating {sc.name}") as progress:
             result = simulate(sc, policy=policy, seed=seed, progress=progress)
-        summary = result.summary
-        if out is not None:
-            write_run(out, result, f"{sc.name} — {result.policy}")
+        written = write_run(out, result) if out is not None else []
         if json_:
-            typer.echo(json.dumps(summary, default=float))
+            typer.echo(json.dumps(result.to_json(), default=float))
             return
-        from rich.console import Console
-
-        Console().print(summary_table(summary, f"{sc.name}: policy {result.policy}, seed {result.seed}"))
+        print_summary(result, f"{sc.name}: policy {result.policy}, seed {result.seed}")
         if out is not None:
-            typer.echo(f"records written to {out}/")
+            typer.echo(f"written to {out}/: {', '.join(p.name for p in written)}")
 
 
-def _split(csv: str | None) -> list[str] | None:
-    return [x.strip() for x in csv.split(",") if x.strip()] if csv else None
+def _split(csv: str | None, option: str = "--policies") -> list[str] | None:
+    """A comma-separated option; None when not given, an error when given but empty."""
+    if csv is None:
+        return None
+    names = [x.strip() for x in csv.split(",") if x.strip()]
+    if not names:
+        raise BadOption(f"{option} is empty; name at least one, e.g. {option} baseline,divided")
+    return names
 
 
 @app.command("compare")
@@ -114,16 +103,21 @@ def compare_cmd(
     jobs: Annotated[int, typer.Option("--jobs", "-j", min=1, help="parallel processes")] = 1,
     set_: SetOpt = None,
     out: OutOpt = None,
+    overwrite: OverwriteOpt = False,
     json_: JsonOpt = False,
 ) -> None:
     """Run every policy on identical work and compare makespan, throughput and tail."""
     from seersim.compare import DEFAULT_POLICIES, compare, plot_comparison
+    from seersim.io import prepare_out_dir
     from seersim.report import save_figure, write_frame, write_json
 
     with _cli_errors():
         sc = _load(scenario, set_)
+        names = _split(policies) or DEFAULT_POLICIES
+        if out is not None:
+            prepare_out_dir(out, overwrite)
         with _progress(not json_, f"comparing on {sc.name}") as progress:
-            cmp = compare(sc, _split(policies) or DEFAULT_POLICIES, seeds=seeds, jobs=jobs, progress=progress)
+            cmp = compare(sc, names, seeds=seeds, jobs=jobs, progress=progress)
         if out is not None:
             write_json(out / "compare.json", cmp.to_json())
             write_frame(out / "runs", cmp.runs)
@@ -138,19 +132,22 @@ def compare_cmd(
 
 
 def _print_compare(cmp) -> None:
-    from rich.console import Console
-    from rich.table import Table
+    from seersim.tables import Column, print_table
 
     spread = len(cmp.seeds) > 1
-    t = Table(title=f"{cmp.scenario.name}: {len(cmp.seeds)} seed(s), vs {cmp.baseline}")
-    for col in ("policy", "makespan", "throughput", "tail", "speedup", "tail vs baseline", "preemptions", "migrations"):
-        t.add_column(col, justify="left" if col == "policy" else "right")
+    recs = cmp.table.to_dict(orient="records")
+    partial = any(r["finished_requests"] < r["requests"] for r in recs)
+    heads = ["makespan", "throughput", "tail", "speedup", "tail vs baseline", "preemptions", "migrations"]
+    cols = [Column("policy", "left", whole=True)] + [Column(h) for h in heads]
+    if partial:
+        cols.append(Column("finished in step"))
 
     def pm(v, sd, fmt):
         return fmt.format(v) + (f" ± {fmt.format(sd)}" if spread else "")
 
-    for r in cmp.table.to_dict(orient="records"):
-        t.add_row(
+    rows = []
+    for r in recs:
+        row = [
             r["policy"],
             pm(r["makespan_s"], r["makespan_s_std"], "{:,.1f}") + " s",
             pm(r["throughput_tokens_per_s"], r["throughput_tokens_per_s_std"], "{:,.0f}") + " tok/s",
@@ -159,8 +156,18 @@ def _print_compare(cmp) -> None:
             f"{-r['tail_reduction_vs_baseline']:+.0%}",
             f"{r.get('preemptions', 0):,.0f}",
             f"{r.get('migrations', 0):,.0f}",
-        )
-    Console().print(t)
+        ]
+        if partial:
+            done = f"{r['finished_requests']:,.0f} of {r['requests']:,.0f}"
+            row.append(done + (" *" if r["finished_requests"] < r["requests"] else ""))
+        rows.append(row)
+    notes = (
+        ["* the step ended before all its issued requests finished (partial rollout carries the rest into the "
+         "next step): its tail is measured over the requests that finished, its throughput over every token "
+         "generated in the step"]
+        if partial else []
+    )
+    print_table(f"{cmp.scenario.name}: {len(cmp.seeds)} seed(s), vs {cmp.baseline}", cols, rows, notes=notes)
 
 
 @app.command()
@@ -179,7 +186,7 @@ def regress(
 
     with _cli_errors():
         if update:
-            entries = rg.update(baseline, _split(scenarios), _split(policies), tolerance)
+            entries = rg.update(baseline, _split(scenarios, "--scenarios"), _split(policies), tolerance)
             typer.echo(f"baseline {baseline} updated: {len(entries)} entries")
             return
         if scenarios or policies:
@@ -191,19 +198,17 @@ def regress(
     if json_:
         typer.echo(json.dumps({"passed": worse.empty, "rows": df.to_dict(orient="records")}, default=float))
     else:
-        from rich.console import Console
-        from rich.table import Table
+        from seersim.tables import Column, print_table
 
-        t = Table(title=f"regression check against {baseline}")
-        for col in ("scenario", "policy", "metric", "stored", "now", "change", "status"):
-            t.add_column(col)
-        for r in df.to_dict(orient="records"):
-            style = "bold red" if r["status"] == "WORSE" else ""
-            t.add_row(
-                r["scenario"], r["policy"], r["metric"], f"{r['stored']:,.2f}", f"{r['now']:,.2f}",
-                f"{r['change']:+.2%}", r["status"], style=style,
-            )
-        Console().print(t)
+        recs = df.to_dict(orient="records")
+        cols = [Column(c, "left", whole=True) for c in ("scenario", "policy", "metric")]
+        cols += [Column(c) for c in ("stored", "now", "change")] + [Column("status", "left", whole=True)]
+        rows = [
+            [r["scenario"], r["policy"], r["metric"], f"{r['stored']:,.2f}", f"{r['now']:,.2f}", f"{r['change']:+.2%}", r["status"]]
+            for r in recs
+        ]
+        styles = ["bold red" if r["status"] == "WORSE" else "" for r in recs]
+        print_table(f"regression check against {baseline}", cols, rows, styles=styles)
         typer.echo(f"{len(worse)} metric(s) worse than the baseline" if len(worse) else "no regression")
     if len(worse):
         raise typer.Exit(EXIT_CHECK_FAILED)
@@ -216,14 +221,17 @@ def reproduce(
     seeds: Annotated[int, typer.Option("--seeds", min=1)] = 1,
     jobs: Annotated[int, typer.Option("--jobs", "-j", min=1)] = 1,
     chunks: Annotated[bool, typer.Option("--chunks/--no-chunks", help="add the 2K/8K/32K chunk-size table")] = True,
+    overwrite: Annotated[bool, typer.Option("--overwrite", help="replace an existing --out file")] = False,
     json_: JsonOpt = False,
 ) -> None:
     """Reproduce the Seer paper's Table 4 ablation on the shipped paper scenarios."""
-    from seersim.report import atomic_write
+    from seersim.io import atomic_write, refuse_existing_file
     from seersim.reproduce import chunk_markdown, chunk_sensitivity, to_markdown
     from seersim.reproduce import reproduce as run_repro
 
     with _cli_errors():
+        if out is not None:
+            refuse_existing_file(out, overwrite)
         with _progress(not json_, "reproducing Table 4") as progress:
             df = run_repro(scenarios_dir, seeds=seeds, jobs=jobs, progress=progress)
         chunk_df = chunk_sensitivity(scenarios_dir, jobs=jobs) if chunks else None
@@ -253,47 +261,42 @@ def reproduce(
 @app.command()
 def specs() -> None:
     """List the model and GPU catalogs (names usable in a scenario)."""
-    from rich.console import Console
-    from rich.table import Table
-
     from seersim.specs import GPUS, MODELS
+    from seersim.tables import Column, print_table
 
-    t = Table(title="models")
-    for col in ("name", "params (B)", "active (B)", "weights (GB)", "KV/token (KB)", "attention"):
-        t.add_column(col)
-    for m in MODELS.values():
-        t.add_row(
-            m.name,
-            f"{m.total_params / 1e9:.1f}",
-            f"{m.active_params / 1e9:.1f}",
-            f"{m.weight_bytes / 1e9:.0f}",
-            f"{m.kv_bytes_per_token / 1e3:.1f}",
-            m.attention,
-        )
-    g = Table(title="GPUs")
-    for col in ("name", "memory (GB)", "HBM (TB/s)", "bf16 (TFLOPS)", "NVLink (GB/s/dir)"):
-        g.add_column(col)
-    for s in GPUS.values():
-        g.add_row(
-            s.name,
-            f"{s.memory_bytes / 1e9:.0f}",
-            f"{s.hbm_bandwidth_bytes_per_s / 1e12:.2f}",
-            f"{s.peak_flops / 1e12:.0f}",
-            f"{s.nvlink_bandwidth_bytes_per_s / 1e9:.0f}",
-        )
-    c = Console()
-    c.print(t)
-    c.print(g)
+    heads = ("params (B)", "active (B)", "weights (GB)", "KV/token (KB)", "attention")
+    print_table(
+        "models",
+        [Column("name", "left", whole=True)] + [Column(h) for h in heads],
+        [
+            [m.name, f"{m.total_params / 1e9:.1f}", f"{m.active_params / 1e9:.1f}", f"{m.weight_bytes / 1e9:.0f}",
+             f"{m.kv_bytes_per_token / 1e3:.1f}", m.attention]
+            for m in MODELS.values()
+        ],
+    )
+    heads = ("memory (GB)", "HBM (TB/s)", "bf16 (TFLOPS)", "NVLink (GB/s/dir)")
+    print_table(
+        "GPUs",
+        [Column("name", "left", whole=True)] + [Column(h) for h in heads],
+        [
+            [g.name, f"{g.memory_bytes / 1e9:.0f}", f"{g.hbm_bandwidth_bytes_per_s / 1e12:.2f}",
+             f"{g.peak_flops / 1e12:.0f}", f"{g.nvlink_bandwidth_bytes_per_s / 1e9:.0f}"]
+            for g in GPUS.values()
+        ],
+    )
 
 
 @app.command()
 def policies() -> None:
     """List the scheduling policies."""
     from seersim.policies import REGISTRY
+    from seersim.tables import Column, print_table
 
+    rows = []
     for name, cls in REGISTRY.items():
         doc = (cls.__doc__ or sys.modules[cls.__module__].__doc__ or "").strip().splitlines()[0]
-        typer.echo(f"{name:16s} {doc}")
+        rows.append([name, doc])
+    print_table("", [Column("policy", "left", whole=True), Column("what it does", "left")], rows)
 
 
 def _register_subapps() -> None:
