@@ -14,7 +14,7 @@ import numpy as np
 #: Accumulator units per token of speculative emission (`acc`, `tau_q` columns).
 Q = 1 << 20
 
-_COLUMNS = ("rid", "computed", "tokens", "left", "shared", "blocks", "group", "acc", "gamma", "tau_q")
+_COLUMNS = ("rid", "computed", "tokens", "left", "shared", "blocks", "group", "acc", "gamma", "tau_q", "draft")
 
 
 class RunningBatch:
@@ -26,9 +26,10 @@ class RunningBatch:
     - left: tokens its chunk may still emit (its limit, or fewer where the output ends);
     - shared: blocks of the group's shared prompt it references; blocks: its own blocks;
     - acc, tau_q: speculative emission accumulator and τ·Q (units of 1/Q token);
-      gamma: draft slots it verifies per iteration (0 without speculation).
+      draft: its draft length per path for the current epoch; gamma: the draft slots
+      it verifies this iteration (paths · min(draft, left − 1); 0 without speculation).
 
-    Storage is one 10 × n matrix, so masking the batch is one numpy operation; the
+    Storage is one 11 × n matrix, so masking the batch is one numpy operation; the
     columns are views of its rows, refreshed whenever the batch is reshaped. Update a
     column in place (`b.left -= k`, `b.acc[:] = ...`), never rebind it.
     """
@@ -45,6 +46,7 @@ class RunningBatch:
     acc: np.ndarray
     gamma: np.ndarray
     tau_q: np.ndarray
+    draft: np.ndarray
 
     def __init__(self) -> None:
         self._set(np.zeros((len(_COLUMNS), 0), np.int64))
@@ -62,6 +64,7 @@ class RunningBatch:
             self.acc,
             self.gamma,
             self.tau_q,
+            self.draft,
         ) = m
 
     def __len__(self) -> int:

@@ -34,6 +34,7 @@ import simpy
 from seersim.config import EngineConfig
 from seersim.cost import CostModel
 from seersim.engine.batch import Plan, RunningBatch
+from seersim.engine.events import AFTER_STRETCHES, At
 from seersim.engine.kvcache import KVCache, prompt_key
 from seersim.engine.specdec import SpecDecoder
 from seersim.engine.stretch import HeadStretch, LinearStretch, TabulatedStretch
@@ -75,6 +76,7 @@ class Instance:
         prompt_blocks: np.ndarray,
         on_chunk_done: ChunkDone,
         spec: SpecDecoder | None = None,
+        end_priority: float = 2.0,
     ) -> None:
         self.id = instance_id
         self.env = env
@@ -85,6 +87,7 @@ class Instance:
         self.prompt_blocks = prompt_blocks  # full prompt blocks prefix caching can share
         self.on_chunk_done = on_chunk_done
         self.spec = spec
+        self.end_priority = end_priority  # events.stretch_end_priority of this instance
         self.bs = kv.block_size
         self.fast_forward = cfg.mode == "fast_forward"
         self.stats = InstanceStats()
@@ -95,7 +98,9 @@ class Instance:
         self._interruptible = False
         self._current: tuple[Plan, float] | None = None  # the stretch in progress and its start
         self._kv_pre = 0  # blocks of that stretch allocated early by settle_kv()
-        self._fresh_decoders = False  # a sequence decodes its first token (prompt fully cached)
+        # a sequence will emit its first token in a decode iteration (its prompt was
+        # fully cached at admission, or a prefill left exactly one prompt token)
+        self._fresh_decoders = False
         self.process = env.process(self._run())
 
     # ------------------------------------------------------------------ observable state
@@ -144,13 +149,13 @@ class Instance:
             self._interruptible = steps > 1
             self._current = (plan, start)
             try:
-                yield env.timeout(plan.stretch.cumulative(steps))
+                yield At(env, plan.stretch.cumulative(steps), self.end_priority)
             except simpy.Interrupt:
                 # Settle the steps already done; the one in progress completes.
                 steps = min(plan.stretch.steps_done_by(env.now - start, steps) + 1, steps)
                 while True:
                     try:
-                        yield env.timeout(max(0.0, start + plan.stretch.cumulative(steps) - env.now))
+                        yield At(env, max(0.0, start + plan.stretch.cumulative(steps) - env.now), self.end_priority)
                         break
                     except simpy.Interrupt:
                         continue
@@ -160,7 +165,7 @@ class Instance:
             if self._advance(plan, steps, start):
                 # Chunks ended: let the global scheduler's pass at this instant (already
                 # queued) dispatch before this engine schedules its next iteration.
-                yield env.timeout(0)
+                yield At(env, 0.0, AFTER_STRETCHES)
 
     def _count(self, plan: Plan, steps: int) -> None:
         """Add `steps` iterations of the plan to the busy time and iteration count."""
@@ -405,7 +410,7 @@ class Instance:
         news: list[int] = []
         room = self.cfg.max_num_seqs - len(self.batch)
         caching = self.cfg.prefix_caching
-        spec_cols = self.spec.admit() if self.spec is not None else (0, 0, 0)
+        spec_cols = self.spec.admit() if self.spec is not None else (0, 0, 0, 0)
         while self.waiting and budget > 0 and room > 0:
             rid, left = self.waiting[0]
             group = int(table.group_id[rid])
@@ -512,6 +517,10 @@ class Instance:
         b.computed += advance
         b.tokens += emit
         b.left -= emit
+        if not self._fresh_decoders:
+            # a prefill left with exactly one prompt token computes it as a decode
+            # step, which emits the first token (recorded by the decode path)
+            self._fresh_decoders = bool(((b.tokens - b.computed == 1) & (b.tokens == table.input_tokens[b.rid])).any())
         emitted = int(emit.sum())
         st = self.stats
         st.prefill_tokens += int(np.where(decoding, 0, new - emit).sum())
@@ -523,8 +532,9 @@ class Instance:
         return before
 
     def _fresh_first_tokens(self, first_step_end_s: float) -> None:
-        """Sequences admitted with the whole prompt cached decode their first token in
-        the stretch's first iteration."""
+        """Sequences whose prompt is computed but for one token (fully cached at
+        admission, or a prefill's last piece) emit their first token in the decode
+        stretch's first iteration."""
         if self._fresh_decoders:
             self._fresh_decoders = False
             b = self.batch

@@ -31,7 +31,6 @@ the others (β[j] = α^j, the probability that the j-th draft token is accepted)
 from __future__ import annotations
 
 import numpy as np
-from scipy import optimize
 
 from seersim.config import SpeculationConfig
 from seersim.cost import CostModel, StepLines
@@ -66,6 +65,8 @@ def alpha_for_tau(tau_value: float, gamma: int) -> float:
         return 0.0
     if tau_value >= gamma + 1:
         return 1.0
+    from scipy import optimize  # only runs with speculation need it (start-up time)
+
     return float(optimize.brentq(lambda a: float(tau(a, gamma)) - tau_value, 0.0, 1.0 - 1e-12, xtol=1e-14))
 
 
@@ -123,16 +124,19 @@ class SpecDecoder:
 
     # ------------------------------------------------------------------ engine hooks
     @staticmethod
-    def admit() -> tuple[int, int, int]:
-        """(acc, gamma, tau_q) of a newly admitted sequence: no drafts until the next epoch."""
-        return 0, 0, Q
+    def admit() -> tuple[int, int, int, int]:
+        """(acc, gamma, tau_q, draft) of a newly admitted sequence: no drafts until the next epoch."""
+        return 0, 0, Q, 0
 
     def begin_iteration(self, state: EngineState) -> None:
         """Before scheduling an iteration: at an epoch start choose the draft lengths
-        (probes, others) for the batch; after a batch change re-assign them."""
+        (probes, others) for the batch; after a batch change re-assign them; cap every
+        sequence's draft slots by what its chunk can still emit."""
         if self.epoch_left > 0:
             if self._rebase:
                 self._assign(state.batch)
+            else:
+                self._cap(state.batch)
             return
         b = state.batch
         self.epoch_left = self.cfg.reevaluate_steps
@@ -160,12 +164,18 @@ class SpecDecoder:
             refs = self.groups.finished_siblings(rids)
         else:
             refs = np.zeros(len(rids), np.int64)
-        b.gamma[:] = gamma * self.cfg.paths
+        b.draft[:] = gamma
         b.tau_q[:] = self._tau_q[refs, gamma]
+        self._cap(b)
         self._rebase = False
         self.epoch_step = 0
         self.epoch_base_context = float((b.computed + 1 + b.gamma).sum())
         self.epoch_rate = float(b.tau_q.sum()) / Q
+
+    def _cap(self, b: RunningBatch) -> None:
+        """Draft slots this iteration: paths · min(draft, left − 1). Drafting past the
+        chunk's last token is useless, so it neither holds KV nor costs verification."""
+        b.gamma[:] = self.cfg.paths * np.minimum(b.draft, np.maximum(b.left - 1, 0))
 
     def _iteration_s(self, batch: int, gamma: int, context: int) -> float:
         width = 1 + self.cfg.paths * gamma
@@ -233,6 +243,12 @@ class SpecDecoder:
         horizon = self.epoch_left if state.fast_forward else 1
         # a chunk ends at the first iteration where some sequence reaches its limit
         reach = -(-(left * Q - acc) // tq)
+        # ... and the draft cap min(draft, left − 1) must stay the same throughout: it
+        # changes at the first iteration where emitted-so-far ≥ max(left − draft, 1)
+        drafting = b.draft > 0
+        if drafting.any():
+            threshold = np.maximum(left[drafting] - b.draft[drafting], 1)
+            reach = np.minimum(reach.min(), -(-(threshold * Q - acc[drafting]) // tq[drafting]))
         steps = max(1, min(horizon, int(reach.min())))
         # KV: iteration k needs slots for computed + emitted before it + 1 + γ (step 1 is allocated)
         base = b.computed + 1 + b.gamma
