@@ -33,3 +33,7 @@ class SimulationError(SeersimError):
 
 class OutputError(SeersimError):
     """A result file or folder cannot be written (e.g. --out names an existing file)."""
+
+
+class ExecutorError(SeersimError):
+    """A study's executor cannot run (e.g. Ray is not installed or cannot start)."""
