@@ -32,13 +32,15 @@ def brute_force() -> pd.DataFrame:
     return sweep(load_small(**MID), SPACE, POLICIES).table
 
 
-def _cheapest(table: pd.DataFrame, target: float) -> dict | None:
+def _cheapest(table: pd.DataFrame, target: float, keys=tuple(SPACE)) -> dict | None:
+    """The brute-force answer: lowest cost among points meeting the target, ties by
+    step time, then grid order."""
     ok = table[table["error"].isna() & (table["rl_step_s"] <= target)].copy()
     if ok.empty:
         return None
     ok["index"] = ok.index
     row = ok.sort_values(["cost_usd", "rl_step_s", "index"]).iloc[0]
-    return {**{k: row[k] for k in SPACE}, "policy.name": row["policy"]}
+    return {**{k: row[k] for k in keys}, "policy.name": row["policy"]}
 
 
 @pytest.mark.parametrize("quantile", [0.1, 0.5, 0.9])
@@ -61,6 +63,16 @@ def test_plan_finds_the_brute_force_optimum_with_fewer_simulations(brute_force, 
     pts = list(zip(sim["rl_step_s"], sim["cost_usd"]))
     pareto = {p for p in pts if not any(q[0] <= p[0] and q[1] <= p[1] and q != p for q in pts)}
     assert set(zip(result.frontier["rl_step_s"], result.frontier["cost_usd"])) == pareto
+
+def test_plan_without_an_instance_axis_still_matches_brute_force(brute_force):
+    space = {"cluster.parallelism.tp": [1, 2], "gpu": ["h100-sxm", "a100-80gb"]}
+    # small.yaml runs 4 instances: the brute-force rows with cluster.instances=4, in grid order
+    sub = brute_force[brute_force["cluster.instances"] == 4].reset_index(drop=True)
+    target = float(sub["rl_step_s"].quantile(0.5))
+    result = plan(load_small(**MID), target, space, POLICIES)
+    assert result.best["overrides"] == _cheapest(sub, target, keys=tuple(space))
+    assert result.evaluated <= result.space == len(sub)
+
 
 def test_plan_says_when_nothing_meets_the_target(brute_force, tmp_path):
     target = float(brute_force["rl_step_s"].min()) * 0.5

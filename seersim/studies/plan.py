@@ -289,8 +289,9 @@ class _Search:
                 families.setdefault(c.family, []).append(c)
         for fam in families.values():
             fam.sort(key=lambda c: c.instances)
-        # (lo, hi): members ≤ lo miss the target, members ≥ hi meet it (by monotonicity)
-        state = {k: [-1, None] for k in families}
+        # (lo, hi): members ≤ lo miss the target, members ≥ hi meet it (by monotonicity);
+        # a lone member has nothing to prune by monotonicity: it goes to branch and bound
+        state = {k: [-1, 0 if len(fam) == 1 else None] for k, fam in families.items()}
         while True:
             probes = {}
             for k, fam in families.items():
