@@ -154,6 +154,7 @@ def _plan(folder: Path) -> list[Section]:
     if data.get("frontier"):
         frontier = pd.DataFrame(data["frontier"])
         frontier["overrides"] = frontier["overrides"].map(lambda o: ", ".join(f"{k}={v}" for k, v in o.items()))
+        frontier = frontier.drop(columns=["gpu_hour_usd_source"], errors="ignore")  # shown with the best
         sections.append(("Pareto frontier (simulated points)", table_html(frontier)))
     points = read_frame(folder / "points")
     if points is not None:
