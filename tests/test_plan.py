@@ -112,12 +112,15 @@ def test_plan_out_writes_a_ready_to_run_scenario_and_a_pareto_plot(brute_force, 
 
 
 def test_plan_prunes_what_does_not_fit_without_simulating_it():
-    space = {"gpu.memory_bytes": [10e9, 80e9], "cluster.instances": [1, 2]}
+    # 10 GB GPUs cannot hold the weights; 1,024 tokens of KV cannot hold the longest request
+    space = {"gpu.memory_bytes": [10e9, 80e9], "engine.kv_capacity_tokens": [1024, 150000]}
     result = plan(load_small(**TINY), 1e6, space, ["baseline"])
-    pts = result.points
-    assert set(pts[pts["gpu.memory_bytes"] == 10e9]["status"]) == {MEMORY}
-    assert "does not fit" in pts[pts["status"] == MEMORY]["reason"].iloc[0]
-    assert result.best["overrides"]["cluster.instances"] == 1
+    pruned = result.points["status"] == MEMORY
+    assert list(pruned) == [True, True, True, False]
+    # exactly the points the engine itself refuses
+    table = sweep(load_small(**TINY), space, ["baseline"]).table
+    assert list(table["error"].notna()) == list(pruned)
+    assert result.best["overrides"] == {"gpu.memory_bytes": 80e9, "engine.kv_capacity_tokens": 150000, "policy.name": "baseline"}
 
 
 @pytest.mark.parametrize(

@@ -4,8 +4,8 @@ The search space is a grid of scenario overrides (instance count, parallelism, G
 type, chunk size, ...) × policies, one seed. Instead of simulating every point, the
 planner prunes with bounds that never discard the optimum:
 
-1. memory — the engine's up-front KV check rejects set-ups whose weights or longest
-   request do not fit an instance (no simulation needed);
+1. memory — set-ups whose weights, or whose longest possible request, do not fit an
+   instance's KV capacity (the engine's `kv_capacity_blocks`) are never simulated;
 2. roofline — a lower bound on the step's makespan from the cost model alone: the
    total output tokens over the fleet's peak decode rate, and the longest request
    decoded alone at batch 1 (speculation counted at its best acceptance). A point whose
@@ -34,10 +34,10 @@ import yaml
 
 from seersim.config import Scenario
 from seersim.cost import LinearStretch, build_cost_model
-from seersim.engine import Cluster
+from seersim.engine import kv_capacity_blocks
 from seersim.engine.specdec import MAX_DRAFT, PAPER_ACCEPTANCE, alpha_for_tau, tau
 from seersim.errors import ScenarioError, SpecError
-from seersim.policies import make_policy, policy_class
+from seersim.policies import policy_class
 from seersim.specs import GPUS, MODELS
 from seersim.studies.runner import Executor, Outcome, Progress, Runner, make_task, run_all
 from seersim.studies.sweep import Point, check_grid_keys, grid_points, parse_grid, point_scenario, resolve_policies
@@ -111,14 +111,17 @@ class Plan:
 
 # ------------------------------------------------------------------ bounds
 def memory_error(scenario: Scenario, workload: Workload) -> str | None:
-    """Why the engine would refuse this set-up up front (None when it fits).
-
-    Builds the cluster without running it: its constructor is the engine's KV check.
-    """
+    """Why the engine would refuse this set-up up front (None when it fits): its KV
+    capacity per instance (`kv_capacity_blocks`: memory less weights and reserve) must
+    hold the longest request the step can produce, prompt plus max_tokens."""
     try:
-        Cluster(scenario, workload, make_policy(scenario.policy))
+        blocks = kv_capacity_blocks(scenario)
     except SpecError as exc:
         return str(exc)
+    bs = scenario.engine.block_size_tokens
+    longest = max((r.input_tokens for r in workload.requests), default=0) + workload.max_tokens
+    if -(-longest // bs) > blocks:
+        return f"one request can reach {longest} tokens but an instance holds only {blocks * bs} tokens of KV"
     return None
 
 
