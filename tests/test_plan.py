@@ -145,3 +145,12 @@ def test_roofline_bound_never_exceeds_the_simulated_makespan(overrides):
 def test_plan_needs_a_space():
     result = CliRunner().invoke(app, ["plan", str(SMALL_YAML), *TINY_SETS, "--target-step-s", "10"])
     assert result.exit_code == 2 and "search space" in result.stderr
+
+
+def test_plan_skips_impossible_parallelism_but_refuses_a_typo():
+    space = {"cluster.parallelism.tp": [1, 2], "cluster.parallelism.ep": [1, 2]}
+    result = plan(load_small(**TINY), 1e6, space, ["baseline"])
+    invalid = result.points[result.points["status"] == "invalid"]
+    assert len(invalid) == 1 and "ep=2 cannot exceed" in invalid["reason"].iloc[0]
+    with pytest.raises(seersim.ScenarioError, match="unknown field"):
+        plan(load_small(**TINY), 1e6, {"cluster.instancez": [1, 2]}, ["baseline"])
