@@ -83,11 +83,14 @@ def test_models_pickle_with_their_cache():
 
 
 def test_parallel_compare_with_the_calibrated_model():
-    sc = load_small(**{"workload.prompts": 6, "workload.max_tokens": 2048, "workload.output_tokens.mean": 600})
-    from seersim.compare import compare
+    """Workers rebuild the scenario's calibrated model from its `cost:` section."""
+    sc = load_small(
+        **{"workload.prompts": 6, "workload.max_tokens": 2048, "workload.output_tokens.mean": 600, "cost.model": "calibrated"}
+    )
+    from seersim.studies.compare import compare
 
     serial = compare(sc, ["baseline", "divided"], jobs=1)
-    parallel = compare(sc, ["baseline", "divided"], jobs=2, cost=build_cost_model(sc))  # the instance pickles
+    parallel = compare(sc, ["baseline", "divided"], jobs=2)
     cols = ["policy", "makespan_s", "throughput_tokens_per_s"]
     pd.testing.assert_frame_equal(serial.runs[cols], parallel.runs[cols])
 

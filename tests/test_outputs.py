@@ -185,7 +185,7 @@ def test_terminal_progress_has_an_eta():
 # --------------------------------------------------------------------------- plots
 @pytest.fixture(scope="module")
 def comparison():
-    from seersim.compare import compare
+    from seersim.studies.compare import compare
 
     sc = seersim.load_scenario(SMALL_YAML, **{"workload.prompts": 16, "cluster.instances": 16})
     return compare(sc, ["baseline", "divided", "partial_rollout"], seeds=2)
@@ -206,7 +206,7 @@ def test_timeline_plot_has_bands_slowest_instance_waiting_and_legend(comparison)
 
 
 def test_compare_plots_are_labelled(comparison):
-    from seersim.compare import plot_comparison
+    from seersim.studies.compare import plot_comparison
 
     figs = plot_comparison(comparison)
     cdf = figs["finish_cdf.png"].axes[0]

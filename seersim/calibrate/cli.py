@@ -10,7 +10,7 @@ from typing import Annotated, Optional
 
 import typer
 
-from seersim.clikit import cli_errors
+from seersim.cli_common import cli_errors
 
 app = typer.Typer(
     add_completion=False,

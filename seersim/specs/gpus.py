@@ -16,6 +16,10 @@ _EFFICIENCY = (
     "DESIGN §5 'roofline realism')"
 )
 _CAL_H100 = "h100: kernel curves fitted on Vidur's H100 tables (seersim/cost/calibrations/h100.yaml)"
+_PRICES = (
+    "https://www.mercatus-ai.com/blog/cloud-gpu-pricing (May 2026 on-demand $/GPU-hour, specialty clouds: "
+    "A100 80GB $1.10-1.50, H100 SXM $2.50-3.50, H200 SXM $3.50-4.50; hyperscalers charge more)"
+)
 
 GPUS: dict[str, GPUSpec] = {
     g.name: g
@@ -33,7 +37,7 @@ GPUS: dict[str, GPUSpec] = {
                 "memory/hbm/flops": _H100_SHEET + ": 80 GB HBM3, 3.35 TB/s, 989 TFLOPS bf16 dense",
                 "nvlink": _H100_SHEET + ": NVLink 900 GB/s bidirectional = 450 GB/s per direction",
                 "efficiency": _EFFICIENCY,
-                "gpu_hour_usd": "assumed cloud on-demand price, edit per contract",
+                "gpu_hour_usd": "low end of the specialty-cloud H100 SXM range; edit per contract. " + _PRICES,
             },
         ),
         GPUSpec(
@@ -51,7 +55,7 @@ GPUS: dict[str, GPUSpec] = {
                 "nvlink": "H800 NVLink 400 GB/s bidirectional (export variant) = 200 GB/s per direction",
                 "scaleout": "Seer paper setup: 8 x 400 Gbps RDMA per node = 50 GB/s per GPU",
                 "efficiency": _EFFICIENCY,
-                "gpu_hour_usd": "assumed, same as H100",
+                "gpu_hour_usd": "assumed equal to H100 SXM (H800 is not rented on the clouds surveyed). " + _PRICES,
             },
         ),
         GPUSpec(
@@ -68,7 +72,7 @@ GPUS: dict[str, GPUSpec] = {
                 "memory/hbm/flops": _H200_SHEET + ": 141 GB HBM3e, 4.8 TB/s, 989 TFLOPS bf16 dense",
                 "nvlink": _H200_SHEET + ": NVLink 900 GB/s bidirectional",
                 "efficiency": _EFFICIENCY,
-                "gpu_hour_usd": "assumed cloud on-demand price",
+                "gpu_hour_usd": "low end of the specialty-cloud H200 SXM range. " + _PRICES,
             },
         ),
         GPUSpec(
@@ -87,7 +91,7 @@ GPUS: dict[str, GPUSpec] = {
                 "nvlink": _A100_SHEET + ": NVLink 600 GB/s bidirectional",
                 "scaleout": "assumed 200 Gbps HDR InfiniBand per GPU (DGX A100)",
                 "efficiency": _EFFICIENCY,
-                "gpu_hour_usd": "assumed cloud on-demand price",
+                "gpu_hour_usd": "high end of the specialty-cloud A100 80GB range. " + _PRICES,
             },
         ),
     ]
