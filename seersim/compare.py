@@ -15,6 +15,7 @@ import pandas as pd
 
 from seersim.api import RunResult, simulate
 from seersim.config import Scenario
+from seersim.limits import check_work, study_estimate
 from seersim.policies import policy_class
 
 DEFAULT_POLICIES = ("baseline", "divided", "context_aware", "seer")
@@ -84,6 +85,7 @@ def compare(
     policies = list(dict.fromkeys(policies))
     for p in policies:
         policy_class(p)  # fail fast on an unknown name
+    check_work(scenario, study_estimate(scenario, policies, seeds, jobs))
     seed_list = [scenario.seed + i for i in range(seeds)]
     baseline = "baseline" if "baseline" in policies else policies[0]
     tasks = [(scenario, p, s, s == seed_list[0], cost) for s in seed_list for p in policies]

@@ -209,6 +209,18 @@ def test_raising_a_limit_lets_the_run_through():
                        "limits.max_requests=31")
 
 
+def test_compare_bounds_the_whole_study():
+    line = assert_clean_error(
+        invoke("compare", SMALL, "--seeds", "10000", "--policies", "baseline,divided"),
+        "2 policies x 10000 seed(s)", "10,240,000 requests", "limits.max_requests", "--seeds",
+    )
+    assert "memory" not in line
+
+
+def test_seed_beyond_int64_is_refused():
+    assert_clean_error(invoke("run", SMALL, "--seed", "99999999999999999999999"), "seed")
+
+
 def test_estimate_counts_over_issue_steps_and_chunks(tmp_path):
     sc = seersim.load_scenario(SMALL_YAML, **{"policy.name": "partial_rollout", "steps": 3})
     est = estimate_work(sc)
