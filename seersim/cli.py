@@ -80,7 +80,7 @@ def run(
     """Simulate one scenario's RL rollout step(s) and print a summary (per step when
     there are several, with their mean)."""
     from seersim.api import simulate
-    from seersim.io import prepare_out_dir
+    from seersim.io import clear_results, prepare_out_dir
     from seersim.report import print_summary, write_run
 
     with _cli_errors():
@@ -89,6 +89,8 @@ def run(
             prepare_out_dir(out, overwrite)
         with _progress(not json_, f"simulating {sc.name}") as progress:
             result = simulate(sc, policy=policy, seed=seed, progress=progress)
+        if out is not None:
+            clear_results(out)
         written = write_run(out, result) if out is not None else []
         if json_:
             typer.echo(json.dumps(result.to_json(), default=float))
@@ -123,7 +125,7 @@ def compare_cmd(
 ) -> None:
     """Run every policy on identical work and compare makespan, throughput and tail."""
     from seersim.compare import DEFAULT_POLICIES, compare, plot_comparison
-    from seersim.io import prepare_out_dir
+    from seersim.io import clear_results, prepare_out_dir
     from seersim.report import save_figure, write_frame, write_json
 
     with _cli_errors():
@@ -134,6 +136,7 @@ def compare_cmd(
         with _progress(not json_, f"comparing on {sc.name}") as progress:
             cmp = compare(sc, names, seeds=seeds, jobs=jobs, progress=progress)
         if out is not None:
+            clear_results(out)
             write_json(out / "compare.json", cmp.to_json())
             write_frame(out / "runs", cmp.runs)
             for name, fig in plot_comparison(cmp).items():
