@@ -107,8 +107,8 @@ def simulate(
     if wanted and scenario.engine.speculation.mode == "none":
         scenario = with_overrides(scenario, **{"engine.speculation.mode": wanted})
     seed = scenario.seed if seed is None else seed
-    if seed < 0:
-        raise ScenarioError(f"seed: must be >= 0 (got {seed})")
+    if not 0 <= seed < 2**63:  # records store it as int64
+        raise ScenarioError(f"seed: must be an integer in [0, 2^63) (got {seed})")
     if workload is None:
         check_work(scenario)
     backend = SimBackend(scenario, cost)

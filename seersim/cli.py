@@ -40,7 +40,7 @@ def run(
     """Simulate one scenario's RL rollout step(s) and print a summary (per step when
     there are several, with their mean)."""
     from seersim.api import simulate
-    from seersim.io import prepare_out_dir
+    from seersim.io import clear_results, prepare_out_dir
     from seersim.progress import progress
     from seersim.report import print_summary, write_run
 
@@ -50,6 +50,8 @@ def run(
             prepare_out_dir(out, overwrite)
         with progress(not json_, f"simulating {sc.name}") as on_progress:
             result = simulate(sc, policy=policy, seed=seed, progress=on_progress)
+        if out is not None:
+            clear_results(out)
         written = write_run(out, result) if out is not None else []
         if json_:
             typer.echo(json.dumps(result.to_json(), default=float))

@@ -19,6 +19,7 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_valida
 from seersim.errors import ScenarioError, SpecError
 from seersim.fields import (
     MAX_CAPACITY_TOKENS,
+    MAX_GPUS_PER_INSTANCE,
     Bytes,
     BytesPerS,
     Count,
@@ -288,11 +289,14 @@ def tp_divides_heads(model: ModelSpec, tp: int) -> tuple[bool, str]:
     (3)") and QKVParallelLinear's KV-head replication. MLA caches one latent per token,
     so only the attention heads count there."""
     heads, kv = model.num_attention_heads, model.num_kv_heads
-    fits = [t for t in range(1, heads + 1) if heads % t == 0]
-    if model.attention == "gqa":
-        fits = [t for t in fits if (kv % t == 0 if t <= kv else t % kv == 0)]
-    if tp in fits:
+
+    def splits(t: int) -> bool:
+        kv_ok = model.attention != "gqa" or (kv % t == 0 if t <= kv else t % kv == 0)
+        return heads % t == 0 and kv_ok
+
+    if splits(tp):
         return True, ""
+    fits = [t for t in range(1, min(heads, MAX_GPUS_PER_INSTANCE) + 1) if splits(t)]
     what = f"{heads} attention heads" + (f" and {kv} KV heads" if model.attention == "gqa" else "")
     return False, (
         f"vLLM cannot split {model.name}'s {what} over {tp} GPUs; "

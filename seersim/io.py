@@ -59,8 +59,8 @@ def atomic_write(path: Path, write: Callable[[Path], None]) -> None:
 
 
 def prepare_out_dir(out: Path, overwrite: bool) -> None:
-    """Refuse an --out folder that already holds files unless `overwrite`; with it,
-    remove the results any seersim command wrote there (other files stay)."""
+    """Refuse an --out folder that already holds files unless `overwrite` (checked before
+    a command runs, so a refusal costs nothing)."""
     if out.exists() and not out.is_dir():
         raise OutputError(f"--out '{out}' is an existing file; name a folder")
     if not out.is_dir():
@@ -74,6 +74,11 @@ def prepare_out_dir(out: Path, overwrite: bool) -> None:
             f"--out '{out}' already holds {shown}; pass --overwrite to replace seersim's results there, "
             "or choose a new folder"
         )
+
+
+def clear_results(out: Path) -> None:
+    """Remove the results any seersim command wrote to `out` (other files stay): called
+    once new results exist, so a failed run leaves the earlier ones in place."""
     for pattern in RESULT_GLOBS:
         for old in out.glob(pattern):
             if old.is_file():

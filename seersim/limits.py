@@ -13,6 +13,7 @@ import math
 import os
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Sequence
 
 from seersim.config import ReplayWorkload, Scenario
 from seersim.errors import LimitError
@@ -84,27 +85,46 @@ def estimate_work(scenario: Scenario) -> WorkEstimate:
     return WorkEstimate(requests, tokens, chunks, memory, why)
 
 
-def check_work(scenario: Scenario) -> WorkEstimate:
-    """Raise LimitError when the run would exceed one of `scenario.limits`."""
-    est = estimate_work(scenario)
+def study_estimate(scenario: Scenario, policies: Sequence[str], seeds: int, parallel: int) -> WorkEstimate:
+    """A study of `policies` x `seeds` runs: requests, tokens and chunks add up (they are
+    time); memory is what its `parallel` processes hold at once."""
+    ests = [
+        estimate_work(scenario.model_copy(update={"policy": scenario.policy.model_copy(update={"name": p})}))
+        for p in policies
+    ]
+    tokens = [e.output_tokens for e in ests]
+    return WorkEstimate(
+        requests=sum(e.requests for e in ests) * seeds,
+        output_tokens=None if None in tokens else sum(tokens) * seeds,
+        chunks=sum(e.chunks for e in ests) * seeds,
+        memory_bytes=max(e.memory_bytes for e in ests) * min(parallel, len(ests) * seeds),
+        why_requests=f"{len(ests)} policies x {seeds} seed(s) of {ests[0].why_requests}",
+    )
+
+
+def check_work(scenario: Scenario, study: WorkEstimate | None = None) -> WorkEstimate:
+    """Raise LimitError when the run (or the `study` of several runs) would exceed one of
+    `scenario.limits`."""
+    est = study or estimate_work(scenario)
     lim = scenario.limits
+    lower = "lower the workload" + (" or --seeds" if study else "")
     if est.requests > lim.max_requests:
+        memory = f" (about {_gb(est.memory_bytes)} of memory)" if study is None else ""
         raise LimitError(
-            f"{est.why_requests} = {est.requests:,} requests exceeds limits.max_requests={lim.max_requests:,} "
-            f"(about {_gb(est.memory_bytes)} of memory); lower the workload, or raise the limit with "
-            f"--set limits.max_requests={est.requests}"
+            f"{est.why_requests} = {est.requests:,} requests exceeds limits.max_requests={lim.max_requests:,}"
+            f"{memory}; {lower}, or raise the limit with --set limits.max_requests={est.requests}"
         )
     if est.output_tokens is not None and est.output_tokens > lim.max_output_tokens:
         raise LimitError(
             f"{est.why_requests} requests x ~{est.output_tokens / est.requests:,.0f} output tokens each = "
-            f"{est.output_tokens:.3g} tokens exceeds limits.max_output_tokens={lim.max_output_tokens:.3g}; lower "
-            f"the workload, or raise the limit with --set limits.max_output_tokens={est.output_tokens:.3g}"
+            f"{est.output_tokens:.3g} tokens exceeds limits.max_output_tokens={lim.max_output_tokens:.3g}; "
+            f"{lower}, or raise the limit with --set limits.max_output_tokens={est.output_tokens:.3g}"
         )
     if est.chunks > lim.max_chunks:
         raise LimitError(
             f"{est.requests:,} requests in chunks of policy.chunk_tokens={scenario.policy.chunk_tokens:,} make about "
             f"{est.chunks:,.0f} chunk dispatches, more than limits.max_chunks={lim.max_chunks:,}; raise "
-            f"policy.chunk_tokens or lower the workload, or raise the limit with --set limits.max_chunks={est.chunks:.0f}"
+            f"policy.chunk_tokens or {lower}, or raise the limit with --set limits.max_chunks={est.chunks:.0f}"
         )
     mem_limit = lim.max_memory_bytes if lim.max_memory_bytes is not None else default_memory_limit_bytes()
     if est.memory_bytes > mem_limit:

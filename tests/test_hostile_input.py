@@ -209,6 +209,18 @@ def test_raising_a_limit_lets_the_run_through():
                        "limits.max_requests=31")
 
 
+def test_compare_bounds_the_whole_study():
+    line = assert_clean_error(
+        invoke("compare", SMALL, "--seeds", "10000", "--policies", "baseline,divided"),
+        "2 policies x 10000 seed(s)", "10,240,000 requests", "limits.max_requests", "--seeds",
+    )
+    assert "memory" not in line
+
+
+def test_seed_beyond_int64_is_refused():
+    assert_clean_error(invoke("run", SMALL, "--seed", "99999999999999999999999"), "seed")
+
+
 def test_estimate_counts_over_issue_steps_and_chunks(tmp_path):
     sc = seersim.load_scenario(SMALL_YAML, **{"policy.name": "partial_rollout", "steps": 3})
     est = estimate_work(sc)
@@ -244,3 +256,64 @@ def test_trace_with_huge_value_names_row_and_column(tmp_path, fmt):
 def test_estimate_of_a_missing_trace_leaves_the_error_to_the_reader(tmp_path):
     sc = write_scenario(tmp_path, "{kind: replay, path: none.csv}")
     assert_clean_error(invoke("run", sc), str(Path(tmp_path) / "none.csv"))
+
+
+# --------------------------------------------------------------------------- the ends of every range
+def _field(path: str):
+    """The pydantic FieldInfo at a dotted path of the schema."""
+    model: type[BaseModel] = Scenario
+    parts = path.split(".")
+    for part in parts[:-1]:
+        if part.isdigit():
+            continue
+        for leaf in _leaves(model.model_fields[part].annotation):
+            if typing.get_origin(leaf) is tuple:
+                leaf = typing.get_args(leaf)[0]
+            if isinstance(leaf, type) and issubclass(leaf, BaseModel):
+                model = leaf
+                break
+    return model.model_fields[parts[-1]]
+
+
+def _range_ends(path: str) -> list[float]:
+    """The smallest and largest values a field accepts."""
+    field = _field(path)
+    constraints = list(field.metadata)
+    for leaf in typing.get_args(field.annotation):  # Optional[Annotated[...]]
+        for m in getattr(leaf, "__metadata__", ()):
+            constraints += getattr(m, "metadata", [m])
+    lo = hi = None
+    for c in constraints:
+        if getattr(c, "ge", None) is not None:
+            lo = c.ge
+        if getattr(c, "gt", None) is not None:
+            lo = c.gt * (1 + 1e-6) + 1e-9 if isinstance(c.gt, float) else c.gt + 1
+        if getattr(c, "le", None) is not None:
+            hi = c.le
+    literal = [a for a in _leaves(field.annotation) if typing.get_origin(a) is typing.Literal]
+    if literal:
+        return [min(typing.get_args(literal[0])), max(typing.get_args(literal[0]))]
+    return [v for v in (lo, hi) if v is not None]
+
+
+def test_every_range_has_two_ends():
+    for field in NUMERIC:
+        assert len(_range_ends(field)) == 2, field
+
+
+@pytest.mark.slow
+def test_the_ends_of_every_range_run_or_refuse_cleanly():
+    """At each end of each numeric field's range, a small run with every engine feature on
+    (seer: chunks, speculation, the pool) finishes or raises a SeersimError: no other
+    exception (overflow, a root finder's NaN) and no hang."""
+    from seersim.errors import SeersimError
+
+    for field in NUMERIC:
+        for value in _range_ends(field):
+            try:
+                sc = seersim.load_scenario(
+                    SMALL_YAML, **{field: value, "workload.prompts": 1, "workload.group_size": 2}
+                )
+                seersim.simulate(sc, policy="seer")
+            except SeersimError:
+                pass

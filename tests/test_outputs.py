@@ -228,3 +228,13 @@ def test_shared_skip_reason_says_what_and_that_it_is_expected():
     reason = shared_skip_reason(Path("/x/shared/traces"), "public serving traces")
     assert "public serving traces" in reason and "/x/shared/traces" in reason
     assert "CI" in reason and "expected" in reason
+
+
+def test_overwrite_keeps_earlier_results_when_the_new_run_fails(tmp_path):
+    out = tmp_path / "o"
+    assert invoke("run", SMALL, *FAST, "--out", out).exit_code == 0
+    before = sorted(p.name for p in out.iterdir())
+    assert_clean_error(
+        invoke("run", SMALL, *FAST, "--set", "limits.max_requests=1", "--out", out, "--overwrite"), "limits.max_requests"
+    )
+    assert sorted(p.name for p in out.iterdir()) == before

@@ -52,7 +52,7 @@ def compare_cmd(
     json_: JsonOpt = False,
 ) -> None:
     """Run every policy on identical work and compare makespan, throughput and tail."""
-    from seersim.io import prepare_out_dir, write_frame, write_json
+    from seersim.io import clear_results, prepare_out_dir, write_frame, write_json
     from seersim.report import save_figure
     from seersim.studies.compare import DEFAULT_POLICIES, compare, plot_comparison
 
@@ -63,6 +63,7 @@ def compare_cmd(
         with progress(not json_, f"comparing on {sc.name}") as on_progress:
             cmp = compare(sc, split_csv(policies) or DEFAULT_POLICIES, seeds=seeds, jobs=jobs, progress=on_progress)
         if out is not None:
+            clear_results(out)
             write_json(out / "compare.json", cmp.to_json())
             write_frame(out / "runs", cmp.runs)
             for name, fig in plot_comparison(cmp).items():

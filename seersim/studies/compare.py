@@ -14,6 +14,7 @@ import pandas as pd
 
 from seersim.api import RunResult
 from seersim.config import Scenario
+from seersim.limits import check_work, study_estimate
 from seersim.policies import policy_class
 from seersim.studies.runner import Executor, Outcome, Progress, Task, make_task, run_all
 
@@ -103,6 +104,7 @@ def compare(
     the scenario, so workers rebuild it.
     """
     policies = list(dict.fromkeys(policies))
+    check_work(scenario, study_estimate(scenario, policies, seeds, jobs))
     seed_list = [scenario.seed + i for i in range(seeds)]
     tasks = compare_tasks(scenario, policies, seed_list)
     outcomes = run_all(tasks, jobs=jobs, executor=executor, address=address, progress=progress)
