@@ -7,8 +7,9 @@ Where to start reading:
 4. `engine/cluster.py` — instances + KV pool driven by a policy; `api.py` — simulate().
 
 Extension points (each a small interface, registered by name): cost models
-(`cost/base.py: CostModel`), policies (`policies/base.py: Policy`), model and GPU
-catalogs (`specs/`), trace formats (`workload/replay.py`). See docs/extending.md.
+(`cost/base.py: CostModel`, picked by a scenario's `cost:` section), policies
+(`policies/base.py: Policy`), model and GPU catalogs (`specs/`), trace formats
+(`workload/replay.py`). See docs/extending.md; calibration: docs/calibration.md.
 """
 
 from seersim.api import RunResult, StepResult, simulate
