@@ -12,9 +12,10 @@ Where to start reading:
 5. `api.py` — simulate().
 
 Extension points (each a small interface, registered by name): cost models
-(`cost/base.py: CostModel`), policies (`policies/base.py: Policy`), model and GPU
-catalogs (`specs/`), trace formats (`workload/replay.py`), backends
-(`backends/base.py: Backend`). See docs/extending.md.
+(`cost/base.py: CostModel`, picked by a scenario's `cost:` section), policies
+(`policies/base.py: Policy`), model and GPU catalogs (`specs/`), trace formats
+(`workload/replay.py`), backends (`backends/base.py: Backend`). See
+docs/extending.md; calibration: docs/calibration.md.
 """
 
 from __future__ import annotations

@@ -282,3 +282,13 @@ def test_calibrate_cost_fits_an_operator_table_with_attention(tmp_path):
     assert r["kind"] == "kernel_curves" and r["heldout_mape"] < 0.05
     assert r["params"]["attention_bandwidth_efficiency"] == pytest.approx(0.66, rel=0.05)
     assert r["params"]["attention_flops_efficiency"] == pytest.approx(0.42, rel=0.1)
+
+
+def test_shipped_scenarios_use_the_calibrated_model_and_say_so():
+    from conftest import REPO_ROOT
+
+    for path in sorted((REPO_ROOT / "scenarios").glob("*.yaml")):
+        text = path.read_text()
+        assert "cost:" in text and "model: calibrated" in text, path.name
+        sc = seersim.load_scenario(path)
+        assert isinstance(build_cost_model(sc), KernelCurvesCost), path.name

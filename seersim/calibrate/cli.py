@@ -163,3 +163,99 @@ def profile_cmd(
         rows = profile_model(spec, tp, device, dtype, grid, wanted)
         write_profile_table(rows, out, provenance(spec, gpu or "cpu", tp, device, dtype, _command()))
         typer.echo(f"profiled {len(rows)} points of {spec.name} (tp={tp}) on {device}: wrote {out}")
+
+
+@app.command("kv")
+def kv_cmd(
+    source: Annotated[Path, typer.Argument(help="vLLM server log, saved /metrics page, or a profile's .meta.json")],
+    scenario: Annotated[Path, typer.Option("--scenario", help="scenario whose model, GPU and engine the server ran")],
+    set_: Annotated[Optional[list[str]], typer.Option("--set", "-s", help="override a scenario field")] = None,
+    as_json: JsonOpt = False,
+) -> None:
+    """Usable KV tokens per instance as the server reported them, against the capacity the
+    specs predict (GPU memory × utilisation − weights − activation reserve)."""
+    with _errors():
+        from seersim.calibrate.kv import kv_report
+        from seersim.config import load_scenario
+
+        rep = kv_report(source, load_scenario(scenario, overrides=list(set_ or [])))
+        result = {
+            "measured_tokens": rep.measured_tokens,
+            "measured_tokens_per_engine": rep.measured_tokens_per_engine,
+            "engines_per_instance": rep.engines_per_instance,
+            "predicted_tokens": rep.predicted_tokens,
+            "difference": rep.difference,
+            "source": rep.source,
+            "snippet": f"engine: {{kv_capacity_tokens: {rep.measured_tokens}}}",
+        }
+        _emit(result, as_json, [
+            f"measured {rep.measured_tokens:,} KV tokens per instance ({rep.source}; {rep.engines_per_instance} engine(s))",
+            f"predicted {rep.predicted_tokens:,} ({rep.difference:+.1%})",
+            f"to use the measured value: {result['snippet']}",
+        ])
+
+
+@app.command("lengths")
+def lengths_cmd(
+    log: Annotated[Path, typer.Argument(help="rollout log CSV: group_id, input_tokens, output_tokens[, max_tokens]")],
+    max_tokens: Annotated[Optional[int], typer.Option("--max-tokens", help="truncation limit if the log has no column")] = None,
+    out: Annotated[Optional[Path], typer.Option("--out", "-o", help="workload snippet to write (YAML)")] = None,
+    as_json: JsonOpt = False,
+) -> None:
+    """Fit output lengths (lognormal / gamma / 2-lognormal mixture, by AIC; capped rows
+    censored) and the intra-group correlation; write a `workload:` snippet and a CDF plot."""
+    with _errors():
+        from seersim.calibrate.lengths import fit_lengths, plot_cdf, read_length_log, workload_snippet
+
+        d = read_length_log(log, max_tokens)
+        fit = fit_lengths(d)
+        out = out or log.with_name(log.stem + "-workload.yaml")
+        tmp = out.with_name(out.name + ".tmp")
+        tmp.write_text(workload_snippet(fit))
+        tmp.replace(out)
+        plot = out.with_suffix(".png")
+        plot_cdf(d, fit, plot)
+        result = {
+            "distribution": fit.distribution,
+            "params": fit.params,
+            "mean_tokens": fit.mean_tokens,
+            "intra_group_correlation": fit.intra_group_correlation,
+            "goodness_of_fit": {"loglik": fit.loglik, "aic": fit.aic, "ks_statistic": fit.ks_statistic},
+            "families": fit.families,
+            "rows": fit.rows,
+            "groups": fit.groups,
+            "censored": fit.censored,
+            "snippet": str(out),
+            "plot": str(plot),
+        }
+        _emit(result, as_json, [
+            f"{fit.rows} responses, {fit.groups} groups, {fit.censored} capped: best {fit.distribution} {fit.params}",
+            f"  mean {fit.mean_tokens:,.0f} tokens, intra-group correlation {fit.intra_group_correlation:.3f}, KS {fit.ks_statistic:.3f}",
+            f"  wrote {out} and {plot}",
+        ])
+
+
+@app.command("acceptance")
+def acceptance_cmd(
+    log: Annotated[Path, typer.Argument(help="speculative-decoding log CSV: draft_tokens, accepted_tokens, references")],
+    out: Annotated[Optional[Path], typer.Option("--out", "-o", help="acceptance file to write (YAML)")] = None,
+    reference_draft_tokens: Annotated[int, typer.Option("--draft-tokens", help="draft length the table's τ refers to")] = 8,
+    as_json: JsonOpt = False,
+) -> None:
+    """Fit per-token acceptance against finished sibling references (truncated-geometric
+    MLE) into the acceptance table the engine uses (`engine.speculation.acceptance_table`)."""
+    with _errors():
+        from seersim.calibrate.acceptance import acceptance_yaml, fit_acceptance, read_acceptance_log
+
+        fit = fit_acceptance(read_acceptance_log(log), reference_draft_tokens)
+        out = out or log.with_name(log.stem + "-acceptance.yaml")
+        tmp = out.with_name(out.name + ".tmp")
+        tmp.write_text(acceptance_yaml(fit, f"fitted by `{_command()}`"))
+        tmp.replace(out)
+        result = {"acceptance_table": fit.table, "alpha": fit.alpha, "verify_steps": fit.steps,
+                  "reference_draft_tokens": fit.reference_draft_tokens, "dropped_steps": fit.dropped_steps, "file": str(out)}
+        _emit(result, as_json, [
+            "references -> mean accepted length (incl. bonus) at γ=" + str(fit.reference_draft_tokens) + ": "
+            + ", ".join(f"{n}: {t:.2f}" for n, t in sorted(fit.table.items())),
+            f"  wrote {out}",
+        ])

@@ -32,6 +32,7 @@ from __future__ import annotations
 
 import numpy as np
 
+from seersim.calibrate.acceptance import load_acceptance
 from seersim.config import SpeculationConfig
 from seersim.cost import CostModel, StepLines
 from seersim.engine.batch import Q, EngineState, Plan, RunningBatch
@@ -41,12 +42,9 @@ from seersim.requests import GroupProgress
 MAX_DRAFT = 8
 PRIORITY_LAMBDA = 2.0
 
-# Paper Table 2: mean accepted length incl. bonus, by finished references n, per draft paths.
-PAPER_ACCEPTANCE: dict[int, dict[int, float]] = {
-    1: {0: 1.70, 1: 2.04, 5: 2.32, 15: 2.53},
-    2: {0: 1.77, 1: 2.14, 5: 2.44, 15: 2.69},
-    4: {0: 1.85, 1: 2.25, 5: 2.59, 15: 2.85},
-}
+# Paper Table 2 (the shipped default calibration, seersim/calibrate/data/): mean accepted
+# length incl. bonus, by finished references n, per draft paths.
+PAPER_ACCEPTANCE: dict[int, dict[int, float]] = load_acceptance()["paths"]
 
 
 def tau(alpha: float | np.ndarray, gamma: int | np.ndarray):
