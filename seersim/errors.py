@@ -35,5 +35,13 @@ class OutputError(SeersimError):
     """A result file or folder cannot be written (e.g. --out names an existing file)."""
 
 
+class BadOption(SeersimError):
+    """A command-line option has a value no command can use (e.g. an empty list)."""
+
+
+class LimitError(SeersimError):
+    """A run would exceed one of the scenario's `limits` (work or memory), so it is refused up front."""
+
+
 class ExecutorError(SeersimError):
     """A study's executor cannot run (e.g. Ray is not installed or cannot start)."""

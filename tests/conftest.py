@@ -22,16 +22,18 @@ def load_small(**overrides) -> seersim.Scenario:
 
 
 def run_cluster(scenario: seersim.Scenario, seed: int | None = None):
-    """Build the workload and run one Cluster directly; returns (cluster, SimOutput, workload)."""
-    from seersim.engine import Cluster
+    """Build the workload and run one step through the driver on the simulated backend;
+    returns (driver, StepRecords, workload)."""
+    from seersim.driver import Driver
+    from seersim.engine import SimBackend
     from seersim.policies import make_policy
     from seersim.workload import build_workload
 
     rng = np.random.default_rng(scenario.seed if seed is None else seed)
     wl = build_workload(scenario, rng)
-    cluster = Cluster(scenario, wl, make_policy(scenario.policy))
-    out = cluster.run()
-    return cluster, out, wl
+    driver = Driver(SimBackend(scenario), make_policy(scenario.policy), wl)
+    out = driver.run()
+    return driver, out, wl
 
 
 def assert_frames_equivalent(a: pd.DataFrame, b: pd.DataFrame, rtol: float = 1e-9) -> None:
@@ -64,11 +66,27 @@ def small():
     return load_small
 
 
+def shared_skip_reason(path: Path, what: str) -> str:
+    """Why a test that reads ../shared is skipped: what the data is, and that the skip is
+    expected anywhere but this project's CI (which provides ../shared beside the repo)."""
+    return (
+        f"needs {what} at {path} (the project's ../shared folder, which this project's CI provides beside "
+        "the repository); skipping is expected on any other checkout"
+    )
+
+
+def require_shared(path: Path, what: str) -> Path:
+    if not path.exists():
+        pytest.skip(shared_skip_reason(path, what))
+    return path
+
+
+PUBLIC_TRACES = "public serving traces (Mooncake, Azure LLM inference, Vidur-processed)"
+
+
 @pytest.fixture(scope="session")
 def traces_dir() -> Path:
-    if not TRACES.is_dir():
-        pytest.skip(f"public traces not available: {TRACES} is absent")
-    return TRACES
+    return require_shared(TRACES, PUBLIC_TRACES)
 
 
 # small.yaml cut down for studies that run many points (sweep, plan, report tests):
