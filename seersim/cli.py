@@ -64,12 +64,18 @@ def run(
 @app.command()
 def report(
     folder: Annotated[Path, typer.Argument(help="an output folder of run, compare, sweep or plan")],
-    out: Annotated[Optional[Path], typer.Option("--out", "-o", help="HTML file (default FOLDER/report.html)")] = None,
+    out: Annotated[
+        Optional[Path], typer.Option("--out", "-o", help="HTML file (default FOLDER/report.html, replaced on each call)")
+    ] = None,
+    overwrite: Annotated[bool, typer.Option("--overwrite", help="replace an existing --out file")] = False,
 ) -> None:
     """Turn an output folder into one self-contained HTML report (tables and plots)."""
+    from seersim.io import refuse_existing_file
     from seersim.report_html import write_report
 
     with cli_errors():
+        if out is not None:
+            refuse_existing_file(out, overwrite)
         path = write_report(folder, out)
     typer.echo(f"report written to {path}")
 

@@ -20,6 +20,7 @@ from seersim.errors import OutputError
 RESULT_GLOBS = (
     "requests.*", "instances.*", "timeline.*", "summary.json",
     "compare.json", "runs.*", "timelines.png", "finish_cdf.png", "throughput.png",
+    "plan.json", "points.*", "pareto.png", "best.yaml", "report.html",
 )
 
 

@@ -44,7 +44,7 @@ def _point_files(out):
     return {f.name: f.stat().st_mtime_ns for f in (out / "points").glob("*.json")}
 
 
-def test_sweep_of_120_points_survives_a_kill_and_resumes_without_redoing_points(tmp_path):
+def test_sweep_of_120_points_survives_a_kill_and_resumes_without_redoing_points(tmp_path, monkeypatch):
     out = tmp_path / "sw"
     env = {**os.environ, "PYTHONPATH": str(REPO_ROOT)}
     proc = subprocess.Popen(
@@ -61,6 +61,7 @@ def test_sweep_of_120_points_survives_a_kill_and_resumes_without_redoing_points(
     assert 0 < len(before) < N_POINTS, f"the kill landed after {len(before)} points; nothing left to resume"
     assert not (out / "results.parquet").exists()  # merged only at the end
 
+    monkeypatch.setattr("seersim.progress.PLAIN_QUIET_S", 0.0)  # lines even for a short resumed run
     result = CliRunner().invoke(app, [*ARGS, "--out", str(out)])
     assert result.exit_code == 0, result.output
     assert f"resumed: {len(before)} of {N_POINTS} points" in result.output

@@ -174,7 +174,7 @@ def kv_cmd(
 ) -> None:
     """Usable KV tokens per instance as the server reported them, against the capacity the
     specs predict (GPU memory × utilisation − weights − activation reserve)."""
-    with _errors():
+    with cli_errors():
         from seersim.calibrate.kv import kv_report
         from seersim.config import load_scenario
 
@@ -204,7 +204,7 @@ def lengths_cmd(
 ) -> None:
     """Fit output lengths (lognormal / gamma / 2-lognormal mixture, by AIC; capped rows
     censored) and the intra-group correlation; write a `workload:` snippet and a CDF plot."""
-    with _errors():
+    with cli_errors():
         from seersim.calibrate.lengths import fit_lengths, plot_cdf, read_length_log, workload_snippet
 
         d = read_length_log(log, max_tokens)
@@ -244,7 +244,7 @@ def acceptance_cmd(
 ) -> None:
     """Fit per-token acceptance against finished sibling references (truncated-geometric
     MLE) into the acceptance table the engine uses (`engine.speculation.acceptance_table`)."""
-    with _errors():
+    with cli_errors():
         from seersim.calibrate.acceptance import acceptance_yaml, fit_acceptance, read_acceptance_log
 
         fit = fit_acceptance(read_acceptance_log(log), reference_draft_tokens)

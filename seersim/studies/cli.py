@@ -16,10 +16,10 @@ from seersim.cli_common import (
     JobsOpt,
     JsonOpt,
     OutOpt,
+    OverwriteOpt,
     SetOpt,
     cli_errors,
     err,
-    OverwriteOpt,
     load,
     split_csv,
 )
@@ -36,6 +36,9 @@ GridOpt = Annotated[
 ]
 ExecutorOpt = Annotated[str, typer.Option("--executor", help="local (processes) or ray")]
 AddressOpt = Annotated[Optional[str], typer.Option("--address", help="Ray cluster address (default: start a local Ray)")]
+ResumeOverwriteOpt = Annotated[
+    bool, typer.Option("--overwrite", help="discard the finished points in --out and start over (default: resume)")
+]
 
 
 @app.command("compare", rich_help_panel=PANEL)
@@ -58,10 +61,11 @@ def compare_cmd(
 
     with cli_errors():
         sc = load(scenario, set_)
+        names = split_csv(policies) or DEFAULT_POLICIES
         if out is not None:
             prepare_out_dir(out, overwrite)
         with progress(not json_, f"comparing on {sc.name}") as on_progress:
-            cmp = compare(sc, split_csv(policies) or DEFAULT_POLICIES, seeds=seeds, jobs=jobs, progress=on_progress)
+            cmp = compare(sc, names, seeds=seeds, jobs=jobs, progress=on_progress)
         if out is not None:
             clear_results(out)
             write_json(out / "compare.json", cmp.to_json())
@@ -159,8 +163,8 @@ def regress(
             [r["scenario"], r["policy"], r["metric"], f"{r['stored']:,.2f}", f"{r['now']:,.2f}", f"{r['change']:+.2%}", r["status"]]
             for r in recs
         ]
-        styles = {rg.WORSE: "bold red", rg.STALE: "yellow"}
-        print_table(f"regression check against {baseline}", cols, rows, styles=[styles.get(r["status"], "") for r in recs])
+        styles = [{rg.WORSE: "bold red", rg.STALE: "yellow"}.get(r["status"], "") for r in recs]
+        print_table(f"regression check against {baseline}", cols, rows, styles=styles)
         if len(worse):
             typer.echo(f"{len(worse)} metric(s) worse than the baseline")
         elif len(stale):
@@ -230,7 +234,7 @@ def sweep_cmd(
     executor: ExecutorOpt = "local",
     address: AddressOpt = None,
     set_: SetOpt = None,
-    overwrite: OverwriteOpt = False,
+    overwrite: ResumeOverwriteOpt = False,
     json_: JsonOpt = False,
 ) -> None:
     """Run the cartesian product of --grid values × policies × seeds into one table.
@@ -262,11 +266,9 @@ def _print_top(table, keys: list[str], n: int = 10) -> None:
     from seersim.tables import Column, print_table
 
     ok = table[table["error"].isna()].sort_values("rl_step_s").head(n)
-    cols = [*keys, "policy", "seed", "rl_step_s", "gpu_hours", "cost_usd"]
-    rows = [
-        [f"{r[c]:,.4g}" if isinstance(r[c], float) else str(r[c]) for c in cols] for r in ok.to_dict(orient="records")
-    ]
-    names = (*keys, "policy")
+    names = [*keys, "policy"]
+    cols = [*names, "seed", "rl_step_s", "gpu_hours", "cost_usd"]
+    rows = [[f"{r[c]:,.4g}" if isinstance(r[c], float) else str(r[c]) for c in cols] for r in ok.to_dict(orient="records")]
     print_table(
         f"fastest {len(ok)} points", [Column(c, "left", whole=True) if c in names else Column(c) for c in cols], rows
     )
@@ -287,6 +289,7 @@ def plan_cmd(
     address: AddressOpt = None,
     set_: SetOpt = None,
     out: Annotated[Optional[Path], typer.Option("--out", "-o", help="folder: plan.json, points, pareto.png, best.yaml")] = None,
+    overwrite: OverwriteOpt = False,
     json_: JsonOpt = False,
 ) -> None:
     """Find the cheapest configuration whose RL step meets --target-step-s.
@@ -296,11 +299,14 @@ def plan_cmd(
     configuration meets the target (and budget); 1 none does (the fastest found is
     shown); 2 bad input.
     """
+    from seersim.io import prepare_out_dir
     from seersim.studies.plan import parse_space_args, plan, write_plan
 
     with cli_errors():
         sc = load(scenario, set_)
         search_space = parse_space_args(list(grid or []), space, split_csv(gpus, "--gpus"))
+        if out is not None:
+            prepare_out_dir(out, overwrite)
         with progress(not json_, f"planning {sc.name}") as on_progress:
             result = plan(
                 sc, target_step_s, search_space, split_csv(policies), objective=objective,  # type: ignore[arg-type]
@@ -321,24 +327,20 @@ def _print_plan(result, out: Path | None) -> None:
 
     typer.echo(
         f"simulated {result.evaluated} of {result.space} points; pruned: "
-        + ", ".join(f"{v} by {k}" for k, v in result.pruned.items() if v)
+        + (", ".join(f"{v} by {k}" for k, v in result.pruned.items() if v) or "none")
     )
-    obj = result.objective
-    recs = result.frontier.to_dict(orient="records")
-    rows = [
-        [
+    rows, styles = [], []
+    for r in result.frontier.to_dict(orient="records"):
+        rows.append([
             ", ".join(f"{k}={v}" for k, v in r["overrides"].items()),
             f"{r['rl_step_s']:,.1f}", f"{r['gpu_hours']:,.4f}", f"${r['cost_usd']:,.4f}", f"{r['gpu_hour_usd']:g}",
-        ]
-        for r in recs
+            "yes" if r["rl_step_s"] <= result.target_step_s else "no",
+        ])
+        styles.append("" if r["rl_step_s"] <= result.target_step_s else "dim")
+    cols = [Column("configuration", "left", whole=True)] + [
+        Column(c) for c in ("rl_step_s", "gpu_hours", "cost_usd", "$/GPU-hour", "meets target")
     ]
-    cols = [Column("configuration", "left", whole=True)] + [Column(c) for c in ("rl_step_s", "gpu_hours", "cost_usd", "$/GPU-hour")]
-    print_table(
-        f"Pareto frontier (step time vs {obj}) among simulated points",
-        cols,
-        rows,
-        styles=["" if r["rl_step_s"] <= result.target_step_s else "dim" for r in recs],
-    )
+    print_table(f"Pareto frontier (step time vs {result.objective}) among simulated points", cols, rows, styles=styles)
     b = result.best
     if b is None:
         f = result.fastest
