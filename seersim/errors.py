@@ -33,3 +33,7 @@ class SimulationError(SeersimError):
 
 class OutputError(SeersimError):
     """A result file or folder cannot be written (e.g. --out names an existing file)."""
+
+
+class BackendError(SeersimError):
+    """A live backend (vLLM servers) cannot be started, reached, or lost requests."""
