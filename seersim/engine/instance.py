@@ -40,10 +40,10 @@ if TYPE_CHECKING:
     from seersim.engine.specdec import SpecDecoder
 
 
-class EngineListener(Protocol):
-    """What an instance reports to its cluster."""
+class ChunkDone(Protocol):
+    """How an instance reports a chunk that ended (to its backend)."""
 
-    def on_chunk_done(self, instance: "Instance", request_id: int, finished: bool) -> None: ...
+    def __call__(self, instance_id: int, request_id: int, finished: bool) -> None: ...
 
 
 @dataclass(slots=True)
@@ -95,7 +95,7 @@ class Instance:
         cfg: EngineConfig,
         table: RequestTable,
         prompt_blocks: np.ndarray,
-        listener: EngineListener,
+        on_chunk_done: ChunkDone,
         spec: "SpecDecoder | None" = None,
     ) -> None:
         self.id = instance_id
@@ -105,12 +105,12 @@ class Instance:
         self.cfg = cfg
         self.table = table
         self.prompt_blocks = prompt_blocks  # full prompt blocks prefix caching can share
-        self.listener = listener
+        self.on_chunk_done = on_chunk_done
         self.spec = spec
         self.bs = kv.block_size
         self.fast_forward = cfg.mode == "fast_forward"
         self.stats = InstanceStats()
-        self.samples: list[tuple] = []  # timeline rows, see Cluster.instance_frame
+        self.samples: list[tuple] = []  # timeline rows (backends.base.TIMELINE_COLUMNS after "instance")
         self.waiting: deque[tuple[int, int]] = deque()  # (request id, tokens left in chunk)
         self.R = np.zeros((NCOLS, 0), np.int64)
         self._wake: simpy.Event | None = None
@@ -572,21 +572,19 @@ class Instance:
 
     def _retire(self, done: np.ndarray) -> None:
         table = self.table
-        now = self.env.now
         finished_rows = []
         idx = np.flatnonzero(done)
         rids = self.R[RID, idx]
         generated = self.R[TOKENS, idx] - table.input_tokens[rids]
         table.generated[rids] = generated
         finished = generated >= table.output_tokens[rids]
-        table.finish_s[rids[finished]] = now
         for i, rid, fin in zip(idx.tolist(), rids.tolist(), finished.tolist()):
             self._release(i, cache=not fin)
             finished_rows.append((rid, fin))
         self.R = self.R[:, ~done]
         self._sample()
         for rid, finished in finished_rows:
-            self.listener.on_chunk_done(self, rid, finished)
+            self.on_chunk_done(self.id, rid, finished)
 
     # ------------------------------------------------------------------ speculative hooks
     # ------------------------------------------------------------------ records

@@ -39,8 +39,8 @@ from seersim.config import SpeculationConfig
 from seersim.cost import LinearStretch, StepLines, TabulatedStretch
 
 if TYPE_CHECKING:
-    from seersim.engine.cluster import Cluster
     from seersim.engine.instance import Instance
+    from seersim.requests import GroupProgress
 
 Q = 1 << 20  # accumulator units per token
 MAX_DRAFT = 8
@@ -94,8 +94,8 @@ class AcceptanceModel:
 class SpecDecoder:
     """Per-instance speculative-decoding state: the current epoch's draft lengths."""
 
-    def __init__(self, cluster: "Cluster", cfg: SpeculationConfig) -> None:
-        self.cluster = cluster
+    def __init__(self, cfg: SpeculationConfig, groups: "GroupProgress") -> None:
+        self.groups = groups
         self.cfg = cfg
         self.grouped = cfg.mode == "grouped_adaptive"
         table = cfg.acceptance_table or PAPER_ACCEPTANCE[cfg.paths]
@@ -111,6 +111,11 @@ class SpecDecoder:
         self.epoch_step = 0
         self.epoch_base_context = 0.0
         self.epoch_rate = 0.0
+
+    @staticmethod
+    def max_draft_tokens(cfg: SpeculationConfig) -> int:
+        """The longest draft (per path) a sequence may get: γ of `fixed`, the adaptive cap."""
+        return cfg.draft_tokens if cfg.mode == "fixed" else MAX_DRAFT
 
     # ------------------------------------------------------------------ engine hooks
     @staticmethod
@@ -130,15 +135,15 @@ class SpecDecoder:
         R = inst.R
         self.epoch_left = self.cfg.reevaluate_steps
         if self._alpha is None:
-            max_refs = int(self.cluster.group_sizes.max()) if len(self.cluster.group_sizes) else 1
+            max_refs = self.groups.max_group_size
             self._alpha, self._tau_q = self.model.tables(max_refs)
         decoding = R[TOKENS] - R[COMPUTED] == 1
         if not self.grouped:
             self.epoch_gamma = (self.cfg.draft_tokens, self.cfg.draft_tokens)
         elif decoding.any():
             rids = R[RID, decoding]
-            refs = self.cluster.finished_counts[self.cluster.table.group_id[rids]]
-            self.epoch_gamma = self._adaptive_gamma(inst, self._alpha[refs], self.cluster.is_probe[rids])
+            refs = self.groups.finished_siblings(rids)
+            self.epoch_gamma = self._adaptive_gamma(inst, self._alpha[refs], self.groups.is_probe(rids))
         else:
             self.epoch_gamma = (0, 0)
         self._assign(inst)
@@ -152,9 +157,9 @@ class SpecDecoder:
         rids = R[RID]
         decoding = R[TOKENS] - R[COMPUTED] == 1
         g_probe, g_other = self.epoch_gamma
-        gamma = np.where(self.cluster.is_probe[rids], g_probe, g_other) * decoding
+        gamma = np.where(self.groups.is_probe(rids), g_probe, g_other) * decoding
         if self.grouped:
-            refs = self.cluster.finished_counts[self.cluster.table.group_id[rids]]
+            refs = self.groups.finished_siblings(rids)
         else:
             refs = np.zeros(len(rids), np.int64)
         R[GAMMA] = gamma * self.cfg.paths
