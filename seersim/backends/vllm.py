@@ -38,7 +38,10 @@ from seersim.backends.base import BackendListener, BackendRecords, BackendStalle
 from seersim.errors import BackendError, SpecError
 
 if TYPE_CHECKING:
+    from seersim.api import RunResult
+    from seersim.config import Scenario
     from seersim.requests import GroupProgress, RequestTable
+    from seersim.workload import Workload
 
 #: token ids prompts are drawn from: valid in any real vocabulary and in the tiny
 #: model's (8,192), clear of the special ids 0/1 the tiny model uses for BOS/EOS
@@ -424,3 +427,43 @@ class VLLMBackend:
                 except httpx.HTTPError:
                     out.append({})
         return out
+
+
+def run_live(
+    scenario: "Scenario",
+    backend: VLLMBackend,
+    policy: str | None = None,
+    seed: int | None = None,
+    *,
+    workload: "Workload | None" = None,
+    progress: Callable[[int, int], None] | None = None,
+) -> "RunResult":
+    """Run `scenario.steps` rollout steps live, as `seersim.simulate` runs them simulated:
+    the same driver, policy objects and metrics; wall-clock seconds."""
+    from seersim.api import RunResult, StepResult
+    from seersim.config import with_overrides
+    from seersim.driver import rollout_steps
+    from seersim.metrics import summarize
+    from seersim.policies import policy_class
+
+    if policy is not None:
+        scenario = with_overrides(scenario, **{"policy.name": policy})
+    if policy_class(scenario.policy.name).speculation or scenario.engine.speculation.mode != "none":
+        raise BackendError(
+            f"policy '{scenario.policy.name}' / engine.speculation: the live vLLM backend runs no speculative decoding; "
+            "validate policies without it (baseline, divided, context_aware, oracle_lpt)"
+        )
+    if scenario.engine.max_num_seqs != backend.max_num_seqs:
+        raise BackendError(
+            f"engine.max_num_seqs={scenario.engine.max_num_seqs} but the backend was built for {backend.max_num_seqs}: "
+            "start the servers with the scenario's --max-num-seqs"
+        )
+    seed = scenario.seed if seed is None else seed
+    backend.seed = seed
+    rng = np.random.default_rng(seed)
+    result = RunResult(scenario=scenario, policy=scenario.policy.name, seed=seed)
+    for step, out in enumerate(rollout_steps(scenario, backend, rng, workload, progress)):
+        summary = summarize(out, scenario, scenario.policy.name, seed)
+        summary["step"] = step
+        result.steps.append(StepResult(step, summary, out.requests, out.instances, out.timeline))
+    return result
