@@ -1,20 +1,22 @@
 """`seersim` command line: a thin layer over the Python API.
 
 Library code raises typed `SeersimError`s; only this module turns them into one-line
-messages and exit codes (2 = bad input, 1 = a check failed, 130 = interrupted).
+messages and exit codes (2 = bad input, 1 = a check failed, 3 = a stale regression
+baseline, 130 = interrupted; seersim/cli_common.py). The study commands (compare,
+regress, reproduce, sweep, plan) live in seersim/studies/cli.py.
 """
 
 from __future__ import annotations
 
 import json
 import sys
-from contextlib import contextmanager
 from pathlib import Path
 from typing import Annotated, Optional
 
 import typer
 
-from seersim.errors import SeersimError
+from seersim.cli_common import JsonOpt, OutOpt, PolicyOpt, SeedOpt, SetOpt, cli_errors, load, progress
+from seersim.studies.cli import app as studies_app
 
 app = typer.Typer(
     add_completion=False,
@@ -22,68 +24,7 @@ app = typer.Typer(
     help="Simulate the rollout phase of synchronous RL training of LLMs (Seer-style scheduling).",
     pretty_exceptions_enable=False,
 )
-
-EXIT_BAD_INPUT = 2
-EXIT_CHECK_FAILED = 1
-
-PolicyOpt = Annotated[Optional[str], typer.Option("--policy", "-p", help="policy name (overrides policy.name)")]
-SeedOpt = Annotated[Optional[int], typer.Option("--seed", help="random seed >= 0 (overrides the scenario's)")]
-SetOpt = Annotated[
-    Optional[list[str]],
-    typer.Option("--set", "-s", help="override a scenario field: dotted.key=value (repeatable)"),
-]
-OutOpt = Annotated[Optional[Path], typer.Option("--out", "-o", help="folder for records, summary.json and plots")]
-JsonOpt = Annotated[bool, typer.Option("--json", help="print the summary as one JSON object on stdout")]
-
-
-def _err(msg: str) -> None:
-    typer.echo(f"seersim: error: {msg}", err=True)
-
-
-@contextmanager
-def _cli_errors():
-    try:
-        yield
-    except SeersimError as exc:
-        _err(str(exc))
-        raise typer.Exit(EXIT_BAD_INPUT) from None
-    except KeyboardInterrupt:
-        _err("interrupted")
-        raise typer.Exit(130) from None
-
-
-def _load(scenario: Path, set_: list[str] | None):
-    from seersim.config import load_scenario
-
-    return load_scenario(scenario, overrides=list(set_ or []))
-
-
-@contextmanager
-def _progress(enabled: bool, label: str):
-    """A rich progress bar on stderr, only for a TTY; yields a callback(done, total)."""
-    if not enabled or not sys.stderr.isatty():
-        yield None
-        return
-    from rich.console import Console
-    from rich.progress import BarColumn, MofNCompleteColumn, Progress, TimeElapsedColumn
-
-    with Progress(
-        "[progress.description]{task.description}",
-        BarColumn(),
-        MofNCompleteColumn(),
-        TimeElapsedColumn(),
-        console=Console(stderr=True),
-        transient=True,
-    ) as bar:
-        task = bar.add_task(label, total=None)
-        state = {"last": 0}
-
-        def update(done: int, total: int) -> None:
-            if done - state["last"] >= max(1, total // 200) or done == total:
-                state["last"] = done
-                bar.update(task, completed=done, total=total)
-
-        yield update
+app.add_typer(studies_app)  # compare, regress, reproduce, sweep, plan
 
 
 @app.command()
@@ -99,10 +40,10 @@ def run(
     from seersim.api import simulate
     from seersim.report import summary_table, write_run
 
-    with _cli_errors():
-        sc = _load(scenario, set_)
-        with _progress(not json_, f"simulating {sc.name}") as progress:
-            result = simulate(sc, policy=policy, seed=seed, progress=progress)
+    with cli_errors():
+        sc = load(scenario, set_)
+        with progress(not json_, f"simulating {sc.name}") as on_progress:
+            result = simulate(sc, policy=policy, seed=seed, progress=on_progress)
         summary = result.summary
         if out is not None:
             write_run(out, result, f"{sc.name} — {result.policy}")
@@ -116,154 +57,17 @@ def run(
             typer.echo(f"records written to {out}/")
 
 
-def _split(csv: str | None) -> list[str] | None:
-    return [x.strip() for x in csv.split(",") if x.strip()] if csv else None
-
-
-@app.command("compare")
-def compare_cmd(
-    scenario: Annotated[Path, typer.Argument(help="scenario YAML file")],
-    policies: Annotated[
-        Optional[str], typer.Option("--policies", help="comma-separated policies (default baseline,divided,context_aware,seer)")
-    ] = None,
-    seeds: Annotated[int, typer.Option("--seeds", min=1, help="number of seeds (scenario seed, +1, ...)")] = 1,
-    jobs: Annotated[int, typer.Option("--jobs", "-j", min=1, help="parallel processes")] = 1,
-    set_: SetOpt = None,
-    out: OutOpt = None,
-    json_: JsonOpt = False,
-) -> None:
-    """Run every policy on identical work and compare makespan, throughput and tail."""
-    from seersim.compare import DEFAULT_POLICIES, compare, plot_comparison
-    from seersim.report import save_figure, write_frame, write_json
-
-    with _cli_errors():
-        sc = _load(scenario, set_)
-        with _progress(not json_, f"comparing on {sc.name}") as progress:
-            cmp = compare(sc, _split(policies) or DEFAULT_POLICIES, seeds=seeds, jobs=jobs, progress=progress)
-        if out is not None:
-            write_json(out / "compare.json", cmp.to_json())
-            write_frame(out / "runs", cmp.runs)
-            for name, fig in plot_comparison(cmp).items():
-                save_figure(fig, out / name)
-        if json_:
-            typer.echo(json.dumps(cmp.to_json(), default=float))
-            return
-        _print_compare(cmp)
-        if out is not None:
-            typer.echo(f"results and plots written to {out}/")
-
-
-def _print_compare(cmp) -> None:
-    from rich.console import Console
-    from rich.table import Table
-
-    spread = len(cmp.seeds) > 1
-    t = Table(title=f"{cmp.scenario.name}: {len(cmp.seeds)} seed(s), vs {cmp.baseline}")
-    for col in ("policy", "makespan", "throughput", "tail", "speedup", "tail vs baseline", "preemptions", "migrations"):
-        t.add_column(col, justify="left" if col == "policy" else "right")
-
-    def pm(v, sd, fmt):
-        return fmt.format(v) + (f" ± {fmt.format(sd)}" if spread else "")
-
-    for r in cmp.table.to_dict(orient="records"):
-        t.add_row(
-            r["policy"],
-            pm(r["makespan_s"], r["makespan_s_std"], "{:,.1f}") + " s",
-            pm(r["throughput_tokens_per_s"], r["throughput_tokens_per_s_std"], "{:,.0f}") + " tok/s",
-            pm(r["tail_s"], r["tail_s_std"], "{:,.1f}") + " s",
-            pm(r["speedup_vs_baseline"], r["speedup_vs_baseline_std"], "{:.2f}") + f"x ({r['speedup_vs_baseline'] - 1:+.0%})",
-            f"{-r['tail_reduction_vs_baseline']:+.0%}",
-            f"{r.get('preemptions', 0):,.0f}",
-            f"{r.get('migrations', 0):,.0f}",
-        )
-    Console().print(t)
-
-
 @app.command()
-def regress(
-    baseline: Annotated[Path, typer.Option("--baseline", "-b", help="stored baseline JSON")] = Path(
-        "scenarios/regress-baseline.json"
-    ),
-    update: Annotated[bool, typer.Option("--update", help="rewrite the baseline with the current results")] = False,
-    scenarios: Annotated[Optional[str], typer.Option("--scenarios", help="with --update: comma-separated scenario files")] = None,
-    policies: Annotated[Optional[str], typer.Option("--policies", help="with --update --scenarios: policies")] = None,
-    tolerance: Annotated[Optional[float], typer.Option("--tolerance", min=0.0, help="relative tolerance (default: the file's)")] = None,
-    json_: JsonOpt = False,
+def report(
+    folder: Annotated[Path, typer.Argument(help="an output folder of run, compare, sweep or plan")],
+    out: Annotated[Optional[Path], typer.Option("--out", "-o", help="HTML file (default FOLDER/report.html)")] = None,
 ) -> None:
-    """Check policies against a stored baseline; exit 1 when a metric got worse."""
-    from seersim import regress as rg
+    """Turn an output folder into one self-contained HTML report (tables and plots)."""
+    from seersim.report_html import write_report
 
-    with _cli_errors():
-        if update:
-            entries = rg.update(baseline, _split(scenarios), _split(policies), tolerance)
-            typer.echo(f"baseline {baseline} updated: {len(entries)} entries")
-            return
-        if scenarios or policies:
-            raise_bad = "--scenarios/--policies only go with --update"
-            _err(raise_bad)
-            raise typer.Exit(EXIT_BAD_INPUT)
-        df = rg.check(baseline, tolerance)
-    worse = df[df["status"] == "WORSE"]
-    if json_:
-        typer.echo(json.dumps({"passed": worse.empty, "rows": df.to_dict(orient="records")}, default=float))
-    else:
-        from rich.console import Console
-        from rich.table import Table
-
-        t = Table(title=f"regression check against {baseline}")
-        for col in ("scenario", "policy", "metric", "stored", "now", "change", "status"):
-            t.add_column(col)
-        for r in df.to_dict(orient="records"):
-            style = "bold red" if r["status"] == "WORSE" else ""
-            t.add_row(
-                r["scenario"], r["policy"], r["metric"], f"{r['stored']:,.2f}", f"{r['now']:,.2f}",
-                f"{r['change']:+.2%}", r["status"], style=style,
-            )
-        Console().print(t)
-        typer.echo(f"{len(worse)} metric(s) worse than the baseline" if len(worse) else "no regression")
-    if len(worse):
-        raise typer.Exit(EXIT_CHECK_FAILED)
-
-
-@app.command()
-def reproduce(
-    scenarios_dir: Annotated[Path, typer.Option("--scenarios-dir", help="folder with the paper scenarios")] = Path("scenarios"),
-    out: Annotated[Optional[Path], typer.Option("--out", "-o", help="write the markdown table here")] = None,
-    seeds: Annotated[int, typer.Option("--seeds", min=1)] = 1,
-    jobs: Annotated[int, typer.Option("--jobs", "-j", min=1)] = 1,
-    chunks: Annotated[bool, typer.Option("--chunks/--no-chunks", help="add the 2K/8K/32K chunk-size table")] = True,
-    json_: JsonOpt = False,
-) -> None:
-    """Reproduce the Seer paper's Table 4 ablation on the shipped paper scenarios."""
-    from seersim.report import atomic_write
-    from seersim.reproduce import chunk_markdown, chunk_sensitivity, to_markdown
-    from seersim.reproduce import reproduce as run_repro
-
-    with _cli_errors():
-        with _progress(not json_, "reproducing Table 4") as progress:
-            df = run_repro(scenarios_dir, seeds=seeds, jobs=jobs, progress=progress)
-        chunk_df = chunk_sensitivity(scenarios_dir, jobs=jobs) if chunks else None
-    md = to_markdown(df)
-    if chunk_df is not None:
-        md += (
-            "\n## Chunk size\n\nSpeedup over the baseline (and tail change) of the chunked policies with "
-            "2K / 8K / 32K-token chunks (DESIGN §6; the paper gives no chunk size, seersim's default is 8K):\n\n"
-            + chunk_markdown(chunk_df)
-        )
-    if out is not None:
-        header = (
-            "# Seer paper reproduction\n\nGenerated by `seersim reproduce --out "
-            f"{out}` (seeds: {seeds}). Paper: arXiv 2511.14617 v3, Table 4 (speedups are rollout-throughput ratios "
-            "over the baseline; tail reduction is 1 - tail/baseline tail). Assumptions: see each scenario file.\n\n"
-        )
-        atomic_write(out, lambda p: p.write_text(header + md))
-    if json_:
-        payload = {"table4": df.to_dict(orient="records")}
-        if chunk_df is not None:
-            payload["chunks"] = chunk_df.to_dict(orient="records")
-        typer.echo(json.dumps(payload, default=float))
-    else:
-        typer.echo(md)
+    with cli_errors():
+        path = write_report(folder, out)
+    typer.echo(f"report written to {path}")
 
 
 @app.command()
@@ -287,7 +91,7 @@ def specs() -> None:
             m.attention,
         )
     g = Table(title="GPUs")
-    for col in ("name", "memory (GB)", "HBM (TB/s)", "bf16 (TFLOPS)", "NVLink (GB/s/dir)"):
+    for col in ("name", "memory (GB)", "HBM (TB/s)", "bf16 (TFLOPS)", "NVLink (GB/s/dir)", "$/GPU-hour"):
         g.add_column(col)
     for s in GPUS.values():
         g.add_row(
@@ -296,6 +100,7 @@ def specs() -> None:
             f"{s.hbm_bandwidth_bytes_per_s / 1e12:.2f}",
             f"{s.peak_flops / 1e12:.0f}",
             f"{s.nvlink_bandwidth_bytes_per_s / 1e9:.0f}",
+            f"{s.gpu_hour_usd:.2f}",
         )
     c = Console()
     c.print(t)

@@ -37,3 +37,7 @@ class OutputError(SeersimError):
 
 class BackendError(SeersimError):
     """A live backend (vLLM servers) cannot be started, reached, or lost requests."""
+
+
+class ExecutorError(SeersimError):
+    """A study's executor cannot run (e.g. Ray is not installed or cannot start)."""

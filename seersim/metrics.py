@@ -69,6 +69,7 @@ def summarize(out: StepRecords, scenario: Scenario, policy: str, seed: int) -> d
         "rl_step_s": rl_step_s,
         "gpu_hours": gpu_hours,
         "cost_usd": gpu_hours * scenario.gpu.gpu_hour_usd,
+        "gpu_hour_usd": scenario.gpu.gpu_hour_usd,  # the price behind cost_usd (specs/gpus.py cites it)
     }
     summary.update(out.pool)
     return summary

@@ -11,7 +11,7 @@ import pytest
 from typer.testing import CliRunner
 
 import seersim
-from seersim import regress as rg
+from seersim.studies import regress as rg
 from seersim.cli import app
 from seersim.api import simulate_step
 from seersim.policies import REGISTRY, make_policy

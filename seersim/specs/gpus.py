@@ -15,6 +15,10 @@ _EFFICIENCY = (
     "HBM bandwidth in decode are typical of vLLM on Hopper (Vidur MLSys'24 profiles; "
     "DESIGN §5 'roofline realism')"
 )
+_PRICES = (
+    "https://www.mercatus-ai.com/blog/cloud-gpu-pricing (May 2026 on-demand $/GPU-hour, specialty clouds: "
+    "A100 80GB $1.10-1.50, H100 SXM $2.50-3.50, H200 SXM $3.50-4.50; hyperscalers charge more)"
+)
 _OVERHEAD = "assumed ~4 ms per iteration: vLLM scheduler + sampling + launch with CUDA graphs"
 
 GPUS: dict[str, GPUSpec] = {
@@ -32,7 +36,7 @@ GPUS: dict[str, GPUSpec] = {
                 "nvlink": _H100_SHEET + ": NVLink 900 GB/s bidirectional = 450 GB/s per direction",
                 "efficiency": _EFFICIENCY,
                 "step_overhead_s": _OVERHEAD,
-                "gpu_hour_usd": "assumed cloud on-demand price, edit per contract",
+                "gpu_hour_usd": "low end of the specialty-cloud H100 SXM range; edit per contract. " + _PRICES,
             },
         ),
         GPUSpec(
@@ -48,7 +52,7 @@ GPUS: dict[str, GPUSpec] = {
                 "scaleout": "Seer paper setup: 8 x 400 Gbps RDMA per node = 50 GB/s per GPU",
                 "efficiency": _EFFICIENCY,
                 "step_overhead_s": _OVERHEAD,
-                "gpu_hour_usd": "assumed, same as H100",
+                "gpu_hour_usd": "assumed equal to H100 SXM (H800 is not rented on the clouds surveyed). " + _PRICES,
             },
         ),
         GPUSpec(
@@ -63,7 +67,7 @@ GPUS: dict[str, GPUSpec] = {
                 "nvlink": _H200_SHEET + ": NVLink 900 GB/s bidirectional",
                 "efficiency": _EFFICIENCY,
                 "step_overhead_s": _OVERHEAD,
-                "gpu_hour_usd": "assumed cloud on-demand price",
+                "gpu_hour_usd": "low end of the specialty-cloud H200 SXM range. " + _PRICES,
             },
         ),
         GPUSpec(
@@ -81,7 +85,7 @@ GPUS: dict[str, GPUSpec] = {
                 "scaleout": "assumed 200 Gbps HDR InfiniBand per GPU (DGX A100)",
                 "efficiency": _EFFICIENCY,
                 "step_overhead_s": _OVERHEAD,
-                "gpu_hour_usd": "assumed cloud on-demand price",
+                "gpu_hour_usd": "high end of the specialty-cloud A100 80GB range. " + _PRICES,
             },
         ),
     ]
