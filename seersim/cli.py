@@ -16,6 +16,7 @@ from typing import Annotated, Optional
 import typer
 
 from seersim.cli_common import JsonOpt, OutOpt, PolicyOpt, SeedOpt, SetOpt, cli_errors, load, progress
+from seersim.backends.cli import app as live_app
 from seersim.studies.cli import app as studies_app
 
 app = typer.Typer(
@@ -25,6 +26,7 @@ app = typer.Typer(
     pretty_exceptions_enable=False,
 )
 app.add_typer(studies_app)  # compare, regress, reproduce, sweep, plan
+app.add_typer(live_app)  # serve-local, validate (live vLLM servers)
 
 
 @app.command()

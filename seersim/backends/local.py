@@ -54,6 +54,12 @@ class TinyModel:
         return 2 * self.layers * self.hidden_size * 2
 
 
+def default_model_dir() -> Path:
+    """Where `serve-local` keeps the tiny model: $SEERSIM_CACHE or ~/.cache/seersim."""
+    root = os.environ.get("SEERSIM_CACHE") or os.path.join(os.path.expanduser("~"), ".cache", "seersim")
+    return Path(root) / "tiny-llama"
+
+
 def build_tiny_model(out_dir: Path, spec: TinyModel = TinyModel()) -> Path:
     """Write a random-weight Llama (config + safetensors) to `out_dir`; no hub download.
 

@@ -52,12 +52,14 @@ METRICS_PERIOD_S = 1.0
 
 
 class LiveRunError(BackendError):
-    """A live run lost a server or a request: every failure and the records so far."""
+    """A live run lost a server or a request: every failure, the fate of every
+    unfinished request, and the request records so far (finished rows have finish_s)."""
 
-    def __init__(self, message: str, failures: list["ChunkFailure"], requests=None) -> None:
+    def __init__(self, message: str, failures: list["ChunkFailure"], unfinished: dict[int, str], requests=None) -> None:
         super().__init__(message)
         self.failures = failures
-        self.requests = requests  # DataFrame of the request table (finished rows have finish_s)
+        self.unfinished = unfinished  # request id -> why it did not finish
+        self.requests = requests
 
 
 @dataclass(frozen=True)
@@ -268,19 +270,28 @@ class VLLMBackend:
                 await asyncio.gather(sampler, *self._tasks, return_exceptions=True)
                 self._wake = None
         if self.failures:
-            raise LiveRunError(self._failure_report(), list(self.failures), self.table.to_frame())
+            unfinished = self._unfinished()
+            raise LiveRunError(self._failure_report(unfinished), list(self.failures), unfinished, self.table.to_frame())
 
-    def _failure_report(self) -> str:
+    def _unfinished(self) -> dict[int, str]:
+        """Why each unfinished request did not finish (none is left out)."""
         t = self.table
-        finished = int((~np.isnan(t.finish_s)).sum())
+        why = {int(r): f"waiting for dispatch after {int(t.chunks[r])} chunk(s)" for r in np.flatnonzero(np.isnan(t.finish_s))}
+        for f in self.failures:
+            why[f.request_id] = f"failed: {f.describe()}" if f.attempts else "not sent: dispatching stopped after a failure"
+        return why
+
+    def _failure_report(self, unfinished: dict[int, str]) -> str:
+        t = self.table
         failed = [f for f in self.failures if f.attempts > 0]
-        unsent = len(self.failures) - len(failed)
+        unsent = sum(1 for f in self.failures if not f.attempts)
+        waiting = len(unfinished) - len(failed) - unsent
         dead = ", ".join(self.servers[i].url for i in sorted(self._dead)) or "none"
         return (
             f"live run failed: {len(failed)} chunk(s) failed (dead server(s): {dead}); dispatching stopped and the "
-            f"chunks running elsewhere were allowed to finish. {finished} of {t.n} requests finished (their records are "
-            f"kept), {t.n - finished} did not ({unsent} chunk(s) not sent after the failure). Failed: "
-            + "; ".join(f.describe() for f in failed)
+            f"chunks running elsewhere were allowed to finish. {t.n - len(unfinished)} of {t.n} requests finished "
+            f"(their records are kept); of the {len(unfinished)} unfinished, {len(failed)} failed, {unsent} were not "
+            f"sent after the failure, {waiting} were waiting for dispatch. Failed: " + "; ".join(f.describe() for f in failed)
         )
 
     def end_step(self, abort: bool) -> BackendRecords:
