@@ -173,3 +173,78 @@ PROMPT_PUBLISH_REPRO = {
 def test_prompt_published_mid_stretch_is_visible_to_the_policy():
     ff, sbs = _both("divided", **PROMPT_PUBLISH_REPRO)
     _assert_equivalent(ff, sbs)
+
+
+# ---------------------------------------------------------------------- every policy
+KV_TIGHT = {**SMALL, "cluster.instances": 2, "engine.kv_capacity_tokens": 30000, "policy.chunk_tokens": 512}
+
+
+@pytest.mark.parametrize("policy", ["baseline", "divided", "context_aware", "seer", "oracle_lpt", "partial_rollout"])
+def test_every_policy_under_kv_pressure(policy):
+    ff, sbs = _both(policy, **KV_TIGHT)
+    _assert_equivalent(ff, sbs)
+
+
+def test_partial_rollout_across_steps():
+    """Over-issue, early step end (abort mid-stretch) and carry-over, three RL steps."""
+    ff, sbs = _both("partial_rollout", **{**SMALL, "steps": 3, "cluster.instances": 2})
+    assert len(ff.steps) == 3 and (ff.requests["generated_tokens"] > ff.requests["step_tokens"]).any()
+    _assert_equivalent(ff, sbs)
+
+
+def test_speculation_cut_short_by_kv(monkeypatch):
+    """A speculative stretch that KV, not a chunk end, cuts short (its binary search)."""
+    from seersim.engine.specdec import SpecDecoder
+
+    cuts = []
+    original = SpecDecoder._plan_decode
+
+    def recording(self, state):
+        plan = original(self, state)
+        cuts.append(plan.blocks_fn(plan.steps + 1) > state.stretch_block_limit())
+        return plan
+
+    monkeypatch.setattr(SpecDecoder, "_plan_decode", recording)
+    over = {**SMALL, "cluster.instances": 2, "engine.kv_capacity_tokens": 12000, "engine.speculation.mode": "fixed"}
+    ff, sbs = _both("baseline", **over)
+    assert ff.summary["preemptions"] > 0 and any(cuts), "scenario must cut speculative stretches by KV"
+    _assert_equivalent(ff, sbs)
+
+
+def test_abort_with_blocks_allocated(monkeypatch):
+    """Partial rollout ends the step while instances run sequences holding KV, some
+    with blocks a mid-stretch observer allocated early."""
+    from seersim.engine.instance import Instance
+
+    held = []
+    original = Instance.abort
+
+    def recording(self):
+        held.append((self.kv.used_blocks, self._kv_pre))
+        original(self)
+        assert self.kv.used_blocks == 0
+
+    monkeypatch.setattr(Instance, "abort", recording)
+    over = {**SMALL, "cluster.instances": 2, "policy.chunk_tokens": 256, "policy.imbalance_threshold": 0}
+    ff, sbs = _both("partial_rollout", **over)
+    assert any(used > 0 for used, _ in held), "some instance must hold KV when the step ends"
+    _assert_equivalent(ff, sbs)
+
+
+def test_dispatch_arriving_while_an_interrupted_stretch_settles(monkeypatch):
+    """A second chunk reaches an instance after a first one interrupted its stretch and
+    before the iteration in progress completes."""
+    from seersim.engine.instance import Instance
+
+    late = []
+    original = Instance.enqueue
+
+    def recording(self, request_id, left_tokens):
+        late.append(self._current is not None and self._current[0].steps > 1 and not self._interruptible)
+        original(self, request_id, left_tokens)
+
+    monkeypatch.setattr(Instance, "enqueue", recording)
+    over = {**SMALL, "cluster.instances": 4, "policy.chunk_tokens": 64, "policy.imbalance_threshold": 0}
+    ff, sbs = _both("divided", **over)
+    assert any(late), "scenario must deliver a chunk while a stretch settles"
+    _assert_equivalent(ff, sbs)

@@ -19,6 +19,7 @@ from simpy.core import EmptySchedule, StopSimulation
 from seersim.backends.base import BackendListener, BackendRecords, BackendStalled
 from seersim.config import Scenario
 from seersim.cost import CostModel, build_cost_model
+from seersim.engine.events import AFTER_STRETCHES, At, stretch_end_priority
 from seersim.engine.instance import Instance
 from seersim.engine.kvcache import KVCache
 from seersim.engine.kvpool import KVPool
@@ -44,6 +45,7 @@ class SimBackend:
         self._link_bytes_per_s = par.gpus * scenario.gpu.scaleout_bandwidth_bytes_per_s
         self.env = simpy.Environment()
         self.instances: list[Instance] = []
+        self._stop: At | None = None
 
     # ------------------------------------------------------------------ capacity, clock
     @property
@@ -78,8 +80,7 @@ class SimBackend:
         self.table = table
         self.listener = listener
         self.env = env = simpy.Environment()
-        self._stop = env.event()
-        self._stop.callbacks.append(StopSimulation.callback)
+        self._stop: At | None = None
         # full prompt blocks that prefix caching can share between siblings
         self.prompt_blocks = table.input_tokens // self._bs if eng.prefix_caching else np.zeros(table.n, np.int64)
         self.pool = KVPool(sc.kv_pool, self._nodes, sc.model.kv_bytes_per_token)
@@ -93,15 +94,15 @@ class SimBackend:
                 table,
                 self.prompt_blocks,
                 self._on_chunk_done,
-                SpecDecoder(spec, groups) if spec.mode != "none" else None,
+                SpecDecoder(spec, groups, self.cost) if spec.mode != "none" else None,
+                stretch_end_priority(i, self.num_instances),
             )
             for i in range(self.num_instances)
         ]
 
     def call_soon(self, callback: Callable[[], None]) -> None:
-        ev = self.env.event()
+        ev = At(self.env, 0.0, AFTER_STRETCHES)  # after every stretch ending at this instant
         ev.callbacks.append(lambda _event: callback())
-        ev.succeed()  # runs after every event already queued for this instant
 
     def run(self) -> None:
         env = self.env
@@ -114,8 +115,9 @@ class SimBackend:
             raise BackendStalled("no chunk is running or due") from None
 
     def stop(self) -> None:
-        if not self._stop.triggered:
-            self._stop.succeed()
+        if self._stop is None:
+            self._stop = At(self.env, 0.0, AFTER_STRETCHES)
+            self._stop.callbacks.append(StopSimulation.callback)
 
     def end_step(self, abort: bool) -> BackendRecords:
         for inst in self.instances:
