@@ -119,6 +119,16 @@ def policies() -> None:
         typer.echo(f"{name:16s} {doc}")
 
 
+def _register_subapps() -> None:
+    from seersim.calibrate.cli import app as calibrate_app, profile_cmd
+
+    app.add_typer(calibrate_app, name="calibrate")
+    app.command("profile")(profile_cmd)
+
+
+_register_subapps()
+
+
 def main() -> None:
     app()
 

@@ -32,11 +32,12 @@ import numpy as np
 import simpy
 
 from seersim.config import EngineConfig
-from seersim.cost import CostModel, HeadStretch, LinearStretch, TabulatedStretch
+from seersim.cost import CostModel
 from seersim.engine.batch import Plan, RunningBatch
 from seersim.engine.events import AFTER_STRETCHES, At
 from seersim.engine.kvcache import KVCache, prompt_key
 from seersim.engine.specdec import SpecDecoder
+from seersim.engine.stretch import HeadStretch, LinearStretch, TabulatedStretch
 from seersim.errors import SimulationError
 from seersim.requests import RequestTable
 

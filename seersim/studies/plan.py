@@ -33,11 +33,13 @@ import pandas as pd
 import yaml
 
 from seersim.config import Scenario
-from seersim.cost import LinearStretch, build_cost_model
-from seersim.engine import Cluster
+from seersim.cost import build_cost_model
+from seersim.engine.stretch import LinearStretch
+from seersim.engine import SimBackend
 from seersim.engine.specdec import MAX_DRAFT, PAPER_ACCEPTANCE, alpha_for_tau, tau
 from seersim.errors import ScenarioError, SpecError
-from seersim.policies import make_policy, policy_class
+from seersim.policies import policy_class
+from seersim.requests import GroupProgress, RequestTable
 from seersim.specs import GPUS, MODELS
 from seersim.studies.runner import Executor, Outcome, Progress, Runner, make_task, run_all
 from seersim.studies.sweep import Point, check_grid_keys, grid_points, parse_grid, point_scenario, resolve_policies
@@ -113,10 +115,11 @@ class Plan:
 def memory_error(scenario: Scenario, workload: Workload) -> str | None:
     """Why the engine would refuse this set-up up front (None when it fits).
 
-    Builds the cluster without running it: its constructor is the engine's KV check.
+    Opens a simulated step without running it: the backend's KV checks.
     """
     try:
-        Cluster(scenario, workload, make_policy(scenario.policy))
+        table = RequestTable(workload)
+        SimBackend(scenario).begin_step(table, GroupProgress(table.group_id), listener=None)  # type: ignore[arg-type]
     except SpecError as exc:
         return str(exc)
     return None
