@@ -18,7 +18,6 @@ import typer
 
 from seersim.errors import SeersimError
 
-EXIT_OK = 0
 EXIT_CHECK_FAILED = 1
 EXIT_BAD_INPUT = 2
 EXIT_STALE_BASELINE = 3  # `regress`: metrics improved beyond the tolerance; run `seersim regress --update`
@@ -62,7 +61,7 @@ def split_csv(csv: str | None) -> list[str] | None:
     return [x.strip() for x in csv.split(",") if x.strip()] if csv else None
 
 
-PLAIN_EVERY_S = 5.0  # off a terminal, a progress line at most this often (plus every 10%)
+PLAIN_EVERY_S = 5.0  # off a terminal: a line per 10% of the work, and one at least this often while work finishes
 
 
 @contextmanager

@@ -71,3 +71,9 @@ def traces_dir() -> Path:
     if not TRACES.is_dir():
         pytest.skip(f"public traces not available: {TRACES} is absent")
     return TRACES
+
+
+# small.yaml cut down for studies that run many points (sweep, plan, report tests):
+# 4 prompts x 8 responses of at most 1,024 tokens, a few ms per simulation.
+TINY = {"workload.prompts": 4, "workload.max_tokens": 1024, "workload.output_tokens.mean": 300}
+TINY_SETS = [a for k, v in TINY.items() for a in ("--set", f"{k}={v}")]

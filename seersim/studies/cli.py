@@ -329,7 +329,7 @@ def _print_plan(result, out: Path | None) -> None:
         typer.echo(
             f"best: {', '.join(f'{k}={v}' for k, v in b['overrides'].items())}: rl_step_s={b['rl_step_s']:,.1f} s "
             f"(target {result.target_step_s:g} s), {b['gpu_hours']:.4f} GPU-hours, ${b['cost_usd']:.4f} per RL step "
-            f"at ${b['gpu_hour_usd']:g}/GPU-hour for {b['gpu_type']} ({b['gpu_hour_usd_source'] or 'price without a source'})"
+            f"at ${b['gpu_hour_usd']:g}/GPU-hour for {b['gpu_type']} ({(b['gpu_hour_usd_source'] or 'no source given').split('. ')[0]})"
         )
     if out is not None:
         typer.echo(f"plan, Pareto plot{' and best.yaml' if b else ''} written to {out}/")

@@ -4,8 +4,8 @@ The search space is a grid of scenario overrides (instance count, parallelism, G
 type, chunk size, ...) × policies, one seed. Instead of simulating every point, the
 planner prunes with bounds that never discard the optimum:
 
-1. memory — the engine's up-front KV check rejects set-ups whose weights or longest
-   request do not fit an instance (no simulation needed);
+1. memory — set-ups whose weights, or whose longest possible request, do not fit an
+   instance's KV capacity (the engine's `kv_capacity_blocks`) are never simulated;
 2. roofline — a lower bound on the step's makespan from the cost model alone: the
    total output tokens over the fleet's peak decode rate, and the longest request
    decoded alone at batch 1 (speculation counted at its best acceptance). A point whose
@@ -33,13 +33,11 @@ import pandas as pd
 import yaml
 
 from seersim.config import Scenario
-from seersim.cost import build_cost_model
-from seersim.engine.stretch import LinearStretch
-from seersim.engine import SimBackend
+from seersim.cost import LinearStretch, build_cost_model
+from seersim.engine import kv_capacity_blocks
 from seersim.engine.specdec import MAX_DRAFT, PAPER_ACCEPTANCE, alpha_for_tau, tau
 from seersim.errors import ScenarioError, SpecError
 from seersim.policies import policy_class
-from seersim.requests import GroupProgress, RequestTable
 from seersim.specs import GPUS, MODELS
 from seersim.studies.runner import Executor, Outcome, Progress, Runner, make_task, run_all
 from seersim.studies.sweep import Point, check_grid_keys, grid_points, parse_grid, point_scenario, resolve_policies
@@ -113,15 +111,17 @@ class Plan:
 
 # ------------------------------------------------------------------ bounds
 def memory_error(scenario: Scenario, workload: Workload) -> str | None:
-    """Why the engine would refuse this set-up up front (None when it fits).
-
-    Opens a simulated step without running it: the backend's KV checks.
-    """
+    """Why the engine would refuse this set-up up front (None when it fits): its KV
+    capacity per instance (`kv_capacity_blocks`: memory less weights and reserve) must
+    hold the longest request the step can produce, prompt plus max_tokens."""
     try:
-        table = RequestTable(workload)
-        SimBackend(scenario).begin_step(table, GroupProgress(table.group_id), listener=None)  # type: ignore[arg-type]
+        blocks = kv_capacity_blocks(scenario)
     except SpecError as exc:
         return str(exc)
+    bs = scenario.engine.block_size_tokens
+    longest = max((r.input_tokens for r in workload.requests), default=0) + workload.max_tokens
+    if -(-longest // bs) > blocks:
+        return f"one request can reach {longest} tokens but an instance holds only {blocks * bs} tokens of KV"
     return None
 
 
@@ -292,8 +292,9 @@ class _Search:
                 families.setdefault(c.family, []).append(c)
         for fam in families.values():
             fam.sort(key=lambda c: c.instances)
-        # (lo, hi): members ≤ lo miss the target, members ≥ hi meet it (by monotonicity)
-        state = {k: [-1, None] for k in families}
+        # (lo, hi): members ≤ lo miss the target, members ≥ hi meet it (by monotonicity);
+        # a lone member has nothing to prune by monotonicity: it goes to branch and bound
+        state = {k: [-1, 0 if len(fam) == 1 else None] for k, fam in families.items()}
         while True:
             probes = {}
             for k, fam in families.items():

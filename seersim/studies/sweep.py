@@ -233,9 +233,15 @@ def _prepare(out: Path, spec: dict, overwrite: bool) -> None:
             )
     elif out.is_dir() and any(out.iterdir()) and not spec_path.is_file() and not overwrite:
         raise OutputError(f"--out {out} exists and is not a sweep folder; choose another --out or pass --overwrite")
-    if overwrite:
-        for f in (out / POINTS_DIR).glob("*.json") if (out / POINTS_DIR).is_dir() else ():
+    points = out / POINTS_DIR
+    if points.is_dir():
+        # a kill during an atomic write leaves its hidden temporary file: never a point
+        for f in points.glob(".*"):
             f.unlink()
+        if overwrite:
+            for f in points.glob("*.json"):
+                f.unlink()
+    if overwrite:
         for f in out.glob(f"{RESULTS}.*"):
             f.unlink()
     write_json(spec_path, spec)
