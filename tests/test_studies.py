@@ -23,7 +23,7 @@ def test_tasks_are_plain_data_and_workers_rebuild_the_cost_model():
     """A scenario whose cost parameters differ (here the GPU's achieved efficiency) gives
     the same numbers in worker processes as in-process: the worker rebuilds the cost
     model from the scenario it receives; no live object crosses the process boundary."""
-    sc = load_small(**TINY, **{"gpu.flops_efficiency": 0.2, "gpu.step_overhead_s": 0.01})
+    sc = load_small(**TINY, **{"gpu.flops_efficiency": 0.2, "cost.step_overhead_s": 0.01})
     tasks = [make_task(sc, p, 0, key=p) for p in ("baseline", "divided", "seer")]
     assert all(type(v).__module__ == "builtins" for t in tasks for v in t.scenario.values())
     pickle.dumps(tasks)
