@@ -95,6 +95,30 @@ def test_profile_table_has_iteration_rows(servers):
     assert list(decode["batch_size"]) == [1, 4]
 
 
+def test_validate_writes_the_report(servers, tmp_path):
+    """Profile → calibrate → live + simulated runs → validation.json with the issue's keys."""
+    import json
+
+    from seersim.profile.vllm import ProfileGrid
+    from seersim.studies.validate import validate, write_validation
+
+    sc = seersim.load_scenario(SCENARIO, **SMALL)
+    grid = ProfileGrid(batch_sizes=(1, 4, 8, 16), context_tokens=(128, 256), prefill_tokens=(128, 512), repeats=1)
+    res = validate(sc, servers.urls, repeats=1, work_dir=tmp_path, grid=grid)
+    write_validation(tmp_path, res)
+    report = json.loads((tmp_path / "validation.json").read_text())
+    assert report["servers"] == servers.urls and report["repeats"] == 1
+    assert isinstance(report["ranking_agrees"], bool)
+    assert [p["policy"] for p in report["policies"]] == ["baseline", "divided", "context_aware"]
+    for p in report["policies"]:
+        assert p["live_makespan_s"] > 0 and p["sim_makespan_s"] > 0
+        assert p["makespan_error"] == pytest.approx((p["sim_makespan_s"] - p["live_makespan_s"]) / p["live_makespan_s"])
+    for name in ("finish_cdf.png", "profile.csv", "profile.csv.meta.json", "calibration.yaml"):
+        assert (tmp_path / name).is_file(), name
+    live = res.live_requests
+    assert len(live) == 3 * sc.workload.prompts * sc.workload.group_size and not live["finish_s"].isna().any()
+
+
 def test_killed_server_reports_failures_and_keeps_finished_records(servers):
     """Kill one server mid-run: LiveRunError naming it, the finished requests' records,
     and every other request accounted for (failed, not sent, or never dispatched)."""
