@@ -475,6 +475,8 @@ def run_live(
     result = RunResult(scenario=scenario, policy=scenario.policy.name, seed=seed)
     for step, out in enumerate(rollout_steps(scenario, backend, rng, workload, progress)):
         summary = summarize(out, scenario, scenario.policy.name, seed)
+        # preemptions are not observable per request live: the servers' counters
+        summary["preemptions"] = int(out.instances["preemptions"].sum())
         summary["step"] = step
         result.steps.append(StepResult(step, summary, out.requests, out.instances, out.timeline))
     return result
