@@ -15,6 +15,7 @@ from typing import Annotated, Optional
 
 import typer
 
+from seersim.backends.cli import app as live_app
 from seersim.cli_common import JsonOpt, OutOpt, OverwriteOpt, PolicyOpt, SeedOpt, SetOpt, cli_errors, load
 from seersim.studies.cli import app as studies_app
 
@@ -25,6 +26,7 @@ app = typer.Typer(
     pretty_exceptions_enable=False,
 )
 app.add_typer(studies_app)  # compare, regress, reproduce, sweep, plan
+app.add_typer(live_app)  # serve-local, validate (live vLLM servers)
 
 
 @app.command()

@@ -43,5 +43,9 @@ class LimitError(SeersimError):
     """A run would exceed one of the scenario's `limits` (work or memory), so it is refused up front."""
 
 
+class BackendError(SeersimError):
+    """A live backend (vLLM servers) cannot be started, reached, or lost requests."""
+
+
 class ExecutorError(SeersimError):
     """A study's executor cannot run (e.g. Ray is not installed or cannot start)."""

@@ -14,6 +14,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from pathlib import Path
 
+import numpy as np
 import pandas as pd
 import yaml
 
@@ -59,9 +60,17 @@ def read_acceptance_log(path: str | Path) -> pd.DataFrame:
     return d[d["draft_tokens"] > 0]
 
 
-def fit_acceptance(log: pd.DataFrame, reference_draft_tokens: int = 8) -> AcceptanceFit:
-    from seersim.engine.specdec import tau
+def tau(alpha: float | np.ndarray, gamma: int | np.ndarray):
+    """Mean tokens emitted per verification with γ drafts at per-token acceptance α:
+    1 + α + α² + … + α^γ."""
+    alpha = np.asarray(alpha, dtype=float)
+    g = np.asarray(gamma)
+    safe = np.minimum(alpha, 1.0 - 1e-12)
+    out = (1.0 - safe ** (g + 1)) / (1.0 - safe)
+    return np.where(alpha >= 1.0, g + 1.0, out)
 
+
+def fit_acceptance(log: pd.DataFrame, reference_draft_tokens: int = 8) -> AcceptanceFit:
     table, alpha, steps = {}, {}, {}
     dropped = 0
     for refs, g in log.groupby("references"):

@@ -123,8 +123,10 @@ def _ints(csv: str | None) -> tuple[int, ...] | None:
 
 
 def profile_cmd(
-    model: Annotated[str, typer.Option("--model", "-m", help="catalog model, e.g. qwen2.5-7b")],
     out: Annotated[Path, typer.Option("--out", "-o", help="profiling table to write (CSV + .meta.json)")],
+    model: Annotated[Optional[str], typer.Option("--model", "-m", help="torch: catalog model, e.g. qwen2.5-7b")] = None,
+    backend: Annotated[str, typer.Option("--backend", help="torch (operators) or vllm (live servers' iterations)")] = "torch",
+    url: Annotated[Optional[str], typer.Option("--url", help="vllm: comma-separated server URLs")] = None,
     device: Annotated[str, typer.Option("--device", help="torch device: cuda, cuda:1, cpu")] = "cuda",
     gpu: Annotated[Optional[str], typer.Option("--gpu", help="catalog GPU this runs on (recorded for calibration)")] = None,
     tp: Annotated[int, typer.Option("--tp", help="tensor-parallel degree whose shard shapes are timed")] = 1,
@@ -134,13 +136,36 @@ def profile_cmd(
     batches: Annotated[Optional[str], typer.Option("--batches", help="decode attention batch sizes")] = None,
     contexts: Annotated[Optional[str], typer.Option("--contexts", help="decode attention context lengths")] = None,
     prefill: Annotated[Optional[str], typer.Option("--prefill", help="prefill attention lengths")] = None,
-    repeats: Annotated[int, typer.Option("--repeats", help="timed repeats per point (median kept)")] = 10,
+    repeats: Annotated[int, typer.Option("--repeats", help="timed repeats per point (median kept; vllm default 3)")] = 10,
 ) -> None:
-    """Time a catalog model's operators with torch at its TP-shard shapes (random weights)
-    and write a `seersim-profile/1` table for `seersim calibrate cost`. Needs torch
-    (`pip install 'seersim[gpu]'`)."""
+    """Write a `seersim-profile/1` table for `seersim calibrate cost`: a catalog model's
+    operators timed with torch at its TP-shard shapes (`--backend torch`, needs
+    `seersim[gpu]`), or live vLLM servers' iterations over a grid of batch sizes ×
+    context lengths (`--backend vllm --url ...`, needs `seersim[vllm]`)."""
     with cli_errors():
-        from seersim.errors import SpecError
+        from seersim.errors import ScenarioError, SpecError
+
+        if backend == "vllm":
+            from seersim.profile.vllm import ProfileGrid as LiveGrid, profile_vllm
+
+            base = LiveGrid()
+            grid = LiveGrid(
+                batch_sizes=tuple(_ints(batches) or base.batch_sizes),
+                context_tokens=tuple(_ints(contexts) or base.context_tokens),
+                prefill_tokens=tuple(_ints(prefill) or base.prefill_tokens),
+                repeats=repeats if repeats != 10 else base.repeats,
+            )
+            from seersim.cli_common import split_csv
+            from seersim.profile.table import write_profile_table
+
+            rows, meta = profile_vllm(split_csv(url) or [], grid, gpu=gpu or "vllm-server")
+            write_profile_table(rows, out, {**meta, "command": _command()})
+            typer.echo(f"profiled {len(rows)} iteration points on {len(meta['servers'])} vLLM server(s): wrote {out}")
+            return
+        if backend != "torch":
+            raise ScenarioError(f"--backend {backend!r}: use torch or vllm")
+        if model is None:
+            raise ScenarioError("--model: name the catalog model to profile with --backend torch (e.g. qwen2.5-7b)")
         from seersim.profile.table import write_profile_table
         from seersim.profile.torch_ops import ProfileGrid, profile_model, provenance
         from seersim.specs import get_gpu, get_model

@@ -32,7 +32,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from seersim.calibrate.acceptance import load_acceptance
+from seersim.calibrate.acceptance import load_acceptance, tau
 from seersim.config import SpeculationConfig
 from seersim.cost import CostModel, StepLines
 from seersim.engine.batch import Q, EngineState, Plan, RunningBatch
@@ -45,16 +45,6 @@ PRIORITY_LAMBDA = 2.0
 # Paper Table 2 (the shipped default calibration, seersim/calibrate/data/): mean accepted
 # length incl. bonus, by finished references n, per draft paths.
 PAPER_ACCEPTANCE: dict[int, dict[int, float]] = load_acceptance()["paths"]
-
-
-def tau(alpha: float | np.ndarray, gamma: int | np.ndarray):
-    """Mean tokens emitted per verification with γ drafts at per-token acceptance α:
-    1 + α + α² + … + α^γ."""
-    alpha = np.asarray(alpha, dtype=float)
-    g = np.asarray(gamma)
-    safe = np.minimum(alpha, 1.0 - 1e-12)
-    out = (1.0 - safe ** (g + 1)) / (1.0 - safe)
-    return np.where(alpha >= 1.0, g + 1.0, out)
 
 
 def alpha_for_tau(tau_value: float, gamma: int) -> float:
