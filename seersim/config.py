@@ -207,6 +207,31 @@ class KVPoolConfig(_Strict):
     )
 
 
+# --------------------------------------------------------------------------- cost model
+class CostConfig(_Strict):
+    """Which step-time model prices an engine iteration (`seersim/cost/`, a registry).
+
+    `calibrated` (default) reads a calibration file written by `seersim calibrate cost`
+    (omitted: the one shipped for the scenario's GPU); `roofline` is the analytic model
+    with achieved efficiencies; any other name is a registered model or a dotted import
+    path `package.module:Class` whose class has `from_scenario(scenario)`.
+    """
+
+    model: str = Field("calibrated", description="'calibrated', 'roofline', a registered name or 'pkg.module:Class'")
+    file: str | None = Field(
+        None, description="calibrated: calibration file, relative to the scenario's folder (default: shipped for the GPU)"
+    )
+    engine_kind: Literal["vllm-v1", "vllm-v0"] = Field(
+        "vllm-v1", description="serving engine whose per-iteration CPU overhead is the default (seersim/cost/overhead.py)"
+    )
+    step_overhead_s: Seconds | None = Field(
+        None, description="per-iteration overhead; default: the calibration's fitted value, else the engine kind's"
+    )
+    flops_efficiency: Fraction | None = Field(None, description="roofline: achieved/peak FLOP/s (default: GPU spec)")
+    bandwidth_efficiency: Fraction | None = Field(None, description="roofline: achieved/peak HBM (default: GPU spec)")
+    options: dict[str, Any] = Field(default_factory=dict, description="keyword arguments for a user's own model")
+
+
 # --------------------------------------------------------------------------- limits
 class LimitsConfig(_Strict):
     """Bounds on one run's work, checked from the scenario before anything is built
@@ -239,6 +264,7 @@ class Scenario(_Strict):
     workload: SyntheticWorkload | ReplayWorkload = Field(discriminator="kind")
     policy: PolicyConfig = PolicyConfig()
     kv_pool: KVPoolConfig = KVPoolConfig()
+    cost: CostConfig = CostConfig()
     limits: LimitsConfig = LimitsConfig()
     training_s: Seconds = Field(0.0, description="training time per RL step, for whole-iteration reports")
     base_dir: str = Field(".", description="folder relative trace paths resolve against (set by the loader)")

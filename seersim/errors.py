@@ -41,3 +41,7 @@ class BadOption(SeersimError):
 
 class LimitError(SeersimError):
     """A run would exceed one of the scenario's `limits` (work or memory), so it is refused up front."""
+
+
+class ExecutorError(SeersimError):
+    """A study's executor cannot run (e.g. Ray is not installed or cannot start)."""

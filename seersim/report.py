@@ -31,7 +31,10 @@ SUMMARY_ROWS = [
     ("gpu_utilization", "GPU busy fraction", "{:.1%}"),
     ("idle_gpu_s", "idle GPU-seconds", "{:,.0f}"),
     ("kv_capacity_tokens_per_instance", "KV capacity / instance", "{:,} tok"),
+    ("rl_step_s", "RL step (rollout + training_s)", "{:,.1f} s"),
+    ("gpu_hours", "GPU-hours per RL step", "{:,.3f}"),
     ("cost_usd", "cost of the RL step", "${:,.2f}"),
+    ("gpu_hour_usd", "price per GPU-hour (gpu.gpu_hour_usd)", "${:,.2f}"),
 ]
 
 

@@ -22,16 +22,18 @@ def load_small(**overrides) -> seersim.Scenario:
 
 
 def run_cluster(scenario: seersim.Scenario, seed: int | None = None):
-    """Build the workload and run one Cluster directly; returns (cluster, SimOutput, workload)."""
-    from seersim.engine import Cluster
+    """Build the workload and run one step through the driver on the simulated backend;
+    returns (driver, StepRecords, workload)."""
+    from seersim.driver import Driver
+    from seersim.engine import SimBackend
     from seersim.policies import make_policy
     from seersim.workload import build_workload
 
     rng = np.random.default_rng(scenario.seed if seed is None else seed)
     wl = build_workload(scenario, rng)
-    cluster = Cluster(scenario, wl, make_policy(scenario.policy))
-    out = cluster.run()
-    return cluster, out, wl
+    driver = Driver(SimBackend(scenario), make_policy(scenario.policy), wl)
+    out = driver.run()
+    return driver, out, wl
 
 
 def assert_frames_equivalent(a: pd.DataFrame, b: pd.DataFrame, rtol: float = 1e-9) -> None:
@@ -85,3 +87,9 @@ PUBLIC_TRACES = "public serving traces (Mooncake, Azure LLM inference, Vidur-pro
 @pytest.fixture(scope="session")
 def traces_dir() -> Path:
     return require_shared(TRACES, PUBLIC_TRACES)
+
+
+# small.yaml cut down for studies that run many points (sweep, plan, report tests):
+# 4 prompts x 8 responses of at most 1,024 tokens, a few ms per simulation.
+TINY = {"workload.prompts": 4, "workload.max_tokens": 1024, "workload.output_tokens.mean": 300}
+TINY_SETS = [a for k, v in TINY.items() for a in ("--set", f"{k}={v}")]

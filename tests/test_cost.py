@@ -10,7 +10,8 @@ from hypothesis import assume, given, settings
 from hypothesis import strategies as st
 
 from seersim.config import Parallelism
-from seersim.cost import HeadStretch, LinearStretch, RooflineCost, StepLines, TabulatedStretch
+from seersim.cost import RooflineCost, StepLines
+from seersim.engine.stretch import HeadStretch, LinearStretch, TabulatedStretch
 from seersim.specs import get_gpu, get_model
 
 

@@ -173,3 +173,109 @@ PROMPT_PUBLISH_REPRO = {
 def test_prompt_published_mid_stretch_is_visible_to_the_policy():
     ff, sbs = _both("divided", **PROMPT_PUBLISH_REPRO)
     _assert_equivalent(ff, sbs)
+
+
+# --------------------------------------------------------------------------- every cost model
+def _iteration_calibration(tmp_path) -> str:
+    """A small iteration-table calibration (piecewise-linear in tokens) written to a file."""
+    from seersim.cost.calibration import Calibration, IterationFit, save_calibration
+
+    fit = IterationFit(6e-4, (1.0, 64.0, 512.0, 4096.0), (0.0, 1e-3, 5e-3, 3e-2), 2e-8, 1e-5)
+    path = tmp_path / "iteration.yaml"
+    save_calibration(Calibration("iteration", "h100-sxm", iteration=fit, model="qwen2.5-7b", step_overhead_s=6e-4), path)
+    return str(path)
+
+
+@pytest.mark.parametrize("cost", ["calibrated", "roofline", "iteration"])
+@pytest.mark.parametrize("policy", ["baseline", "divided", "seer"])
+def test_equivalence_under_each_cost_model(tmp_path, cost, policy):
+    """Fast-forward stays exact whichever cost model prices the iterations (the kernel-curves
+    model is piecewise in tokens, the iteration fit is one line in context)."""
+    spec = {"model": cost} if cost != "iteration" else {"model": "calibrated", "file": _iteration_calibration(tmp_path)}
+    overrides = {
+        **SMALL,
+        "workload.prompts": 12,
+        "cluster.instances": 2,
+        "engine.kv_capacity_tokens": 40000,
+        "policy.chunk_tokens": 1024,
+        "policy.imbalance_threshold": 2,
+        "cost": spec,
+    }
+    ff, sbs = _both(policy, **overrides)
+    assert ff.summary["preemptions"] + ff.summary["migrations"] + ff.summary["chunks"] > 0
+    _assert_equivalent(ff, sbs)
+
+
+# ---------------------------------------------------------------------- every policy
+KV_TIGHT = {**SMALL, "cluster.instances": 2, "engine.kv_capacity_tokens": 30000, "policy.chunk_tokens": 512}
+
+
+@pytest.mark.parametrize("policy", ["baseline", "divided", "context_aware", "seer", "oracle_lpt", "partial_rollout"])
+def test_every_policy_under_kv_pressure(policy):
+    ff, sbs = _both(policy, **KV_TIGHT)
+    _assert_equivalent(ff, sbs)
+
+
+def test_partial_rollout_across_steps():
+    """Over-issue, early step end (abort mid-stretch) and carry-over, three RL steps."""
+    ff, sbs = _both("partial_rollout", **{**SMALL, "steps": 3, "cluster.instances": 2})
+    assert len(ff.steps) == 3 and (ff.requests["generated_tokens"] > ff.requests["step_tokens"]).any()
+    _assert_equivalent(ff, sbs)
+
+
+def test_speculation_cut_short_by_kv(monkeypatch):
+    """A speculative stretch that KV, not a chunk end, cuts short (its binary search)."""
+    from seersim.engine.specdec import SpecDecoder
+
+    cuts = []
+    original = SpecDecoder._plan_decode
+
+    def recording(self, state):
+        plan = original(self, state)
+        cuts.append(plan.blocks_fn(plan.steps + 1) > state.stretch_block_limit())
+        return plan
+
+    monkeypatch.setattr(SpecDecoder, "_plan_decode", recording)
+    over = {**SMALL, "cluster.instances": 2, "engine.kv_capacity_tokens": 12000, "engine.speculation.mode": "fixed"}
+    ff, sbs = _both("baseline", **over)
+    assert ff.summary["preemptions"] > 0 and any(cuts), "scenario must cut speculative stretches by KV"
+    _assert_equivalent(ff, sbs)
+
+
+def test_abort_with_blocks_allocated(monkeypatch):
+    """Partial rollout ends the step while instances run sequences holding KV, some
+    with blocks a mid-stretch observer allocated early."""
+    from seersim.engine.instance import Instance
+
+    held = []
+    original = Instance.abort
+
+    def recording(self):
+        held.append((self.kv.used_blocks, self._kv_pre))
+        original(self)
+        assert self.kv.used_blocks == 0
+
+    monkeypatch.setattr(Instance, "abort", recording)
+    over = {**SMALL, "cluster.instances": 2, "policy.chunk_tokens": 256, "policy.imbalance_threshold": 0}
+    ff, sbs = _both("partial_rollout", **over)
+    assert any(used > 0 for used, _ in held), "some instance must hold KV when the step ends"
+    _assert_equivalent(ff, sbs)
+
+
+def test_dispatch_arriving_while_an_interrupted_stretch_settles(monkeypatch):
+    """A second chunk reaches an instance after a first one interrupted its stretch and
+    before the iteration in progress completes."""
+    from seersim.engine.instance import Instance
+
+    late = []
+    original = Instance.enqueue
+
+    def recording(self, request_id, left_tokens):
+        late.append(self._current is not None and self._current[0].steps > 1 and not self._interruptible)
+        original(self, request_id, left_tokens)
+
+    monkeypatch.setattr(Instance, "enqueue", recording)
+    over = {**SMALL, "cluster.instances": 4, "policy.chunk_tokens": 64, "policy.imbalance_threshold": 0}
+    ff, sbs = _both("divided", **over)
+    assert any(late), "scenario must deliver a chunk while a stretch settles"
+    _assert_equivalent(ff, sbs)

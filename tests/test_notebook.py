@@ -1,4 +1,5 @@
-"""Execute notebooks/what_if.ipynb end to end, so the notebook cannot rot."""
+"""Execute every notebook in notebooks/ end to end, so none can rot; each one's computed
+conclusion is checked (`EXPECT`)."""
 
 from __future__ import annotations
 
@@ -8,7 +9,20 @@ from pathlib import Path
 import pytest
 
 REPO = Path(__file__).resolve().parents[1]
-NOTEBOOK = REPO / "notebooks" / "what_if.ipynb"
+NOTEBOOKS = sorted((REPO / "notebooks").glob("*.ipynb"))
+# notebook -> patterns its executed output must contain (its conclusion, computed)
+EXPECT: dict[str, list[str]] = {
+    "what_if.ipynb": [
+        r"instances: fastest policy is \w+",
+        # the chunk sweep's optimum lies inside the range it tries, for each chunked policy
+        r"\(a\) divided: best chunk_tokens = \d+, inside the tried range",
+        r"\(a\) context_aware: best chunk_tokens = \d+, inside the tried range",
+    ],
+    "capacity_planning.ipynb": [
+        r"plan: cheapest configuration meeting [\d.]+ s is cluster\.instances=\d+",
+        r"plan agrees with the brute-force sweep: True \((\d+) simulations instead of 16\)",
+    ],
+}
 
 nbformat = pytest.importorskip("nbformat", reason="nbformat is not installed (pip install -e '.[test]')")
 nbclient = pytest.importorskip("nbclient", reason="nbclient is not installed (pip install -e '.[test]')")
@@ -37,15 +51,19 @@ def _output_text(output) -> str:
     return data.get("text/plain", "")
 
 
+def test_the_shipped_notebooks_are_all_checked():
+    assert {"what_if.ipynb", "capacity_planning.ipynb"} <= {p.name for p in NOTEBOOKS}
+
+
 @pytest.mark.slow
-def test_what_if_notebook_executes():
-    assert NOTEBOOK.is_file(), f"{NOTEBOOK} is missing"
+@pytest.mark.parametrize("notebook", NOTEBOOKS, ids=[p.stem for p in NOTEBOOKS])
+def test_notebook_executes(notebook):
     _ensure_python3_kernel()
-    nb = nbformat.read(NOTEBOOK, as_version=4)
+    nb = nbformat.read(notebook, as_version=4)
     # stored without outputs (keeps diffs reviewable)
     for cell in nb.cells:
         if cell.cell_type == "code":
-            assert not cell.get("outputs"), "store notebooks/what_if.ipynb without outputs"
+            assert not cell.get("outputs"), f"store notebooks/{notebook.name} without outputs"
     client = nbclient.NotebookClient(
         nb, timeout=600, kernel_name="python3", resources={"metadata": {"path": str(REPO / "notebooks")}}
     )
@@ -56,6 +74,6 @@ def test_what_if_notebook_executes():
     assert not errors, "\n".join(f"{e.get('ename')}: {e.get('evalue')}" for e in errors)
     text = "\n".join(_output_text(o) for o in outputs)
     assert re.search(r"\d+\.\d+", text), "no numeric output in the executed notebook"
-    # the computed conclusion names a fastest policy per instance count
-    assert re.search(r"instances: fastest policy is \w+", text), text[-2000:]
+    for pattern in EXPECT.get(notebook.name, []):
+        assert re.search(pattern, text), f"{notebook.name}: no output matches {pattern!r}\n{text[-2000:]}"
     assert any("image/png" in o.get("data", {}) for o in outputs), "no figure was rendered"

@@ -9,7 +9,7 @@ from pathlib import Path
 from typer.testing import CliRunner
 
 from seersim.cli import app
-from seersim.reproduce import CHUNKS, PAPER
+from seersim.studies.reproduce import CHUNKS, PAPER
 
 REPO = Path(__file__).resolve().parents[1]
 

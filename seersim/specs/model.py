@@ -7,11 +7,19 @@ catalog's tests check the derived totals against the model cards.
 
 from __future__ import annotations
 
-from typing import Literal
+from typing import Literal, NamedTuple
 
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 
 from seersim.fields import Count, NonNegCount, Real
+
+
+class LinearShape(NamedTuple):
+    """One GEMM of a layer on one TP rank: `tokens × k` activations times a `k × n` weight."""
+
+    op: str
+    k: int
+    n: int
 
 
 class ModelSpec(BaseModel):
@@ -28,6 +36,7 @@ class ModelSpec(BaseModel):
     head_dim: Count
     vocab_size: Count
     tie_word_embeddings: bool = False
+    mlp_gated: bool = Field(True, description="gated (SwiGLU) MLP: up and gate projections")
     attention: Literal["gqa", "mla"] = "gqa"
     # MLA (DeepSeek-V3 / Kimi-K2 style): the KV cache holds a latent of this size per layer.
     kv_lora_rank: NonNegCount = 0
@@ -75,6 +84,69 @@ class ModelSpec(BaseModel):
             per_layer = 2 * self.num_kv_heads * self.head_dim
         return self.num_layers * per_layer * self.kv_bytes_per_element
 
+    def kv_heads_per_rank(self, tp: int) -> int:
+        """KV heads one TP rank stores: vLLM replicates KV heads when tp > num_kv_heads."""
+        return max(1, self.num_kv_heads // tp)
+
+    def kv_bytes_per_token_per_gpu(self, tp: int) -> float:
+        """KV bytes one token occupies on each GPU of its TP group.
+
+        MLA caches one latent per token that every TP rank keeps whole (attention heads
+        are split, the latent is not); GQA shards KV heads over ranks but replicates
+        them once tp exceeds the KV head count (vLLM). So the KV of a TP group is not
+        `kv_bytes_per_token` split `tp` ways in these cases.
+        """
+        if self.attention == "mla":
+            per_layer = self.kv_lora_rank + self.qk_rope_head_dim
+        else:
+            per_layer = 2 * self.kv_heads_per_rank(tp) * self.head_dim
+        return self.num_layers * per_layer * self.kv_bytes_per_element
+
+    def kv_bytes_per_token_stored(self, tp: int) -> float:
+        """KV bytes one token costs its TP group's memory (all ranks' copies together):
+        the divisor of KV capacity."""
+        return tp * self.kv_bytes_per_token_per_gpu(tp)
+
+    @property
+    def embedding_params(self) -> int:
+        """Input embedding table (a lookup: read one row per token, never a GEMM)."""
+        return self.vocab_size * self.hidden_size
+
+    @property
+    def lm_head_params(self) -> int:
+        """Output projection to the vocabulary (tied or not, it runs as a GEMM)."""
+        return self.vocab_size * self.hidden_size
+
+    def attention_gemms(self, tp: int) -> list[LinearShape]:
+        """The attention block's projections of one layer on one TP rank.
+
+        MLA: the KV down-projection (`kv_a`) is replicated; the up-projection (`kv_b`)
+        runs per token whether absorbed into q/o (decode) or applied to the latent
+        (prefill), with the same FLOPs per new token.
+        """
+        h, nh = self.hidden_size, self.num_attention_heads
+        heads = max(1, nh // tp)
+        if self.attention == "mla":
+            qk = self.qk_nope_head_dim + self.qk_rope_head_dim
+            q = (
+                [LinearShape("q_a_proj", h, self.q_lora_rank), LinearShape("q_b_proj", self.q_lora_rank, heads * qk)]
+                if self.q_lora_rank
+                else [LinearShape("q_proj", h, heads * qk)]
+            )
+            return q + [
+                LinearShape("kv_a_proj", h, self.kv_lora_rank + self.qk_rope_head_dim),
+                LinearShape("kv_b_proj", self.kv_lora_rank, heads * (self.qk_nope_head_dim + self.v_head_dim)),
+                LinearShape("attn_out_proj", heads * self.v_head_dim, h),
+            ]
+        qkv = (heads + 2 * self.kv_heads_per_rank(tp)) * self.head_dim
+        return [LinearShape("qkv_proj", h, qkv), LinearShape("attn_out_proj", heads * self.head_dim, h)]
+
+    def mlp_gemms(self, intermediate: int, tp: int) -> list[LinearShape]:
+        """An MLP of width `intermediate`, column/row-parallel over `tp` ranks."""
+        width = max(1, intermediate // tp)
+        up = (2 if self.mlp_gated else 1) * width
+        return [LinearShape("mlp_up_gate", self.hidden_size, up), LinearShape("mlp_down", width, self.hidden_size)]
+
     @property
     def attention_params_per_layer(self) -> int:
         h, nh = self.hidden_size, self.num_attention_heads
@@ -104,7 +176,7 @@ class ModelSpec(BaseModel):
         embed = self.vocab_size * self.hidden_size * (1 if self.tie_word_embeddings else 2)
         attn = self.num_layers * self.attention_params_per_layer
         dense_layers = self.num_layers - self.num_moe_layers
-        mlp = dense_layers * 3 * self.hidden_size * self.intermediate_size
+        mlp = dense_layers * (3 if self.mlp_gated else 2) * self.hidden_size * self.intermediate_size
         shared = self.num_moe_layers * (self.num_shared_experts * self.expert_params + self.hidden_size * self.num_experts)
         return embed + attn + mlp + shared
 
@@ -132,6 +204,20 @@ class ModelSpec(BaseModel):
             per_layer = 2 * nh * (2 * self.kv_lora_rank + self.qk_rope_head_dim)
         else:
             per_layer = 4 * nh * self.head_dim
+        return self.num_layers * per_layer
+
+    @property
+    def prefill_attention_flops_per_pair(self) -> float:
+        """Attention FLOPs per (query, context) pair in prefill.
+
+        MLA prefill runs the non-absorbed form (vLLM's MLA backends): K/V are
+        up-projected per head, so QK^T spans qk_nope+rope and AV spans v_head_dim,
+        about 3.4x fewer FLOPs per pair than attending over the 576-wide latent.
+        """
+        if self.attention != "mla":
+            return self.attention_flops_per_pair
+        nh = self.num_attention_heads
+        per_layer = 2 * nh * (self.qk_nope_head_dim + self.qk_rope_head_dim + self.v_head_dim)
         return self.num_layers * per_layer
 
     def distinct_experts_touched(self, tokens: int) -> float:

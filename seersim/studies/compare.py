@@ -7,16 +7,16 @@ seed, then averaged); tail_reduction_vs_baseline = 1 − tail_s / baseline tail_
 
 from __future__ import annotations
 
-from concurrent.futures import ProcessPoolExecutor
 from dataclasses import dataclass, field
 
 import numpy as np
 import pandas as pd
 
-from seersim.api import RunResult, simulate
+from seersim.api import RunResult
 from seersim.config import Scenario
 from seersim.limits import check_work, study_estimate
 from seersim.policies import policy_class
+from seersim.studies.runner import Executor, Outcome, Progress, Task, make_task, run_all
 
 DEFAULT_POLICIES = ("baseline", "divided", "context_aware", "seer")
 METRICS = ("makespan_s", "throughput_tokens_per_s", "tail_s")
@@ -63,10 +63,30 @@ class Comparison:
         }
 
 
-def _run_one(args) -> tuple[str, int, dict, RunResult | None]:
-    scenario, policy, seed, keep, cost = args
-    res = simulate(scenario, policy=policy, seed=seed, cost=cost)
-    return policy, seed, res.summary, (res if keep else None)
+def compare_tasks(scenario: Scenario, policies: list[str], seed_list: list[int], prefix: str = "", keep: bool = True) -> list[Task]:
+    """One task per policy × seed (keys `prefix + policy/seed`); the first seed keeps its records."""
+    for p in policies:
+        policy_class(p)  # fail fast on an unknown name
+    return [
+        make_task(scenario, p, s, f"{prefix}{p}/{s}", keep=keep and s == seed_list[0])
+        for s in seed_list
+        for p in policies
+    ]
+
+
+def comparison_from(scenario: Scenario, policies: list[str], seed_list: list[int], outcomes: dict[str, Outcome], prefix: str = "") -> Comparison:
+    """Assemble a Comparison from the runner's outcomes (raising a point's typed error)."""
+    rows, examples = [], {}
+    for s in seed_list:
+        for p in policies:
+            out = outcomes[f"{prefix}{p}/{s}"]
+            if out.error is not None:
+                raise out.error
+            rows.append({**out.summary, "policy": p, "seed": s})
+            if out.result is not None:
+                examples[p] = out.result
+    baseline = "baseline" if "baseline" in policies else policies[0]
+    return Comparison(scenario, policies, seed_list, baseline, pd.DataFrame(rows), examples)
 
 
 def compare(
@@ -74,37 +94,21 @@ def compare(
     policies: list[str] | tuple[str, ...] = DEFAULT_POLICIES,
     seeds: int = 1,
     jobs: int = 1,
-    progress=None,
-    cost=None,
+    progress: Progress | None = None,
+    executor: Executor = "local",
+    address: str | None = None,
 ) -> Comparison:
-    """Run every policy × seed. Seeds are scenario.seed, scenario.seed+1, ...
+    """Run every policy × seed through the runner. Seeds are scenario.seed, scenario.seed+1, ...
 
-    `jobs` > 1 runs them in that many processes (results are identical either way);
-    `cost` replaces the scenario's cost model (e.g. a calibrated one).
+    Results are identical whatever `jobs` and `executor`; a custom cost model is part of
+    the scenario, so workers rebuild it.
     """
     policies = list(dict.fromkeys(policies))
-    for p in policies:
-        policy_class(p)  # fail fast on an unknown name
-    check_work(scenario, study_estimate(scenario, policies, seeds, jobs))
     seed_list = [scenario.seed + i for i in range(seeds)]
-    baseline = "baseline" if "baseline" in policies else policies[0]
-    tasks = [(scenario, p, s, s == seed_list[0], cost) for s in seed_list for p in policies]
-    if jobs > 1 and len(tasks) > 1:
-        with ProcessPoolExecutor(max_workers=jobs) as pool:
-            outs = []
-            for i, out in enumerate(pool.map(_run_one, tasks)):
-                outs.append(out)
-                if progress:
-                    progress(i + 1, len(tasks))
-    else:
-        outs = []
-        for i, t in enumerate(tasks):
-            outs.append(_run_one(t))
-            if progress:
-                progress(i + 1, len(tasks))
-    runs = pd.DataFrame([{**summary, "policy": pol, "seed": seed} for pol, seed, summary, _ in outs])
-    examples = {pol: res for pol, _, _, res in outs if res is not None}
-    return Comparison(scenario, policies, seed_list, baseline, runs, examples)
+    tasks = compare_tasks(scenario, policies, seed_list)
+    check_work(scenario, study_estimate(scenario, policies, seeds, jobs))
+    outcomes = run_all(tasks, jobs=jobs, executor=executor, address=address, progress=progress)
+    return comparison_from(scenario, policies, seed_list, outcomes)
 
 
 # ---------------------------------------------------------------------------- plots

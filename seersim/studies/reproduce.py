@@ -7,12 +7,14 @@ table of paper vs seersim speedups and Seer's tail reduction.
 
 from __future__ import annotations
 
+from dataclasses import dataclass
 from pathlib import Path
 
 import pandas as pd
 
-from seersim.compare import compare
-from seersim.config import load_scenario
+from seersim.config import Scenario, load_scenario, with_overrides
+from seersim.studies.compare import comparison_from, compare_tasks
+from seersim.studies.runner import Executor, Progress, run_all
 
 # Paper v3 Table 4 (cumulative rollout-throughput speedup) and Seer's tail reduction (DESIGN §4, §6).
 PAPER = {
@@ -22,47 +24,64 @@ PAPER = {
 }
 STEPS = ("divided", "context_aware", "seer")
 TOLERANCE = 0.10  # "within ±10 percentage points": |ratio − paper ratio| ≤ 0.10
+CHUNKS = (2048, 8192, 32768)  # DESIGN §6: publish how results move with 2K / 8K / 32K chunks
+CHUNK_POLICIES = ("divided", "context_aware")
 
 
-def reproduce(scenarios_dir: Path, seeds: int = 1, jobs: int = 1, progress=None) -> pd.DataFrame:
+@dataclass
+class Reproduction:
+    table4: pd.DataFrame  # model, metric, paper, seersim, diff, within_10pp
+    chunks: pd.DataFrame | None  # model, policy, chunk_tokens, speedup, tail_reduction
+
+
+def reproduce(
+    scenarios_dir: Path,
+    seeds: int = 1,
+    jobs: int = 1,
+    progress: Progress | None = None,
+    chunks: bool = False,
+    executor: Executor = "local",
+    address: str | None = None,
+) -> Reproduction:
+    """Table 4 (and, with `chunks`, the chunk-size table) from one batch of runner tasks."""
+    studies: list[tuple[str, Scenario, tuple[str, ...]]] = []
+    for name in PAPER:
+        sc = load_scenario(scenarios_dir / f"{name}.yaml")
+        studies.append((f"{name}/table4/", sc, ("baseline", *STEPS)))
+        if chunks:
+            for chunk in CHUNKS:
+                studies.append((f"{name}/chunk{chunk}/", with_overrides(sc, **{"policy.chunk_tokens": chunk}), ("baseline", *CHUNK_POLICIES)))
+    seed_lists = {prefix: [sc.seed + i for i in range(seeds if prefix.endswith("table4/") else 1)] for prefix, sc, _ in studies}
+    tasks = [t for prefix, sc, pols in studies for t in compare_tasks(sc, list(pols), seed_lists[prefix], prefix, keep=False)]
+    outcomes = run_all(tasks, jobs=jobs, executor=executor, address=address, progress=progress)
+    tables = {
+        prefix: comparison_from(sc, list(pols), seed_lists[prefix], outcomes, prefix).table.set_index("policy")
+        for prefix, sc, pols in studies
+    }
     rows = []
     for name, paper in PAPER.items():
-        sc = load_scenario(scenarios_dir / f"{name}.yaml")
-        table = compare(sc, ("baseline", *STEPS), seeds=seeds, jobs=jobs).table.set_index("policy")
+        table = tables[f"{name}/table4/"]
         for step in STEPS:
             ours = float(table.loc[step, "speedup_vs_baseline"])
             rows.append({"model": name, "metric": f"speedup {step}", "paper": paper[step], "seersim": ours})
         ours_tail = float(table.loc["seer", "tail_reduction_vs_baseline"])
         rows.append({"model": name, "metric": "tail reduction seer", "paper": paper["tail_reduction"], "seersim": ours_tail})
-        if progress:
-            progress(len(rows) // 4, len(PAPER))
     df = pd.DataFrame(rows)
     df["diff"] = df["seersim"] - df["paper"]
     df["within_10pp"] = df["diff"].abs() <= TOLERANCE
-    return df
-
-
-CHUNKS = (2048, 8192, 32768)  # DESIGN §6: publish how results move with 2K / 8K / 32K chunks
-
-
-def chunk_sensitivity(scenarios_dir: Path, policies=("divided", "context_aware"), jobs: int = 1) -> pd.DataFrame:
-    """Speedup over the baseline of chunked policies at each chunk size, per paper model."""
-    rows = []
-    for name in PAPER:
-        for chunk in CHUNKS:
-            sc = load_scenario(scenarios_dir / f"{name}.yaml", **{"policy.chunk_tokens": chunk})
-            table = compare(sc, ("baseline", *policies), jobs=jobs).table.set_index("policy")
-            for pol in policies:
-                rows.append(
-                    {
-                        "model": name,
-                        "policy": pol,
-                        "chunk_tokens": chunk,
-                        "speedup": float(table.loc[pol, "speedup_vs_baseline"]),
-                        "tail_reduction": float(table.loc[pol, "tail_reduction_vs_baseline"]),
-                    }
-                )
-    return pd.DataFrame(rows)
+    chunk_rows = [
+        {
+            "model": name,
+            "policy": pol,
+            "chunk_tokens": chunk,
+            "speedup": float(tables[f"{name}/chunk{chunk}/"].loc[pol, "speedup_vs_baseline"]),
+            "tail_reduction": float(tables[f"{name}/chunk{chunk}/"].loc[pol, "tail_reduction_vs_baseline"]),
+        }
+        for name in PAPER
+        for pol in CHUNK_POLICIES
+        for chunk in (CHUNKS if chunks else ())
+    ]
+    return Reproduction(df, pd.DataFrame(chunk_rows) if chunks else None)
 
 
 def chunk_markdown(df: pd.DataFrame) -> str:

@@ -1,0 +1,68 @@
+"""What every `seersim` command shares: exit codes, the one-line error wrapper, common
+options and scenario loading with `--set` (progress display: seersim/progress.py).
+
+Kept apart from cli.py so command modules (e.g. seersim/studies/cli.py) can use it
+without importing the app that registers them. Imports stay light: `seersim --help`
+must start fast.
+"""
+
+from __future__ import annotations
+
+from contextlib import contextmanager
+from pathlib import Path
+from typing import Annotated, Iterator, Optional
+
+import typer
+
+from seersim.errors import BadOption, SeersimError
+
+EXIT_CHECK_FAILED = 1
+EXIT_BAD_INPUT = 2
+EXIT_STALE_BASELINE = 3  # `regress`: metrics improved beyond the tolerance; run `seersim regress --update`
+EXIT_INTERRUPTED = 130
+
+PolicyOpt = Annotated[Optional[str], typer.Option("--policy", "-p", help="policy name (overrides policy.name)")]
+SeedOpt = Annotated[Optional[int], typer.Option("--seed", help="random seed >= 0 (overrides the scenario's)")]
+SetOpt = Annotated[
+    Optional[list[str]],
+    typer.Option("--set", "-s", help="override a scenario field: dotted.key=value (repeatable)"),
+]
+OutOpt = Annotated[Optional[Path], typer.Option("--out", "-o", help="folder for records, summary.json and plots")]
+JsonOpt = Annotated[bool, typer.Option("--json", help="print the summary as one JSON object on stdout")]
+OverwriteOpt = Annotated[
+    bool, typer.Option("--overwrite", help="replace seersim's earlier results in a non-empty --out folder")
+]
+JobsOpt = Annotated[int, typer.Option("--jobs", "-j", min=1, help="parallel processes (or Ray CPUs)")]
+
+
+def err(msg: str) -> None:
+    typer.echo(f"seersim: error: {msg}", err=True)
+
+
+@contextmanager
+def cli_errors() -> Iterator[None]:
+    """Typed library errors become one `seersim: error: ...` line and exit 2."""
+    try:
+        yield
+    except SeersimError as exc:
+        err(str(exc))
+        raise typer.Exit(EXIT_BAD_INPUT) from None
+    except KeyboardInterrupt:
+        err("interrupted")
+        raise typer.Exit(EXIT_INTERRUPTED) from None
+
+
+def load(scenario: Path, set_: list[str] | None):
+    from seersim.config import load_scenario
+
+    return load_scenario(scenario, overrides=list(set_ or []))
+
+
+def split_csv(csv: str | None, option: str = "--policies") -> list[str] | None:
+    """A comma-separated option: None when not given, an error when given but empty."""
+    if csv is None:
+        return None
+    names = [x.strip() for x in csv.split(",") if x.strip()]
+    if not names:
+        raise BadOption(f"{option} is empty; name at least one, e.g. {option} baseline,divided")
+    return names

@@ -1,0 +1,147 @@
+"""Calibrated step-time models: fitted kernel curves applied to a model's shapes, or a
+deployment's fitted whole-iteration line.
+
+Both keep the `StepLines` contract: for a fixed batch the time is linear in the
+attended context (max of an attention-compute and a KV-read line added to the
+token-dependent part), so fast-forward sums stay closed-form and exact.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from seersim.config import Parallelism, Scenario
+from seersim.cost.base import CachedStepLines, StepLines
+from seersim.cost.calibration import Calibration, IterationFit, load_calibration, shipped_calibration
+from seersim.cost.collectives import ep_all_to_all_s, tp_message_bytes
+from seersim.cost.curves import ACTIVATION_BYTES, KernelCurves, elementwise_bytes, routed_experts_s
+from seersim.cost.overhead import ENGINE_STEP_OVERHEAD_S
+from seersim.errors import SpecError
+from seersim.specs import GPUSpec, ModelSpec
+
+
+class KernelCurvesCost(CachedStepLines):
+    """Iteration time from a GPU's fitted kernel curves and the model's per-rank shapes.
+
+    Per rank (tokens spread evenly over DP ranks, as the engine pools them): every layer's
+    attention projections and vLLM's fused elementwise kernels; dense MLPs; MoE layers'
+    shared experts, router and the routed experts the batch touches (one fused kernel
+    launch, each touched expert's weights read once); lm_head on the logit rows only;
+    the embedding as a row gather; TP all-reduces and EP all-to-alls; attention as the
+    max of its FLOPs (decode: MLA absorbed; prefill pairs: non-absorbed) and its KV reads.
+    """
+
+    name = "calibrated"
+
+    def __init__(
+        self, model: ModelSpec, gpu: GPUSpec, parallelism: Parallelism, curves: KernelCurves, step_overhead_s: float
+    ) -> None:
+        self.model, self.gpu, self.par, self.curves = model, gpu, parallelism, curves
+        self.step_overhead_s = step_overhead_s
+        tp, dp = parallelism.tp, parallelism.dp
+        flops = tp * dp * gpu.peak_flops * curves.attention_flops_efficiency
+        self._decode_pair_s = model.attention_flops_per_pair / flops
+        self._prefill_pair_s = model.prefill_attention_flops_per_pair / flops
+        kv_rate = gpu.hbm_bandwidth_bytes_per_s * curves.attention_bandwidth_efficiency
+        self._kv_s = model.kv_bytes_per_token_per_gpu(tp) / kv_rate / dp
+        self._prepare()
+
+    def _prepare(self) -> None:
+        """Per-rank shapes, once: (layers, k, n) of every GEMM and the elementwise bytes per token."""
+        m, par = self.model, self.par
+        dense_layers = m.num_layers - m.num_moe_layers
+        gemms = [(m.num_layers, s.k, s.n) for s in m.attention_gemms(par.tp)]
+        gemms += [(dense_layers, s.k, s.n) for s in m.mlp_gemms(m.intermediate_size, par.tp)] if dense_layers else []
+        if m.is_moe:
+            gemms.append((m.num_moe_layers, m.hidden_size, m.num_experts))  # router
+            if m.num_shared_experts:
+                width = m.num_shared_experts * m.moe_intermediate_size
+                gemms += [(m.num_moe_layers, s.k, s.n) for s in m.mlp_gemms(width, par.tp)]
+        self._gemms = gemms
+        self._elem_bytes_per_token = [float(b) for _, b in elementwise_bytes(m, par.tp, 1.0, fused=True)]
+        self._lm_head = (m.hidden_size, max(1, m.vocab_size // par.tp))
+
+    def _tokens_s(self, tokens: float, logit_rows: float) -> float:
+        """Everything that depends on the iteration's token count, per rank."""
+        m, c, g, par = self.model, self.curves, self.gpu, self.par
+        w = m.weight_bytes_per_param
+        t = tokens / par.dp
+        gemm = c.gemm_scalar_s
+        total = sum(layers * gemm(g, t, k, n, w) for layers, k, n in self._gemms)
+        elem_rate = g.hbm_bandwidth_bytes_per_s * c.elementwise_bandwidth_efficiency
+        total += m.num_layers * sum(c.elementwise_latency_s + b * t / elem_rate for b in self._elem_bytes_per_token)
+        if m.is_moe:
+            total += m.num_moe_layers * routed_experts_s(c, g, m, t, par.tp, par.ep)
+        total += gemm(g, logit_rows / par.dp, *self._lm_head, w)
+        total += c.elementwise_latency_s + 2 * t * m.hidden_size * ACTIVATION_BYTES / elem_rate  # embedding gather
+        if par.tp > 1:
+            total += 2 * m.num_layers * float(c.all_reduce_s(g, tp_message_bytes(m, t), par.tp))
+        total += ep_all_to_all_s(m, par, g, t, c.all_reduce_latency_s)
+        return total
+
+    def _step_lines(self, num_seqs: int, new_tokens: int, extra_attn_pairs: int, queries_per_seq: float) -> StepLines:
+        logit_rows = min(float(new_tokens), num_seqs * queries_per_seq)
+        base = self.step_overhead_s + self._tokens_s(new_tokens, logit_rows)
+        return StepLines(
+            intercepts_s=(base + self._prefill_pair_s * extra_attn_pairs, base),
+            slopes_s=(self._decode_pair_s * queries_per_seq, self._kv_s),
+        )
+
+
+class IterationCost(CachedStepLines):
+    """A deployment's fitted iteration line (live step logs): one line in the context."""
+
+    name = "calibrated"
+
+    def __init__(self, fit: IterationFit, step_overhead_s: float | None = None) -> None:
+        self.fit = fit
+        self.step_overhead_s = fit.overhead_s if step_overhead_s is None else step_overhead_s
+
+    def _step_lines(self, num_seqs: int, new_tokens: int, extra_attn_pairs: int, queries_per_seq: float) -> StepLines:
+        f = self.fit
+        a = self.step_overhead_s + float(f.tokens_s(new_tokens)) + f.seq_s * num_seqs
+        return StepLines(intercepts_s=(a,), slopes_s=(f.context_s_per_token,))
+
+
+def scenario_calibration(scenario: Scenario) -> Calibration:
+    """The calibration a scenario's `cost:` names, or the one shipped for its GPU."""
+    c = scenario.cost
+    if c.file:
+        path = Path(c.file)
+        if not path.is_absolute():
+            path = Path(scenario.base_dir) / path
+        return load_calibration(path)
+    if not scenario.gpu.calibration:
+        raise SpecError(
+            f"cost.model 'calibrated': GPU '{scenario.gpu.name}' has no shipped calibration; give cost.file "
+            "(from `seersim calibrate cost`) or set cost.model: roofline"
+        )
+    return load_calibration(shipped_calibration(scenario.gpu.calibration))
+
+
+def calibrated_from_scenario(scenario: Scenario) -> CachedStepLines:
+    cal = scenario_calibration(scenario)
+    c = scenario.cost
+    if cal.kind == "iteration":
+        if cal.model and cal.model != scenario.model.name:
+            raise SpecError(
+                f"cost.file '{cal.path}' is an iteration fit for model '{cal.model}', not '{scenario.model.name}': "
+                "an iteration fit prices only the deployment it was measured on; use a kernel-curves calibration"
+            )
+        return IterationCost(cal.iteration, c.step_overhead_s)  # type: ignore[arg-type]
+    if c.step_overhead_s is not None:
+        overhead = c.step_overhead_s
+    elif cal.step_overhead_s is not None:
+        overhead = float(cal.step_overhead_s)
+    else:
+        overhead = ENGINE_STEP_OVERHEAD_S[c.engine_kind]
+    return KernelCurvesCost(scenario.model, scenario.gpu, scenario.cluster.parallelism, cal.curves, overhead)  # type: ignore[arg-type]
+
+
+def per_token_decode_s(cost, context_tokens: int = 1000) -> float:
+    """One sequence decoding alone: the iteration time at the given context (a check the
+    tests and docs quote)."""
+    return float(cost.step_lines(1, 1, 0).at(context_tokens))
+
+
+__all__ = ["KernelCurvesCost", "IterationCost", "calibrated_from_scenario", "scenario_calibration", "per_token_decode_s"]

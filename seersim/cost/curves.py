@@ -1,0 +1,145 @@
+"""Kernel efficiency curves of one GPU type, and the operator times they give a model.
+
+The generalising part of calibration: instead of a table per (model, GPU), a GPU's
+profiling tables are fitted once to a few *achieved efficiencies* — a GEMM's fraction
+of peak FLOP/s as a function of its token count (the knee between memory- and
+compute-bound is where a roofline is most wrong), its fraction of HBM bandwidth when
+memory-bound, a per-kernel latency, the same for elementwise kernels, attention
+efficiencies and the all-reduce's — and applied to any catalog model's shapes. Every
+function here accepts scalars or numpy arrays of token counts (the fit evaluates a
+whole table at once; the simulator one iteration at a time).
+"""
+
+from __future__ import annotations
+
+import bisect
+import math
+from dataclasses import asdict, dataclass, field
+
+import numpy as np
+
+from seersim.specs import GPUSpec, ModelSpec
+
+ACTIVATION_BYTES = 2  # bf16 activations
+
+
+@dataclass(frozen=True)
+class KernelCurves:
+    """Achieved efficiencies of one GPU type's kernels (fitted by `seersim calibrate cost`)."""
+
+    gemm_latency_s: float
+    gemm_bandwidth_efficiency: float
+    flops_knots_tokens: tuple[float, ...]
+    flops_efficiency: tuple[float, ...]
+    elementwise_latency_s: float
+    elementwise_bandwidth_efficiency: float
+    attention_flops_efficiency: float
+    attention_bandwidth_efficiency: float
+    all_reduce_latency_s: float
+    all_reduce_bandwidth_efficiency: float
+    sources: dict[str, str] = field(default_factory=dict)
+
+    def to_dict(self) -> dict:
+        d = {k: v for k, v in asdict(self).items() if not k.startswith("_")}
+        d["flops_knots_tokens"] = list(self.flops_knots_tokens)
+        d["flops_efficiency"] = list(self.flops_efficiency)
+        return d
+
+    @classmethod
+    def from_dict(cls, d: dict) -> "KernelCurves":
+        d = dict(d)
+        d["flops_knots_tokens"] = tuple(float(x) for x in d["flops_knots_tokens"])
+        d["flops_efficiency"] = tuple(float(x) for x in d["flops_efficiency"])
+        return cls(**d)
+
+    def flops_fraction(self, tokens):
+        """Achieved / peak FLOP/s of a GEMM over `tokens` rows: piecewise linear in log2(tokens)."""
+        x = np.log2(np.maximum(tokens, 1.0))
+        return np.interp(x, np.log2(self.flops_knots_tokens), self.flops_efficiency)
+
+    def gemm_scalar_s(self, gpu: GPUSpec, tokens: float, k: int, n: int, weight_bytes_per_param: float = 2.0) -> float:
+        """`gemm_s` for one token count in plain floats (the simulator's hot path)."""
+        if tokens <= 0:
+            return 0.0
+        knots = self.__dict__.get("_log_knots")
+        if knots is None:
+            knots = [math.log2(x) for x in self.flops_knots_tokens]
+            object.__setattr__(self, "_log_knots", knots)
+        x = math.log2(max(tokens, 1.0))
+        eff = self.flops_efficiency
+        if x <= knots[0]:
+            frac = eff[0]
+        elif x >= knots[-1]:
+            frac = eff[-1]
+        else:
+            j = bisect.bisect_right(knots, x) - 1
+            frac = eff[j] + (eff[j + 1] - eff[j]) * (x - knots[j]) / (knots[j + 1] - knots[j])
+        moved = k * n * weight_bytes_per_param + tokens * (k + n) * ACTIVATION_BYTES
+        memory = moved / (gpu.hbm_bandwidth_bytes_per_s * self.gemm_bandwidth_efficiency)
+        compute = 2.0 * tokens * k * n / (gpu.peak_flops * frac)
+        return self.gemm_latency_s + (memory if memory > compute else compute)
+
+    def gemm_s(self, gpu: GPUSpec, tokens, k: int, n: int, weight_bytes_per_param: float = 2.0):
+        """One GEMM (tokens × k) · (k × n): latency + max(bytes moved, FLOPs) at achieved rates."""
+        t = np.asarray(tokens, dtype=np.float64)
+        moved = k * n * weight_bytes_per_param + t * (k + n) * ACTIVATION_BYTES
+        memory = moved / (gpu.hbm_bandwidth_bytes_per_s * self.gemm_bandwidth_efficiency)
+        compute = 2.0 * t * k * n / (gpu.peak_flops * self.flops_fraction(t))
+        return np.where(t > 0, self.gemm_latency_s + np.maximum(memory, compute), 0.0)
+
+    def elementwise_s(self, gpu: GPUSpec, moved_bytes):
+        """A memory-bound elementwise kernel (norm, activation, rotary, residual add)."""
+        b = np.asarray(moved_bytes, dtype=np.float64)
+        return np.where(b > 0, self.elementwise_latency_s + b / (gpu.hbm_bandwidth_bytes_per_s * self.elementwise_bandwidth_efficiency), 0.0)
+
+    def all_reduce_s(self, gpu: GPUSpec, message_bytes, workers: int):
+        """Ring all-reduce of `message_bytes` over `workers` GPUs of one node."""
+        if workers <= 1:
+            return np.zeros_like(np.asarray(message_bytes, dtype=np.float64))
+        link = gpu.nvlink_bandwidth_bytes_per_s * self.all_reduce_bandwidth_efficiency
+        return self.all_reduce_latency_s + 2.0 * (workers - 1) / workers * np.asarray(message_bytes, np.float64) / link
+
+
+def elementwise_bytes(model: ModelSpec, tp: int, tokens, fused: bool) -> list[tuple[str, object]]:
+    """Bytes each elementwise kernel of one layer moves for `tokens` tokens on one rank.
+
+    `fused` = vLLM's kernels (residual add fused into RMSNorm: 2 norms, rotary, SiLU-and-mul
+    per layer); unfused = the separate norm / add kernels that Vidur's tables time.
+    """
+    t = np.asarray(tokens, dtype=np.float64)
+    h = model.hidden_size * ACTIVATION_BYTES
+    width = max(1, model.intermediate_size // tp) * ACTIVATION_BYTES
+    act = (3 if model.mlp_gated else 2) * t * width
+    if model.attention == "mla":
+        rope = 2 * t * (max(1, model.num_attention_heads // tp) + 1) * model.qk_rope_head_dim * ACTIVATION_BYTES
+    else:
+        rope = 2 * t * (max(1, model.num_attention_heads // tp) + model.kv_heads_per_rank(tp)) * model.head_dim * ACTIVATION_BYTES
+    if fused:
+        return [("add_rmsnorm", 4 * t * h), ("add_rmsnorm", 4 * t * h), ("rope", rope), ("mlp_act", act)]
+    return [("layernorm", 2 * t * h), ("layernorm", 2 * t * h), ("rope", rope), ("mlp_act", act), ("add", 3 * t * h)]
+
+
+def dense_layer_s(curves: KernelCurves, gpu: GPUSpec, model: ModelSpec, tp: int, tokens, fused: bool = True):
+    """One dense decoder layer's non-attention-kernel time (GEMMs + elementwise) on one rank."""
+    w = model.weight_bytes_per_param
+    total = 0.0
+    for g in model.attention_gemms(tp) + model.mlp_gemms(model.intermediate_size, tp):
+        total = total + curves.gemm_s(gpu, tokens, g.k, g.n, w)
+    for _, moved in elementwise_bytes(model, tp, tokens, fused):
+        total = total + curves.elementwise_s(gpu, moved)
+    return total
+
+
+def routed_experts_s(curves: KernelCurves, gpu: GPUSpec, model: ModelSpec, tokens: float, tp: int, ep: int) -> float:
+    """One MoE layer's routed experts on one rank: one fused launch, each touched expert's
+    weights read once. An EP group sees its ep ranks' tokens and holds E/ep experts each;
+    without EP every expert is split over the tp ranks."""
+    w = model.weight_bytes_per_param
+    touched = model.distinct_experts_touched(int(round(tokens * ep))) / ep
+    if touched <= 0:
+        return 0.0
+    width = model.moe_intermediate_size // (tp if ep == 1 else 1)
+    rows = tokens * model.experts_per_token / touched  # token rows per touched expert
+    up = curves.gemm_scalar_s(gpu, rows, model.hidden_size, 2 * width, w) - curves.gemm_latency_s
+    down = curves.gemm_scalar_s(gpu, rows, width, model.hidden_size, w) - curves.gemm_latency_s
+    return 2 * curves.gemm_latency_s + touched * (up + down)

@@ -1,0 +1,166 @@
+"""Fast-forward arithmetic: the cumulative time of a stretch of engine iterations.
+
+A cost model answers "what does one iteration cost" as `StepLines` (linear in the
+context for a fixed batch); the engine strings iterations into stretches whose
+per-step context grows by a constant, so the stretch's total time is a closed-form
+sum (DESIGN §5), and an interrupt settles the steps already done by inverting it.
+"""
+
+from __future__ import annotations
+
+import bisect
+import math
+
+import numpy as np
+
+from seersim.cost.base import StepLines
+
+
+class LinearStretch:
+    """Cumulative time of k decode steps whose context is C0 + n·k at step k (k = 1..K).
+
+    Closed form per envelope segment, so a stretch costs O(lines), not O(steps).
+    """
+
+    __slots__ = ("lines", "c0", "n", "_breaks", "_starts", "_cum")
+
+    def __init__(self, lines: StepLines, c0: int, n: int) -> None:
+        self.lines, self.c0, self.n = lines, c0, n
+        # The envelope is convex in k: find which line dominates where, as k-ranges.
+        self._breaks: list[tuple[int, float, float]] = []  # (first k, intercept at k=0, slope per k)
+        self._build()
+
+    def _build(self) -> None:
+        if len(self.lines.slopes_s) == 2:
+            self._build_two()
+        else:
+            self._build_general()
+        self._starts = [s[0] for s in self._breaks]
+        total = 0.0
+        self._cum = [0.0]
+        for i in range(1, len(self._breaks)):
+            total += self._seg_sum(i - 1, self._breaks[i][0] - 1)
+            self._cum.append(total)
+
+    def _build_two(self) -> None:
+        """Two lines (a roofline): at most one crossover, found in closed form."""
+        (a1, a2), (b1, b2) = self.lines.intercepts_s, self.lines.slopes_s
+        c0, n = self.c0, self.n
+        if b1 > b2 or (b1 == b2 and a1 < a2):  # make line 1 the less steep one
+            a1, a2, b1, b2 = a2, a1, b2, b1
+        s1 = (1, a1 + b1 * c0, b1 * n)
+        s2 = (1, a2 + b2 * c0, b2 * n)
+        if s2[2] == s1[2] or s1[1] + s1[2] <= s2[1] + s2[2]:
+            # steeper line already on top at k=1 (or parallel): it stays on top
+            self._breaks = [s1 if s1[1] + s1[2] > s2[1] + s2[2] else s2]
+            return
+        cross = (s1[1] - s2[1]) / (s2[2] - s1[2])  # k where the steeper line overtakes
+        k = max(2, int(np.floor(cross)) + 1)
+        self._breaks = [s1, (k, s2[1], s2[2])]
+
+    def _build_general(self) -> None:
+        pieces = sorted(zip(self.lines.slopes_s, self.lines.intercepts_s))
+        # per-step time as a function of k: (a + b·c0) + (b·n)·k
+        segs: list[tuple[int, float, float]] = []
+        k = 1
+        while True:
+            val = [(a + b * self.c0) + (b * self.n) * k for b, a in pieces]
+            j = max(range(len(pieces)), key=lambda i: (val[i], pieces[i][0]))
+            b, a = pieces[j]
+            segs.append((k, a + b * self.c0, b * self.n))
+            # next k where a steeper line overtakes this one
+            nxt = None
+            for b2, a2 in pieces:
+                if b2 * self.n > b * self.n:
+                    a0, a20 = a + b * self.c0, a2 + b2 * self.c0
+                    cross = (a0 - a20) / ((b2 - b) * self.n)
+                    kk = max(k + 1, int(np.floor(cross)) + 1)
+                    if nxt is None or kk < nxt:
+                        nxt = kk
+            if nxt is None:
+                break
+            k = nxt
+        self._breaks = segs
+
+    def _seg_sum(self, i: int, k_end: int) -> float:
+        """Σ of segment i's per-step times for k in [start_i, k_end]."""
+        k0, a, b = self._breaks[i]
+        cnt = k_end - k0 + 1
+        if cnt <= 0:
+            return 0.0
+        return cnt * a + b * (k0 + k_end) * cnt / 2.0
+
+    def step_time(self, k: int) -> float:
+        return self.lines.at(self.c0 + self.n * k)
+
+    def cumulative(self, k: int) -> float:
+        """Total time of steps 1..k."""
+        if k <= 0:
+            return 0.0
+        i = bisect.bisect_right(self._starts, k) - 1
+        return self._cum[i] + self._seg_sum(i, k)
+
+    def steps_done_by(self, elapsed_s: float, k_max: int) -> int:
+        """Number of whole steps (≤ k_max) finished within `elapsed_s` of the stretch start.
+
+        Solves the segment's quadratic for a guess, then corrects it against
+        `cumulative` itself so the answer agrees exactly with the summed times.
+        """
+        if k_max <= 0 or self.cumulative(1) > elapsed_s:
+            return 0
+        if self.cumulative(k_max) <= elapsed_s:
+            return k_max
+        i = bisect.bisect_right(self._cum, elapsed_s) - 1  # segment where the time runs out
+        k0, a, b = self._breaks[i]
+        rem = elapsed_s - self._cum[i]
+        # cnt·a + b·(2·k0 + cnt − 1)·cnt/2 = rem, solved for cnt
+        lin = a + b * (k0 - 0.5)
+        if b > 0:
+            cnt = (-lin + math.sqrt(max(lin * lin + 2.0 * b * rem, 0.0))) / b
+        else:
+            cnt = rem / lin if lin > 0 else 0.0
+        k = min(max(int(cnt) + k0 - 1, 0), k_max)
+        while k < k_max and self.cumulative(k + 1) <= elapsed_s:
+            k += 1
+        while k > 0 and self.cumulative(k) > elapsed_s:
+            k -= 1
+        return k
+
+
+class TabulatedStretch:
+    """Cumulative time of steps with arbitrary per-step context (e.g. speculative decoding)."""
+
+    __slots__ = ("_cum",)
+
+    def __init__(self, lines: StepLines, context_per_step: np.ndarray) -> None:
+        self._cum = np.concatenate(([0.0], np.cumsum(lines.at_array(context_per_step))))
+
+    @classmethod
+    def single(cls, step_s: float) -> "TabulatedStretch":
+        """A one-iteration stretch of known duration."""
+        obj = cls.__new__(cls)
+        obj._cum = np.array([0.0, step_s])
+        return obj
+
+    def cumulative(self, k: int) -> float:
+        return float(self._cum[k])
+
+    def steps_done_by(self, elapsed_s: float, k_max: int) -> int:
+        return int(min(k_max, np.searchsorted(self._cum, elapsed_s, side="right") - 1))
+
+
+class HeadStretch:
+    """One mixed iteration (e.g. a prefill) followed by a pure-decode `LinearStretch`."""
+
+    __slots__ = ("head_s", "tail")
+
+    def __init__(self, head_s: float, tail: LinearStretch) -> None:
+        self.head_s, self.tail = head_s, tail
+
+    def cumulative(self, k: int) -> float:
+        return 0.0 if k <= 0 else self.head_s + self.tail.cumulative(k - 1)
+
+    def steps_done_by(self, elapsed_s: float, k_max: int) -> int:
+        if elapsed_s < self.head_s or k_max <= 0:
+            return 0
+        return 1 + self.tail.steps_done_by(elapsed_s - self.head_s, k_max - 1)
