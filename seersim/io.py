@@ -15,8 +15,10 @@ import pandas as pd
 from seersim.errors import OutputError
 
 # What seersim's commands write into an --out folder (run: records, summary and
-# timeline; compare: its table, runs and plots). `--overwrite` clears all of them, so
-# one command's files never sit beside another's results.
+# timeline; compare: its table, runs and plots; plan: its table, frontier and best
+# scenario; `seersim report`: the HTML). `--overwrite` clears all of them, so one
+# command's files never sit beside another's results. (A sweep folder is resumable
+# and keeps its own rules: seersim/studies/sweep.py.)
 RESULT_GLOBS = (
     "requests.*", "instances.*", "timeline.*", "summary.json",
     "compare.json", "runs.*", "timelines.png", "finish_cdf.png", "throughput.png",

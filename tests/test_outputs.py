@@ -238,3 +238,14 @@ def test_overwrite_keeps_earlier_results_when_the_new_run_fails(tmp_path):
         invoke("run", SMALL, *FAST, "--set", "limits.max_requests=1", "--out", out, "--overwrite"), "limits.max_requests"
     )
     assert sorted(p.name for p in out.iterdir()) == before
+
+
+def test_plan_out_refuses_results_unless_overwrite_and_never_mixes(tmp_path):
+    out = tmp_path / "o"
+    assert invoke("run", SMALL, *FAST, "--out", out).exit_code == 0
+    plan = ("plan", SMALL, *FAST, "--target-step-s", "1e6", "--grid", "cluster.instances=4", "--policies", "baseline")
+    assert_clean_error(invoke(*plan, "--out", out), str(out), "--overwrite")
+    r = invoke(*plan, "--out", out, "--overwrite")
+    assert r.exit_code == 0, r.output
+    names = {p.name for p in out.iterdir()}
+    assert "plan.json" in names and not names & {"summary.json", "requests.parquet", "timeline.png"}

@@ -299,7 +299,7 @@ def plan_cmd(
     configuration meets the target (and budget); 1 none does (the fastest found is
     shown); 2 bad input.
     """
-    from seersim.io import prepare_out_dir
+    from seersim.io import clear_results, prepare_out_dir
     from seersim.studies.plan import parse_space_args, plan, write_plan
 
     with cli_errors():
@@ -313,6 +313,7 @@ def plan_cmd(
                 budget_usd=budget_usd, jobs=jobs, executor=executor, address=address, progress=on_progress,  # type: ignore[arg-type]
             )
         if out is not None:
+            clear_results(out)
             write_plan(out, result, sc.name)
     if json_:
         typer.echo(json.dumps(result.to_json(), default=float))

@@ -104,9 +104,9 @@ def compare(
     the scenario, so workers rebuild it.
     """
     policies = list(dict.fromkeys(policies))
-    check_work(scenario, study_estimate(scenario, policies, seeds, jobs))
     seed_list = [scenario.seed + i for i in range(seeds)]
     tasks = compare_tasks(scenario, policies, seed_list)
+    check_work(scenario, study_estimate(scenario, policies, seeds, jobs))
     outcomes = run_all(tasks, jobs=jobs, executor=executor, address=address, progress=progress)
     return comparison_from(scenario, policies, seed_list, outcomes)
 
