@@ -49,7 +49,7 @@ def test_sweep_of_120_points_survives_a_kill_and_resumes_without_redoing_points(
     env = {**os.environ, "PYTHONPATH": str(REPO_ROOT)}
     proc = subprocess.Popen(
         [sys.executable, "-m", "seersim", *ARGS, "--out", str(out)],
-        env=env, cwd=REPO_ROOT, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE,
+        env=env, cwd=REPO_ROOT, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
     )
     deadline = time.monotonic() + 120
     while proc.poll() is None and len(_point_files(out) if (out / "points").is_dir() else ()) < 25:
@@ -66,6 +66,8 @@ def test_sweep_of_120_points_survives_a_kill_and_resumes_without_redoing_points(
     assert result.exit_code == 0, result.output
     assert f"resumed: {len(before)} of {N_POINTS} points" in result.output
     assert f"({N_POINTS - len(before)} simulated now)" in result.output
+    # progress off a terminal: plain lines, up to the whole sweep
+    assert f"seersim: sweep of small: 100% ({N_POINTS}/{N_POINTS})" in result.output
     after = _point_files(out)
     assert len(after) == N_POINTS
     assert all(after[name] == mtime for name, mtime in before.items()), "a finished point was redone"
