@@ -196,6 +196,7 @@ def test_shipped_h100_curves_hold_on_each_tables_heldout_points():
 
 
 @needs_vidur
+@pytest.mark.slow
 def test_calibrate_cost_cli_fits_one_model_and_tests_another(tmp_path):
     out = tmp_path / "llama.yaml"
     res = CliRunner().invoke(

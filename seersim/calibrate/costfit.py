@@ -22,8 +22,10 @@ from seersim.cost.curves import KernelCurves, elementwise_bytes, routed_experts_
 from seersim.errors import TraceError
 from seersim.specs import GPUSpec, ModelSpec, get_gpu
 
+# Efficiency knots: dense where GEMMs turn from memory- to compute-bound (64-512 tokens),
+# up to Vidur's largest profiled batch (4096 tokens); constant beyond the last knot.
 KNOTS_TOKENS = (1.0, 8.0, 32.0, 64.0, 128.0, 256.0, 512.0, 1024.0, 2048.0, 4096.0)
-HELDOUT_FRACTION = 0.25
+HELDOUT_FRACTION = 0.25  # a seeded random quarter of each table's points is never fitted
 # Without attention rows in a table (Vidur's public set has none) these stay assumptions:
 ASSUMED_ATTENTION = {
     "attention_flops_efficiency": (
