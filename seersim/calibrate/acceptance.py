@@ -59,9 +59,12 @@ def read_acceptance_log(path: str | Path) -> pd.DataFrame:
     return d[d["draft_tokens"] > 0]
 
 
-def fit_acceptance(log: pd.DataFrame, reference_draft_tokens: int = 8) -> AcceptanceFit:
-    from seersim.engine.specdec import tau
+def mean_accepted_length(alpha: float, draft_tokens: int) -> float:
+    """τ = 1 + α + … + α^γ: tokens emitted per verification incl. the bonus (DESIGN §6)."""
+    return float(sum(alpha**j for j in range(draft_tokens + 1)))
 
+
+def fit_acceptance(log: pd.DataFrame, reference_draft_tokens: int = 8) -> AcceptanceFit:
     table, alpha, steps = {}, {}, {}
     dropped = 0
     for refs, g in log.groupby("references"):
@@ -73,7 +76,7 @@ def fit_acceptance(log: pd.DataFrame, reference_draft_tokens: int = 8) -> Accept
         total = float(a.sum())
         al = total / (total + rejected) if total + rejected > 0 else 0.0
         alpha[int(refs)] = al
-        table[int(refs)] = float(tau(al, reference_draft_tokens))
+        table[int(refs)] = mean_accepted_length(al, reference_draft_tokens)
         steps[int(refs)] = len(g)
     if 0 not in table:
         raise TraceError(f"the log needs at least {MIN_STEPS} verify steps with 0 references (the engine's base row)")
