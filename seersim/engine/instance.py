@@ -429,13 +429,17 @@ class Instance:
             if need_blocks + cached_hit > kv.free_blocks:
                 break
             self.waiting.popleft()
-            if p_hit:
+            shared = private = 0
+            if p_hit == p_blocks and p_hit:
                 kv.acquire_prompt(group)
+                shared = p_hit
+            elif p_hit:  # a partly evicted prompt: its blocks become this sequence's own copy
+                private = kv.take_cached(prompt_key(group))
             if own_hit:
                 kv.take_cached(rid)
             kv.allocate(need_blocks)
             acc, gamma, tau_q = self.spec.admit(rid) if self.spec is not None else (0, 0, 0)
-            cols.append((rid, hit, tokens, left, p_hit, own_hit + need_blocks, group, acc, gamma, tau_q))
+            cols.append((rid, hit, tokens, left, shared, private + own_hit + need_blocks, group, acc, gamma, tau_q))
             if new == 1 and tokens == table.input_tokens[rid]:
                 self._fresh_decoders = True
             news.append(new)
@@ -456,16 +460,15 @@ class Instance:
             kv.release_prompt(group)
         cache = cache and self.cfg.prefix_caching
         full = computed // bs
-        if cache and not shared and p_blocks and full >= p_blocks:
-            # its private copy of the prompt becomes the group's cached prompt, if none is
-            if not kv.prompt_present(group):
-                kv.release_to_cache(prompt_key(group), p_blocks)
-            else:
-                kv.release(p_blocks)
-            blocks -= p_blocks
+        key = prompt_key(group)
+        mine = min(full, p_blocks) if not shared else 0  # full blocks of a private prompt copy
+        if cache and mine and kv.prompt_refs(group) == 0 and mine >= kv.cached(key):
+            # the freshest copy of the prompt (or of its head) becomes the cached one
+            kv.release_to_cache(key, mine)
+            blocks -= mine
         own_full = full - p_blocks if full >= p_blocks else 0
         if cache and own_full > 0 and (shared or full >= p_blocks):
-            kv.release_to_cache(rid, own_full)
+            kv.release_to_cache(rid, own_full, key if p_blocks else None)
             blocks -= own_full
         kv.release(blocks)
 
@@ -562,7 +565,7 @@ class Instance:
         crossed = (R[SHARED] == 0) & (p > 0) & (R[COMPUTED] >= p) & (before < p)
         for i in np.flatnonzero(crossed):
             group = int(R[GROUP, i])
-            if not self.kv.prompt_present(group):
+            if not self.kv.prompt_refs(group):
                 blocks = int(p[i]) // self.bs
                 self.kv.share_prompt(group, blocks)
                 R[SHARED, i] = blocks
@@ -598,15 +601,4 @@ class Instance:
 
         Without room for it the transfer is wasted and the request recomputes.
         """
-        kv = self.kv
-        if prompt_blocks and not kv.prompt_present(group_id):
-            if prompt_blocks > kv.free_blocks:
-                return
-            kv.allocate(prompt_blocks)
-            kv.release_to_cache(prompt_key(group_id), prompt_blocks)
-        if own_blocks > kv.cached(request_id):
-            kv.drop_cached(request_id)
-            if own_blocks > kv.free_blocks:
-                return
-            kv.allocate(own_blocks)
-            kv.release_to_cache(request_id, own_blocks)
+        self.kv.insert_prefix(request_id, group_id, prompt_blocks, own_blocks)
