@@ -88,12 +88,12 @@ class EngineConfig(_Strict):
 
     @model_validator(mode="after")
     def _budget(self) -> "EngineConfig":
-        if self.max_num_batched_tokens < self.max_num_seqs * (1 + 8):
-            # Every running decode (with up to 8 draft tokens) must fit one step's budget;
-            # vLLM likewise requires max_num_batched_tokens >= max_num_seqs.
+        if self.max_num_batched_tokens < self.max_num_seqs:
+            # vLLM's own rule (SchedulerConfig): every running sequence can decode a token
+            # each step. Draft tokens beyond the step's budget are cut, as vLLM trims them.
             raise ValueError(
-                f"max_num_batched_tokens={self.max_num_batched_tokens} must be >= 9 * max_num_seqs "
-                f"(= {self.max_num_seqs * 9}) so every running sequence, with drafts, fits a step"
+                f"max_num_batched_tokens={self.max_num_batched_tokens} must be >= max_num_seqs="
+                f"{self.max_num_seqs} so every running sequence can decode a token each step"
             )
         return self
 

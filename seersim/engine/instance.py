@@ -515,10 +515,11 @@ class Instance:
         spec = None
         if self.spec is not None:
             spec = decoding & (new > 0)
-            spec_emit = np.minimum((R[ACC] + R[TAU_Q]) // Q_ACC, R[LEFT])
+            tau_q = self.spec.scheduled_tau_q(self, new)  # drafts cut by the token budget accept less
+            spec_emit = np.minimum((R[ACC] + tau_q) // Q_ACC, R[LEFT])
             emit = np.where(spec, spec_emit, emit)
             advance = np.where(spec, spec_emit, new)
-            R[ACC] = np.where(spec, (R[ACC] + R[TAU_Q]) % Q_ACC, R[ACC])
+            R[ACC] = np.where(spec, (R[ACC] + tau_q) % Q_ACC, R[ACC])
         first = (emit > 0) & (R[TOKENS] == table.input_tokens[R[RID]])
         if first.any():
             table.first_token_s[R[RID, first]] = end_s

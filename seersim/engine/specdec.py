@@ -19,8 +19,15 @@ changes mid-epoch every decoding sequence is re-assigned the epoch's lengths and
 of its group's references then. The same in fast-forward and step-by-step modes, so
 both give identical records.
 
+Token budget. Drafts that do not fit an iteration's `max_num_batched_tokens` are cut,
+as vLLM v1's scheduler trims a request's spec tokens to its share of the budget (later
+sequences in the batch may get none that iteration); a cut sequence accepts by the τ
+of the drafts it verified. Such an iteration is a mixed one (one step in both modes).
+`grouped_adaptive` re-chooses the drafts when a batch change makes them overflow.
+
 Draft length (`grouped_adaptive`, the paper's Algorithm 1): for the batch size B pick
-γ* minimising the time per accepted token T_SD = (D + T(B, γ))/τ(γ) over γ ≤ 8, where
+γ* minimising the time per accepted token T_SD = (D + T(B, γ))/τ(γ) over γ ≤ 8 whose
+drafts fit the step's token budget (B·(1 + paths·γ) ≤ max_num_batched_tokens), where
 T(B, γ) is the cost model's iteration time verifying γ drafts per sequence and D the
 draft-building overhead; the budget Γ* = γ*·B goes to probes first (one token each),
 then one token per request at a time to probes while their marginal gain
@@ -122,9 +129,12 @@ class SpecDecoder:
         """Before scheduling an iteration: at an epoch start choose the draft lengths
         (probes, others) for the batch; after a batch change re-assign them."""
         if self.epoch_left > 0:
-            if self._rebase:
-                self._assign(inst)
-            return
+            if not self._rebase:
+                return
+            self._assign(inst)
+            if not self.grouped or self._verify_tokens(inst) <= inst.cfg.max_num_batched_tokens:
+                return
+            # the batch grew past what the epoch's drafts fit in a step: choose again
         from seersim.engine.instance import COMPUTED, RID, TOKENS
 
         R = inst.R
@@ -164,6 +174,34 @@ class SpecDecoder:
         self.epoch_base_context = float((R[COMPUTED] + 1 + R[GAMMA]).sum())
         self.epoch_rate = float(R[TAU_Q].sum()) / Q
 
+    @staticmethod
+    def _verify_tokens(inst: "Instance") -> int:
+        """Tokens the batch's decoding sequences verify per iteration with their drafts."""
+        from seersim.engine.instance import COMPUTED, GAMMA, TOKENS
+
+        R = inst.R
+        return int(((R[TOKENS] - R[COMPUTED] == 1) * (1 + R[GAMMA])).sum())
+
+    def scheduled_tau_q(self, inst: "Instance", new: np.ndarray) -> np.ndarray:
+        """τ·Q per running sequence for the tokens scheduled this iteration: a decode
+        whose drafts the token budget cut (vLLM trims them to fit) verifies only
+        (new − 1) // paths drafts per path, with its group's references now."""
+        from seersim.engine.instance import GAMMA, RID, TAU_Q
+
+        R = inst.R
+        drafts = np.minimum(np.maximum(new - 1, 0), R[GAMMA])
+        cut = drafts < R[GAMMA]
+        if not cut.any():
+            return R[TAU_Q]
+        rids = R[RID, cut]
+        if self.grouped:
+            refs = self.cluster.finished_counts[self.cluster.table.group_id[rids]]
+        else:
+            refs = np.zeros(len(rids), np.int64)
+        tau_q = R[TAU_Q].copy()
+        tau_q[cut] = self._tau_q[refs, drafts[cut] // self.cfg.paths]
+        return tau_q
+
     def _iteration_s(self, inst: "Instance", batch: int, gamma: int, context: int) -> float:
         width = 1 + self.cfg.paths * gamma
         lines = inst.cost.step_lines(batch, batch * width, 0, float(width))
@@ -176,8 +214,10 @@ class SpecDecoder:
         batch = len(alpha)
         context = int(inst.R[COMPUTED].sum()) + inst.R.shape[1]
         a_mean = float(alpha.sum()) / batch
-        taus = [sum(a_mean**j for j in range(g + 1)) for g in range(MAX_DRAFT + 1)]
-        per_token = [self._iteration_s(inst, batch, g, context) / taus[g] for g in range(MAX_DRAFT + 1)]
+        # drafts the step's token budget cannot verify are not worth building
+        cap = min(MAX_DRAFT, (inst.cfg.max_num_batched_tokens // batch - 1) // self.cfg.paths)
+        taus = [sum(a_mean**j for j in range(g + 1)) for g in range(cap + 1)]
+        per_token = [self._iteration_s(inst, batch, g, context) / taus[g] for g in range(cap + 1)]
         best = int(np.argmin(per_token))
         n_h = int(probe.sum())
         n_l = batch - n_h
