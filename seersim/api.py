@@ -14,15 +14,14 @@ from typing import Callable
 import numpy as np
 import pandas as pd
 
-import math
-
-from seersim.config import Scenario, SyntheticWorkload, with_overrides
+from seersim.config import Scenario, with_overrides
 from seersim.cost import CostModel
+from seersim.driver import Driver, StepRecords, rollout_steps
+from seersim.engine import SimBackend
 from seersim.errors import ScenarioError
-from seersim.engine import Cluster
 from seersim.metrics import summarize
-from seersim.policies import make_policy, policy_class
-from seersim.workload import Request, Workload, build_workload, generate_synthetic
+from seersim.policies import Policy, policy_class
+from seersim.workload import Workload
 
 
 @dataclass
@@ -100,54 +99,17 @@ def simulate(
     seed = scenario.seed if seed is None else seed
     if seed < 0:
         raise ScenarioError(f"seed: must be >= 0 (got {seed})")
+    backend = SimBackend(scenario, cost)
     rng = np.random.default_rng(seed)
     result = RunResult(scenario=scenario, policy=scenario.policy.name, seed=seed)
-    carried: list[Request] = []
-    for step in range(scenario.steps):
-        wl = workload if workload is not None else build_workload(scenario, rng)
-        pol = make_policy(scenario.policy)
-        stop_after = None
-        if pol.over_issue:
-            wl, stop_after = over_issued_step(scenario, wl, carried, rng)
-        cluster = Cluster(scenario, wl, pol, cost=cost, progress=progress, stop_after_groups=stop_after)
-        out = cluster.run()
-        if pol.over_issue:
-            carried = carry_over(wl, out.requests)
-        summary = summarize(out, scenario, pol.name, seed)
+    for step, out in enumerate(rollout_steps(scenario, backend, rng, workload, progress)):
+        summary = summarize(out, scenario, scenario.policy.name, seed)
         summary["step"] = step
         result.steps.append(StepResult(step, summary, out.requests, out.instances, out.timeline))
     return result
 
 
-def over_issued_step(
-    scenario: Scenario, workload: Workload, carried: list[Request], rng: np.random.Generator
-) -> tuple[Workload, int]:
-    """Partial rollout: carried requests plus fresh groups up to over_issue_factor × the
-    step's groups; the step ends after the step's number of groups finish."""
-    needed = workload.num_groups
-    carried_groups = sorted({r.group_id for r in carried})
-    target = math.ceil(scenario.policy.over_issue_factor * needed)
-    fresh_groups = max(0, target - len(carried_groups))
-    if isinstance(scenario.workload, SyntheticWorkload) and fresh_groups != needed:
-        cfg = scenario.workload.model_copy(update={"prompts": max(1, fresh_groups)})
-        fresh = generate_synthetic(cfg, rng).requests if fresh_groups else ()
-    else:
-        fresh = workload.requests
-    remap = {g: i for i, g in enumerate(carried_groups)}
-    reqs = [
-        Request(i, remap[r.group_id], r.input_tokens, r.output_tokens, workload.max_tokens, r.generated_tokens)
-        for i, r in enumerate(carried)
-    ]
-    base = len(carried_groups)
-    for r in fresh:
-        reqs.append(Request(len(reqs), base + r.group_id, r.input_tokens, r.output_tokens, workload.max_tokens))
-    return Workload(tuple(reqs), workload.max_tokens), needed
-
-
-def carry_over(workload: Workload, requests: pd.DataFrame) -> list[Request]:
-    """Unfinished requests of a partial-rollout step, with the tokens they generated."""
-    unfinished = requests[requests["finish_s"].isna()]
-    return [
-        Request(0, int(r.group_id), int(r.input_tokens), int(r.output_tokens), workload.max_tokens, int(r.generated_tokens))
-        for r in unfinished.itertuples()
-    ]
+def simulate_step(scenario: Scenario, workload: Workload, policy: Policy, *, cost: CostModel | None = None) -> StepRecords:
+    """One rollout step of exactly these requests under this policy object, on the
+    simulated backend (for tests and studies that instrument a policy)."""
+    return Driver(SimBackend(scenario, cost), policy, workload).run()

@@ -13,7 +13,7 @@ import math
 import numpy as np
 
 from seersim.config import Scenario
-from seersim.engine import SimOutput
+from seersim.driver import StepRecords
 
 TAIL_FRACTION = 0.9
 
@@ -28,7 +28,7 @@ def finish_quantile_s(finish_s: np.ndarray, fraction: float) -> float:
     return float(done[k - 1])
 
 
-def summarize(out: SimOutput, scenario: Scenario, policy: str, seed: int) -> dict:
+def summarize(out: StepRecords, scenario: Scenario, policy: str, seed: int) -> dict:
     req, inst = out.requests, out.instances
     finish = req["finish_s"].to_numpy()
     makespan = float(np.nanmax(finish)) if (~np.isnan(finish)).any() else 0.0

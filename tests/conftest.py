@@ -22,16 +22,18 @@ def load_small(**overrides) -> seersim.Scenario:
 
 
 def run_cluster(scenario: seersim.Scenario, seed: int | None = None):
-    """Build the workload and run one Cluster directly; returns (cluster, SimOutput, workload)."""
-    from seersim.engine import Cluster
+    """Build the workload and run one step through the driver on the simulated backend;
+    returns (driver, StepRecords, workload)."""
+    from seersim.driver import Driver
+    from seersim.engine import SimBackend
     from seersim.policies import make_policy
     from seersim.workload import build_workload
 
     rng = np.random.default_rng(scenario.seed if seed is None else seed)
     wl = build_workload(scenario, rng)
-    cluster = Cluster(scenario, wl, make_policy(scenario.policy))
-    out = cluster.run()
-    return cluster, out, wl
+    driver = Driver(SimBackend(scenario), make_policy(scenario.policy), wl)
+    out = driver.run()
+    return driver, out, wl
 
 
 def assert_frames_equivalent(a: pd.DataFrame, b: pd.DataFrame, rtol: float = 1e-9) -> None:

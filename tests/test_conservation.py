@@ -24,23 +24,24 @@ def run(request):
     """One run per case; also counts, per request, the chunk-done reports saying 'finished'."""
     from collections import Counter
 
-    from seersim.engine import Cluster
+    from seersim.driver import Driver
+    from seersim.engine import SimBackend
     from seersim.policies import make_policy
     from seersim.workload import build_workload
 
     policy, overrides = request.param
     sc = load_small(**{"workload.prompts": 16, "policy.name": policy, **overrides})
     wl = build_workload(sc, np.random.default_rng(sc.seed))
-    cluster = Cluster(sc, wl, make_policy(sc.policy))
+    cluster = Driver(SimBackend(sc), make_policy(sc.policy), wl)
     finished_reports: Counter = Counter()
-    original = cluster.on_chunk_done
+    original = cluster.chunk_done
 
-    def counting(instance, request_id, finished):
+    def counting(instance_id, request_id, generated_tokens, finished):
         if finished:
             finished_reports[request_id] += 1
-        original(instance, request_id, finished)
+        original(instance_id, request_id, generated_tokens, finished)
 
-    cluster.on_chunk_done = counting  # instances report through their listener attribute
+    cluster.chunk_done = counting  # the backend reports through its listener's attribute
     out = cluster.run()
     cluster.finished_reports = finished_reports
     return policy, overrides, cluster, out, wl
@@ -79,7 +80,7 @@ def test_instance_token_accounting(run):
 
 def test_kv_blocks_all_freed_at_end(run):
     _, _, cluster, _, _ = run
-    for inst in cluster.instances:
+    for inst in cluster.backend.instances:
         assert inst.kv.used_blocks == 0, f"instance {inst.id} still holds {inst.kv.used_blocks} blocks"
         assert inst.num_running == 0 and inst.num_waiting == 0
         inst.kv.check()

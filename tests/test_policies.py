@@ -8,7 +8,7 @@ import pytest
 
 import seersim
 from conftest import load_small
-from seersim.engine import Cluster
+from seersim.api import simulate_step
 from seersim.policies import REGISTRY, Dispatch, make_policy, policy_class
 from seersim.policies.base import Policy
 from seersim.workload import build_workload
@@ -112,8 +112,7 @@ class _Scripted(Policy):
 def _run_with(dispatches):
     sc = load_small(**{"workload.prompts": 2, "workload.group_size": 2})
     wl = build_workload(sc, np.random.default_rng(0))
-    cluster = Cluster(sc, wl, _Scripted(sc.policy, dispatches))
-    return cluster.run()
+    return simulate_step(sc, wl, _Scripted(sc.policy, dispatches))
 
 
 def test_dispatching_a_request_twice_raises_policy_error():
@@ -161,7 +160,7 @@ def test_policies_only_see_a_read_only_view():
 
     sc = load_small(**{"workload.prompts": 2, "workload.group_size": 2})
     wl = build_workload(sc, np.random.default_rng(0))
-    out = Cluster(sc, wl, Peek(sc.policy)).run()
+    out = simulate_step(sc, wl, Peek(sc.policy))
     assert seen["ok"] and not out.requests["finish_s"].isna().any()
 
 
@@ -173,7 +172,7 @@ def test_oracle_gets_true_lengths_and_others_do_not():
     original = oracle.reveal_true_lengths
     oracle.reveal_true_lengths = lambda lengths: (got.setdefault("lengths", lengths.copy()), original(lengths))[1]
     wl = build_workload(sc, np.random.default_rng(0))
-    Cluster(sc, wl, oracle).run()
+    simulate_step(sc, wl, oracle)
     np.testing.assert_array_equal(got["lengths"], [r.output_tokens for r in wl.requests])
 
     for name in ("baseline", "divided", "context_aware", "seer"):

@@ -13,7 +13,7 @@ from typer.testing import CliRunner
 import seersim
 from seersim import regress as rg
 from seersim.cli import app
-from seersim.engine import Cluster
+from seersim.api import simulate_step
 from seersim.policies import REGISTRY, make_policy
 from seersim.policies.divided import DividedPolicy
 from seersim.workload import Request, Workload, build_workload
@@ -55,7 +55,7 @@ class _Recorder:
 
 def _decisions_until_reveal(sc, wl):
     rec = _Recorder(make_policy(sc.policy))
-    Cluster(sc, wl, rec).run()
+    simulate_step(sc, wl, rec)
     first_finish = min(e[1] for e in rec.log if e[0] == "done" and e[3])
     return [e for e in rec.log if e[1] < first_finish], first_finish
 
@@ -86,7 +86,7 @@ def test_oracle_reads_true_lengths():
     sc = small(**{"policy.name": "oracle_lpt", "policy.chunk_tokens": 512})
     wl = build_workload(sc, np.random.default_rng(0))
     rec = _Recorder(make_policy(sc.policy))
-    Cluster(sc, wl, rec).run()
+    simulate_step(sc, wl, rec)
     first = [e[2] for e in rec.log if e[0] == "dispatch"][:1]
     longest = max(wl.requests, key=lambda r: (r.output_tokens, -r.id)).id
     assert first == [longest]

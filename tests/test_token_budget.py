@@ -34,18 +34,16 @@ def test_budget_only_needs_max_num_seqs():
 
 
 def _count_cut_drafts(monkeypatch) -> dict:
-    from seersim.engine.instance import COMPUTED, GAMMA, TOKENS
     from seersim.engine.specdec import SpecDecoder
 
     seen = {"cut": 0, "starved": 0}
     original = SpecDecoder.scheduled_tau_q
 
-    def counting(self, inst, new):
-        R = inst.R
-        decoding = R[TOKENS] - R[COMPUTED] == 1
-        seen["cut"] += int((decoding & (new - 1 < R[GAMMA])).sum())
+    def counting(self, b, new):
+        decoding = b.tokens - b.computed == 1
+        seen["cut"] += int((decoding & (new - 1 < b.gamma)).sum())
         seen["starved"] += int((decoding & (new == 0)).sum())
-        return original(self, inst, new)
+        return original(self, b, new)
 
     monkeypatch.setattr(SpecDecoder, "scheduled_tau_q", counting)
     return seen
@@ -73,24 +71,16 @@ def test_256_seqs_with_2048_tokens_fast_forward_exact(monkeypatch, policy, specu
 
 def test_cut_drafts_accept_by_the_drafts_verified():
     """A decode whose drafts are cut to d emits by τ(d), not by τ of its full draft length."""
+    from seersim.engine.batch import RunningBatch
     from seersim.engine.specdec import Q, SpecDecoder
+    from seersim.requests import GroupProgress
 
-    spec = SpecDecoder.__new__(SpecDecoder)
-    spec.grouped = False
-    spec.cfg = seersim.load_scenario("scenarios/small.yaml").engine.speculation
-    table = np.arange(9, dtype=np.int64)[None, :] * Q + Q  # τ(γ) = 1 + γ, recognisable
-
-    class _Inst:  # the two columns the method reads, in the engine's row layout
-        from seersim.engine.instance import NCOLS
-
-        R = np.zeros((NCOLS, 3), np.int64)
-
-    from seersim.engine.instance import GAMMA, TAU_Q
-
-    _Inst.R[GAMMA] = [8, 8, 8]
-    _Inst.R[TAU_Q] = 9 * Q
-    spec._tau_q = table
-    got = spec.scheduled_tau_q(_Inst, np.array([9, 4, 0]))
+    cfg = seersim.load_scenario("scenarios/small.yaml", **{"engine.speculation.mode": "fixed"}).engine.speculation
+    spec = SpecDecoder(cfg, GroupProgress(np.zeros(3, np.int64)), cost=None, token_budget=2048)
+    spec._tau_q = np.arange(9, dtype=np.int64)[None, :] * Q + Q  # τ(γ) = 1 + γ, recognisable
+    b = RunningBatch()
+    b.extend([(i, 100, 101, 50, 0, 7, 0, 0, 8, 9 * Q) for i in range(3)])  # decodes with 8 drafts
+    got = spec.scheduled_tau_q(b, np.array([9, 4, 0]))
     assert got.tolist() == [9 * Q, 4 * Q, 1 * Q]
 
 

@@ -1,9 +1,11 @@
-"""Execution side of the simulator: instances (batching, KV, fast-forward), the global
-KV pool, speculative decoding, and the cluster that drives them with a policy."""
+"""The simulated backend: instances (batching, KV, fast-forward), KV-capacity planning,
+the global KV pool, speculative decoding, and `SimBackend`, which wires them together
+behind the driver's `Backend` protocol."""
 
-from seersim.engine.cluster import Cluster, SimOutput, kv_capacity_blocks
+from seersim.engine.cluster import SimBackend
 from seersim.engine.instance import Instance
 from seersim.engine.kvcache import KVCache
 from seersim.engine.kvpool import KVPool
+from seersim.engine.memory import kv_capacity_blocks
 
-__all__ = ["Cluster", "SimOutput", "Instance", "KVCache", "KVPool", "kv_capacity_blocks"]
+__all__ = ["SimBackend", "Instance", "KVCache", "KVPool", "kv_capacity_blocks"]

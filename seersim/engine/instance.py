@@ -16,34 +16,34 @@ Reading guide
 - A dispatch arriving mid-stretch interrupts it; the steps already done are settled
   and the step in progress completes (vLLM schedules between steps), then re-plan.
 
-The running batch is a struct of numpy arrays in admission order, so bookkeeping
-per event is vectorised; Python loops touch only the sequences that change.
+The running batch (`batch.RunningBatch`) is a struct of numpy columns in admission
+order, so bookkeeping per event is vectorised; Python loops touch only the sequences
+that change. Speculative decoding is a strategy (`specdec.SpecDecoder`) the instance
+calls at fixed points: before scheduling, to plan, and to know what decodes emit.
 """
 
 from __future__ import annotations
 
 from collections import deque
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Protocol
+from typing import Protocol
 
 import numpy as np
 import simpy
 
 from seersim.config import EngineConfig
 from seersim.cost import CostModel, HeadStretch, LinearStretch, TabulatedStretch
+from seersim.engine.batch import Plan, RunningBatch
 from seersim.engine.kvcache import KVCache, prompt_key
-from seersim.engine.requests import RequestTable
-from seersim.engine.specdec import Q as Q_ACC
+from seersim.engine.specdec import SpecDecoder
 from seersim.errors import SimulationError
-
-if TYPE_CHECKING:
-    from seersim.engine.specdec import SpecDecoder
+from seersim.requests import RequestTable
 
 
-class EngineListener(Protocol):
-    """What an instance reports to its cluster."""
+class ChunkDone(Protocol):
+    """How an instance reports a chunk that ended (to its backend)."""
 
-    def on_chunk_done(self, instance: "Instance", request_id: int, finished: bool) -> None: ...
+    def __call__(self, instance_id: int, request_id: int, finished: bool) -> None: ...
 
 
 @dataclass(slots=True)
@@ -58,31 +58,8 @@ class InstanceStats:
     decode_emitted_tokens: int = 0
 
 
-# Rows of the running-batch matrix `Instance.R` (one column per running sequence,
-# in admission order): one int64 matrix, so that masking a batch is one numpy op.
-RID, COMPUTED, TOKENS, LEFT, SHARED, BLOCKS, GROUP, ACC, GAMMA, TAU_Q = range(10)
-NCOLS = 10
-
-
 def _ceil_div(a: np.ndarray | int, b: int):
     return -(-a // b)
-
-
-class _Plan:
-    """One scheduled stretch of `steps` iterations.
-
-    pure: every iteration is the same decode batch. Otherwise the first iteration is a
-    mixed one (`new` tokens per sequence), followed — when `steps` > 1 — by a pure
-    decode tail (every sequence finished its prefill in the first iteration).
-    """
-
-    __slots__ = ("steps", "stretch", "new", "pure", "emit_fn", "blocks_fn", "total_blocks")
-
-    def __init__(self, steps, stretch, new, pure, emit_fn=None, blocks_fn=None):
-        self.steps, self.stretch, self.new, self.pure, self.emit_fn = steps, stretch, new, pure, emit_fn
-        # blocks_fn(k): blocks iterations 1..k allocate beyond what scheduling allocated
-        self.blocks_fn = blocks_fn
-        self.total_blocks: int | None = None  # blocks_fn(steps), computed on first need
 
 
 class Instance:
@@ -94,8 +71,9 @@ class Instance:
         cost: CostModel,
         cfg: EngineConfig,
         table: RequestTable,
-        listener: EngineListener,
-        spec: "SpecDecoder | None" = None,
+        prompt_blocks: np.ndarray,
+        on_chunk_done: ChunkDone,
+        spec: SpecDecoder | None = None,
     ) -> None:
         self.id = instance_id
         self.env = env
@@ -103,25 +81,30 @@ class Instance:
         self.cost = cost
         self.cfg = cfg
         self.table = table
-        self.listener = listener
+        self.prompt_blocks = prompt_blocks  # full prompt blocks prefix caching can share
+        self.on_chunk_done = on_chunk_done
         self.spec = spec
         self.bs = kv.block_size
         self.fast_forward = cfg.mode == "fast_forward"
         self.stats = InstanceStats()
-        self.samples: list[tuple] = []  # timeline rows, see Cluster.instance_frame
+        self.samples: list[tuple] = []  # timeline rows (backends.base.TIMELINE_COLUMNS after "instance")
         self.waiting: deque[tuple[int, int]] = deque()  # (request id, tokens left in chunk)
-        self.R = np.zeros((NCOLS, 0), np.int64)
+        self.batch = RunningBatch()
         self._wake: simpy.Event | None = None
         self._interruptible = False
-        self._current: tuple[_Plan, float] | None = None  # the stretch in progress and its start
+        self._current: tuple[Plan, float] | None = None  # the stretch in progress and its start
         self._kv_pre = 0  # blocks of that stretch allocated early by settle_kv()
         self._fresh_decoders = False  # a sequence decodes its first token (prompt fully cached)
         self.process = env.process(self._run())
 
     # ------------------------------------------------------------------ observable state
     @property
+    def block_size(self) -> int:
+        return self.bs
+
+    @property
     def num_running(self) -> int:
-        return self.R.shape[1]
+        return len(self.batch)
 
     @property
     def num_waiting(self) -> int:
@@ -141,7 +124,7 @@ class Instance:
     def _run(self):
         env = self.env
         while True:
-            if not self.R.shape[1] and not self.waiting:
+            if not len(self.batch) and not self.waiting:
                 self._wake = env.event()
                 yield self._wake
                 self._wake = None
@@ -172,12 +155,16 @@ class Instance:
                         continue
             self._interruptible = False
             self._current = None
-            self.stats.busy_s += plan.stretch.cumulative(steps)
-            self.stats.iterations += steps
+            self._count(plan, steps)
             if self._advance(plan, steps, start):
                 # Chunks ended: let the global scheduler's pass at this instant (already
                 # queued) dispatch before this engine schedules its next iteration.
                 yield env.timeout(0)
+
+    def _count(self, plan: Plan, steps: int) -> None:
+        """Add `steps` iterations of the plan to the busy time and iteration count."""
+        self.stats.busy_s += plan.stretch.cumulative(steps)
+        self.stats.iterations += steps
 
     def settle_kv(self, cache_only: bool = True) -> None:
         """Apply the KV allocations of the iterations started so far in the current stretch.
@@ -198,7 +185,7 @@ class Instance:
         if cache_only:
             uncached_free = kv.total_blocks - kv.used_blocks - kv.cached_blocks
             # cheap bound first: each sequence needs at most one block per bs iterations (+1)
-            if self.R.shape[1] * (plan.steps // self.bs + 2) * (1 + self._max_gamma()) <= uncached_free:
+            if len(self.batch) * (plan.steps // self.bs + 2) * (1 + self._max_gamma()) <= uncached_free:
                 return
             if plan.total_blocks is None:
                 plan.total_blocks = plan.blocks_fn(plan.steps)
@@ -219,13 +206,14 @@ class Instance:
             self._current = None
             self._undo_pre()  # _advance re-allocates the completed iterations' blocks
             if done:
+                self._count(plan, done)
                 self._advance(plan, done, start)
-        table = self.table
-        for i in range(self.R.shape[1] - 1, -1, -1):
-            rid = int(self.R[RID, i])
-            table.generated[rid] = int(self.R[TOKENS, i] - table.input_tokens[rid])
+        table, b = self.table, self.batch
+        generated = b.tokens - table.input_tokens[b.rid]
+        for i in range(len(b) - 1, -1, -1):
+            table.generated[b.rid[i]] = generated[i]
             self._release(i, cache=False)
-        self.R = self.R[:, :0]
+        b.keep(slice(0, 0))
         self.waiting.clear()
 
     def _undo_pre(self) -> None:
@@ -235,7 +223,7 @@ class Instance:
 
     def _max_gamma(self) -> int:
         """Largest per-iteration draft width in the batch (0 without speculation)."""
-        return int(self.R[GAMMA].max()) if self.spec is not None and self.R.shape[1] else 0
+        return int(self.batch.gamma.max()) if self.spec is not None and len(self.batch) else 0
 
     def _take_pre(self) -> int:
         """Blocks of the ending stretch that settle_kv() allocated early (then reset)."""
@@ -243,7 +231,7 @@ class Instance:
         return pre
 
     # ------------------------------------------------------------------ scheduling
-    def _plan(self) -> _Plan | None:
+    def _plan(self) -> Plan | None:
         if self.spec is not None:
             self.spec.begin_iteration(self)
         new, changed, preempted, budget_blocked = self._schedule()
@@ -253,34 +241,34 @@ class Instance:
             self._sample()
         if self.spec is not None:
             return self.spec.plan(self, new, changed, preempted)
-        R = self.R
-        n = R.shape[1]
-        computed = R[COMPUTED]
+        b = self.batch
+        n = len(b)
+        computed = b.computed
         # Pure decode (every sequence takes one token, no preemption): the batch stays the
         # same until a chunk ends or blocks run out; admission cannot become possible
         # later in the stretch (free blocks only shrink), so it may follow an admission.
         if not preempted and bool((new == 1).all()):
             stretch = LinearStretch(self.cost.step_lines(n, n, 0), int(computed.sum()), n)
-            steps = self._pure_steps(computed, R[LEFT], allocated=True) if self.fast_forward else 1
-            return _Plan(steps, stretch, new, True, blocks_fn=self._decode_blocks_fn(computed, 0))
+            steps = self._pure_steps(computed, b.left, allocated=True) if self.fast_forward else 1
+            return Plan(steps, stretch, "decode", new, self._decode_blocks_fn(computed, 0))
         head_s = self.mixed_step_s(new)
         # After this mixed iteration, if every sequence has finished its prefill (and
         # emits a token), nobody's chunk ends, and admission was not stopped by the token
         # budget (which frees up next iteration), a pure decode tail follows.
         tail = 0
         if self.fast_forward and not preempted and not budget_blocked:
-            need = R[TOKENS] - computed
-            after_left = R[LEFT] - 1
+            need = b.tokens - computed
+            after_left = b.left - 1
             if bool((new == need).all()) and int(after_left.min()) > 0 and not self._publishes_prompt(new):
                 tail = self._pure_steps(computed + new, after_left, allocated=False)
         if tail:
             stretch = HeadStretch(head_s, LinearStretch(self.cost.step_lines(n, n, 0), int((computed + new).sum()), n))
-            return _Plan(1 + tail, stretch, new, False, blocks_fn=self._decode_blocks_fn(computed + new, 1))
-        return _Plan(1, TabulatedStretch.single(head_s), new, False)
+            return Plan(1 + tail, stretch, "mixed", new, self._decode_blocks_fn(computed + new, 1))
+        return Plan(1, TabulatedStretch.single(head_s), "mixed", new)
 
     def _decode_blocks_fn(self, computed: np.ndarray, head: int):
         """blocks_fn of a decode stretch after `head` mixed iterations."""
-        held = self.R[BLOCKS] + self.R[SHARED]
+        held = self.batch.blocks + self.batch.shared
         bs = self.bs
 
         def blocks(k: int) -> int:
@@ -294,7 +282,7 @@ class Instance:
         """Time of one iteration computing `new` tokens per running sequence (prefill
         chunks attend to their earlier tokens and to each other causally)."""
         scheduled = new > 0
-        c, k = self.R[COMPUTED][scheduled], new[scheduled]
+        c, k = self.batch.computed[scheduled], new[scheduled]
         context = int((c + k).sum())
         pairs = int((k * c + k * (k + 1) // 2).sum())
         return self.cost.step_lines(int(scheduled.sum()), int(k.sum()), pairs - context).at(context)
@@ -312,7 +300,7 @@ class Instance:
             first[first < 2] += bs
         # Demands repeat every bs steps, one per sequence, so the (free+1)-th demand
         # falls in period q at the r-th smallest offset.
-        q, r = divmod(self._stretch_block_limit(), n)
+        q, r = divmod(self.stretch_block_limit(), n)
         fail_step = int(np.partition(first, r)[r]) + q * bs
         steps = min(int(left.min()), fail_step - 1)
         return max(1, steps) if allocated else max(0, steps)
@@ -323,11 +311,11 @@ class Instance:
         prefixes changes, so the iteration must end at its own boundary."""
         if not self.cfg.prefix_caching:
             return False
-        R = self.R
-        p = self.table.prompt_blocks[R[RID]] * self.bs
-        return bool(((R[SHARED] == 0) & (p > 0) & (R[COMPUTED] < p) & (R[COMPUTED] + new >= p)).any())
+        b = self.batch
+        p = self.prompt_blocks[b.rid] * self.bs
+        return bool(((b.shared == 0) & (p > 0) & (b.computed < p) & (b.computed + new >= p)).any())
 
-    def _stretch_block_limit(self) -> int:
+    def stretch_block_limit(self) -> int:
         """Blocks a stretch may allocate without changing what the scheduler would admit.
 
         Free blocks only shrink during a stretch, so a waiting head blocked by KV stays
@@ -344,49 +332,49 @@ class Instance:
     def _schedule(self) -> tuple[np.ndarray | None, bool, bool, bool]:
         """One iteration's scheduling decision (vLLM v1 semantics).
 
-        Returns (new tokens per running column, batch changed, preempted, admission
+        Returns (new tokens per running sequence, batch changed, preempted, admission
         stopped by the token budget); allocates the iteration's KV blocks. new is None
         when nothing can run.
         """
-        bs, kv, R = self.bs, self.kv, self.R
+        bs, kv, b = self.bs, self.kv, self.batch
         budget = self.cfg.max_num_batched_tokens
         preempted = admitted = False
-        if R.shape[1]:
-            need = R[TOKENS] - R[COMPUTED]
+        n = len(b)
+        if n:
+            need = b.tokens - b.computed
             if self.spec is not None:
-                need += R[GAMMA]
-            n = R.shape[1]
+                need += b.gamma
             if self.spec is None and n <= budget and int(need.sum()) == n:
                 # every sequence decodes one token (the common case): its block holds
                 # ceil(computed/bs) blocks, so it needs a new one exactly at a boundary
                 new = need
-                add = (R[COMPUTED] % bs == 0).astype(np.int64)
+                add = (b.computed % bs == 0).astype(np.int64)
             else:
                 before = np.cumsum(need) - need
                 new = np.minimum(need, np.maximum(budget - before, 0))
-                add = np.maximum(_ceil_div(R[COMPUTED] + new, bs) - R[SHARED] - R[BLOCKS], 0)
+                add = np.maximum(_ceil_div(b.computed + new, bs) - b.shared - b.blocks, 0)
             total_add = int(add.sum())
             if total_add > kv.free_blocks:
                 keep = self._preemption_cut(add)
-                for i in range(R.shape[1] - 1, keep - 1, -1):
+                for i in range(n - 1, keep - 1, -1):
                     self._preempt(i)
-                self.R = R = R[:, :keep]
+                b.keep(slice(0, keep))
                 new, add = new[:keep], add[:keep]
                 total_add = int(add.sum())
                 preempted = True
             kv.allocate(total_add)
-            R[BLOCKS] += add
+            b.blocks += add
             budget -= int(new.sum())
         else:
             new = np.zeros(0, np.int64)
-        if not preempted and self.waiting and budget > 0 and R.shape[1] < self.cfg.max_num_seqs:
+        if not preempted and self.waiting and budget > 0 and len(b) < self.cfg.max_num_seqs:
             admitted_new = self._admit(budget)
             if admitted_new:
                 new = np.concatenate((new, np.asarray(admitted_new, np.int64)))
                 admitted = True
                 budget -= sum(admitted_new)
-        budget_blocked = bool(self.waiting) and budget <= 0 and self.R.shape[1] < self.cfg.max_num_seqs
-        if not self.R.shape[1]:
+        budget_blocked = bool(self.waiting) and budget <= 0 and len(b) < self.cfg.max_num_seqs
+        if not len(b):
             return None, admitted or preempted, preempted, budget_blocked
         return new, admitted or preempted, preempted, budget_blocked
 
@@ -397,13 +385,13 @@ class Instance:
         largest with free + blocks freed by preempting m..n-1 ≥ blocks needed by 0..m-1.
         A group's shared prompt is freed with its lowest-index holder.
         """
-        R = self.R
-        freed = R[BLOCKS].copy()
-        holders = np.flatnonzero(R[SHARED] > 0)
+        b = self.batch
+        freed = b.blocks.copy()
+        holders = np.flatnonzero(b.shared > 0)
         if len(holders):
-            _, first = np.unique(R[GROUP, holders], return_index=True)
+            _, first = np.unique(b.group[holders], return_index=True)
             idx = holders[first]
-            freed[idx] += R[SHARED, idx]
+            freed[idx] += b.shared[idx]
         suffix_freed = np.concatenate((np.cumsum(freed[::-1])[::-1], [0]))  # freed by preempting m..n-1
         prefix_add = np.concatenate(([0], np.cumsum(add)))  # needed by 0..m-1
         ok = self.kv.free_blocks + suffix_freed - prefix_add >= 0
@@ -412,15 +400,16 @@ class Instance:
     def _admit(self, budget: int) -> list[int]:
         """Admit waiting requests in order while budget, max_num_seqs and KV allow."""
         kv, bs, table = self.kv, self.bs, self.table
-        cols: list[tuple[int, ...]] = []
+        rows: list[tuple[int, ...]] = []
         news: list[int] = []
-        room = self.cfg.max_num_seqs - self.R.shape[1]
+        room = self.cfg.max_num_seqs - len(self.batch)
         caching = self.cfg.prefix_caching
+        spec_cols = self.spec.admit() if self.spec is not None else (0, 0, 0)
         while self.waiting and budget > 0 and room > 0:
             rid, left = self.waiting[0]
             group = int(table.group_id[rid])
             tokens = int(table.input_tokens[rid] + table.generated[rid])
-            p_blocks = int(table.prompt_blocks[rid])
+            p_blocks = int(self.prompt_blocks[rid])
             p_hit, own_hit = kv.prefix_blocks(rid, group, p_blocks) if caching else (0, 0)
             hit = min((p_hit + own_hit) * bs, tokens - 1)
             new = min(tokens - hit, budget)
@@ -438,24 +427,22 @@ class Instance:
             if own_hit:
                 kv.take_cached(rid)
             kv.allocate(need_blocks)
-            acc, gamma, tau_q = self.spec.admit(rid) if self.spec is not None else (0, 0, 0)
-            cols.append((rid, hit, tokens, left, shared, private + own_hit + need_blocks, group, acc, gamma, tau_q))
+            rows.append((rid, hit, tokens, left, shared, private + own_hit + need_blocks, group, *spec_cols))
             if new == 1 and tokens == table.input_tokens[rid]:
                 self._fresh_decoders = True
             news.append(new)
             budget -= new
             room -= 1
-        if cols:
-            self.R = np.concatenate((self.R, np.array(cols, dtype=np.int64).T), axis=1)
+        if rows:
+            self.batch.extend(rows)
         return news
 
     # ------------------------------------------------------------------ state changes
     def _release(self, i: int, cache: bool) -> None:
-        """Free column i's KV; with `cache`, keep its full blocks hashed for a later prefix hit."""
+        """Free sequence i's KV; with `cache`, keep its full blocks hashed for a later prefix hit."""
         kv, bs = self.kv, self.bs
-        col = self.R[:, i].tolist()
-        rid, computed, shared, blocks, group = col[RID], col[COMPUTED], col[SHARED], col[BLOCKS], col[GROUP]
-        p_blocks = int(self.table.prompt_blocks[rid])
+        rid, computed, _, _, shared, blocks, group, *_ = self.batch.row(i)
+        p_blocks = int(self.prompt_blocks[rid])
         if shared:
             kv.release_prompt(group)
         cache = cache and self.cfg.prefix_caching
@@ -473,129 +460,154 @@ class Instance:
         kv.release(blocks)
 
     def _preempt(self, i: int) -> None:
-        rid = int(self.R[RID, i])
+        b = self.batch
+        rid = int(b.rid[i])
         self._release(i, cache=True)
-        self.table.generated[rid] = int(self.R[TOKENS, i] - self.table.input_tokens[rid])
+        self.table.generated[rid] = int(b.tokens[i] - self.table.input_tokens[rid])
         self.table.preemptions[rid] += 1
         self.stats.preemptions += 1
-        self.waiting.appendleft((rid, int(self.R[LEFT, i])))
+        self.waiting.appendleft((rid, int(b.left[i])))
 
-    def _advance(self, plan: _Plan, steps: int, start: float) -> bool:
+    def _advance(self, plan: Plan, steps: int, start: float) -> bool:
         """Apply `steps` iterations of the plan; retire sequences whose chunk is done.
 
         Returns whether any chunk ended.
         """
-        if plan.pure:
-            self._advance_decode(steps, start + plan.stretch.cumulative(1))
-        elif plan.emit_fn is not None:
-            plan.emit_fn(steps, start)
+        first_end = start + plan.stretch.cumulative(1)
+        if plan.kind == "decode":
+            self._advance_decode(steps, first_end)
+        elif plan.kind == "spec_decode":
+            self._advance_spec_decode(steps, first_end)
         else:
-            before = self._advance_mixed(plan.new, start + plan.stretch.cumulative(1))
+            before = self._advance_mixed(plan.new, first_end)
             if not isinstance(plan.stretch, HeadStretch):  # a tail is only planned when none publishes
                 self._share_new_prompts(before)
             if steps > 1:
-                head_end = start + plan.stretch.cumulative(1)
-                self._advance_decode(steps - 1, head_end + plan.stretch.tail.cumulative(1))
-        done = self.R[LEFT] <= 0
+                self._advance_decode(steps - 1, first_end + plan.stretch.tail.cumulative(1))
+        done = self.batch.left <= 0
         if done.any():
             self._retire(done)
             return True
         return False
+
+    def _record_first_tokens(self, mask: np.ndarray, at_s: float) -> None:
+        if mask.any():
+            self.table.first_token_s[self.batch.rid[mask]] = at_s
 
     def _advance_mixed(self, new: np.ndarray, end_s: float) -> np.ndarray:
         """Apply one mixed iteration: prefills advance by `new` tokens and emit the first
         token when they complete; decodes emit one token, or with speculation what their
         accumulator yields (their `new` counts the verified drafts). Returns the
         computed tokens before it."""
-        R, table = self.R, self.table
-        before = R[COMPUTED].copy()
-        decoding = R[TOKENS] - before == 1
-        emit = ((before + new == R[TOKENS]) & (new > 0)).astype(np.int64)
+        b, table = self.batch, self.table
+        before = b.computed.copy()
+        decoding = b.tokens - before == 1
+        emit = ((before + new == b.tokens) & (new > 0)).astype(np.int64)
         advance = new
-        spec = None
+        speculating = None
         if self.spec is not None:
-            spec = decoding & (new > 0)
-            tau_q = self.spec.scheduled_tau_q(self, new)  # drafts cut by the token budget accept less
-            spec_emit = np.minimum((R[ACC] + tau_q) // Q_ACC, R[LEFT])
-            emit = np.where(spec, spec_emit, emit)
-            advance = np.where(spec, spec_emit, new)
-            R[ACC] = np.where(spec, (R[ACC] + tau_q) % Q_ACC, R[ACC])
-        first = (emit > 0) & (R[TOKENS] == table.input_tokens[R[RID]])
-        if first.any():
-            table.first_token_s[R[RID, first]] = end_s
-        R[COMPUTED] += advance
-        R[TOKENS] += emit
-        R[LEFT] -= emit
+            speculating = decoding & (new > 0)
+            spec_emit = self.spec.mixed_emission(b, speculating, new)  # drafts cut by the budget accept less
+            emit = np.where(speculating, spec_emit, emit)
+            advance = np.where(speculating, spec_emit, new)
+        self._record_first_tokens((emit > 0) & (b.tokens == table.input_tokens[b.rid]), end_s)
+        b.computed += advance
+        b.tokens += emit
+        b.left -= emit
         emitted = int(emit.sum())
-        self.stats.prefill_tokens += int(np.where(decoding, 0, new - emit).sum())
-        if spec is None:
-            self.stats.emitted_tokens += emitted
-            self.stats.verified_tokens += int(new.sum())
-        else:
-            self.spec._account(self, 1, emitted, int(new.sum()), int(spec.sum()), int(emit[spec].sum()))
+        st = self.stats
+        st.prefill_tokens += int(np.where(decoding, 0, new - emit).sum())
+        st.emitted_tokens += emitted
+        st.verified_tokens += int(new.sum())
+        if speculating is not None:
+            st.decode_seq_steps += int(speculating.sum())
+            st.decode_emitted_tokens += int(emit[speculating].sum())
         return before
 
-    def _advance_decode(self, steps: int, first_step_end_s: float) -> None:
-        """Apply `steps` pure-decode iterations: one token each, blocks as they fill."""
-        R, table = self.R, self.table
-        if self._fresh_decoders:  # admitted with the whole prompt cached: first token now
+    def _fresh_first_tokens(self, first_step_end_s: float) -> None:
+        """Sequences admitted with the whole prompt cached decode their first token in
+        the stretch's first iteration."""
+        if self._fresh_decoders:
             self._fresh_decoders = False
-            first_token = R[TOKENS] == table.input_tokens[R[RID]]
-            table.first_token_s[R[RID, first_token]] = first_step_end_s
-        R[COMPUTED] += steps
-        R[TOKENS] += steps
-        R[LEFT] -= steps
-        grow = _ceil_div(R[COMPUTED], self.bs) - R[SHARED] - R[BLOCKS]
+            b = self.batch
+            self._record_first_tokens(b.tokens == self.table.input_tokens[b.rid], first_step_end_s)
+
+    def _grow_blocks(self, slots: np.ndarray) -> None:
+        """Hold blocks for `slots` tokens per sequence (the stretch's early allocations included)."""
+        b = self.batch
+        grow = np.maximum(_ceil_div(slots, self.bs) - b.shared - b.blocks, 0)
         add = int(grow.sum())
         self.kv.allocate(add - self._take_pre())
         if add:
-            R[BLOCKS] += grow
-        emitted = steps * R.shape[1]
+            b.blocks += grow
+
+    def _advance_decode(self, steps: int, first_step_end_s: float) -> None:
+        """Apply `steps` pure-decode iterations: one token each, blocks as they fill."""
+        b = self.batch
+        self._fresh_first_tokens(first_step_end_s)
+        b.computed += steps
+        b.tokens += steps
+        b.left -= steps
+        self._grow_blocks(b.computed)
+        emitted = steps * len(b)
         st = self.stats
         st.emitted_tokens += emitted
         st.verified_tokens += emitted
         st.decode_seq_steps += emitted
         st.decode_emitted_tokens += emitted
 
+    def _advance_spec_decode(self, steps: int, first_step_end_s: float) -> None:
+        """Apply `steps` speculative-decode iterations: the strategy says what each emits."""
+        b, spec = self.batch, self.spec
+        self._fresh_first_tokens(first_step_end_s)
+        # blocks for the last iteration's slots (the most any iteration needed)
+        self._grow_blocks(spec.slots_at(b, steps))
+        emitted = spec.emitted(b, steps)
+        verified = steps * int((1 + b.gamma).sum())
+        spec.advance(b, steps)
+        b.computed += emitted
+        b.tokens += emitted
+        b.left -= emitted
+        total = int(emitted.sum())
+        st = self.stats
+        st.emitted_tokens += total
+        st.verified_tokens += verified
+        st.decode_seq_steps += steps * len(b)
+        st.decode_emitted_tokens += total
+
     def _share_new_prompts(self, before: np.ndarray) -> None:
         """Sequences whose prefill just covered the prompt publish it for their siblings."""
         if not self.cfg.prefix_caching:
             return
-        R = self.R
-        p = self.table.prompt_blocks[R[RID]] * self.bs
-        crossed = (R[SHARED] == 0) & (p > 0) & (R[COMPUTED] >= p) & (before < p)
+        b = self.batch
+        p = self.prompt_blocks[b.rid] * self.bs
+        crossed = (b.shared == 0) & (p > 0) & (b.computed >= p) & (before < p)
         for i in np.flatnonzero(crossed):
-            group = int(R[GROUP, i])
+            group = int(b.group[i])
             if not self.kv.prompt_refs(group):
                 blocks = int(p[i]) // self.bs
                 self.kv.share_prompt(group, blocks)
-                R[SHARED, i] = blocks
-                R[BLOCKS, i] -= blocks
+                b.shared[i] = blocks
+                b.blocks[i] -= blocks
 
     def _retire(self, done: np.ndarray) -> None:
-        table = self.table
-        now = self.env.now
-        finished_rows = []
+        table, b = self.table, self.batch
         idx = np.flatnonzero(done)
-        rids = self.R[RID, idx]
-        generated = self.R[TOKENS, idx] - table.input_tokens[rids]
+        rids = b.rid[idx]
+        generated = b.tokens[idx] - table.input_tokens[rids]
         table.generated[rids] = generated
         finished = generated >= table.output_tokens[rids]
-        table.finish_s[rids[finished]] = now
-        for i, rid, fin in zip(idx.tolist(), rids.tolist(), finished.tolist()):
+        finished_rows = list(zip(rids.tolist(), finished.tolist()))
+        for i, (_, fin) in zip(idx.tolist(), finished_rows):
             self._release(i, cache=not fin)
-            finished_rows.append((rid, fin))
-        self.R = self.R[:, ~done]
+        b.keep(~done)
         self._sample()
-        for rid, finished in finished_rows:
-            self.listener.on_chunk_done(self, rid, finished)
+        for rid, fin in finished_rows:
+            self.on_chunk_done(self.id, rid, fin)
 
-    # ------------------------------------------------------------------ speculative hooks
     # ------------------------------------------------------------------ records
     def _sample(self) -> None:
-        self.samples.append(
-            (self.env.now, self.R.shape[1], len(self.waiting), self.kv.used_blocks, self.kv.cached_blocks)
-        )
+        self.samples.append((self.env.now, len(self.batch), len(self.waiting), self.kv.used_blocks, self.kv.cached_blocks))
 
     def insert_pulled_kv(self, request_id: int, group_id: int, prompt_blocks: int, own_blocks: int) -> None:
         """KV that arrived through the pool lands as cached blocks (a prefix hit at admission).

@@ -37,19 +37,14 @@ the others (β[j] = α^j, the probability that the j-th draft token is accepted)
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING
-
 import numpy as np
 from scipy import optimize
 
 from seersim.config import SpeculationConfig
-from seersim.cost import LinearStretch, StepLines, TabulatedStretch
+from seersim.cost import CostModel, LinearStretch, StepLines, TabulatedStretch
+from seersim.engine.batch import Q, EngineState, Plan, RunningBatch
+from seersim.requests import GroupProgress
 
-if TYPE_CHECKING:
-    from seersim.engine.cluster import Cluster
-    from seersim.engine.instance import Instance
-
-Q = 1 << 20  # accumulator units per token
 MAX_DRAFT = 8
 PRIORITY_LAMBDA = 2.0
 
@@ -99,11 +94,20 @@ class AcceptanceModel:
 
 
 class SpecDecoder:
-    """Per-instance speculative-decoding state: the current epoch's draft lengths."""
+    """Per-instance speculative-decoding strategy: the current epoch's draft lengths.
 
-    def __init__(self, cluster: "Cluster", cfg: SpeculationConfig) -> None:
-        self.cluster = cluster
+    The instance calls it at fixed points, through these public methods only:
+    `admit` (columns of a new sequence), `begin_iteration` (before scheduling),
+    `plan` (the next stretch), `mixed_emission` (tokens of decodes in a mixed
+    iteration), and for a "spec_decode" plan `slots_at`, `emitted` and `advance`.
+    It reads a group-progress view (finished siblings, probes), never the cluster.
+    """
+
+    def __init__(self, cfg: SpeculationConfig, groups: GroupProgress, cost: CostModel, token_budget: int) -> None:
+        self.groups = groups
+        self.cost = cost
         self.cfg = cfg
+        self.token_budget = token_budget  # the engine's max_num_batched_tokens
         self.grouped = cfg.mode == "grouped_adaptive"
         table = cfg.acceptance_table or PAPER_ACCEPTANCE[cfg.paths]
         self.model = AcceptanceModel({int(k): float(v) for k, v in table.items()}, cfg.reference_draft_tokens)
@@ -119,105 +123,93 @@ class SpecDecoder:
         self.epoch_base_context = 0.0
         self.epoch_rate = 0.0
 
+    @staticmethod
+    def max_draft_tokens(cfg: SpeculationConfig) -> int:
+        """The longest draft (per path) a sequence may get: γ of `fixed`, the adaptive cap."""
+        return cfg.draft_tokens if cfg.mode == "fixed" else MAX_DRAFT
+
     # ------------------------------------------------------------------ engine hooks
     @staticmethod
-    def admit(request_id: int) -> tuple[int, int, int]:
-        """(accumulator, γ, τ·Q) of a newly admitted sequence: no drafts until the next epoch."""
+    def admit() -> tuple[int, int, int]:
+        """(acc, gamma, tau_q) of a newly admitted sequence: no drafts until the next epoch."""
         return 0, 0, Q
 
-    def begin_iteration(self, inst: "Instance") -> None:
+    def begin_iteration(self, state: EngineState) -> None:
         """Before scheduling an iteration: at an epoch start choose the draft lengths
         (probes, others) for the batch; after a batch change re-assign them."""
         if self.epoch_left > 0:
             if not self._rebase:
                 return
-            self._assign(inst)
-            if not self.grouped or self._verify_tokens(inst) <= inst.cfg.max_num_batched_tokens:
+            self._assign(state.batch)
+            if not self.grouped or self._verify_tokens(state.batch) <= self.token_budget:
                 return
             # the batch grew past what the epoch's drafts fit in a step: choose again
-        from seersim.engine.instance import COMPUTED, RID, TOKENS
-
-        R = inst.R
+        b = state.batch
         self.epoch_left = self.cfg.reevaluate_steps
         if self._alpha is None:
-            max_refs = int(self.cluster.group_sizes.max()) if len(self.cluster.group_sizes) else 1
-            self._alpha, self._tau_q = self.model.tables(max_refs)
-        decoding = R[TOKENS] - R[COMPUTED] == 1
+            self._alpha, self._tau_q = self.model.tables(self.groups.max_group_size)
+        decoding = b.tokens - b.computed == 1
         if not self.grouped:
             self.epoch_gamma = (self.cfg.draft_tokens, self.cfg.draft_tokens)
         elif decoding.any():
-            rids = R[RID, decoding]
-            refs = self.cluster.finished_counts[self.cluster.table.group_id[rids]]
-            self.epoch_gamma = self._adaptive_gamma(inst, self._alpha[refs], self.cluster.is_probe[rids])
+            rids = b.rid[decoding]
+            refs = self.groups.finished_siblings(rids)
+            self.epoch_gamma = self._adaptive_gamma(b, self._alpha[refs], self.groups.is_probe(rids))
         else:
             self.epoch_gamma = (0, 0)
-        self._assign(inst)
+        self._assign(b)
 
-    def _assign(self, inst: "Instance") -> None:
+    def _assign(self, b: RunningBatch) -> None:
         """Give every decoding sequence its epoch draft length and τ (from its group's
         finished references now), and restart the epoch's context model."""
-        from seersim.engine.instance import COMPUTED, GAMMA, RID, TAU_Q, TOKENS
-
-        R = inst.R
-        rids = R[RID]
-        decoding = R[TOKENS] - R[COMPUTED] == 1
+        rids = b.rid
+        decoding = b.tokens - b.computed == 1
         g_probe, g_other = self.epoch_gamma
-        gamma = np.where(self.cluster.is_probe[rids], g_probe, g_other) * decoding
+        gamma = np.where(self.groups.is_probe(rids), g_probe, g_other) * decoding
         if self.grouped:
-            refs = self.cluster.finished_counts[self.cluster.table.group_id[rids]]
+            refs = self.groups.finished_siblings(rids)
         else:
             refs = np.zeros(len(rids), np.int64)
-        R[GAMMA] = gamma * self.cfg.paths
-        R[TAU_Q] = self._tau_q[refs, gamma]
+        b.gamma[:] = gamma * self.cfg.paths
+        b.tau_q[:] = self._tau_q[refs, gamma]
         self._rebase = False
         self.epoch_step = 0
-        self.epoch_base_context = float((R[COMPUTED] + 1 + R[GAMMA]).sum())
-        self.epoch_rate = float(R[TAU_Q].sum()) / Q
+        self.epoch_base_context = float((b.computed + 1 + b.gamma).sum())
+        self.epoch_rate = float(b.tau_q.sum()) / Q
 
     @staticmethod
-    def _verify_tokens(inst: "Instance") -> int:
+    def _verify_tokens(b: RunningBatch) -> int:
         """Tokens the batch's decoding sequences verify per iteration with their drafts."""
-        from seersim.engine.instance import COMPUTED, GAMMA, TOKENS
+        return int(((b.tokens - b.computed == 1) * (1 + b.gamma)).sum())
 
-        R = inst.R
-        return int(((R[TOKENS] - R[COMPUTED] == 1) * (1 + R[GAMMA])).sum())
-
-    def scheduled_tau_q(self, inst: "Instance", new: np.ndarray) -> np.ndarray:
+    def scheduled_tau_q(self, b: RunningBatch, new: np.ndarray) -> np.ndarray:
         """τ·Q per running sequence for the tokens scheduled this iteration: a decode
         whose drafts the token budget cut (vLLM trims them to fit) verifies only
         (new − 1) // paths drafts per path, with its group's references now."""
-        from seersim.engine.instance import GAMMA, RID, TAU_Q
-
-        R = inst.R
-        drafts = np.minimum(np.maximum(new - 1, 0), R[GAMMA])
-        cut = drafts < R[GAMMA]
+        drafts = np.minimum(np.maximum(new - 1, 0), b.gamma)
+        cut = drafts < b.gamma
         if not cut.any():
-            return R[TAU_Q]
-        rids = R[RID, cut]
-        if self.grouped:
-            refs = self.cluster.finished_counts[self.cluster.table.group_id[rids]]
-        else:
-            refs = np.zeros(len(rids), np.int64)
-        tau_q = R[TAU_Q].copy()
+            return b.tau_q
+        rids = b.rid[cut]
+        refs = self.groups.finished_siblings(rids) if self.grouped else np.zeros(len(rids), np.int64)
+        tau_q = b.tau_q.copy()
         tau_q[cut] = self._tau_q[refs, drafts[cut] // self.cfg.paths]
         return tau_q
 
-    def _iteration_s(self, inst: "Instance", batch: int, gamma: int, context: int) -> float:
+    def _iteration_s(self, batch: int, gamma: int, context: int) -> float:
         width = 1 + self.cfg.paths * gamma
-        lines = inst.cost.step_lines(batch, batch * width, 0, float(width))
+        lines = self.cost.step_lines(batch, batch * width, 0, float(width))
         return lines.at(context + batch * (width - 1)) + (self.cfg.draft_overhead_s if gamma else 0.0)
 
-    def _adaptive_gamma(self, inst: "Instance", alpha: np.ndarray, probe: np.ndarray) -> tuple[int, int]:
+    def _adaptive_gamma(self, b: RunningBatch, alpha: np.ndarray, probe: np.ndarray) -> tuple[int, int]:
         """(γ for probes, γ for the others) of a batch with these acceptances."""
-        from seersim.engine.instance import COMPUTED
-
         batch = len(alpha)
-        context = int(inst.R[COMPUTED].sum()) + inst.R.shape[1]
+        context = int(b.computed.sum()) + len(b)
         a_mean = float(alpha.sum()) / batch
         # drafts the step's token budget cannot verify are not worth building
-        cap = min(MAX_DRAFT, (inst.cfg.max_num_batched_tokens // batch - 1) // self.cfg.paths)
+        cap = min(MAX_DRAFT, (self.token_budget // batch - 1) // self.cfg.paths)
         taus = [sum(a_mean**j for j in range(g + 1)) for g in range(cap + 1)]
-        per_token = [self._iteration_s(inst, batch, g, context) / taus[g] for g in range(cap + 1)]
+        per_token = [self._iteration_s(batch, g, context) / taus[g] for g in range(cap + 1)]
         best = int(np.argmin(per_token))
         n_h = int(probe.sum())
         n_l = batch - n_h
@@ -244,46 +236,39 @@ class SpecDecoder:
         return g_h, g_l
 
     # ------------------------------------------------------------------ planning
-    def plan(self, inst: "Instance", new: np.ndarray, changed: bool, preempted: bool):
-        from seersim.engine.instance import COMPUTED, GAMMA, TOKENS, _Plan
-
-        R = inst.R
-        full = new == R[TOKENS] - R[COMPUTED] + R[GAMMA]
-        if changed or preempted or not bool(((R[TOKENS] - R[COMPUTED] == 1) & full).all()):
+    def plan(self, state: EngineState, new: np.ndarray, changed: bool, preempted: bool) -> Plan:
+        b = state.batch
+        full = new == b.tokens - b.computed + b.gamma
+        if changed or preempted or not bool(((b.tokens - b.computed == 1) & full).all()):
             # A mixed iteration. Draft lengths stay until the epoch ends (sequences that
             # joined decode without drafts); the context model restarts from the new batch.
             self._rebase = True
-            return _Plan(1, TabulatedStretch.single(inst.mixed_step_s(new)), new, False)
-        return self._plan_decode(inst)
+            return Plan(1, TabulatedStretch.single(state.mixed_step_s(new)), "mixed", new)
+        return self._plan_decode(state)
 
-    def _lines(self, inst: "Instance") -> StepLines:
-        from seersim.engine.instance import GAMMA
-
-        R = inst.R
-        n = R.shape[1]
-        verified = int((1 + R[GAMMA]).sum())
-        lines = inst.cost.step_lines(n, verified, 0, verified / n)
-        if self.cfg.draft_overhead_s and bool((R[GAMMA] > 0).any()):
+    def _lines(self, b: RunningBatch) -> StepLines:
+        n = len(b)
+        verified = int((1 + b.gamma).sum())
+        lines = self.cost.step_lines(n, verified, 0, verified / n)
+        if self.cfg.draft_overhead_s and bool((b.gamma > 0).any()):
             lines = StepLines(tuple(a + self.cfg.draft_overhead_s for a in lines.intercepts_s), lines.slopes_s)
         return lines
 
-    def _plan_decode(self, inst: "Instance"):
+    def _plan_decode(self, state: EngineState) -> Plan:
         """A pure speculative-decode stretch, in closed form (O(n log K), no per-step loop).
 
         Sequence i emits cum_i(k) = (acc_i + k·τ_i) // Q tokens after k iterations.
         """
-        from seersim.engine.instance import ACC, BLOCKS, COMPUTED, GAMMA, LEFT, SHARED, TAU_Q, _Plan
-
-        R, bs = inst.R, inst.bs
-        acc, tq, left = R[ACC], R[TAU_Q], R[LEFT]
-        horizon = self.epoch_left if inst.fast_forward else 1
+        b, bs = state.batch, state.block_size
+        acc, tq, left = b.acc, b.tau_q, b.left
+        horizon = self.epoch_left if state.fast_forward else 1
         # a chunk ends at the first iteration where some sequence reaches its limit
         reach = -(-(left * Q - acc) // tq)
         steps = max(1, min(horizon, int(reach.min())))
         # KV: iteration k needs slots for computed + emitted before it + 1 + γ (step 1 is allocated)
-        base = R[COMPUTED] + 1 + R[GAMMA]
-        held = R[BLOCKS] + R[SHARED]
-        limit = inst._stretch_block_limit()
+        base = b.computed + 1 + b.gamma
+        held = b.blocks + b.shared
+        limit = state.stretch_block_limit()
 
         def extra_blocks(k: int) -> int:
             if k <= 1:
@@ -301,39 +286,36 @@ class SpecDecoder:
                     lo = mid
             steps = lo
         c0 = self.epoch_base_context + self.epoch_rate * (self.epoch_step - 1)
-        stretch = LinearStretch(self._lines(inst), c0, self.epoch_rate)
-        return _Plan(steps, stretch, None, False, self._emit_decode(inst, stretch), extra_blocks)
+        stretch = LinearStretch(self._lines(b), c0, self.epoch_rate)
+        return Plan(steps, stretch, "spec_decode", None, extra_blocks)
 
-    # ------------------------------------------------------------------ applying
-    def _emit_decode(self, inst: "Instance", stretch: LinearStretch):
-        from seersim.engine.instance import ACC, BLOCKS, COMPUTED, GAMMA, LEFT, RID, SHARED, TAU_Q, TOKENS
+    # ------------------------------------------------------------------ emissions
+    def mixed_emission(self, b: RunningBatch, speculating: np.ndarray, new: np.ndarray) -> np.ndarray:
+        """Tokens each sequence emits in a mixed iteration computing `new` tokens each,
+        where the `speculating` ones verify their (possibly budget-cut) drafts (others'
+        entries are unused); advances their accumulators and the epoch by one iteration."""
+        total = b.acc + self.scheduled_tau_q(b, new)
+        emit = np.minimum(total // Q, b.left)
+        b.acc[:] = np.where(speculating, total % Q, b.acc)
+        self._iterations_done(1)
+        return emit
 
-        def apply(steps: int, start: float) -> None:
-            R, bs = inst.R, inst.bs
-            if inst._fresh_decoders:  # prompt fully cached at admission: first token at step 1
-                inst._fresh_decoders = False
-                fresh = R[TOKENS] == inst.table.input_tokens[R[RID]]
-                inst.table.first_token_s[R[RID, fresh]] = start + stretch.cumulative(1)
-            # blocks for the last iteration's slots (the most any iteration needed)
-            last = R[COMPUTED] + 1 + R[GAMMA] + (R[ACC] + (steps - 1) * R[TAU_Q]) // Q
-            grow = np.maximum(-(-last // bs) - R[SHARED] - R[BLOCKS], 0)
-            inst.kv.allocate(int(grow.sum()) - inst._take_pre())
-            R[BLOCKS] += grow
-            emitted = np.minimum((R[ACC] + steps * R[TAU_Q]) // Q, R[LEFT])
-            R[COMPUTED] += emitted
-            R[TOKENS] += emitted
-            R[LEFT] -= emitted
-            R[ACC] = (R[ACC] + steps * R[TAU_Q]) % Q
-            total = int(emitted.sum())
-            self._account(inst, steps, total, int(steps * (1 + R[GAMMA]).sum()), steps * R.shape[1], total)
+    @staticmethod
+    def slots_at(b: RunningBatch, steps: int) -> np.ndarray:
+        """KV slots each sequence needs in the last of `steps` speculative iterations
+        (the most any of them needs): computed + emitted before it + 1 + drafts."""
+        return b.computed + 1 + b.gamma + (b.acc + (steps - 1) * b.tau_q) // Q
 
-        return apply
+    @staticmethod
+    def emitted(b: RunningBatch, steps: int) -> np.ndarray:
+        """Tokens each sequence emits over `steps` speculative iterations (capped by its chunk)."""
+        return np.minimum((b.acc + steps * b.tau_q) // Q, b.left)
 
-    def _account(self, inst: "Instance", steps: int, emitted: int, verified: int, seq_steps: int, decode_emitted: int) -> None:
+    def advance(self, b: RunningBatch, steps: int) -> None:
+        """`steps` speculative iterations ran: advance accumulators and the epoch."""
+        b.acc[:] = (b.acc + steps * b.tau_q) % Q
+        self._iterations_done(steps)
+
+    def _iterations_done(self, steps: int) -> None:
         self.epoch_left = max(0, self.epoch_left - steps)
         self.epoch_step += steps
-        st = inst.stats
-        st.emitted_tokens += emitted
-        st.verified_tokens += verified
-        st.decode_seq_steps += seq_steps
-        st.decode_emitted_tokens += decode_emitted

@@ -1,0 +1,309 @@
+"""The backend-neutral rollout driver: one scheduler loop for the simulator and live servers.
+
+It owns the bookkeeping of a rollout step — the request table, group progress,
+dispatch validation, KV reservations, chunk accounting — and is both sides of the
+policy contract: the read-only `ClusterView` a policy sees, and the applier of the
+`Dispatch` decisions it returns. It talks to whatever executes the chunks through
+the `Backend` protocol (`backends/base.py`). Scheduling passes are coalesced: every
+event at one instant (chunk ends, the step start) asks for one pass, which runs after
+all of them, at the same time.
+
+`rollout_steps` runs `scenario.steps` RL steps, including partial rollout's
+over-issue and carry-over (DESIGN §6 "Reference policies").
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Callable, Iterator
+
+import numpy as np
+
+from seersim.backends.base import INSTANCE_COLUMNS, TIMELINE_COLUMNS, Backend, BackendStalled
+from seersim.config import Scenario, SyntheticWorkload
+from seersim.errors import PolicyError, SimulationError
+from seersim.policies import Dispatch, Policy, make_policy
+from seersim.policies.base import chunk_blocks
+from seersim.requests import DONE, IN_FLIGHT, PENDING, GroupProgress, RequestTable
+from seersim.workload import Request, Workload, build_workload, generate_synthetic
+
+if TYPE_CHECKING:
+    import pandas as pd
+
+
+@dataclass
+class StepRecords:
+    """Raw records of one rollout step (metrics.py turns them into a summary)."""
+
+    requests: "pd.DataFrame"
+    instances: "pd.DataFrame"
+    timeline: "pd.DataFrame"
+    pool: dict
+    kv_blocks_per_instance: int
+    block_size: int
+
+
+class Driver:
+    """Runs one RL step of `workload` under `policy` on `backend`.
+
+    `stop_after_groups` (partial rollout): the step ends once this many groups have
+    fully finished; the backend then aborts what still runs.
+    """
+
+    def __init__(
+        self,
+        backend: Backend,
+        policy: Policy,
+        workload: Workload,
+        progress: Callable[[int, int], None] | None = None,
+        stop_after_groups: int | None = None,
+    ) -> None:
+        self.backend = backend
+        self.policy = policy
+        self.progress = progress
+        self.stop_after_groups = stop_after_groups
+        self.table = t = RequestTable(workload)
+        self.groups = GroupProgress(t.group_id)
+        n = backend.num_instances
+        self._in_flight = np.zeros(n, np.int64)
+        self._reserved = np.zeros(n, np.int64)
+        self._reservation = np.zeros(t.n, np.int64)
+        self._ran_on: list[set[int]] = [set() for _ in range(t.n)]
+        self._finished_by_group: dict[int, list[int]] = {}
+        self._remaining = t.n
+        # read-only views handed to policies (the arrays are never reallocated)
+        self._ro_in_flight = _ro(self._in_flight)
+        self._ro_reserved = _ro(self._reserved)
+        self._ro_group_id = _ro(t.group_id)
+        self._ro_input = _ro(t.input_tokens)
+        self._ro_generated = _ro(t.generated)
+        self._pass_pending = False
+        self._stopped = False
+
+    # ------------------------------------------------------------------ ClusterView
+    @property
+    def now_s(self) -> float:
+        return self.backend.now_s
+
+    @property
+    def num_instances(self) -> int:
+        return self.backend.num_instances
+
+    @property
+    def block_size(self) -> int:
+        return self.backend.block_size
+
+    @property
+    def max_num_seqs(self) -> int:
+        return self.backend.max_num_seqs
+
+    @property
+    def kv_total_blocks(self) -> np.ndarray:
+        return self.backend.kv_total_blocks
+
+    @property
+    def in_flight(self) -> np.ndarray:
+        return self._ro_in_flight
+
+    @property
+    def reserved_blocks(self) -> np.ndarray:
+        return self._ro_reserved
+
+    @property
+    def kv_used_blocks(self) -> np.ndarray:
+        return self.backend.kv_used_blocks()
+
+    @property
+    def group_id(self) -> np.ndarray:
+        return self._ro_group_id
+
+    @property
+    def input_tokens(self) -> np.ndarray:
+        return self._ro_input
+
+    @property
+    def generated_tokens(self) -> np.ndarray:
+        return self._ro_generated
+
+    @property
+    def max_tokens(self) -> int:
+        return self.table.max_tokens
+
+    @property
+    def num_requests(self) -> int:
+        return self.table.n
+
+    def finished_lengths(self, group_id: int) -> list[int]:
+        return self._finished_by_group.get(group_id, [])
+
+    def cached_tokens(self, request_id: int) -> dict[int, int]:
+        return self.backend.cached_tokens(request_id, self._ran_on[request_id])
+
+    def pool_tokens(self, request_id: int) -> int:
+        return self.backend.pool_tokens(request_id)
+
+    # ------------------------------------------------------------------ running
+    def run(self) -> StepRecords:
+        t, backend = self.table, self.backend
+        backend.begin_step(t, self.groups, self)
+        if self.policy.uses_true_lengths:
+            self.policy.reveal_true_lengths(t.output_tokens.copy())
+        self.policy.on_step_start(self, np.arange(t.n, dtype=np.int64))
+        if t.n:
+            self._request_pass()
+            try:
+                backend.run()
+            except BackendStalled:
+                raise SimulationError(
+                    f"policy {self.policy.name} stopped dispatching with {self._remaining} request(s) unfinished "
+                    "and nothing running: a policy must eventually dispatch every waiting request"
+                ) from None
+        return self._records(backend.end_step(abort=self.stop_after_groups is not None))
+
+    def _request_pass(self) -> None:
+        if not self._pass_pending:
+            self._pass_pending = True
+            self.backend.call_soon(self._scheduling_pass)
+
+    def _scheduling_pass(self) -> None:
+        self._pass_pending = False
+        for d in self.policy.decide(self):
+            self._apply(d)
+
+    def _apply(self, d: Dispatch) -> None:
+        t = self.table
+        rid, iid = d.request_id, d.instance_id
+        if not (0 <= rid < t.n) or t.state[rid] != PENDING:
+            raise PolicyError(f"policy {self.policy.name} dispatched request {rid}, which is not waiting for dispatch")
+        if not (0 <= iid < self.backend.num_instances):
+            raise PolicyError(f"policy {self.policy.name} dispatched to instance {iid}, which does not exist")
+        room = t.max_tokens - int(t.generated[rid])
+        if not (1 <= d.max_new_tokens <= room):
+            raise PolicyError(
+                f"policy {self.policy.name}: max_new_tokens={d.max_new_tokens} for request {rid} must be in 1..{room}"
+            )
+        prev = int(t.instance[rid])
+        if prev >= 0 and prev != iid:
+            t.migrations[rid] += 1
+        if t.chunks[rid] == 0:
+            t.first_dispatch_s[rid] = self.backend.now_s
+        t.state[rid] = IN_FLIGHT
+        t.instance[rid] = iid
+        t.chunks[rid] += 1
+        blocks = chunk_blocks(self, rid, d.max_new_tokens)
+        self._reservation[rid] = blocks
+        self._reserved[iid] += blocks
+        self._in_flight[iid] += 1
+        self._ran_on[rid].add(iid)
+        # the chunk ends at its limit or at the request's true end (EOS; forced live)
+        tokens = min(d.max_new_tokens, int(t.output_tokens[rid] - t.generated[rid]))
+        self.backend.submit(iid, rid, tokens, d.pull_kv)
+
+    # ------------------------------------------------------------------ BackendListener
+    def chunk_done(self, instance_id: int, request_id: int, generated_tokens: int, finished: bool) -> None:
+        t = self.table
+        t.generated[request_id] = generated_tokens
+        self._in_flight[instance_id] -= 1
+        self._reserved[instance_id] -= self._reservation[request_id]
+        self._reservation[request_id] = 0
+        if finished:
+            t.state[request_id] = DONE
+            t.finish_s[request_id] = self.backend.now_s
+            self._finished_by_group.setdefault(int(t.group_id[request_id]), []).append(generated_tokens)
+            self._remaining -= 1
+            if self.groups.record_finished(request_id):
+                if self.stop_after_groups is not None and self.groups.groups_done >= self.stop_after_groups:
+                    self._remaining = 0  # the step ends now; the rest carries over
+            if self.progress is not None:
+                self.progress(t.n - self._remaining, t.n)
+        else:
+            t.state[request_id] = PENDING
+        self.policy.on_chunk_done(self, request_id, finished)
+        if self._remaining <= 0:
+            if not self._stopped:
+                self._stopped = True
+                self.backend.stop()
+        else:
+            self._request_pass()
+
+    # ------------------------------------------------------------------ records
+    def _records(self, rec) -> StepRecords:
+        import pandas as pd
+
+        kv_total = self.backend.kv_total_blocks
+        return StepRecords(
+            requests=self.table.to_frame(),
+            instances=pd.DataFrame(rec.instances, columns=list(INSTANCE_COLUMNS)),
+            timeline=pd.DataFrame(rec.timeline, columns=list(TIMELINE_COLUMNS)),
+            pool=rec.pool,
+            kv_blocks_per_instance=int(kv_total[0]) if len(kv_total) else 0,
+            block_size=self.backend.block_size,
+        )
+
+
+# ---------------------------------------------------------------------- multi-step runs
+def rollout_steps(
+    scenario: Scenario,
+    backend: Backend,
+    rng: np.random.Generator,
+    workload: Workload | None = None,
+    progress: Callable[[int, int], None] | None = None,
+) -> Iterator[StepRecords]:
+    """Run `scenario.steps` RL steps on `backend`, yielding each step's records.
+
+    `workload` replays the same requests every step instead of building them. With a
+    partial-rollout policy each step over-issues groups, ends when the step's number of
+    groups finished, and carries the unfinished requests into the next step.
+    """
+    carried: list[Request] = []
+    for _ in range(scenario.steps):
+        wl = workload if workload is not None else build_workload(scenario, rng)
+        policy = make_policy(scenario.policy)
+        stop_after = None
+        if policy.over_issue:
+            wl, stop_after = over_issued_step(scenario, wl, carried, rng)
+        driver = Driver(backend, policy, wl, progress=progress, stop_after_groups=stop_after)
+        records = driver.run()
+        if policy.over_issue:
+            carried = carry_over(wl, driver.table)
+        yield records
+
+
+def over_issued_step(
+    scenario: Scenario, workload: Workload, carried: list[Request], rng: np.random.Generator
+) -> tuple[Workload, int]:
+    """Partial rollout: carried requests plus fresh groups up to over_issue_factor × the
+    step's groups; the step ends after the step's number of groups finish."""
+    needed = workload.num_groups
+    carried_groups = sorted({r.group_id for r in carried})
+    target = math.ceil(scenario.policy.over_issue_factor * needed)
+    fresh_groups = max(0, target - len(carried_groups))
+    if isinstance(scenario.workload, SyntheticWorkload) and fresh_groups != needed:
+        cfg = scenario.workload.model_copy(update={"prompts": max(1, fresh_groups)})
+        fresh = generate_synthetic(cfg, rng).requests if fresh_groups else ()
+    else:
+        fresh = workload.requests
+    remap = {g: i for i, g in enumerate(carried_groups)}
+    reqs = [
+        Request(i, remap[r.group_id], r.input_tokens, r.output_tokens, workload.max_tokens, r.generated_tokens)
+        for i, r in enumerate(carried)
+    ]
+    base = len(carried_groups)
+    for r in fresh:
+        reqs.append(Request(len(reqs), base + r.group_id, r.input_tokens, r.output_tokens, workload.max_tokens))
+    return Workload(tuple(reqs), workload.max_tokens), needed
+
+
+def carry_over(workload: Workload, table: RequestTable) -> list[Request]:
+    """Unfinished requests of a partial-rollout step, with the tokens they generated."""
+    return [
+        Request(0, int(table.group_id[i]), int(table.input_tokens[i]), int(table.output_tokens[i]), workload.max_tokens, int(table.generated[i]))
+        for i in np.flatnonzero(np.isnan(table.finish_s))
+    ]
+
+
+def _ro(a: np.ndarray) -> np.ndarray:
+    v = a.view()
+    v.flags.writeable = False
+    return v

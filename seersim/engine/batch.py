@@ -1,0 +1,122 @@
+"""The running batch of one instance, and the plan of a stretch of iterations over it.
+
+Shared by the instance (`instance.py`, which schedules and applies) and the
+speculative-decoding strategy (`specdec.py`, which chooses drafts and computes what
+a speculative stretch emits), so neither reaches into the other.
+"""
+
+from __future__ import annotations
+
+from typing import Callable, Literal, Protocol
+
+import numpy as np
+
+#: Accumulator units per token of speculative emission (`acc`, `tau_q` columns).
+Q = 1 << 20
+
+_COLUMNS = ("rid", "computed", "tokens", "left", "shared", "blocks", "group", "acc", "gamma", "tau_q")
+
+
+class RunningBatch:
+    """Running sequences in admission order, one named int64 column each.
+
+    - rid: request id; group: its group id;
+    - computed: tokens whose KV is computed; tokens: context tokens (prompt + output);
+      a sequence decodes when tokens − computed == 1;
+    - left: tokens its chunk may still emit (its limit, or fewer where the output ends);
+    - shared: blocks of the group's shared prompt it references; blocks: its own blocks;
+    - acc, tau_q: speculative emission accumulator and τ·Q (units of 1/Q token);
+      gamma: draft slots it verifies per iteration (0 without speculation).
+
+    Storage is one 10 × n matrix, so masking the batch is one numpy operation; the
+    columns are views of its rows, refreshed whenever the batch is reshaped. Update a
+    column in place (`b.left -= k`, `b.acc[:] = ...`), never rebind it.
+    """
+
+    __slots__ = ("_m", *_COLUMNS)
+
+    rid: np.ndarray
+    computed: np.ndarray
+    tokens: np.ndarray
+    left: np.ndarray
+    shared: np.ndarray
+    blocks: np.ndarray
+    group: np.ndarray
+    acc: np.ndarray
+    gamma: np.ndarray
+    tau_q: np.ndarray
+
+    def __init__(self) -> None:
+        self._set(np.zeros((len(_COLUMNS), 0), np.int64))
+
+    def _set(self, m: np.ndarray) -> None:
+        self._m = m
+        (
+            self.rid,
+            self.computed,
+            self.tokens,
+            self.left,
+            self.shared,
+            self.blocks,
+            self.group,
+            self.acc,
+            self.gamma,
+            self.tau_q,
+        ) = m
+
+    def __len__(self) -> int:
+        return self._m.shape[1]
+
+    def keep(self, which: np.ndarray | slice) -> None:
+        """Keep the sequences selected by a boolean mask or a slice (order kept)."""
+        self._set(self._m[:, which])
+
+    def extend(self, rows: list[tuple[int, ...]]) -> None:
+        """Append sequences, each a tuple in column order."""
+        self._set(np.concatenate((self._m, np.array(rows, dtype=np.int64).T), axis=1))
+
+    def row(self, i: int) -> list[int]:
+        """Sequence i's columns as Python ints, in column order (rid, computed, ...)."""
+        return self._m[:, i].tolist()
+
+
+class Plan:
+    """One scheduled stretch of `steps` iterations over the running batch.
+
+    kind "decode": every iteration is the same plain decode batch. "mixed": the first
+    iteration computes `new` tokens per sequence (prefills, decodes), followed — when
+    `steps` > 1 and `stretch` is a HeadStretch — by a plain decode tail. "spec_decode":
+    every iteration is a speculative decode of the batch (the strategy's emissions).
+    `blocks_fn(k)`: blocks iterations 1..k allocate beyond what scheduling allocated
+    (None: the stretch allocates none after scheduling).
+    """
+
+    __slots__ = ("steps", "stretch", "kind", "new", "blocks_fn", "total_blocks")
+
+    def __init__(
+        self,
+        steps: int,
+        stretch,
+        kind: Literal["decode", "mixed", "spec_decode"],
+        new: np.ndarray | None = None,
+        blocks_fn: Callable[[int], int] | None = None,
+    ) -> None:
+        self.steps, self.stretch, self.kind, self.new, self.blocks_fn = steps, stretch, kind, new, blocks_fn
+        self.total_blocks: int | None = None  # blocks_fn(steps), computed on first need
+
+
+class EngineState(Protocol):
+    """What a decoding strategy may read of its instance (public, read-only)."""
+
+    @property
+    def batch(self) -> RunningBatch: ...
+    @property
+    def block_size(self) -> int: ...
+    @property
+    def fast_forward(self) -> bool: ...
+    def mixed_step_s(self, new: np.ndarray) -> float:
+        """Time of one iteration computing `new` tokens per running sequence."""
+        ...
+    def stretch_block_limit(self) -> int:
+        """Blocks a stretch may allocate without changing what the scheduler would admit."""
+        ...
