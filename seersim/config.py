@@ -150,6 +150,9 @@ class ReplayWorkload(_Strict):
 
 
 # --------------------------------------------------------------------------- policy and pool
+KVReservation = Literal["chunk_limit", "expected_growth", "none"]
+
+
 class PolicyConfig(_Strict):
     name: str = "baseline"
     chunk_tokens: PositiveInt = Field(8192, description="Divided Rollout chunk; paper gives none, 8K per DESIGN §6")
@@ -160,6 +163,11 @@ class PolicyConfig(_Strict):
         0, ge=0, description="context_aware: every Nth pick serves the group with least served time (0 = off)"
     )
     over_issue_factor: float = Field(2.0, ge=1, description="partial_rollout: groups issued / groups needed")
+    kv_reservation: KVReservation = Field(
+        "chunk_limit",
+        description="KV an in-flight chunk reserves on its instance (chunked policies): its context plus the "
+        "whole chunk, plus the mean tokens a chunk has generated so far this step, or nothing (the engine preempts)",
+    )
 
 
 class PoolTier(_Strict):
