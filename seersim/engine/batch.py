@@ -7,14 +7,17 @@ a speculative stretch emits), so neither reaches into the other.
 
 from __future__ import annotations
 
-from typing import Callable, Literal, Protocol
+from typing import TYPE_CHECKING, Callable, Literal, Protocol
 
 import numpy as np
+
+if TYPE_CHECKING:
+    from seersim.engine.dp import DPRanks
 
 #: Accumulator units per token of speculative emission (`acc`, `tau_q` columns).
 Q = 1 << 20
 
-_COLUMNS = ("rid", "computed", "tokens", "left", "shared", "blocks", "group", "acc", "gamma", "tau_q")
+_COLUMNS = ("rid", "computed", "tokens", "left", "shared", "blocks", "group", "acc", "gamma", "tau_q", "rank")
 
 
 class RunningBatch:
@@ -26,9 +29,10 @@ class RunningBatch:
     - left: tokens its chunk may still emit (its limit, or fewer where the output ends);
     - shared: blocks of the group's shared prompt it references; blocks: its own blocks;
     - acc, tau_q: speculative emission accumulator and τ·Q (units of 1/Q token);
-      gamma: draft slots it verifies per iteration (0 without speculation).
+      gamma: draft slots it verifies per iteration (0 without speculation);
+    - rank: the DP attention rank it lives on (`engine/dp.py`; 0 without DP).
 
-    Storage is one 10 × n matrix, so masking the batch is one numpy operation; the
+    Storage is one 11 × n matrix, so masking the batch is one numpy operation; the
     columns are views of its rows, refreshed whenever the batch is reshaped. Update a
     column in place (`b.left -= k`, `b.acc[:] = ...`), never rebind it.
     """
@@ -45,6 +49,7 @@ class RunningBatch:
     acc: np.ndarray
     gamma: np.ndarray
     tau_q: np.ndarray
+    rank: np.ndarray
 
     def __init__(self) -> None:
         self._set(np.zeros((len(_COLUMNS), 0), np.int64))
@@ -62,6 +67,7 @@ class RunningBatch:
             self.acc,
             self.gamma,
             self.tau_q,
+            self.rank,
         ) = m
 
     def __len__(self) -> int:
@@ -114,6 +120,10 @@ class EngineState(Protocol):
     def block_size(self) -> int: ...
     @property
     def fast_forward(self) -> bool: ...
+    @property
+    def ranks(self) -> "DPRanks":
+        """The instance's DP attention ranks (prices iterations per rank)."""
+        ...
     def mixed_step_s(self, new: np.ndarray) -> float:
         """Time of one iteration computing `new` tokens per running sequence."""
         ...

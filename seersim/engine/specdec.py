@@ -41,8 +41,9 @@ import numpy as np
 from scipy import optimize
 
 from seersim.config import SpeculationConfig
-from seersim.cost import CostModel, LinearStretch, StepLines, TabulatedStretch
+from seersim.cost import CostModel, LinearStretch, TabulatedStretch
 from seersim.engine.batch import Q, EngineState, Plan, RunningBatch
+from seersim.engine.dp import DPRanks
 from seersim.requests import GroupProgress
 
 MAX_DRAFT = 8
@@ -120,8 +121,8 @@ class SpecDecoder:
         # (Σ τ_i per iteration) rather than the integer emissions: identical in both
         # engine modes, closed-form over a stretch, and off by < 1 token per sequence.
         self.epoch_step = 0
-        self.epoch_base_context = 0.0
-        self.epoch_rate = 0.0
+        self.epoch_base_context = np.zeros(1)  # per DP rank
+        self.epoch_rate = np.zeros(1)
 
     @staticmethod
     def max_draft_tokens(cfg: SpeculationConfig) -> int:
@@ -140,7 +141,7 @@ class SpecDecoder:
         if self.epoch_left > 0:
             if not self._rebase:
                 return
-            self._assign(state.batch)
+            self._assign(state.batch, state.ranks)
             if not self.grouped or self._verify_tokens(state.batch) <= self.token_budget:
                 return
             # the batch grew past what the epoch's drafts fit in a step: choose again
@@ -157,9 +158,9 @@ class SpecDecoder:
             self.epoch_gamma = self._adaptive_gamma(b, self._alpha[refs], self.groups.is_probe(rids))
         else:
             self.epoch_gamma = (0, 0)
-        self._assign(b)
+        self._assign(b, state.ranks)
 
-    def _assign(self, b: RunningBatch) -> None:
+    def _assign(self, b: RunningBatch, ranks: DPRanks) -> None:
         """Give every decoding sequence its epoch draft length and τ (from its group's
         finished references now), and restart the epoch's context model."""
         rids = b.rid
@@ -174,8 +175,8 @@ class SpecDecoder:
         b.tau_q[:] = self._tau_q[refs, gamma]
         self._rebase = False
         self.epoch_step = 0
-        self.epoch_base_context = float((b.computed + 1 + b.gamma).sum())
-        self.epoch_rate = float(b.tau_q.sum()) / Q
+        self.epoch_base_context = ranks.per_rank(b.rank, b.computed + 1 + b.gamma).astype(np.float64)
+        self.epoch_rate = np.bincount(b.rank, weights=b.tau_q, minlength=ranks.dp) / Q
 
     @staticmethod
     def _verify_tokens(b: RunningBatch) -> int:
@@ -246,13 +247,15 @@ class SpecDecoder:
             return Plan(1, TabulatedStretch.single(state.mixed_step_s(new)), "mixed", new)
         return self._plan_decode(state)
 
-    def _lines(self, b: RunningBatch) -> StepLines:
-        n = len(b)
-        verified = int((1 + b.gamma).sum())
-        lines = self.cost.step_lines(n, verified, 0, verified / n)
-        if self.cfg.draft_overhead_s and bool((b.gamma > 0).any()):
-            lines = StepLines(tuple(a + self.cfg.draft_overhead_s for a in lines.intercepts_s), lines.slopes_s)
-        return lines
+    def _stretch(self, b: RunningBatch, ranks: DPRanks) -> LinearStretch:
+        """The epoch's speculative iterations from now: each rank verifies its sequences'
+        drafts over its expected context (the epoch's context model, per rank)."""
+        seqs = ranks.per_rank(b.rank)
+        verified = ranks.per_rank(b.rank, 1 + b.gamma)
+        queries = verified / np.maximum(seqs, 1)
+        c0 = self.epoch_base_context + self.epoch_rate * (self.epoch_step - 1)
+        overhead = self.cfg.draft_overhead_s if bool((b.gamma > 0).any()) else 0.0
+        return ranks.stretch(seqs, verified, np.zeros(ranks.dp), queries, c0, self.epoch_rate, overhead_s=overhead)
 
     def _plan_decode(self, state: EngineState) -> Plan:
         """A pure speculative-decode stretch, in closed form (O(n log K), no per-step loop).
@@ -285,8 +288,7 @@ class SpecDecoder:
                 else:
                     lo = mid
             steps = lo
-        c0 = self.epoch_base_context + self.epoch_rate * (self.epoch_step - 1)
-        stretch = LinearStretch(self._lines(b), c0, self.epoch_rate)
+        stretch = self._stretch(b, state.ranks)
         return Plan(steps, stretch, "spec_decode", None, extra_blocks)
 
     # ------------------------------------------------------------------ emissions
