@@ -64,15 +64,25 @@ class DPRanks:
         if dp == 1:
             lines = cost.step_lines(int(seqs[0]), int(tokens[0]), int(extra_pairs[0]), float(queries[0]))
             return _shift(lines, overhead_s), float(c0[0]), float(rate[0])
-        a_k: list[float] = []
-        b_k: list[float] = []
         n_all, t_all = int(seqs.sum()), int(tokens.sum())
-        for r in np.flatnonzero(seqs).tolist():
-            lr = cost.step_lines(n_all, t_all, dp * int(extra_pairs[r]), float(queries[r]))
-            for a, b in zip(lr.intercepts_s, lr.slopes_s):
-                a_k.append(a + overhead_s + b * dp * float(c0[r]))
-                b_k.append(b * dp * float(rate[r]))
-        return _envelope(a_k, b_k), 0.0, 1.0
+        busy = np.flatnonzero(seqs)
+        a_k, b_k = [], []
+        e_busy, q_busy = extra_pairs[busy], queries[busy]
+        if not e_busy.any() and (q_busy == q_busy[0]).all():
+            groups = [(0, float(q_busy[0]), busy)]  # a decode: one call of the cost model
+        else:  # ranks with the same prefill pairs and queries share one call
+            by_key: dict[tuple, list[int]] = {}
+            for r, key in zip(busy.tolist(), zip(e_busy.tolist(), q_busy.tolist())):
+                by_key.setdefault(key, []).append(r)
+            groups = [(e, q, np.asarray(rs)) for (e, q), rs in by_key.items()]
+        for e, q, rs in groups:
+            rs = _pareto(rs, c0, rate)
+            lr = cost.step_lines(n_all, t_all, dp * int(e), float(q))
+            a = np.asarray(lr.intercepts_s)[:, None]
+            b = np.asarray(lr.slopes_s)[:, None]
+            a_k.append((a + overhead_s + b * dp * c0[rs].astype(np.float64)).ravel())
+            b_k.append((b * dp * rate[rs].astype(np.float64)).ravel())
+        return _envelope(np.concatenate(a_k), np.concatenate(b_k)), 0.0, 1.0
 
     def stretch(self, *args, overhead_s: float = 0.0) -> LinearStretch:
         """A `LinearStretch` over the lines of `lines(*args)`."""
@@ -81,9 +91,13 @@ class DPRanks:
 
     def step_s(self, seqs, tokens, extra_pairs, queries, context) -> float:
         """Time of one iteration (per-rank arguments as `lines`, context at that iteration)."""
-        zero = np.zeros(self.dp)
-        lines, c0, _ = self.lines(seqs, tokens, extra_pairs, queries, context, zero)
-        return lines.at(c0)
+        cost, dp = self.cost, self.dp
+        if dp == 1:
+            return cost.step_lines(int(seqs[0]), int(tokens[0]), int(extra_pairs[0]), float(queries[0])).at(float(context[0]))
+        n_all, t_all = int(seqs.sum()), int(tokens.sum())
+        busy = np.flatnonzero(seqs).tolist()
+        e, q, c = extra_pairs.tolist(), queries.tolist(), context.tolist()
+        return max(cost.step_lines(n_all, t_all, dp * int(e[r]), float(q[r])).at(dp * float(c[r])) for r in busy)
 
 
 def _shift(lines: StepLines, overhead_s: float) -> StepLines:
@@ -92,17 +106,36 @@ def _shift(lines: StepLines, overhead_s: float) -> StepLines:
     return StepLines(tuple(a + overhead_s for a in lines.intercepts_s), lines.slopes_s)
 
 
-def _envelope(intercepts: list[float], slopes: list[float]) -> StepLines:
-    """The lines that can be on top for k ≥ 1: drop any line that a steeper (or equally
-    steep) line beats at k = 1, since it then beats it for every k ≥ 1."""
-    order = sorted(range(len(slopes)), key=lambda i: (-slopes[i], -intercepts[i]))
-    keep_a: list[float] = []
-    keep_b: list[float] = []
-    best_at_1 = -np.inf
-    for i in order:
-        v = intercepts[i] + slopes[i]
-        if v > best_at_1:
-            keep_a.append(intercepts[i])
-            keep_b.append(slopes[i])
-            best_at_1 = v
-    return StepLines(tuple(keep_a), tuple(keep_b))
+def _pareto(rs: np.ndarray, c0: np.ndarray, rate: np.ndarray) -> np.ndarray:
+    """The ranks of `rs` that no other rank of `rs` beats in both context and growth
+    (with the same cost-model lines, only those can be the slowest)."""
+    order = rs[np.lexsort((-rate[rs], -c0[rs]))]  # context descending, then growth descending
+    r = rate[order]
+    best_before = np.concatenate(([-np.inf], np.maximum.accumulate(r)[:-1]))
+    return order[r > best_before]
+
+
+def _envelope(intercepts: np.ndarray, slopes: np.ndarray) -> StepLines:
+    """The lines of the upper envelope of a + b·k over k ≥ 1, in order of slope."""
+    # drop every line that a steeper (or equally steep) line beats at k = 1
+    order = np.lexsort((-intercepts, -slopes))
+    a, b = intercepts[order], slopes[order]
+    at1 = a + b
+    prev_best = np.concatenate(([-np.inf], np.maximum.accumulate(at1)[:-1]))
+    keep = at1 > prev_best
+    a, b = a[keep][::-1], b[keep][::-1]  # slopes increasing, values at k = 1 decreasing
+    # upper hull: drop a line the lines beside it beat everywhere
+    hull_a: list[float] = []
+    hull_b: list[float] = []
+    for ai, bi in zip(a.tolist(), b.tolist()):
+        while len(hull_a) >= 2:
+            a1, b1, a2, b2 = hull_a[-2], hull_b[-2], hull_a[-1], hull_b[-1]
+            # line 2 is useless if line i overtakes line 1 no later than line 2 does
+            if (ai - a1) * (b2 - b1) >= (a2 - a1) * (bi - b1):
+                hull_a.pop()
+                hull_b.pop()
+            else:
+                break
+        hull_a.append(ai)
+        hull_b.append(bi)
+    return StepLines(tuple(hull_a), tuple(hull_b))

@@ -365,12 +365,7 @@ class Instance:
                 new = need
                 add = (b.computed % bs == 0).astype(np.int64)
             else:
-                # each DP rank fills its own share of the budget, in admission order
-                before = np.zeros(n, np.int64)
-                for r in np.unique(b.rank).tolist():
-                    mine = b.rank == r
-                    before[mine] = np.cumsum(need[mine]) - need[mine]
-                new = np.minimum(need, np.maximum(self._rank_budget - before, 0))
+                new = np.minimum(need, np.maximum(self._rank_budget - self._rank_before(need), 0))
                 add = np.maximum(_ceil_div(b.computed + new, bs) - b.shared - b.blocks, 0)
             total_add = int(add.sum())
             if total_add > kv.free_blocks:
@@ -397,6 +392,20 @@ class Instance:
         if not len(b):
             return None, admitted or preempted, preempted, budget_blocked
         return new, admitted or preempted, preempted, budget_blocked
+
+    def _rank_before(self, need: np.ndarray) -> np.ndarray:
+        """Tokens the sequences before each one on its DP rank need (each rank fills its
+        own share of the budget, in admission order)."""
+        if self.ranks.dp == 1:
+            return np.cumsum(need) - need
+        rank = self.batch.rank
+        order = np.argsort(rank, kind="stable")
+        ns, rs = need[order], rank[order]
+        before_all = np.cumsum(ns) - ns  # non-decreasing: need >= 0
+        first = np.concatenate(([True], rs[1:] != rs[:-1]))
+        before = np.empty_like(need)
+        before[order] = before_all - np.maximum.accumulate(np.where(first, before_all, 0))
+        return before
 
     def _preemption_cut(self, add: np.ndarray) -> int:
         """How many running sequences (a prefix in admission order) keep running.
