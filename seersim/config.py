@@ -113,12 +113,12 @@ class EngineConfig(_Strict):
 
     @model_validator(mode="after")
     def _budget(self) -> "EngineConfig":
-        if self.max_num_batched_tokens < self.max_num_seqs * (1 + 8):
-            # Every running decode (with up to 8 draft tokens) must fit one step's budget;
-            # vLLM likewise requires max_num_batched_tokens >= max_num_seqs.
+        if self.max_num_batched_tokens < self.max_num_seqs:
+            # vLLM's own rule (SchedulerConfig): every running sequence can decode a token
+            # each step. Draft tokens beyond the step's budget are cut, as vLLM trims them.
             raise ValueError(
-                f"max_num_batched_tokens={self.max_num_batched_tokens} must be >= 9 * max_num_seqs "
-                f"(= {self.max_num_seqs * 9}) so every running sequence, with drafts, fits a step"
+                f"max_num_batched_tokens={self.max_num_batched_tokens} must be >= max_num_seqs="
+                f"{self.max_num_seqs} so every running sequence can decode a token each step"
             )
         return self
 
@@ -176,6 +176,9 @@ class ReplayWorkload(_Strict):
 
 
 # --------------------------------------------------------------------------- policy and pool
+KVReservation = Literal["chunk_limit", "expected_growth", "none"]
+
+
 class PolicyConfig(_Strict):
     name: str = "baseline"
     chunk_tokens: Tokens = Field(8192, description="Divided Rollout chunk; paper gives none, 8K per DESIGN §6")
@@ -187,6 +190,11 @@ class PolicyConfig(_Strict):
     )
     # APRIL over-issues ~2x; 10x is far past any benefit (the extra groups mostly run to waste)
     over_issue_factor: Real = Field(2.0, ge=1, le=10, description="partial_rollout: groups issued / groups needed")
+    kv_reservation: KVReservation = Field(
+        "chunk_limit",
+        description="KV an in-flight chunk reserves on its instance (chunked policies): its context plus the "
+        "whole chunk, plus the mean tokens a chunk has generated so far this step, or nothing (the engine preempts)",
+    )
 
 
 class PoolTier(_Strict):

@@ -69,6 +69,9 @@ class Driver:
         self._in_flight = np.zeros(n, np.int64)
         self._reserved = np.zeros(n, np.int64)
         self._reservation = np.zeros(t.n, np.int64)
+        self._reservation_rule = policy.cfg.kv_reservation
+        self._chunks_returned = 0
+        self._chunk_tokens_returned = 0
         self._ran_on: list[set[int]] = [set() for _ in range(t.n)]
         self._finished_by_group: dict[int, list[int]] = {}
         self._remaining = t.n
@@ -109,6 +112,10 @@ class Driver:
     @property
     def reserved_blocks(self) -> np.ndarray:
         return self._ro_reserved
+
+    @property
+    def mean_chunk_tokens(self) -> float | None:
+        return self._chunk_tokens_returned / self._chunks_returned if self._chunks_returned else None
 
     @property
     def kv_used_blocks(self) -> np.ndarray:
@@ -191,7 +198,7 @@ class Driver:
         t.state[rid] = IN_FLIGHT
         t.instance[rid] = iid
         t.chunks[rid] += 1
-        blocks = chunk_blocks(self, rid, d.max_new_tokens)
+        blocks = chunk_blocks(self, rid, d.max_new_tokens, self._reservation_rule)
         self._reservation[rid] = blocks
         self._reserved[iid] += blocks
         self._in_flight[iid] += 1
@@ -203,6 +210,8 @@ class Driver:
     # ------------------------------------------------------------------ BackendListener
     def chunk_done(self, instance_id: int, request_id: int, generated_tokens: int, finished: bool) -> None:
         t = self.table
+        self._chunks_returned += 1
+        self._chunk_tokens_returned += generated_tokens - int(t.generated[request_id])
         t.generated[request_id] = generated_tokens
         self._in_flight[instance_id] -= 1
         self._reserved[instance_id] -= self._reservation[request_id]

@@ -175,6 +175,37 @@ def test_prompt_published_mid_stretch_is_visible_to_the_policy():
     _assert_equivalent(ff, sbs)
 
 
+# Tight KV with prefix caching: cached prompts and contexts lose tail blocks one at a
+# time (engine/kvcache.py), so admissions and the policy's view see partial prefix hits.
+PARTIAL_EVICTION = {**SMALL, "workload.prompts": 12, "engine.kv_capacity_tokens": 20000, "policy.chunk_tokens": 512}
+
+
+@pytest.mark.parametrize("policy,instances", [("baseline", 1), ("divided", 2)])
+def test_partial_prefix_eviction(monkeypatch, policy, instances):
+    from seersim.engine.kvcache import KVCache
+
+    seen = {"partial_prompt_hits": 0, "partly_evicted_entries": 0}
+    prefix_blocks, evict = KVCache.prefix_blocks, KVCache._evict
+
+    def counting_prefix_blocks(self, request_id, group_id, prompt_blocks):
+        out = prefix_blocks(self, request_id, group_id, prompt_blocks)
+        seen["partial_prompt_hits"] += 0 < out[0] < prompt_blocks
+        return out
+
+    def counting_evict(self, blocks):
+        before = dict(self._cached)
+        evict(self, blocks)
+        seen["partly_evicted_entries"] += sum(0 < self.cached(k) < b for k, b in before.items())
+
+    monkeypatch.setattr(KVCache, "prefix_blocks", counting_prefix_blocks)
+    monkeypatch.setattr(KVCache, "_evict", counting_evict)
+    ff, sbs = _both(policy, **{**PARTIAL_EVICTION, "cluster.instances": instances})
+    assert seen["partly_evicted_entries"] > 0, "scenario must evict part of an entry to be meaningful"
+    if policy == "baseline":
+        assert seen["partial_prompt_hits"] > 0, "scenario must admit on a partly evicted prompt"
+    _assert_equivalent(ff, sbs)
+
+
 # --------------------------------------------------------------------------- every cost model
 def _iteration_calibration(tmp_path) -> str:
     """A small iteration-table calibration (piecewise-linear in tokens) written to a file."""

@@ -35,6 +35,7 @@ class _Recorder:
         self.inner = inner
         self.log: list[tuple] = []
         self.name = inner.name
+        self.cfg = inner.cfg
         self.uses_true_lengths = inner.uses_true_lengths
 
     def reveal_true_lengths(self, lengths):

@@ -7,14 +7,17 @@ a speculative stretch emits), so neither reaches into the other.
 
 from __future__ import annotations
 
-from typing import Callable, Literal, Protocol
+from typing import TYPE_CHECKING, Callable, Literal, Protocol
 
 import numpy as np
+
+if TYPE_CHECKING:
+    from seersim.engine.dp import DPRanks
 
 #: Accumulator units per token of speculative emission (`acc`, `tau_q` columns).
 Q = 1 << 20
 
-_COLUMNS = ("rid", "computed", "tokens", "left", "shared", "blocks", "group", "acc", "gamma", "tau_q", "draft")
+_COLUMNS = ("rid", "computed", "tokens", "left", "shared", "blocks", "group", "acc", "gamma", "tau_q", "draft", "rank")
 
 
 class RunningBatch:
@@ -28,8 +31,9 @@ class RunningBatch:
     - acc, tau_q: speculative emission accumulator and τ·Q (units of 1/Q token);
       draft: its draft length per path for the current epoch; gamma: the draft slots
       it verifies this iteration (paths · min(draft, left − 1); 0 without speculation).
+    - rank: the DP attention rank it lives on (`engine/dp.py`; 0 without DP).
 
-    Storage is one 11 × n matrix, so masking the batch is one numpy operation; the
+    Storage is one 12 × n matrix, so masking the batch is one numpy operation; the
     columns are views of its rows, refreshed whenever the batch is reshaped. Update a
     column in place (`b.left -= k`, `b.acc[:] = ...`), never rebind it.
     """
@@ -47,6 +51,7 @@ class RunningBatch:
     gamma: np.ndarray
     tau_q: np.ndarray
     draft: np.ndarray
+    rank: np.ndarray
 
     def __init__(self) -> None:
         self._set(np.zeros((len(_COLUMNS), 0), np.int64))
@@ -65,6 +70,7 @@ class RunningBatch:
             self.gamma,
             self.tau_q,
             self.draft,
+            self.rank,
         ) = m
 
     def __len__(self) -> int:
@@ -117,6 +123,10 @@ class EngineState(Protocol):
     def block_size(self) -> int: ...
     @property
     def fast_forward(self) -> bool: ...
+    @property
+    def ranks(self) -> "DPRanks":
+        """The instance's DP attention ranks (prices iterations per rank)."""
+        ...
     def mixed_step_s(self, new: np.ndarray) -> float:
         """Time of one iteration computing `new` tokens per running sequence."""
         ...

@@ -25,6 +25,7 @@ from seersim.engine.kvcache import KVCache
 from seersim.engine.kvpool import KVPool
 from seersim.engine.memory import check_requests_fit, kv_capacity_blocks, speculative_lookahead_tokens
 from seersim.engine.specdec import SpecDecoder
+from seersim.errors import SpecError
 from seersim.requests import GroupProgress, RequestTable
 
 
@@ -76,7 +77,13 @@ class SimBackend:
         if spec.mode != "none":
             lookahead = speculative_lookahead_tokens(SpecDecoder.max_draft_tokens(spec), table.max_tokens, spec.paths)
         max_ctx = int((table.input_tokens + table.max_tokens).max()) if table.n else 0
-        check_requests_fit(sc, self._blocks, max_ctx, lookahead)
+        dp = sc.cluster.parallelism.dp
+        if eng.max_num_seqs < dp:
+            raise SpecError(
+                f"engine.max_num_seqs={eng.max_num_seqs} is per instance and is shared by its dp={dp} attention "
+                f"ranks: raise it to at least {dp} (e.g. {dp} x 128)"
+            )
+        check_requests_fit(sc, self._blocks // dp, max_ctx, lookahead)  # a sequence lives on one DP rank
         self.table = table
         self.listener = listener
         self.env = env = simpy.Environment()
@@ -94,8 +101,9 @@ class SimBackend:
                 table,
                 self.prompt_blocks,
                 self._on_chunk_done,
-                SpecDecoder(spec, groups, self.cost) if spec.mode != "none" else None,
+                SpecDecoder(spec, groups, self.cost, eng.max_num_batched_tokens) if spec.mode != "none" else None,
                 stretch_end_priority(i, self.num_instances),
+                dp_ranks=dp,
             )
             for i in range(self.num_instances)
         ]

@@ -34,6 +34,7 @@ import simpy
 from seersim.config import EngineConfig
 from seersim.cost import CostModel
 from seersim.engine.batch import Plan, RunningBatch
+from seersim.engine.dp import DPRanks
 from seersim.engine.events import AFTER_STRETCHES, At
 from seersim.engine.kvcache import KVCache, prompt_key
 from seersim.engine.specdec import SpecDecoder
@@ -77,6 +78,7 @@ class Instance:
         on_chunk_done: ChunkDone,
         spec: SpecDecoder | None = None,
         end_priority: float = 2.0,
+        dp_ranks: int = 1,
     ) -> None:
         self.id = instance_id
         self.env = env
@@ -90,6 +92,11 @@ class Instance:
         self.end_priority = end_priority  # events.stretch_end_priority of this instance
         self.bs = kv.block_size
         self.fast_forward = cfg.mode == "fast_forward"
+        self.ranks = DPRanks(cost, dp_ranks)
+        # per-rank shares of the engine's limits (the configured values are per instance)
+        self._rank_max_seqs = cfg.max_num_seqs // dp_ranks
+        self._rank_budget = cfg.max_num_batched_tokens // dp_ranks
+        self._rank_blocks = kv.total_blocks // dp_ranks
         self.stats = InstanceStats()
         self.samples: list[tuple] = []  # timeline rows (backends.base.TIMELINE_COLUMNS after "instance")
         self.waiting: deque[tuple[int, int]] = deque()  # (request id, tokens left in chunk)
@@ -254,7 +261,7 @@ class Instance:
         # same until a chunk ends or blocks run out; admission cannot become possible
         # later in the stretch (free blocks only shrink), so it may follow an admission.
         if not preempted and bool((new == 1).all()):
-            stretch = LinearStretch(self.cost.step_lines(n, n, 0), int(computed.sum()), n)
+            stretch = self._decode_stretch(computed)
             steps = self._pure_steps(computed, b.left, allocated=True) if self.fast_forward else 1
             return Plan(steps, stretch, "decode", new, self._decode_blocks_fn(computed, 0))
         head_s = self.mixed_step_s(new)
@@ -268,7 +275,7 @@ class Instance:
             if bool((new == need).all()) and int(after_left.min()) > 0 and not self._publishes_prompt(new):
                 tail = self._pure_steps(computed + new, after_left, allocated=False)
         if tail:
-            stretch = HeadStretch(head_s, LinearStretch(self.cost.step_lines(n, n, 0), int((computed + new).sum()), n))
+            stretch = HeadStretch(head_s, self._decode_stretch(computed + new))
             return Plan(1 + tail, stretch, "mixed", new, self._decode_blocks_fn(computed + new, 1))
         return Plan(1, TabulatedStretch.single(head_s), "mixed", new)
 
@@ -284,14 +291,22 @@ class Instance:
 
         return blocks
 
+    def _decode_stretch(self, computed: np.ndarray) -> LinearStretch:
+        """Iterations of a plain decode batch from `computed` tokens per sequence (each
+        rank's context grows by its sequence count per iteration)."""
+        R, rank = self.ranks, self.batch.rank
+        seqs = R.per_rank(rank)
+        return R.stretch(seqs, seqs, np.zeros(R.dp), np.ones(R.dp), R.per_rank(rank, computed), seqs)
+
     def mixed_step_s(self, new: np.ndarray) -> float:
         """Time of one iteration computing `new` tokens per running sequence (prefill
         chunks attend to their earlier tokens and to each other causally)."""
         scheduled = new > 0
         c, k = self.batch.computed[scheduled], new[scheduled]
-        context = int((c + k).sum())
-        pairs = int((k * c + k * (k + 1) // 2).sum())
-        return self.cost.step_lines(int(scheduled.sum()), int(k.sum()), pairs - context).at(context)
+        rank, R = self.batch.rank[scheduled], self.ranks
+        context = R.per_rank(rank, c + k)
+        pairs = R.per_rank(rank, k * c + k * (k + 1) // 2)
+        return R.step_s(R.per_rank(rank), R.per_rank(rank, k), pairs - context, np.ones(R.dp), context)
 
     def _pure_steps(self, computed: np.ndarray, left: np.ndarray, allocated: bool) -> int:
         """Pure-decode steps the batch can run unchanged from `computed` tokens each.
@@ -356,8 +371,7 @@ class Instance:
                 new = need
                 add = (b.computed % bs == 0).astype(np.int64)
             else:
-                before = np.cumsum(need) - need
-                new = np.minimum(need, np.maximum(budget - before, 0))
+                new = np.minimum(need, np.maximum(self._rank_budget - self._rank_before(need), 0))
                 add = np.maximum(_ceil_div(b.computed + new, bs) - b.shared - b.blocks, 0)
             total_add = int(add.sum())
             if total_add > kv.free_blocks:
@@ -370,19 +384,34 @@ class Instance:
                 preempted = True
             kv.allocate(total_add)
             b.blocks += add
-            budget -= int(new.sum())
         else:
             new = np.zeros(0, np.int64)
-        if not preempted and self.waiting and budget > 0 and len(b) < self.cfg.max_num_seqs:
-            admitted_new = self._admit(budget)
+        rank_budget = self._rank_budget - self.ranks.per_rank(b.rank, new)
+        rank_room = self._rank_max_seqs - self.ranks.per_rank(b.rank)
+        if not preempted and self.waiting and bool(((rank_budget > 0) & (rank_room > 0)).any()):
+            admitted_new = self._admit(rank_budget, rank_room)
             if admitted_new:
                 new = np.concatenate((new, np.asarray(admitted_new, np.int64)))
                 admitted = True
-                budget -= sum(admitted_new)
-        budget_blocked = bool(self.waiting) and budget <= 0 and len(b) < self.cfg.max_num_seqs
+        # admission stopped by the token budget (which frees up next iteration)
+        budget_blocked = bool(self.waiting) and bool((rank_room > 0).any()) and not bool(((rank_budget > 0) & (rank_room > 0)).any())
         if not len(b):
             return None, admitted or preempted, preempted, budget_blocked
         return new, admitted or preempted, preempted, budget_blocked
+
+    def _rank_before(self, need: np.ndarray) -> np.ndarray:
+        """Tokens the sequences before each one on its DP rank need (each rank fills its
+        own share of the budget, in admission order)."""
+        if self.ranks.dp == 1:
+            return np.cumsum(need) - need
+        rank = self.batch.rank
+        order = np.argsort(rank, kind="stable")
+        ns, rs = need[order], rank[order]
+        before_all = np.cumsum(ns) - ns  # non-decreasing: need >= 0
+        first = np.concatenate(([True], rs[1:] != rs[:-1]))
+        before = np.empty_like(need)
+        before[order] = before_all - np.maximum.accumulate(np.where(first, before_all, 0))
+        return before
 
     def _preemption_cut(self, add: np.ndarray) -> int:
         """How many running sequences (a prefix in admission order) keep running.
@@ -403,15 +432,25 @@ class Instance:
         ok = self.kv.free_blocks + suffix_freed - prefix_add >= 0
         return int(np.flatnonzero(ok)[-1]) if ok.any() else 0
 
-    def _admit(self, budget: int) -> list[int]:
-        """Admit waiting requests in order while budget, max_num_seqs and KV allow."""
+    def _admit(self, rank_budget: np.ndarray, rank_room: np.ndarray) -> list[int]:
+        """Admit waiting requests in order while budget, max_num_seqs and KV allow.
+
+        Each goes to the DP rank holding the fewest KV blocks among those with a
+        sequence slot and budget left (`rank_budget`, `rank_room`: updated in place),
+        if that rank's share of the KV holds it."""
         kv, bs, table = self.kv, self.bs, self.table
         rows: list[tuple[int, ...]] = []
         news: list[int] = []
-        room = self.cfg.max_num_seqs - len(self.batch)
         caching = self.cfg.prefix_caching
         spec_cols = self.spec.admit() if self.spec is not None else (0, 0, 0, 0)
-        while self.waiting and budget > 0 and room > 0:
+        b = self.batch
+        rank_held = self.ranks.per_rank(b.rank, b.blocks + b.shared)
+        while self.waiting:
+            open_ranks = np.flatnonzero((rank_budget > 0) & (rank_room > 0))
+            if not len(open_ranks):
+                break
+            rank = int(open_ranks[np.argmin(rank_held[open_ranks])])
+            budget = int(rank_budget[rank])
             rid, left = self.waiting[0]
             group = int(table.group_id[rid])
             tokens = int(table.input_tokens[rid] + table.generated[rid])
@@ -423,18 +462,25 @@ class Instance:
             cached_hit = own_hit + (p_hit if p_hit and kv.prompt_refs(group) == 0 else 0)
             if need_blocks + cached_hit > kv.free_blocks:
                 break
+            if self.ranks.dp > 1 and rank_held[rank] + need_blocks + p_hit + own_hit > self._rank_blocks:
+                break  # the least-loaded rank's share of the KV is full
             self.waiting.popleft()
-            if p_hit:
+            shared = private = 0
+            if p_hit == p_blocks and p_hit:
                 kv.acquire_prompt(group)
+                shared = p_hit
+            elif p_hit:  # a partly evicted prompt: its blocks become this sequence's own copy
+                private = kv.take_cached(prompt_key(group))
             if own_hit:
                 kv.take_cached(rid)
             kv.allocate(need_blocks)
-            rows.append((rid, hit, tokens, left, p_hit, own_hit + need_blocks, group, *spec_cols))
+            rows.append((rid, hit, tokens, left, shared, private + own_hit + need_blocks, group, *spec_cols, rank))
             if new == 1 and tokens == table.input_tokens[rid]:
                 self._fresh_decoders = True
             news.append(new)
-            budget -= new
-            room -= 1
+            rank_budget[rank] -= new
+            rank_room[rank] -= 1
+            rank_held[rank] += need_blocks + p_hit + own_hit
         if rows:
             self.batch.extend(rows)
         return news
@@ -449,16 +495,15 @@ class Instance:
             kv.release_prompt(group)
         cache = cache and self.cfg.prefix_caching
         full = computed // bs
-        if cache and not shared and p_blocks and full >= p_blocks:
-            # its private copy of the prompt becomes the group's cached prompt, if none is
-            if not kv.prompt_present(group):
-                kv.release_to_cache(prompt_key(group), p_blocks)
-            else:
-                kv.release(p_blocks)
-            blocks -= p_blocks
+        key = prompt_key(group)
+        mine = min(full, p_blocks) if not shared else 0  # full blocks of a private prompt copy
+        if cache and mine and kv.prompt_refs(group) == 0 and mine >= kv.cached(key):
+            # the freshest copy of the prompt (or of its head) becomes the cached one
+            kv.release_to_cache(key, mine)
+            blocks -= mine
         own_full = full - p_blocks if full >= p_blocks else 0
         if cache and own_full > 0 and (shared or full >= p_blocks):
-            kv.release_to_cache(rid, own_full)
+            kv.release_to_cache(rid, own_full, key if p_blocks else None)
             blocks -= own_full
         kv.release(blocks)
 
@@ -510,7 +555,7 @@ class Instance:
         speculating = None
         if self.spec is not None:
             speculating = decoding & (new > 0)
-            spec_emit = self.spec.mixed_emission(b, speculating)
+            spec_emit = self.spec.mixed_emission(b, speculating, new)  # drafts cut by the budget accept less
             emit = np.where(speculating, spec_emit, emit)
             advance = np.where(speculating, spec_emit, new)
         self._record_first_tokens((emit > 0) & (b.tokens == table.input_tokens[b.rid]), end_s)
@@ -592,7 +637,7 @@ class Instance:
         crossed = (b.shared == 0) & (p > 0) & (b.computed >= p) & (before < p)
         for i in np.flatnonzero(crossed):
             group = int(b.group[i])
-            if not self.kv.prompt_present(group):
+            if not self.kv.prompt_refs(group):
                 blocks = int(p[i]) // self.bs
                 self.kv.share_prompt(group, blocks)
                 b.shared[i] = blocks
@@ -622,15 +667,4 @@ class Instance:
 
         Without room for it the transfer is wasted and the request recomputes.
         """
-        kv = self.kv
-        if prompt_blocks and not kv.prompt_present(group_id):
-            if prompt_blocks > kv.free_blocks:
-                return
-            kv.allocate(prompt_blocks)
-            kv.release_to_cache(prompt_key(group_id), prompt_blocks)
-        if own_blocks > kv.cached(request_id):
-            kv.drop_cached(request_id)
-            if own_blocks > kv.free_blocks:
-                return
-            kv.allocate(own_blocks)
-            kv.release_to_cache(request_id, own_blocks)
+        self.kv.insert_prefix(request_id, group_id, prompt_blocks, own_blocks)

@@ -1,18 +1,29 @@
 """Paged KV-cache block accounting of one instance — the one owner of its invariants.
 
 Blocks are *used* (held by running sequences, including a group's shared prompt
-while any sibling runs), *cached* (freed but still hashed: evictable, LRU, hit by
-a later prefix lookup, as vLLM keeps freed blocks' hashes) or free. Cached blocks
-count as free for allocation: allocating evicts least-recently-cached entries.
+while any sibling runs), *cached* (freed but still hashed: evictable, hit by a later
+prefix lookup, as vLLM keeps freed blocks' hashes) or free. Cached blocks count as
+free for allocation: allocating evicts cached blocks one at a time.
 
 Cache entries are keyed by int: a request's own context beyond its prompt under
-key = request id (>= 0), a group's shared prompt under key = -1 - group id. Prefix
-semantics: a request's own entry is only usable while its group's prompt is cached.
+key = request id (>= 0), a group's shared prompt under key = -1 - group id. An own
+entry *depends on* its group's prompt entry (its parent): block hashes chain, so a
+request's own blocks are only a hit while the whole prompt before them is present.
+
+Eviction order (vLLM v1's BlockPool: freed blocks join a FIFO free queue in reverse
+order, tail block first, and allocation pops the queue's head; a prefix hit takes
+blocks out of the queue):
+- least recently cached entry first, and within an entry its *tail* block first,
+  so what remains of a partly evicted entry is still a usable (shorter) prefix hit;
+- an entry's dependents go before it: a prompt loses no block while an own entry
+  that extends it is cached (freeing the prompt before the context built on it
+  would strand that context, as vLLM's reverse-order freeing avoids).
 """
 
 from __future__ import annotations
 
 from collections import OrderedDict
+from typing import Iterator
 
 
 def prompt_key(group_id: int) -> int:
@@ -20,7 +31,16 @@ def prompt_key(group_id: int) -> int:
 
 
 class KVCache:
-    __slots__ = ("total_blocks", "block_size", "used_blocks", "cached_blocks", "_cached", "_prompt_refs")
+    __slots__ = (
+        "total_blocks",
+        "block_size",
+        "used_blocks",
+        "cached_blocks",
+        "_cached",
+        "_parent",
+        "_children",
+        "_prompt_refs",
+    )
 
     def __init__(self, total_blocks: int, block_size: int) -> None:
         if total_blocks <= 0:
@@ -29,7 +49,9 @@ class KVCache:
         self.block_size = block_size
         self.used_blocks = 0
         self.cached_blocks = 0
-        self._cached: OrderedDict[int, int] = OrderedDict()  # key -> blocks, LRU first
+        self._cached: OrderedDict[int, int] = OrderedDict()  # key -> blocks, least recently cached first
+        self._parent: dict[int, int] = {}  # cached own entry -> its prompt's key
+        self._children: dict[int, dict[int, None]] = {}  # prompt key -> cached dependents, in recency order
         self._prompt_refs: dict[int, tuple[int, int]] = {}  # group -> (refcount, blocks) while in use
 
     # ---- queries ---------------------------------------------------------------------
@@ -41,59 +63,103 @@ class KVCache:
     def cached(self, key: int) -> int:
         return self._cached.get(key, 0)
 
-    def prompt_present(self, group_id: int) -> bool:
-        return group_id in self._prompt_refs or prompt_key(group_id) in self._cached
+    def prompt_blocks_present(self, group_id: int) -> int:
+        """Blocks of the group's prompt a lookup finds: all of it while in use, else
+        what is left of its cached entry (a prefix of it after partial eviction)."""
+        if group_id in self._prompt_refs:
+            return self._prompt_refs[group_id][1]
+        return self._cached.get(prompt_key(group_id), 0)
 
     def prefix_blocks(self, request_id: int, group_id: int, prompt_blocks: int) -> tuple[int, int]:
-        """(prompt blocks, own blocks) a request would hit here; own needs the prompt."""
-        if prompt_blocks and not self.prompt_present(group_id):
-            return 0, 0
+        """(prompt blocks, own blocks) a request would hit here: the prompt's present
+        prefix, and its own entry only when the whole prompt is present."""
+        if prompt_blocks:
+            present = min(self.prompt_blocks_present(group_id), prompt_blocks)
+            if present < prompt_blocks:
+                return present, 0
         return prompt_blocks, self._cached.get(request_id, 0)
 
+    def _eviction_order(self) -> Iterator[tuple[int, int]]:
+        """(key, blocks) of the cached entries in the order their blocks are evicted."""
+        seen: set[int] = set()
+        for key, blocks in self._cached.items():
+            if key in seen:
+                continue
+            for child in self._children.get(key, ()):
+                if child not in seen:
+                    seen.add(child)
+                    yield child, self._cached[child]
+            if key in self._parent:
+                seen.add(key)  # its parent, later in the order, must not yield it again
+            yield key, blocks
+
     def blocks_before_eviction_of(self, keys: tuple[int, ...]) -> int:
-        """Blocks allocatable before any of `keys`' cached entries would be evicted (LRU)."""
-        room = self.total_blocks - self.used_blocks - self.cached_blocks
+        """Blocks allocatable before any block of `keys`' cached entries is evicted."""
         if not any(k in self._cached for k in keys):
             return self.free_blocks
-        for key, blocks in self._cached.items():
+        room = self.total_blocks - self.used_blocks - self.cached_blocks
+        for key, blocks in self._eviction_order():
             if key in keys:
                 return room
             room += blocks
-        return room
+        raise AssertionError("unreachable: a key of `keys` is cached")
 
     # ---- mutations -------------------------------------------------------------------
     def allocate(self, blocks: int) -> None:
         if blocks < 0 or blocks > self.free_blocks:
             raise AssertionError(f"allocate({blocks}) with {self.free_blocks} free")
         self.used_blocks += blocks
-        self._evict_to_fit()
+        excess = self.used_blocks + self.cached_blocks - self.total_blocks
+        if excess > 0:
+            self._evict(excess)
 
     def release(self, blocks: int) -> None:
         if blocks < 0 or blocks > self.used_blocks:
             raise AssertionError(f"release({blocks}) with {self.used_blocks} used")
         self.used_blocks -= blocks
 
-    def release_to_cache(self, key: int, blocks: int) -> None:
-        """Free `blocks` used blocks but keep them hashed under `key` (most recently used)."""
+    def release_to_cache(self, key: int, blocks: int, parent: int | None = None) -> None:
+        """Free `blocks` used blocks but keep them hashed under `key` (most recently
+        used). An existing entry under `key` is a shorter or equal copy of the same
+        prefix: it is freed. `parent`: the prompt key an own entry extends."""
         self.release(blocks)
         if blocks <= 0:
             return
-        self.cached_blocks += blocks - self._cached.pop(key, 0)
+        old = self._cached.pop(key, 0)
+        if old:
+            self._unlink(key)
+        self.cached_blocks += blocks - old
         self._cached[key] = blocks
+        if parent is not None:
+            assert parent in self._cached or -1 - parent in self._prompt_refs, "an own entry needs its prompt present"
+            self._parent[key] = parent
+            self._children.setdefault(parent, {})[key] = None
         # (evicting is never needed here: used + cached did not grow)
 
     def take_cached(self, key: int) -> int:
-        """A prefix hit: the entry's blocks become used again. Returns the blocks taken."""
+        """A prefix hit: the entry's blocks become used again. Returns the blocks taken.
+
+        Taking a prompt entry leaves its dependents cached: the caller takes the whole
+        prompt into use (they stay usable), or a partial one (which has none)."""
         blocks = self._cached.pop(key, 0)
-        self.cached_blocks -= blocks
-        self.used_blocks += blocks
+        if blocks:
+            self._unlink(key)
+            self.cached_blocks -= blocks
+            self.used_blocks += blocks
         return blocks
 
     def drop_cached(self, key: int) -> None:
-        self.cached_blocks -= self._cached.pop(key, 0)
+        """Forget an entry (its blocks become free), with the dependents it would strand."""
+        for child in list(self._children.get(key, ())):
+            self.drop_cached(child)
+        blocks = self._cached.pop(key, 0)
+        if blocks:
+            self._unlink(key)
+            self.cached_blocks -= blocks
 
     def acquire_prompt(self, group_id: int) -> bool:
-        """Reference the group's shared prompt if present (in use or cached)."""
+        """Reference the group's shared prompt if present whole (in use or cached).
+        (A partly evicted prompt is a prefix hit the caller takes with `take_cached`.)"""
         if group_id in self._prompt_refs:
             refs, blocks = self._prompt_refs[group_id]
             self._prompt_refs[group_id] = (refs + 1, blocks)
@@ -105,8 +171,13 @@ class KVCache:
         return False
 
     def share_prompt(self, group_id: int, blocks: int) -> None:
-        """A sequence's freshly computed prompt blocks become the group's shared copy."""
-        assert group_id not in self._prompt_refs and prompt_key(group_id) not in self._cached
+        """A sequence's freshly computed prompt blocks become the group's shared copy;
+        a cached copy of it (whole or partial) is a duplicate and is freed — its
+        dependents stay, extending the shared copy."""
+        assert group_id not in self._prompt_refs
+        key = prompt_key(group_id)
+        old = self._cached.pop(key, 0)
+        self.cached_blocks -= old
         self._prompt_refs[group_id] = (1, blocks)
 
     def release_prompt(self, group_id: int) -> None:
@@ -120,18 +191,66 @@ class KVCache:
     def prompt_refs(self, group_id: int) -> int:
         return self._prompt_refs.get(group_id, (0, 0))[0]
 
-    def _evict_to_fit(self) -> None:
-        while self.used_blocks + self.cached_blocks > self.total_blocks:
-            _, blocks = self._cached.popitem(last=False)
-            self.cached_blocks -= blocks
+    def insert_prefix(self, request_id: int, group_id: int, prompt_blocks: int, own_blocks: int) -> None:
+        """KV that arrived from elsewhere (the global pool) lands as cached blocks: the
+        group's prompt, then the request's own context. What does not fit is dropped
+        (the transfer is wasted; the request recomputes that part)."""
+        key = prompt_key(group_id)
+        if prompt_blocks and self.prompt_blocks_present(group_id) < prompt_blocks:
+            if prompt_blocks > self.free_blocks:
+                return
+            self.allocate(prompt_blocks)  # may evict the partial copy it replaces (it has no dependents)
+            self.release_to_cache(key, prompt_blocks)
+        if own_blocks > self.cached(request_id):
+            self.drop_cached(request_id)
+            # it must not evict the prompt it extends
+            room = self.blocks_before_eviction_of((key,)) if prompt_blocks else self.free_blocks
+            if own_blocks > room:
+                return
+            self.allocate(own_blocks)
+            self.release_to_cache(request_id, own_blocks, key if prompt_blocks else None)
+
+    def _unlink(self, key: int) -> None:
+        parent = self._parent.pop(key, None)
+        if parent is not None:
+            siblings = self._children[parent]
+            del siblings[key]
+            if not siblings:
+                del self._children[parent]
+
+    def _evict(self, blocks: int) -> None:
+        """Evict `blocks` cached blocks in eviction order (tail blocks of an entry first)."""
+        cut: list[tuple[int, int]] = []
+        for key, held in self._eviction_order():
+            take = min(held, blocks)
+            cut.append((key, take))
+            blocks -= take
+            if not blocks:
+                break
+        for key, take in cut:
+            left = self._cached[key] - take
+            self.cached_blocks -= take
+            if left:
+                self._cached[key] = left  # keeps its recency: it still holds the entry's head
+            else:
+                del self._cached[key]
+                self._unlink(key)
 
     def check(self, idle: bool = False) -> None:
         """Assert the block invariants (used by tests and at the end of a run, when
         `idle`: nothing runs, so no block may still be in use)."""
         assert 0 <= self.used_blocks <= self.total_blocks, (self.used_blocks, self.total_blocks)
         assert self.cached_blocks == sum(self._cached.values())
+        assert all(b > 0 for b in self._cached.values())
         assert self.used_blocks + self.cached_blocks <= self.total_blocks
         shared = sum(b for _, b in self._prompt_refs.values())
         assert shared <= self.used_blocks
+        for child, parent in self._parent.items():
+            # no stranded entry: what an own entry extends is present (cached or in use)
+            assert child in self._cached and child in self._children[parent], (child, parent)
+            assert parent in self._cached or -1 - parent in self._prompt_refs, (child, parent)
+        assert sum(len(c) for c in self._children.values()) == len(self._parent)
+        for group in self._prompt_refs:
+            assert prompt_key(group) not in self._cached, group
         if idle:
             assert self.used_blocks == 0 and not self._prompt_refs, (self.used_blocks, len(self._prompt_refs))

@@ -19,8 +19,15 @@ changes mid-epoch every decoding sequence is re-assigned the epoch's lengths and
 of its group's references then. The same in fast-forward and step-by-step modes, so
 both give identical records.
 
+Token budget. Drafts that do not fit an iteration's `max_num_batched_tokens` are cut,
+as vLLM v1's scheduler trims a request's spec tokens to its share of the budget (later
+sequences in the batch may get none that iteration); a cut sequence accepts by the τ
+of the drafts it verified. Such an iteration is a mixed one (one step in both modes).
+`grouped_adaptive` re-chooses the drafts when a batch change makes them overflow.
+
 Draft length (`grouped_adaptive`, the paper's Algorithm 1): for the batch size B pick
-γ* minimising the time per accepted token T_SD = (D + T(B, γ))/τ(γ) over γ ≤ 8, where
+γ* minimising the time per accepted token T_SD = (D + T(B, γ))/τ(γ) over γ ≤ 8 whose
+drafts fit the step's token budget (B·(1 + paths·γ) ≤ max_num_batched_tokens), where
 T(B, γ) is the cost model's iteration time verifying γ drafts per sequence and D the
 draft-building overhead; the budget Γ* = γ*·B goes to probes first (one token each),
 then one token per request at a time to probes while their marginal gain
@@ -37,6 +44,7 @@ from seersim.config import SpeculationConfig
 from seersim.cost import CostModel, StepLines
 from seersim.engine.batch import Q, EngineState, Plan, RunningBatch
 from seersim.engine.stretch import LinearStretch, TabulatedStretch
+from seersim.engine.dp import DPRanks
 from seersim.requests import GroupProgress
 
 MAX_DRAFT = 8
@@ -86,10 +94,11 @@ class SpecDecoder:
     It reads a group-progress view (finished siblings, probes), never the cluster.
     """
 
-    def __init__(self, cfg: SpeculationConfig, groups: GroupProgress, cost: CostModel) -> None:
+    def __init__(self, cfg: SpeculationConfig, groups: GroupProgress, cost: CostModel, token_budget: int) -> None:
         self.groups = groups
         self.cost = cost
         self.cfg = cfg
+        self.token_budget = token_budget  # the engine's max_num_batched_tokens
         self.grouped = cfg.mode == "grouped_adaptive"
         table = cfg.acceptance_table or PAPER_ACCEPTANCE[cfg.paths]
         self.model = AcceptanceModel({int(k): float(v) for k, v in table.items()}, cfg.reference_draft_tokens)
@@ -102,8 +111,8 @@ class SpecDecoder:
         # (Σ τ_i per iteration) rather than the integer emissions: identical in both
         # engine modes, closed-form over a stretch, and off by < 1 token per sequence.
         self.epoch_step = 0
-        self.epoch_base_context = 0.0
-        self.epoch_rate = 0.0
+        self.epoch_base_context = np.zeros(1)  # per DP rank
+        self.epoch_rate = np.zeros(1)
 
     @staticmethod
     def max_draft_tokens(cfg: SpeculationConfig) -> int:
@@ -121,11 +130,13 @@ class SpecDecoder:
         (probes, others) for the batch; after a batch change re-assign them; cap every
         sequence's draft slots by what its chunk can still emit."""
         if self.epoch_left > 0:
-            if self._rebase:
-                self._assign(state.batch)
-            else:
+            if not self._rebase:
                 self._cap(state.batch)
-            return
+                return
+            self._assign(state.batch, state.ranks)
+            if not self.grouped or self._verify_tokens(state.batch) <= self.token_budget:
+                return
+            # the batch grew past what the epoch's drafts fit in a step: choose again
         b = state.batch
         self.epoch_left = self.cfg.reevaluate_steps
         if self._alpha is None:
@@ -139,9 +150,9 @@ class SpecDecoder:
             self.epoch_gamma = self._adaptive_gamma(b, self._alpha[refs], self.groups.is_probe(rids))
         else:
             self.epoch_gamma = (0, 0)
-        self._assign(b)
+        self._assign(b, state.ranks)
 
-    def _assign(self, b: RunningBatch) -> None:
+    def _assign(self, b: RunningBatch, ranks: DPRanks) -> None:
         """Give every decoding sequence its epoch draft length and τ (from its group's
         finished references now), and restart the epoch's context model."""
         rids = b.rid
@@ -157,8 +168,27 @@ class SpecDecoder:
         self._cap(b)
         self._rebase = False
         self.epoch_step = 0
-        self.epoch_base_context = float((b.computed + 1 + b.gamma).sum())
-        self.epoch_rate = float(b.tau_q.sum()) / Q
+        self.epoch_base_context = ranks.per_rank(b.rank, b.computed + 1 + b.gamma).astype(np.float64)
+        self.epoch_rate = np.bincount(b.rank, weights=b.tau_q, minlength=ranks.dp) / Q
+
+    @staticmethod
+    def _verify_tokens(b: RunningBatch) -> int:
+        """Tokens the batch's decoding sequences verify per iteration with their drafts."""
+        return int(((b.tokens - b.computed == 1) * (1 + b.gamma)).sum())
+
+    def scheduled_tau_q(self, b: RunningBatch, new: np.ndarray) -> np.ndarray:
+        """τ·Q per running sequence for the tokens scheduled this iteration: a decode
+        whose drafts the token budget cut (vLLM trims them to fit) verifies only
+        (new − 1) // paths drafts per path, with its group's references now."""
+        drafts = np.minimum(np.maximum(new - 1, 0), b.gamma)
+        cut = drafts < b.gamma
+        if not cut.any():
+            return b.tau_q
+        rids = b.rid[cut]
+        refs = self.groups.finished_siblings(rids) if self.grouped else np.zeros(len(rids), np.int64)
+        tau_q = b.tau_q.copy()
+        tau_q[cut] = self._tau_q[refs, drafts[cut] // self.cfg.paths]
+        return tau_q
 
     def _cap(self, b: RunningBatch) -> None:
         """Draft slots this iteration: paths · min(draft, left − 1). Drafting past the
@@ -175,8 +205,10 @@ class SpecDecoder:
         batch = len(alpha)
         context = int(b.computed.sum()) + len(b)
         a_mean = float(alpha.sum()) / batch
-        taus = [sum(a_mean**j for j in range(g + 1)) for g in range(MAX_DRAFT + 1)]
-        per_token = [self._iteration_s(batch, g, context) / taus[g] for g in range(MAX_DRAFT + 1)]
+        # drafts the step's token budget cannot verify are not worth building
+        cap = min(MAX_DRAFT, (self.token_budget // batch - 1) // self.cfg.paths)
+        taus = [sum(a_mean**j for j in range(g + 1)) for g in range(cap + 1)]
+        per_token = [self._iteration_s(batch, g, context) / taus[g] for g in range(cap + 1)]
         best = int(np.argmin(per_token))
         n_h = int(probe.sum())
         n_l = batch - n_h
@@ -213,13 +245,15 @@ class SpecDecoder:
             return Plan(1, TabulatedStretch.single(state.mixed_step_s(new)), "mixed", new)
         return self._plan_decode(state)
 
-    def _lines(self, b: RunningBatch) -> StepLines:
-        n = len(b)
-        verified = int((1 + b.gamma).sum())
-        lines = self.cost.step_lines(n, verified, 0, verified / n)
-        if self.cfg.draft_overhead_s and bool((b.gamma > 0).any()):
-            lines = StepLines(tuple(a + self.cfg.draft_overhead_s for a in lines.intercepts_s), lines.slopes_s)
-        return lines
+    def _stretch(self, b: RunningBatch, ranks: DPRanks) -> LinearStretch:
+        """The epoch's speculative iterations from now: each rank verifies its sequences'
+        drafts over its expected context (the epoch's context model, per rank)."""
+        seqs = ranks.per_rank(b.rank)
+        verified = ranks.per_rank(b.rank, 1 + b.gamma)
+        queries = verified / np.maximum(seqs, 1)
+        c0 = self.epoch_base_context + self.epoch_rate * (self.epoch_step - 1)
+        overhead = self.cfg.draft_overhead_s if bool((b.gamma > 0).any()) else 0.0
+        return ranks.stretch(seqs, verified, np.zeros(ranks.dp), queries, c0, self.epoch_rate, overhead_s=overhead)
 
     def _plan_decode(self, state: EngineState) -> Plan:
         """A pure speculative-decode stretch, in closed form (O(n log K), no per-step loop).
@@ -258,16 +292,15 @@ class SpecDecoder:
                 else:
                     lo = mid
             steps = lo
-        c0 = self.epoch_base_context + self.epoch_rate * (self.epoch_step - 1)
-        stretch = LinearStretch(self._lines(b), c0, self.epoch_rate)
+        stretch = self._stretch(b, state.ranks)
         return Plan(steps, stretch, "spec_decode", None, extra_blocks)
 
     # ------------------------------------------------------------------ emissions
-    def mixed_emission(self, b: RunningBatch, speculating: np.ndarray) -> np.ndarray:
-        """Tokens each sequence emits in a mixed iteration where the `speculating` ones
-        verify their drafts (others' entries are unused); advances their accumulators
-        and the epoch by one iteration."""
-        total = b.acc + b.tau_q
+    def mixed_emission(self, b: RunningBatch, speculating: np.ndarray, new: np.ndarray) -> np.ndarray:
+        """Tokens each sequence emits in a mixed iteration computing `new` tokens each,
+        where the `speculating` ones verify their (possibly budget-cut) drafts (others'
+        entries are unused); advances their accumulators and the epoch by one iteration."""
+        total = b.acc + self.scheduled_tau_q(b, new)
         emit = np.minimum(total // Q, b.left)
         b.acc[:] = np.where(speculating, total % Q, b.acc)
         self._iterations_done(1)

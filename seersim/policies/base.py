@@ -12,13 +12,14 @@ explicitly and says so in its name).
 
 from __future__ import annotations
 
+import math
 from abc import ABC, abstractmethod
 from dataclasses import dataclass
 from typing import ClassVar, Protocol
 
 import numpy as np
 
-from seersim.config import PolicyConfig
+from seersim.config import KVReservation, PolicyConfig
 
 
 @dataclass(frozen=True, slots=True)
@@ -54,7 +55,11 @@ class ClusterView(Protocol):
         ...
     @property
     def reserved_blocks(self) -> np.ndarray:
-        """Blocks each instance's in-flight chunks will hold when they reach their limits."""
+        """Blocks each instance reserves for its in-flight chunks (`chunk_blocks`)."""
+        ...
+    @property
+    def mean_chunk_tokens(self) -> float | None:
+        """Mean tokens the chunks returned so far in this step generated (None before any returns)."""
         ...
     @property
     def group_id(self) -> np.ndarray: ...
@@ -115,28 +120,45 @@ class Loads:
     """A policy's tentative bookkeeping within one `decide`: the loads and KV reservations
     its own earlier decisions in the same call will add."""
 
-    def __init__(self, view: ClusterView) -> None:
+    def __init__(self, view: ClusterView, cfg: PolicyConfig) -> None:
         self.view = view
+        self.rule = cfg.kv_reservation
         self.in_flight = view.in_flight.astype(np.int64).copy()
         self.reserved = view.reserved_blocks.astype(np.int64).copy()
         self.total = view.kv_total_blocks
 
     def projected_blocks(self, request_id: int, max_new_tokens: int) -> int:
-        return chunk_blocks(self.view, request_id, max_new_tokens)
+        return chunk_blocks(self.view, request_id, max_new_tokens, self.rule)
 
-    def has_room(self, max_blocks: int) -> np.ndarray:
-        """Instances where a chunk needing `max_blocks` fits with every in-flight chunk at its limit."""
-        return (self.reserved + max_blocks <= self.total) & (self.in_flight < self.view.max_num_seqs)
+    def has_room(self, blocks: int) -> np.ndarray:
+        """Instances where a chunk reserving `blocks` fits beside every in-flight chunk's reservation."""
+        return (self.reserved + blocks <= self.total) & (self.in_flight < self.view.max_num_seqs)
 
     def add(self, instance_id: int, blocks: int) -> None:
         self.in_flight[instance_id] += 1
         self.reserved[instance_id] += blocks
 
 
-def chunk_blocks(view: ClusterView, request_id: int, max_new_tokens: int) -> int:
-    """KV blocks a chunk holds when it reaches its limit: what an instance reserves for it."""
-    tokens = int(view.input_tokens[request_id] + view.generated_tokens[request_id]) + max_new_tokens
-    return -(-tokens // view.block_size)
+def chunk_blocks(view: ClusterView, request_id: int, max_new_tokens: int, rule: KVReservation) -> int:
+    """KV blocks an instance reserves for a chunk while it is in flight (`policy.kv_reservation`).
+
+    The chunk's context (prompt + generated) plus its growth allowance:
+    - "chunk_limit": the whole chunk — what it holds at its limit, so the instance
+      never preempts, but chunks that end early (EOS) leave reserved KV idle;
+    - "expected_growth": the mean tokens the step's returned chunks generated (the
+      whole chunk until one returns) — over many in-flight chunks the sum concentrates
+      near what they will hold; a surplus is the engine's to preempt;
+    - "none": nothing — admit on current contexts, and let the engine preempt.
+    """
+    context = int(view.input_tokens[request_id] + view.generated_tokens[request_id])
+    if rule == "chunk_limit":
+        growth = max_new_tokens
+    elif rule == "expected_growth":
+        mean = view.mean_chunk_tokens
+        growth = max_new_tokens if mean is None else min(max_new_tokens, math.ceil(mean))
+    else:
+        growth = 0
+    return -(-(context + growth) // view.block_size)
 
 
 def chunk_limit(view: ClusterView, request_id: int, chunk_tokens: int) -> int:

@@ -102,7 +102,7 @@ class ContextAwarePolicy(Policy):
         return self._waiting[group][0], "group"
 
     def decide(self, view: ClusterView) -> list[Dispatch]:
-        loads = Loads(view)
+        loads = Loads(view, self.cfg)
         out: list[Dispatch] = []
         while True:
             nxt = self._next()

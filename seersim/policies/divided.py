@@ -32,7 +32,7 @@ class DividedPolicy(Policy):
             self._continuing.append(request_id)
 
     def decide(self, view: ClusterView) -> list[Dispatch]:
-        loads = Loads(view)
+        loads = Loads(view, self.cfg)
         out: list[Dispatch] = []
         for queue in (self._continuing, self._fresh):
             while queue:

@@ -40,7 +40,7 @@ class OracleLPTPolicy(Policy):
             self._push(view, request_id)
 
     def decide(self, view: ClusterView) -> list[Dispatch]:
-        loads = Loads(view)
+        loads = Loads(view, self.cfg)
         out: list[Dispatch] = []
         while self._heap:
             rid = self._heap[0][1]

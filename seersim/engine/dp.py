@@ -1,0 +1,141 @@
+"""Data-parallel attention ranks of one instance (e.g. Kimi-K2's DP32 + EP32).
+
+With DP attention each sequence lives on one DP rank: its KV is read by that rank's
+GPU alone, its prefill or recompute runs there, and each rank has its own share of
+the token budget and of `max_num_seqs` (the engine knobs are per instance, the sum
+of its ranks, as vLLM's DP ranks each run an engine core with the per-rank values).
+The ranks step in lockstep (the MoE layers' expert-parallel all-to-alls join them),
+so an iteration lasts as long as its slowest rank.
+
+Rank r's time is the instance's cost model called with the instance's sequences and
+tokens (the token-dependent GEMM, MoE and all-to-all work, which the cost model
+spreads over the ranks) and with rank r's own attention: its prefill pairs e_r and
+its context C_r, both scaled by dp — the cost model divides attention work by the
+instance's dp GPUs, so dp·e_r and dp·C_r price them on rank r's one GPU. A 98K-token
+sequence decoding alone thus reads its 6.9 GB of KV on one GPU, and the iteration
+waits for the slowest rank. Not modelled here: the dense GEMMs of a single rank's
+prefill run on that rank alone (the cost model spreads them), and the imbalance
+between expert-parallel GPUs at a given token count (the cost model's to price).
+
+Within a stretch every rank's context grows linearly in the step index k, so the
+iteration time is the upper envelope of lines in k: `LinearStretch` sums it in closed
+form, and fast-forward stays exact.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+
+from seersim.cost import CostModel, LinearStretch, StepLines
+
+
+class DPRanks:
+    """Prices iterations of an instance with `dp` attention ranks (dp = 1: one engine)."""
+
+    __slots__ = ("cost", "dp")
+
+    def __init__(self, cost: CostModel, dp: int) -> None:
+        self.cost, self.dp = cost, dp
+
+    def per_rank(self, rank: np.ndarray, values: np.ndarray | None = None) -> np.ndarray:
+        """Σ of `values` (default: count) over each rank's sequences, as int64 (length dp)."""
+        if values is None:
+            return np.bincount(rank, minlength=self.dp)
+        return np.bincount(rank, weights=values, minlength=self.dp).astype(np.int64)
+
+    def lines(
+        self,
+        seqs: np.ndarray,
+        tokens: np.ndarray,
+        extra_pairs: np.ndarray,
+        queries: np.ndarray,
+        c0: np.ndarray,
+        rate: np.ndarray,
+        overhead_s: float = 0.0,
+    ) -> tuple[StepLines, float, float]:
+        """(lines, c0, n) such that iteration k of a stretch lasts lines.at(c0 + n·k).
+
+        Arguments are per rank: sequences, tokens computed per iteration, extra
+        attention pairs, queries per sequence, context at k = 0 and its growth per
+        iteration. With dp = 1 these are the cost model's own lines; otherwise the
+        lines are in k (c0 = 0, n = 1): the envelope over busy ranks.
+        """
+        cost, dp = self.cost, self.dp
+        if dp == 1:
+            lines = cost.step_lines(int(seqs[0]), int(tokens[0]), int(extra_pairs[0]), float(queries[0]))
+            return _shift(lines, overhead_s), float(c0[0]), float(rate[0])
+        n_all, t_all = int(seqs.sum()), int(tokens.sum())
+        busy = np.flatnonzero(seqs)
+        a_k, b_k = [], []
+        e_busy, q_busy = extra_pairs[busy], queries[busy]
+        if not e_busy.any() and (q_busy == q_busy[0]).all():
+            groups = [(0, float(q_busy[0]), busy)]  # a decode: one call of the cost model
+        else:  # ranks with the same prefill pairs and queries share one call
+            by_key: dict[tuple, list[int]] = {}
+            for r, key in zip(busy.tolist(), zip(e_busy.tolist(), q_busy.tolist())):
+                by_key.setdefault(key, []).append(r)
+            groups = [(e, q, np.asarray(rs)) for (e, q), rs in by_key.items()]
+        for e, q, rs in groups:
+            rs = _pareto(rs, c0, rate)
+            lr = cost.step_lines(n_all, t_all, dp * int(e), float(q))
+            a = np.asarray(lr.intercepts_s)[:, None]
+            b = np.asarray(lr.slopes_s)[:, None]
+            a_k.append((a + overhead_s + b * dp * c0[rs].astype(np.float64)).ravel())
+            b_k.append((b * dp * rate[rs].astype(np.float64)).ravel())
+        return _envelope(np.concatenate(a_k), np.concatenate(b_k)), 0.0, 1.0
+
+    def stretch(self, *args, overhead_s: float = 0.0) -> LinearStretch:
+        """A `LinearStretch` over the lines of `lines(*args)`."""
+        lines, c0, n = self.lines(*args, overhead_s=overhead_s)
+        return LinearStretch(lines, c0, n)
+
+    def step_s(self, seqs, tokens, extra_pairs, queries, context) -> float:
+        """Time of one iteration (per-rank arguments as `lines`, context at that iteration)."""
+        cost, dp = self.cost, self.dp
+        if dp == 1:
+            return cost.step_lines(int(seqs[0]), int(tokens[0]), int(extra_pairs[0]), float(queries[0])).at(float(context[0]))
+        n_all, t_all = int(seqs.sum()), int(tokens.sum())
+        busy = np.flatnonzero(seqs).tolist()
+        e, q, c = extra_pairs.tolist(), queries.tolist(), context.tolist()
+        return max(cost.step_lines(n_all, t_all, dp * int(e[r]), float(q[r])).at(dp * float(c[r])) for r in busy)
+
+
+def _shift(lines: StepLines, overhead_s: float) -> StepLines:
+    if not overhead_s:
+        return lines
+    return StepLines(tuple(a + overhead_s for a in lines.intercepts_s), lines.slopes_s)
+
+
+def _pareto(rs: np.ndarray, c0: np.ndarray, rate: np.ndarray) -> np.ndarray:
+    """The ranks of `rs` that no other rank of `rs` beats in both context and growth
+    (with the same cost-model lines, only those can be the slowest)."""
+    order = rs[np.lexsort((-rate[rs], -c0[rs]))]  # context descending, then growth descending
+    r = rate[order]
+    best_before = np.concatenate(([-np.inf], np.maximum.accumulate(r)[:-1]))
+    return order[r > best_before]
+
+
+def _envelope(intercepts: np.ndarray, slopes: np.ndarray) -> StepLines:
+    """The lines of the upper envelope of a + b·k over k ≥ 1, in order of slope."""
+    # drop every line that a steeper (or equally steep) line beats at k = 1
+    order = np.lexsort((-intercepts, -slopes))
+    a, b = intercepts[order], slopes[order]
+    at1 = a + b
+    prev_best = np.concatenate(([-np.inf], np.maximum.accumulate(at1)[:-1]))
+    keep = at1 > prev_best
+    a, b = a[keep][::-1], b[keep][::-1]  # slopes increasing, values at k = 1 decreasing
+    # upper hull: drop a line the lines beside it beat everywhere
+    hull_a: list[float] = []
+    hull_b: list[float] = []
+    for ai, bi in zip(a.tolist(), b.tolist()):
+        while len(hull_a) >= 2:
+            a1, b1, a2, b2 = hull_a[-2], hull_b[-2], hull_a[-1], hull_b[-1]
+            # line 2 is useless if line i overtakes line 1 no later than line 2 does
+            if (ai - a1) * (b2 - b1) >= (a2 - a1) * (bi - b1):
+                hull_a.pop()
+                hull_b.pop()
+            else:
+                break
+        hull_a.append(ai)
+        hull_b.append(bi)
+    return StepLines(tuple(hull_a), tuple(hull_b))
