@@ -1,14 +1,17 @@
-"""Simulator speed benchmark (DESIGN §6 "Benchmarks"). Run from the repo root:
+"""Simulator speed benchmark (DESIGN §6 "Benchmarks", issue 13). Run from the repo root:
 
-    python benchmarks/bench.py            # full set (about a minute or two)
-    python benchmarks/bench.py --quick    # small scenario and one Kimi-K2 run
+    python benchmarks/bench.py            # every policy on the paper scenarios + ../shared/bench
+    python benchmarks/bench.py --quick    # small scenario, Kimi-K2 baseline/divided, shared bench
+    python benchmarks/bench.py --only shared-bench --policies baseline
 
-Prints wall time of the simulation itself (no imports, no workload I/O), simulated
-output tokens per wall-clock second, and how wall time grows when max_tokens is
-doubled twice (same mean length: the long tail gets longer). Targets (DESIGN §6): a
-Kimi-K2-scale step in <= 2 s on one core for baseline and divided; wall time nearly
-flat in max_tokens for baseline (its events do not grow with tokens), while chunked
-policies add events in proportion to tokens / chunk_tokens.
+Prints, per run, the wall time of the simulation itself (no imports, no workload I/O:
+the workload is built once and replayed), simulated output tokens per wall second and
+batch-composition events per wall second (events = timeline rows: a batch changed on
+an instance), then the growth from x1 to x4 of the ../shared/bench workload (all
+output lengths ×4). Targets (issue 13, one core): every policy ≤ 2 s on each paper
+scenario (baseline, divided, context_aware ≤ 1 s on Kimi-K2); shared bench x4
+baseline ≤ 0.2 s and ≤ 1.5× x1. Pin to one core for comparable numbers:
+`taskset -c 0 python benchmarks/bench.py`.
 """
 
 from __future__ import annotations
@@ -18,64 +21,121 @@ import json
 import time
 from pathlib import Path
 
+import numpy as np
+
 import seersim
+from seersim.workload import build_workload
 
 REPO = Path(__file__).resolve().parents[1]
+SHARED_BENCH = REPO.parent / "shared" / "bench"
+PAPER = ("moonlight", "qwen2-vl-72b", "kimi-k2")
+POLICIES = ("baseline", "divided", "context_aware", "seer")
+
+# ../shared/bench/README.md: Llama-2-7B (32 layers, hidden 4096, 32 heads, MHA, MLP
+# 11008, vocab 32000, bf16) on 4 x H100-SXM, one GPU per instance, block 16,
+# max_num_seqs 128, baseline round-robin, max_tokens 16,384 (x4: 65,536).
+LLAMA2_7B = {
+    "name": "llama-2-7b",
+    "num_layers": 32,
+    "hidden_size": 4096,
+    "intermediate_size": 11008,
+    "num_attention_heads": 32,
+    "num_kv_heads": 32,
+    "head_dim": 128,
+    "vocab_size": 32000,
+    "sources": {"architecture": "../shared/bench/README.md (meta-llama/Llama-2-7b-hf)"},
+}
 
 
-def timed(sc, policy: str, **overrides) -> dict:
-    t0 = time.perf_counter()
-    s = seersim.simulate(sc, policy=policy, **overrides).summary
-    wall = time.perf_counter() - t0
+def shared_bench_scenario(factor: int) -> seersim.Scenario:
+    return seersim.scenario_from_dict(
+        {
+            "name": f"shared-bench-x{factor}",
+            "model": LLAMA2_7B,
+            "gpu": "h100-sxm",
+            "cluster": {"instances": 4},
+            "engine": {"block_size_tokens": 16, "max_num_seqs": 128},
+            "workload": {
+                "kind": "replay",
+                "path": str(SHARED_BENCH / f"rl-512-x{factor}.csv"),
+                "format": "csv",
+                "max_tokens": 16384 * factor,
+            },
+            "policy": {"name": "baseline", "baseline_assignment": "round_robin"},
+        }
+    )
+
+
+def timed(sc: seersim.Scenario, policy: str, label: str | None = None) -> dict:
+    wl = build_workload(sc, np.random.default_rng(sc.seed))  # built once, outside the timing
+    t0, c0 = time.perf_counter(), time.process_time()
+    res = seersim.simulate(sc, policy=policy, workload=wl)
+    wall, cpu = time.perf_counter() - t0, time.process_time() - c0
+    s = res.summary
+    events = len(res.timeline)
     return {
-        "scenario": sc.name,
+        "scenario": label or sc.name,
         "policy": policy,
         "instances": sc.cluster.instances,
         "requests": s["requests"],
         "output_tokens": s["output_tokens"],
         "iterations": s["iterations"],
+        "events": events,
         "wall_s": round(wall, 3),
+        "cpu_s": round(cpu, 3),  # this process's CPU time: robust on a shared machine
         "sim_tokens_per_wall_s": round(s["output_tokens"] / wall),
-        "max_tokens": overrides.get("workload.max_tokens", sc.workload.max_tokens),
+        "events_per_wall_s": round(events / wall),
     }
 
 
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--quick", action="store_true")
+    ap.add_argument("--only", help="comma-separated scenario names (moonlight, qwen2-vl-72b, kimi-k2, small, shared-bench)")
+    ap.add_argument("--policies", help="comma-separated policies (default: baseline, divided, context_aware, seer)")
     ap.add_argument("--json", action="store_true", help="print rows as JSON lines")
     args = ap.parse_args()
+    policies = args.policies.split(",") if args.policies else list(POLICIES)
+    if args.quick:
+        plan = [("small", policies), ("kimi-k2", args.policies.split(",") if args.policies else ["baseline", "divided"]), ("shared-bench", ["baseline"])]
+    else:
+        plan = [(name, policies) for name in PAPER] + [("shared-bench", policies)]
+    if args.only:
+        wanted = set(args.only.split(","))
+        plan = [(n, p) for n, p in plan if n in wanted]
     rows = []
-    small = seersim.load_scenario(REPO / "scenarios/small.yaml")
-    kimi = seersim.load_scenario(REPO / "scenarios/kimi-k2.yaml")
-    stress = seersim.load_scenario(REPO / "scenarios/kimi-k2-stress.yaml")
-    policies = ["baseline", "divided"] if args.quick else ["baseline", "divided", "seer"]
-    for p in ["baseline", "divided", "seer"]:
-        rows.append(timed(small, p))
-    for p in policies:
-        rows.append(timed(kimi, p))
-    if not args.quick:
-        for p in policies:
-            rows.append(timed(stress, p))
-        # max_tokens doubled twice, the mean length kept
-        for factor in (2, 4):
-            over = {"workload.max_tokens": kimi.workload.max_tokens * factor}
-            for p in ("baseline", "divided"):
-                rows.append(timed(kimi, p, **over) | {"length_factor": factor})
+    for name, pols in plan:
+        if name == "shared-bench":
+            if not SHARED_BENCH.is_dir():
+                print(f"skipping shared-bench: {SHARED_BENCH} is absent")
+                continue
+            for factor in (1, 4):
+                sc = shared_bench_scenario(factor)
+                rows.extend(timed(sc, p) | {"length_factor": factor} for p in pols)
+        else:
+            sc = seersim.load_scenario(REPO / "scenarios" / f"{name}.yaml")
+            rows.extend(timed(sc, p) for p in pols)
     if args.json:
         for r in rows:
             print(json.dumps(r))
         return
-    print(f"{'scenario':16s} {'policy':10s} {'inst':>4s} {'max_tok':>8s} {'out tokens':>12s} {'iters':>9s} {'wall s':>7s} {'tok/wall-s':>12s}")
+    print(
+        f"{'scenario':16s} {'policy':14s} {'inst':>4s} {'out tokens':>12s} {'iters':>10s} {'events':>8s} "
+        f"{'wall s':>7s} {'cpu s':>6s} {'tok/wall-s':>12s} {'events/wall-s':>13s}"
+    )
     for r in rows:
         print(
-            f"{r['scenario']:16s} {r['policy']:10s} {r['instances']:4d} {r['max_tokens']:8d} {r['output_tokens']:12,d} "
-            f"{r['iterations']:9,d} {r['wall_s']:7.2f} {r['sim_tokens_per_wall_s']:12,d}"
+            f"{r['scenario']:16s} {r['policy']:14s} {r['instances']:4d} {r['output_tokens']:12,d} {r['iterations']:10,d} "
+            f"{r['events']:8,d} {r['wall_s']:7.2f} {r['cpu_s']:6.2f} {r['sim_tokens_per_wall_s']:12,d} {r['events_per_wall_s']:13,d}"
         )
-    base = {(r["policy"]): r["wall_s"] for r in rows if r["scenario"] == "kimi-k2" and "length_factor" not in r}
+    x1 = {r["policy"]: r for r in rows if r.get("length_factor") == 1}
     for r in rows:
-        if "length_factor" in r:
-            print(f"wall-time ratio {r['policy']} at {r['length_factor']}x max_tokens: {r['wall_s'] / base[r['policy']]:.2f}")
+        if r.get("length_factor") == 4 and r["policy"] in x1:
+            base = x1[r["policy"]]
+            print(
+                f"shared bench x4/x1, {r['policy']}: wall {r['wall_s'] / base['wall_s']:.2f}x, cpu {r['cpu_s'] / base['cpu_s']:.2f}x, "
+                f"iterations {r['iterations'] / base['iterations']:.1f}x, events {r['events'] / max(1, base['events']):.1f}x"
+            )
 
 
 if __name__ == "__main__":

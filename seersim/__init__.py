@@ -12,14 +12,44 @@ Where to start reading:
 5. `api.py` — simulate().
 
 Extension points (each a small interface, registered by name): cost models
-(`cost/base.py: CostModel`), policies (`policies/base.py: Policy`), model and GPU
-catalogs (`specs/`), trace formats (`workload/replay.py`), backends
-(`backends/base.py: Backend`). See docs/extending.md.
+(`cost/base.py: CostModel`, picked by a scenario's `cost:` section), policies
+(`policies/base.py: Policy`), model and GPU catalogs (`specs/`), trace formats
+(`workload/replay.py`), backends (`backends/base.py: Backend`). See
+docs/extending.md; calibration: docs/calibration.md.
 """
 
-from seersim.api import RunResult, StepResult, simulate
-from seersim.config import Scenario, load_scenario, scenario_from_dict, with_overrides
+from __future__ import annotations
+
+import importlib
+from typing import TYPE_CHECKING
+
 from seersim.errors import OutputError, PolicyError, ScenarioError, SeersimError, SimulationError, SpecError, TraceError
+
+if TYPE_CHECKING:
+    from seersim.api import RunResult, StepResult, simulate
+    from seersim.config import Scenario, load_scenario, scenario_from_dict, with_overrides
+
+# The API is loaded on first use (PEP 562), so that `seersim --help` and other light
+# commands do not pay for numpy, pandas, scipy and pydantic models at start-up.
+_LAZY = {
+    "RunResult": "seersim.api",
+    "StepResult": "seersim.api",
+    "simulate": "seersim.api",
+    "Scenario": "seersim.config",
+    "load_scenario": "seersim.config",
+    "scenario_from_dict": "seersim.config",
+    "with_overrides": "seersim.config",
+}
+
+
+def __getattr__(name: str):
+    module = _LAZY.get(name)
+    if module is None:
+        raise AttributeError(f"module 'seersim' has no attribute {name!r}")
+    value = getattr(importlib.import_module(module), name)
+    globals()[name] = value
+    return value
+
 
 __all__ = [
     "RunResult",

@@ -19,6 +19,7 @@ from seersim.cost import CostModel
 from seersim.driver import Driver, StepRecords, rollout_steps
 from seersim.engine import SimBackend
 from seersim.errors import ScenarioError
+from seersim.limits import check_work
 from seersim.metrics import summarize
 from seersim.policies import Policy, policy_class
 from seersim.workload import Workload
@@ -44,15 +45,24 @@ class RunResult:
 
     @property
     def summary(self) -> dict:
+        """The step's summary; over several steps, the mean of each metric, labelled
+        `"aggregate": "mean of N steps"` (the per-step values are in `steps`)."""
         if len(self.steps) == 1:
             return dict(self.steps[0].summary)
-        rows = pd.DataFrame([s.summary for s in self.steps])
+        rows = pd.DataFrame([s.summary for s in self.steps]).drop(columns="step")
         numeric = [k for k in rows.columns if pd.api.types.is_numeric_dtype(rows[k])]
         out = {k: rows[k].iloc[0] for k in rows.columns if k not in numeric}
         out.update({k: float(rows[k].mean()) for k in numeric})
+        out["aggregate"] = f"mean of {len(self.steps)} steps"
         out["steps"] = len(self.steps)
         out["seed"] = self.seed
         return out
+
+    def to_json(self) -> dict:
+        """The summary; with several steps, plus `per_step` (each step's own summary)."""
+        if len(self.steps) == 1:
+            return self.summary
+        return {**self.summary, "per_step": [s.summary for s in self.steps]}
 
     def _concat(self, attr: str) -> pd.DataFrame:
         frames = [getattr(s, attr).assign(step=s.step) for s in self.steps]
@@ -97,8 +107,10 @@ def simulate(
     if wanted and scenario.engine.speculation.mode == "none":
         scenario = with_overrides(scenario, **{"engine.speculation.mode": wanted})
     seed = scenario.seed if seed is None else seed
-    if seed < 0:
-        raise ScenarioError(f"seed: must be >= 0 (got {seed})")
+    if not 0 <= seed < 2**63:  # records store it as int64
+        raise ScenarioError(f"seed: must be an integer in [0, 2^63) (got {seed})")
+    if workload is None:
+        check_work(scenario)
     backend = SimBackend(scenario, cost)
     rng = np.random.default_rng(seed)
     result = RunResult(scenario=scenario, policy=scenario.policy.name, seed=seed)

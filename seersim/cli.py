@@ -15,8 +15,8 @@ from typing import Annotated, Optional
 
 import typer
 
-from seersim.cli_common import JsonOpt, OutOpt, PolicyOpt, SeedOpt, SetOpt, cli_errors, load, progress
 from seersim.backends.cli import app as live_app
+from seersim.cli_common import JsonOpt, OutOpt, OverwriteOpt, PolicyOpt, SeedOpt, SetOpt, cli_errors, load
 from seersim.studies.cli import app as studies_app
 
 app = typer.Typer(
@@ -36,38 +36,48 @@ def run(
     seed: SeedOpt = None,
     set_: SetOpt = None,
     out: OutOpt = None,
+    overwrite: OverwriteOpt = False,
     json_: JsonOpt = False,
 ) -> None:
-    """Simulate one scenario's RL rollout step(s) and print a summary."""
+    """Simulate one scenario's RL rollout step(s) and print a summary (per step when
+    there are several, with their mean)."""
     from seersim.api import simulate
-    from seersim.report import summary_table, write_run
+    from seersim.io import clear_results, prepare_out_dir
+    from seersim.progress import progress
+    from seersim.report import print_summary, write_run
 
     with cli_errors():
         sc = load(scenario, set_)
+        if out is not None:
+            prepare_out_dir(out, overwrite)
         with progress(not json_, f"simulating {sc.name}") as on_progress:
             result = simulate(sc, policy=policy, seed=seed, progress=on_progress)
-        summary = result.summary
         if out is not None:
-            write_run(out, result, f"{sc.name} — {result.policy}")
+            clear_results(out)
+        written = write_run(out, result) if out is not None else []
         if json_:
-            typer.echo(json.dumps(summary, default=float))
+            typer.echo(json.dumps(result.to_json(), default=float))
             return
-        from rich.console import Console
-
-        Console().print(summary_table(summary, f"{sc.name}: policy {result.policy}, seed {result.seed}"))
+        print_summary(result, f"{sc.name}: policy {result.policy}, seed {result.seed}")
         if out is not None:
-            typer.echo(f"records written to {out}/")
+            typer.echo(f"written to {out}/: {', '.join(p.name for p in written)}")
 
 
 @app.command()
 def report(
     folder: Annotated[Path, typer.Argument(help="an output folder of run, compare, sweep or plan")],
-    out: Annotated[Optional[Path], typer.Option("--out", "-o", help="HTML file (default FOLDER/report.html)")] = None,
+    out: Annotated[
+        Optional[Path], typer.Option("--out", "-o", help="HTML file (default FOLDER/report.html, replaced on each call)")
+    ] = None,
+    overwrite: Annotated[bool, typer.Option("--overwrite", help="replace an existing --out file")] = False,
 ) -> None:
     """Turn an output folder into one self-contained HTML report (tables and plots)."""
+    from seersim.io import refuse_existing_file
     from seersim.report_html import write_report
 
     with cli_errors():
+        if out is not None:
+            refuse_existing_file(out, overwrite)
         path = write_report(folder, out)
     typer.echo(f"report written to {path}")
 
@@ -75,48 +85,42 @@ def report(
 @app.command()
 def specs() -> None:
     """List the model and GPU catalogs (names usable in a scenario)."""
-    from rich.console import Console
-    from rich.table import Table
-
     from seersim.specs import GPUS, MODELS
+    from seersim.tables import Column, print_table
 
-    t = Table(title="models")
-    for col in ("name", "params (B)", "active (B)", "weights (GB)", "KV/token (KB)", "attention"):
-        t.add_column(col)
-    for m in MODELS.values():
-        t.add_row(
-            m.name,
-            f"{m.total_params / 1e9:.1f}",
-            f"{m.active_params / 1e9:.1f}",
-            f"{m.weight_bytes / 1e9:.0f}",
-            f"{m.kv_bytes_per_token / 1e3:.1f}",
-            m.attention,
-        )
-    g = Table(title="GPUs")
-    for col in ("name", "memory (GB)", "HBM (TB/s)", "bf16 (TFLOPS)", "NVLink (GB/s/dir)", "$/GPU-hour"):
-        g.add_column(col)
-    for s in GPUS.values():
-        g.add_row(
-            s.name,
-            f"{s.memory_bytes / 1e9:.0f}",
-            f"{s.hbm_bandwidth_bytes_per_s / 1e12:.2f}",
-            f"{s.peak_flops / 1e12:.0f}",
-            f"{s.nvlink_bandwidth_bytes_per_s / 1e9:.0f}",
-            f"{s.gpu_hour_usd:.2f}",
-        )
-    c = Console()
-    c.print(t)
-    c.print(g)
+    heads = ("params (B)", "active (B)", "weights (GB)", "KV/token (KB)", "attention")
+    print_table(
+        "models",
+        [Column("name", "left", whole=True)] + [Column(h) for h in heads],
+        [
+            [m.name, f"{m.total_params / 1e9:.1f}", f"{m.active_params / 1e9:.1f}", f"{m.weight_bytes / 1e9:.0f}",
+             f"{m.kv_bytes_per_token / 1e3:.1f}", m.attention]
+            for m in MODELS.values()
+        ],
+    )
+    heads = ("memory (GB)", "HBM (TB/s)", "bf16 (TFLOPS)", "NVLink (GB/s/dir)")
+    print_table(
+        "GPUs",
+        [Column("name", "left", whole=True)] + [Column(h) for h in heads],
+        [
+            [g.name, f"{g.memory_bytes / 1e9:.0f}", f"{g.hbm_bandwidth_bytes_per_s / 1e12:.2f}",
+             f"{g.peak_flops / 1e12:.0f}", f"{g.nvlink_bandwidth_bytes_per_s / 1e9:.0f}"]
+            for g in GPUS.values()
+        ],
+    )
 
 
 @app.command()
 def policies() -> None:
     """List the scheduling policies."""
     from seersim.policies import REGISTRY
+    from seersim.tables import Column, print_table
 
+    rows = []
     for name, cls in REGISTRY.items():
         doc = (cls.__doc__ or sys.modules[cls.__module__].__doc__ or "").strip().splitlines()[0]
-        typer.echo(f"{name:16s} {doc}")
+        rows.append([name, doc])
+    print_table("", [Column("policy", "left", whole=True), Column("what it does", "left")], rows)
 
 
 def _register_subapps() -> None:

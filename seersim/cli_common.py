@@ -1,5 +1,5 @@
 """What every `seersim` command shares: exit codes, the one-line error wrapper, common
-options, scenario loading with `--set`, and progress display.
+options and scenario loading with `--set` (progress display: seersim/progress.py).
 
 Kept apart from cli.py so command modules (e.g. seersim/studies/cli.py) can use it
 without importing the app that registers them. Imports stay light: `seersim --help`
@@ -8,15 +8,13 @@ must start fast.
 
 from __future__ import annotations
 
-import sys
-import time
 from contextlib import contextmanager
 from pathlib import Path
-from typing import Annotated, Callable, Iterator, Optional
+from typing import Annotated, Iterator, Optional
 
 import typer
 
-from seersim.errors import SeersimError
+from seersim.errors import BadOption, SeersimError
 
 EXIT_CHECK_FAILED = 1
 EXIT_BAD_INPUT = 2
@@ -31,6 +29,9 @@ SetOpt = Annotated[
 ]
 OutOpt = Annotated[Optional[Path], typer.Option("--out", "-o", help="folder for records, summary.json and plots")]
 JsonOpt = Annotated[bool, typer.Option("--json", help="print the summary as one JSON object on stdout")]
+OverwriteOpt = Annotated[
+    bool, typer.Option("--overwrite", help="replace seersim's earlier results in a non-empty --out folder")
+]
 JobsOpt = Annotated[int, typer.Option("--jobs", "-j", min=1, help="parallel processes (or Ray CPUs)")]
 
 
@@ -57,55 +58,11 @@ def load(scenario: Path, set_: list[str] | None):
     return load_scenario(scenario, overrides=list(set_ or []))
 
 
-def split_csv(csv: str | None) -> list[str] | None:
-    return [x.strip() for x in csv.split(",") if x.strip()] if csv else None
-
-
-PLAIN_EVERY_S = 5.0  # off a terminal: a line per 10% of the work, and one at least this often while work finishes
-
-
-@contextmanager
-def progress(enabled: bool, label: str, lines: bool = False) -> Iterator[Callable[[int, int], None] | None]:
-    """Yields a callback(done, total): a rich progress bar on a terminal; off a
-    terminal (logs, CI), plain `label: done/total (pct)` lines on stderr when `lines`
-    (long studies), else nothing."""
-    if not enabled:
-        yield None
-        return
-    if not sys.stderr.isatty():
-        yield _plain_lines(label) if lines else None
-        return
-    from rich.console import Console
-    from rich.progress import BarColumn, MofNCompleteColumn, Progress, TimeElapsedColumn
-
-    with Progress(
-        "[progress.description]{task.description}",
-        BarColumn(),
-        MofNCompleteColumn(),
-        TimeElapsedColumn(),
-        console=Console(stderr=True),
-        transient=True,
-    ) as bar:
-        task = bar.add_task(label, total=None)
-        state = {"last": 0}
-
-        def update(done: int, total: int) -> None:
-            if done - state["last"] >= max(1, total // 200) or done == total:
-                state["last"] = done
-                bar.update(task, completed=done, total=total)
-
-        yield update
-
-
-def _plain_lines(label: str) -> Callable[[int, int], None]:
-    start = time.monotonic()
-    state = {"tenth": -1, "at": start}
-
-    def update(done: int, total: int) -> None:
-        now = time.monotonic()
-        tenth = 10 * done // max(total, 1)
-        if tenth > state["tenth"] or now - state["at"] >= PLAIN_EVERY_S or done == total:
-            state["tenth"], state["at"] = tenth, now
-            typer.echo(f"{label}: {done}/{total} ({done / max(total, 1):.0%}), {now - start:.1f} s", err=True)
-
-    return update
+def split_csv(csv: str | None, option: str = "--policies") -> list[str] | None:
+    """A comma-separated option: None when not given, an error when given but empty."""
+    if csv is None:
+        return None
+    names = [x.strip() for x in csv.split(",") if x.strip()]
+    if not names:
+        raise BadOption(f"{option} is empty; name at least one, e.g. {option} baseline,divided")
+    return names

@@ -9,13 +9,33 @@ from __future__ import annotations
 
 import copy
 import difflib
+import re
 from pathlib import Path
-from typing import Any, Literal
+from typing import Annotated, Any, Literal
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, PositiveFloat, PositiveInt, ValidationError, model_validator
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
 
 from seersim.errors import ScenarioError, SpecError
+from seersim.fields import (
+    MAX_CAPACITY_TOKENS,
+    MAX_GPUS_PER_INSTANCE,
+    Bytes,
+    BytesPerS,
+    Count,
+    Fraction,
+    GPUs,
+    Int,
+    NonNegBytes,
+    NonNegCount,
+    NonNegTokens,
+    PlainNumber,
+    Real,
+    Seconds,
+    Tokens,
+    TokenAmount,
+    UnitInterval,
+)
 from seersim.specs import GPUSpec, ModelSpec, get_gpu, get_model
 
 
@@ -27,9 +47,9 @@ class _Strict(BaseModel):
 class Parallelism(_Strict):
     """How one instance spreads over GPUs. GPUs per instance = tp × dp; ep shards experts."""
 
-    tp: PositiveInt = 1
-    dp: PositiveInt = 1
-    ep: PositiveInt = 1
+    tp: GPUs = 1
+    dp: GPUs = 1
+    ep: GPUs = 1
 
     @model_validator(mode="after")
     def _ep_fits(self) -> "Parallelism":
@@ -43,7 +63,8 @@ class Parallelism(_Strict):
 
 
 class ClusterConfig(_Strict):
-    instances: PositiveInt = Field(description="inference instances (model replicas)")
+    # 1M instances: ~100x the largest published rollout fleets (Seer: 8-32 instances)
+    instances: Count = Field(description="inference instances (model replicas)", le=1_000_000)
     parallelism: Parallelism = Parallelism()
 
 
@@ -52,36 +73,40 @@ class SpeculationConfig(_Strict):
     """Speculative decoding is an engine option (DESIGN §6)."""
 
     mode: Literal["none", "fixed", "grouped_adaptive"] = "none"
-    draft_tokens: int = Field(4, ge=1, le=8, description="γ for mode 'fixed'; the cap for adaptive")
-    paths: Literal[1, 2, 4] = Field(1, description="draft paths (multi-path drafts accept more, cost more)")
-    reevaluate_steps: PositiveInt = Field(
+    draft_tokens: Int = Field(4, ge=1, le=8, description="γ for mode 'fixed'; the cap for adaptive")
+    paths: Annotated[Literal[1, 2, 4], PlainNumber] = Field(1, description="draft paths (multi-path drafts accept more, cost more)")
+    reevaluate_steps: Count = Field(
         64, description="engine iterations after which acceptance and draft length are re-chosen"
     )
-    draft_overhead_s: float = Field(0.0005, ge=0, description="per-step cost of building drafts (suffix-tree lookups)")
-    acceptance_table: dict[int, float] | None = Field(
+    draft_overhead_s: Seconds = Field(0.0005, description="per-step cost of building drafts (suffix-tree lookups)")
+    acceptance_table: dict[NonNegCount, Real] | None = Field(
         None, description="finished sibling references -> mean accepted length; default: paper Table 2"
     )
-    reference_draft_tokens: int = Field(8, ge=1, le=8, description="draft length at which the table's values hold")
+    reference_draft_tokens: Int = Field(8, ge=1, le=8, description="draft length at which the table's values hold")
 
     @model_validator(mode="after")
     def _table(self) -> "SpeculationConfig":
         if self.acceptance_table is not None:
             if 0 not in self.acceptance_table:
                 raise ValueError("acceptance_table needs an entry for 0 references")
-            if any(v < 1.0 for v in self.acceptance_table.values()):
-                raise ValueError("acceptance_table values are mean accepted lengths incl. the bonus token (>= 1)")
+            if any(not 1.0 <= v <= self.reference_draft_tokens + 1 for v in self.acceptance_table.values()):
+                raise ValueError(
+                    "acceptance_table values are mean accepted lengths incl. the bonus token: between 1 and "
+                    f"reference_draft_tokens + 1 = {self.reference_draft_tokens + 1}"
+                )
         return self
 
 
 class EngineConfig(_Strict):
     """vLLM-like engine knobs (names follow vLLM's where one exists)."""
 
-    block_size_tokens: PositiveInt = 16
-    max_num_seqs: PositiveInt = 256
-    max_num_batched_tokens: PositiveInt = 8192
-    gpu_memory_utilization: float = Field(0.9, gt=0, le=1)
-    activation_reserve_bytes_per_gpu: float = Field(2e9, ge=0, description="activations, CUDA graphs, workspace")
-    kv_capacity_tokens: PositiveInt | None = Field(None, description="override KV capacity (what-if); default from memory")
+    # vLLM's largest block size is 256 tokens; 64K leaves room for what-ifs, not for typos
+    block_size_tokens: Tokens = Field(16, le=65_536)
+    max_num_seqs: Count = Field(256, le=1_000_000)  # vLLM default 256; 1M is beyond any GPU's batch
+    max_num_batched_tokens: Tokens = 8192
+    gpu_memory_utilization: Fraction = 0.9
+    activation_reserve_bytes_per_gpu: NonNegBytes = Field(2e9, description="activations, CUDA graphs, workspace")
+    kv_capacity_tokens: Tokens | None = Field(None, le=MAX_CAPACITY_TOKENS, description="override KV capacity (what-if); default from memory")
     prefix_caching: bool = True
     mode: Literal["fast_forward", "step_by_step"] = "fast_forward"
     speculation: SpeculationConfig = SpeculationConfig()
@@ -104,10 +129,11 @@ class LengthDist(_Strict):
     [min, max]; sigma is the log-space spread."""
 
     dist: Literal["constant", "uniform", "lognormal"] = "lognormal"
-    mean: PositiveFloat
-    sigma: float = Field(1.0, ge=0)
-    min: PositiveInt = 1
-    max: PositiveInt | None = None
+    mean: TokenAmount
+    # log-space spread: sigma 10 already spans e^10 (x22,000) per standard deviation
+    sigma: Real = Field(1.0, ge=0, le=10)
+    min: Tokens = 1
+    max: Tokens | None = None
 
     @model_validator(mode="after")
     def _range(self) -> "LengthDist":
@@ -125,14 +151,14 @@ class OutputDist(LengthDist):
     The upper clip is the workload's max_tokens.
     """
 
-    intra_group_corr: float = Field(0.8, ge=0, le=1)
+    intra_group_corr: UnitInterval = 0.8
 
 
 class SyntheticWorkload(_Strict):
     kind: Literal["synthetic"] = "synthetic"
-    prompts: PositiveInt
-    group_size: PositiveInt
-    max_tokens: PositiveInt
+    prompts: Count
+    group_size: Count
+    max_tokens: Tokens
     input_tokens: LengthDist
     output_tokens: OutputDist
 
@@ -144,29 +170,30 @@ class ReplayWorkload(_Strict):
     kind: Literal["replay"] = "replay"
     path: str
     format: Literal["csv", "mooncake", "azure", "vidur"] = "csv"
-    max_tokens: PositiveInt | None = Field(None, description="truncate outputs here; default the trace's max")
-    group_size: PositiveInt = Field(1, description="serving traces only: consecutive rows form a group")
-    limit: PositiveInt | None = Field(None, description="use only the first N rows")
+    max_tokens: Tokens | None = Field(None, description="truncate outputs here; default the trace's max")
+    group_size: Count = Field(1, description="serving traces only: consecutive rows form a group")
+    limit: Count | None = Field(None, description="use only the first N rows")
 
 
 # --------------------------------------------------------------------------- policy and pool
 class PolicyConfig(_Strict):
     name: str = "baseline"
-    chunk_tokens: PositiveInt = Field(8192, description="Divided Rollout chunk; paper gives none, 8K per DESIGN §6")
-    imbalance_threshold: int = Field(32, ge=0, description="in-flight spread that switches affinity -> least-loaded")
-    migrate_margin_tokens: int = Field(512, ge=0, description="pull KV through the pool when the affinity gap exceeds this")
+    chunk_tokens: Tokens = Field(8192, description="Divided Rollout chunk; paper gives none, 8K per DESIGN §6")
+    imbalance_threshold: NonNegCount = Field(32, description="in-flight spread that switches affinity -> least-loaded")
+    migrate_margin_tokens: NonNegTokens = Field(512, description="pull KV through the pool when the affinity gap exceeds this")
     baseline_assignment: Literal["round_robin", "least_loaded"] = "round_robin"
-    anti_starvation_every: int = Field(
-        0, ge=0, description="context_aware: every Nth pick serves the group with least served time (0 = off)"
+    anti_starvation_every: NonNegCount = Field(
+        0, description="context_aware: every Nth pick serves the group with least served time (0 = off)"
     )
-    over_issue_factor: float = Field(2.0, ge=1, description="partial_rollout: groups issued / groups needed")
+    # APRIL over-issues ~2x; 10x is far past any benefit (the extra groups mostly run to waste)
+    over_issue_factor: Real = Field(2.0, ge=1, le=10, description="partial_rollout: groups issued / groups needed")
 
 
 class PoolTier(_Strict):
     name: str
-    capacity_bytes_per_node: PositiveFloat
-    bandwidth_bytes_per_s: PositiveFloat = Field(description="read bandwidth of one transfer from this tier")
-    latency_s: float = Field(20e-6, ge=0)
+    capacity_bytes_per_node: Bytes
+    bandwidth_bytes_per_s: BytesPerS = Field(description="read bandwidth of one transfer from this tier")
+    latency_s: Seconds = 20e-6
 
 
 class KVPoolConfig(_Strict):
@@ -197,20 +224,39 @@ class CostConfig(_Strict):
     engine_kind: Literal["vllm-v1", "vllm-v0"] = Field(
         "vllm-v1", description="serving engine whose per-iteration CPU overhead is the default (seersim/cost/overhead.py)"
     )
-    step_overhead_s: float | None = Field(
-        None, ge=0, description="per-iteration overhead; default: the calibration's fitted value, else the engine kind's"
+    step_overhead_s: Seconds | None = Field(
+        None, description="per-iteration overhead; default: the calibration's fitted value, else the engine kind's"
     )
-    flops_efficiency: float | None = Field(None, gt=0, le=1, description="roofline: achieved/peak FLOP/s (default: GPU spec)")
-    bandwidth_efficiency: float | None = Field(None, gt=0, le=1, description="roofline: achieved/peak HBM (default: GPU spec)")
+    flops_efficiency: Fraction | None = Field(None, description="roofline: achieved/peak FLOP/s (default: GPU spec)")
+    bandwidth_efficiency: Fraction | None = Field(None, description="roofline: achieved/peak HBM (default: GPU spec)")
     options: dict[str, Any] = Field(default_factory=dict, description="keyword arguments for a user's own model")
+
+
+# --------------------------------------------------------------------------- limits
+class LimitsConfig(_Strict):
+    """Bounds on one run's work, checked from the scenario before anything is built
+    (seersim/limits.py), so a typo cannot exhaust memory or hang a machine. They do not
+    change results; raise one with e.g. `--set limits.max_requests=50000000`."""
+
+    # 2M requests: ~600x a paper step (Moonlight: 3,200 per step, DESIGN §4), ~15 min
+    # at the ~0.4 ms per request measured on scenarios/small.yaml (one core)
+    max_requests: Count = Field(2_000_000, description="requests simulated over all steps")
+    # 10M chunks: each is a dispatch and a batch change, ~0.1 ms measured (small.yaml,
+    # policy.chunk_tokens=64), so ~15 min
+    max_chunks: Count = Field(10_000_000, description="chunk dispatches over all steps (chunked policies)")
+    # 1e11 tokens: ~400x a Kimi-K2 step (6,400 x 38,959 mean = 2.5e8, DESIGN §4)
+    max_output_tokens: Real = Field(1e11, gt=0, le=1e15, description="output tokens generated over all steps")
+    max_memory_bytes: Bytes | None = Field(
+        None, description="estimated memory of the records; default: half of this machine's physical memory"
+    )
 
 
 # --------------------------------------------------------------------------- scenario
 class Scenario(_Strict):
     name: str = "scenario"
     description: str = ""
-    seed: int = Field(0, ge=0, description="random seed (numpy Generator)")
-    steps: PositiveInt = Field(1, description="RL steps to simulate (carry-over matters for partial_rollout)")
+    seed: Int = Field(0, ge=0, description="random seed (numpy Generator)")
+    steps: Count = Field(1, le=100_000, description="RL steps to simulate (carry-over matters for partial_rollout)")
     model: ModelSpec
     gpu: GPUSpec
     cluster: ClusterConfig
@@ -219,12 +265,43 @@ class Scenario(_Strict):
     policy: PolicyConfig = PolicyConfig()
     kv_pool: KVPoolConfig = KVPoolConfig()
     cost: CostConfig = CostConfig()
-    training_s: float = Field(0.0, ge=0, description="training time per RL step, for whole-iteration reports")
+    limits: LimitsConfig = LimitsConfig()
+    training_s: Seconds = Field(0.0, description="training time per RL step, for whole-iteration reports")
     base_dir: str = Field(".", description="folder relative trace paths resolve against (set by the loader)")
+
+    @model_validator(mode="after")
+    def _tp_splits_heads(self) -> "Scenario":
+        tp_ok, why = tp_divides_heads(self.model, self.cluster.parallelism.tp)
+        if not tp_ok:
+            raise ValueError(f"cluster.parallelism.tp={self.cluster.parallelism.tp}: {why}")
+        return self
 
     @property
     def gpus_total(self) -> int:
         return self.cluster.instances * self.cluster.parallelism.gpus
+
+
+def tp_divides_heads(model: ModelSpec, tp: int) -> tuple[bool, str]:
+    """vLLM's rule for tensor parallelism: tp must divide the attention heads; KV heads
+    are split when tp <= their count (tp must divide them) and replicated when tp is
+    larger (their count must divide tp). vLLM: ModelConfig.verify_with_parallel_config
+    ("Total number of attention heads (28) must be divisible by tensor parallel size
+    (3)") and QKVParallelLinear's KV-head replication. MLA caches one latent per token,
+    so only the attention heads count there."""
+    heads, kv = model.num_attention_heads, model.num_kv_heads
+
+    def splits(t: int) -> bool:
+        kv_ok = model.attention != "gqa" or (kv % t == 0 if t <= kv else t % kv == 0)
+        return heads % t == 0 and kv_ok
+
+    if splits(tp):
+        return True, ""
+    fits = [t for t in range(1, min(heads, MAX_GPUS_PER_INSTANCE) + 1) if splits(t)]
+    what = f"{heads} attention heads" + (f" and {kv} KV heads" if model.attention == "gqa" else "")
+    return False, (
+        f"vLLM cannot split {model.name}'s {what} over {tp} GPUs; "
+        f"use a tp of {', '.join(map(str, fits))}"
+    )
 
 
 # --------------------------------------------------------------------------- loading
@@ -254,16 +331,25 @@ def _format_validation_error(exc: ValidationError, data: dict) -> str:
         loc = [str(p) for p in err["loc"] if not str(p).startswith("function-")]
         # pydantic puts the union tag into the path: drop it for readability
         loc = [p for p in loc if p not in ("synthetic", "replay")]
-        path = ".".join(loc) or "(top level)"
-        msg = err["msg"]
+        msg = err["msg"].removeprefix("Value error, ")
         if err["type"] == "extra_forbidden":
             known = _known_fields(loc[:-1], data)
             close = difflib.get_close_matches(loc[-1], known, n=1) if known else []
             msg = "unknown field" + (f"; did you mean '{close[0]}'?" if close else "")
-        elif "input" in err and err["type"] != "missing":
-            msg = f"{msg} (got {err['input']!r})"
-        lines.append(f"{path}: {msg}")
+        elif err["type"] != "missing" and not isinstance(err.get("input", {}), (dict, list, tuple)):
+            # scalars only: a whole mapping (e.g. the workload under a bad `kind`) says nothing
+            msg = f"{msg} (got {plain(err['input'])})"
+        lines.append(f"{'.'.join(loc)}: {msg}" if loc else msg)
     return "; ".join(lines)
+
+
+def plain(value: Any) -> str:
+    """A value as a user typed it: numpy scalars as plain numbers, strings quoted."""
+    if hasattr(value, "item") and callable(value.item):  # numpy scalar
+        value = value.item()
+    if isinstance(value, bool):
+        return str(value).lower()  # as YAML spells it
+    return repr(value) if isinstance(value, str) else str(value)
 
 
 def _known_fields(loc: list[str], data: Any) -> list[str]:
@@ -302,6 +388,9 @@ def scenario_from_dict(data: dict, base_dir: str | Path = ".") -> Scenario:
         raise ScenarioError(_format_validation_error(exc, data)) from None
 
 
+_FLOAT = re.compile(r"[-+]?(\d+\.?\d*|\.\d+)([eE][-+]?\d+)?|[-+]?(inf|infinity|nan)", re.IGNORECASE)
+
+
 def parse_overrides(pairs: list[str]) -> list[tuple[list[str], Any]]:
     """`a.b.c=value` strings -> (path, YAML-parsed value)."""
     out = []
@@ -316,27 +405,66 @@ def parse_overrides(pairs: list[str]) -> list[tuple[list[str], Any]]:
             parsed = yaml.safe_load(value) if value.strip() else ""
         except yaml.YAMLError:
             parsed = value
+        if isinstance(parsed, str) and _FLOAT.fullmatch(parsed.strip()):
+            parsed = float(parsed)  # YAML 1.1 reads `1e6` and `inf` as strings
         out.append((path, parsed))
     return out
 
 
 def apply_overrides(data: dict, overrides: list[tuple[list[str], Any]]) -> dict:
-    """Set each dotted path in a raw scenario mapping (creating sub-mappings as needed)."""
+    """Set each dotted path in a raw scenario mapping (creating sub-mappings as needed).
+    A numeric part indexes a list, e.g. `kv_pool.tiers.0.bandwidth_bytes_per_s`."""
     data = copy.deepcopy(data)
     for path, value in overrides:
-        node = data
-        for part in path[:-1]:
-            nxt = node.get(part)
-            if isinstance(nxt, str) and part in ("model", "gpu"):
+        node: Any = data
+        for depth, part in enumerate(path):
+            where = ".".join(path[: depth + 1])
+            if isinstance(node, (list, tuple)):
+                if not part.isdigit() or int(part) >= len(node):
+                    raise ScenarioError(
+                        f"--set {'.'.join(path)}: '{where}' is not an item of a list of {len(node)} "
+                        f"(use an index 0..{len(node) - 1})"
+                    )
+                key: Any = int(part)
+            elif isinstance(node, dict):
+                key = part
+            else:
+                raise ScenarioError(f"--set {'.'.join(path)}: '{'.'.join(path[:depth])}' is a value, not a mapping")
+            if depth == len(path) - 1:
+                node[key] = value
+                break
+            nxt = node.get(key) if isinstance(node, dict) else node[key]
+            if isinstance(nxt, str) and part in ("model", "gpu") and depth == 0:
                 nxt = {"base": nxt}  # override one field of a catalog spec
-            if nxt is None:
-                nxt = {}
-            if not isinstance(nxt, dict):
-                raise ScenarioError(f"--set {'.'.join(path)}: '{part}' is not a mapping (it is {nxt!r})")
-            node[part] = nxt
+            elif nxt is None:
+                nxt = _default_at(path[: depth + 1])
+            elif isinstance(nxt, tuple):
+                nxt = list(nxt)
+            node[key] = nxt
             node = nxt
-        node[path[-1]] = value
     return data
+
+
+def _default_at(path: list[str]) -> Any:
+    """The schema's default at a dotted path, as raw data (so `--set kv_pool.tiers.0.x=..`
+    can edit the default tiers of a scenario that never names them); {} where none."""
+    model: Any = Scenario
+    default: Any = None
+    for part in path:
+        if isinstance(default, (list, tuple)) and part.isdigit() and int(part) < len(default):
+            default = default[int(part)]
+            model = type(default)
+            continue
+        field = getattr(model, "model_fields", {}).get(part)
+        if field is None or field.is_required():
+            return {}
+        default = field.get_default(call_default_factory=True)
+        model = type(default)
+    if isinstance(default, BaseModel):
+        return default.model_dump()
+    if isinstance(default, (list, tuple)):
+        return [d.model_dump() if isinstance(d, BaseModel) else d for d in default]
+    return {} if default is None else default
 
 
 def read_scenario_dict(path: str | Path) -> dict:

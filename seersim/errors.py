@@ -35,6 +35,14 @@ class OutputError(SeersimError):
     """A result file or folder cannot be written (e.g. --out names an existing file)."""
 
 
+class BadOption(SeersimError):
+    """A command-line option has a value no command can use (e.g. an empty list)."""
+
+
+class LimitError(SeersimError):
+    """A run would exceed one of the scenario's `limits` (work or memory), so it is refused up front."""
+
+
 class BackendError(SeersimError):
     """A live backend (vLLM servers) cannot be started, reached, or lost requests."""
 

@@ -18,7 +18,8 @@ from typing import Callable
 import pandas as pd
 
 from seersim.errors import OutputError
-from seersim.report import SUMMARY_ROWS, _fmt, atomic_write
+from seersim.io import atomic_write
+from seersim.report import SUMMARY_ROWS, _fmt
 
 Section = tuple[str, str]  # (heading, HTML body)
 MAX_ROWS = 200  # longer tables are cut (the full data stays in the folder's files)

@@ -66,11 +66,27 @@ def small():
     return load_small
 
 
+def shared_skip_reason(path: Path, what: str) -> str:
+    """Why a test that reads ../shared is skipped: what the data is, and that the skip is
+    expected anywhere but this project's CI (which provides ../shared beside the repo)."""
+    return (
+        f"needs {what} at {path} (the project's ../shared folder, which this project's CI provides beside "
+        "the repository); skipping is expected on any other checkout"
+    )
+
+
+def require_shared(path: Path, what: str) -> Path:
+    if not path.exists():
+        pytest.skip(shared_skip_reason(path, what))
+    return path
+
+
+PUBLIC_TRACES = "public serving traces (Mooncake, Azure LLM inference, Vidur-processed)"
+
+
 @pytest.fixture(scope="session")
 def traces_dir() -> Path:
-    if not TRACES.is_dir():
-        pytest.skip(f"public traces not available: {TRACES} is absent")
-    return TRACES
+    return require_shared(TRACES, PUBLIC_TRACES)
 
 
 # small.yaml cut down for studies that run many points (sweep, plan, report tests):

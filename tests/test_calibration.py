@@ -83,11 +83,14 @@ def test_models_pickle_with_their_cache():
 
 
 def test_parallel_compare_with_the_calibrated_model():
-    sc = load_small(**{"workload.prompts": 6, "workload.max_tokens": 2048, "workload.output_tokens.mean": 600})
+    """Workers rebuild the scenario's calibrated model from its `cost:` section."""
+    sc = load_small(
+        **{"workload.prompts": 6, "workload.max_tokens": 2048, "workload.output_tokens.mean": 600, "cost.model": "calibrated"}
+    )
     from seersim.studies.compare import compare
 
     serial = compare(sc, ["baseline", "divided"], jobs=1)
-    parallel = compare(sc, ["baseline", "divided"], jobs=2)  # workers rebuild the calibrated model
+    parallel = compare(sc, ["baseline", "divided"], jobs=2)
     cols = ["policy", "makespan_s", "throughput_tokens_per_s"]
     pd.testing.assert_frame_equal(serial.runs[cols], parallel.runs[cols])
 
@@ -196,6 +199,7 @@ def test_shipped_h100_curves_hold_on_each_tables_heldout_points():
 
 
 @needs_vidur
+@pytest.mark.slow
 def test_calibrate_cost_cli_fits_one_model_and_tests_another(tmp_path):
     out = tmp_path / "llama.yaml"
     res = CliRunner().invoke(
@@ -279,3 +283,37 @@ def test_calibrate_cost_fits_an_operator_table_with_attention(tmp_path):
     assert r["kind"] == "kernel_curves" and r["heldout_mape"] < 0.05
     assert r["params"]["attention_bandwidth_efficiency"] == pytest.approx(0.66, rel=0.05)
     assert r["params"]["attention_flops_efficiency"] == pytest.approx(0.42, rel=0.1)
+
+
+def test_shipped_scenarios_use_the_calibrated_model_and_say_so():
+    from conftest import REPO_ROOT
+
+    for path in sorted((REPO_ROOT / "scenarios").glob("*.yaml")):
+        text = path.read_text()
+        assert "cost:" in text and "model: calibrated" in text, path.name
+        sc = seersim.load_scenario(path)
+        assert isinstance(build_cost_model(sc), KernelCurvesCost), path.name
+
+
+def test_iteration_table_from_a_hub_model_on_cpu(tmp_path):
+    """Live vLLM step logs name the model by its hub id and may come from a CPU server:
+    the iteration fit needs neither a catalog model nor a catalog GPU, and a scenario of
+    the same model (catalog name) accepts it."""
+    from seersim.profile.table import write_profile_table
+
+    rng = np.random.default_rng(5)
+    tokens = np.r_[rng.integers(1, 32, 30), rng.integers(32, 2048, 50)]
+    batch = np.minimum(tokens, rng.integers(1, 64, 80))
+    ctx = batch * rng.integers(100, 3000, 80)
+    rows = pd.DataFrame({"op": "iteration", "num_tokens": tokens, "batch_size": batch, "context_tokens": ctx,
+                         "prefill_tokens": tokens - batch, "decode_tokens": batch,
+                         "time_s": 0.01 + 1e-5 * tokens + 1e-8 * ctx, "time_s_std": 0.0, "repeats": 1})
+    table = tmp_path / "cpu-steps.csv"
+    write_profile_table(rows, table, {"gpu": "cpu", "model": "Qwen/Qwen2.5-7B", "tp": 1})
+    out = tmp_path / "cpu.yaml"
+    res = CliRunner().invoke(app, ["calibrate", "cost", str(table), "--out", str(out), "--json"])
+    assert res.exit_code == 0, res.output
+    assert json.loads(res.output)["heldout_mape"] < 0.02
+    cost = build_cost_model(load_small(**{"cost.file": str(out)}))
+    assert cost.step_lines(1, 1, 0).at(100) == pytest.approx(0.01, rel=0.05)
+    assert cost.step_lines(64, 1024, 0).at(64 * 2000) == pytest.approx(0.01 + 1e-5 * 1024 + 1e-8 * 128_000, rel=0.05)

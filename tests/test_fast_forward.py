@@ -175,6 +175,37 @@ def test_prompt_published_mid_stretch_is_visible_to_the_policy():
     _assert_equivalent(ff, sbs)
 
 
+# --------------------------------------------------------------------------- every cost model
+def _iteration_calibration(tmp_path) -> str:
+    """A small iteration-table calibration (piecewise-linear in tokens) written to a file."""
+    from seersim.cost.calibration import Calibration, IterationFit, save_calibration
+
+    fit = IterationFit(6e-4, (1.0, 64.0, 512.0, 4096.0), (0.0, 1e-3, 5e-3, 3e-2), 2e-8, 1e-5)
+    path = tmp_path / "iteration.yaml"
+    save_calibration(Calibration("iteration", "h100-sxm", iteration=fit, model="qwen2.5-7b", step_overhead_s=6e-4), path)
+    return str(path)
+
+
+@pytest.mark.parametrize("cost", ["calibrated", "roofline", "iteration"])
+@pytest.mark.parametrize("policy", ["baseline", "divided", "seer"])
+def test_equivalence_under_each_cost_model(tmp_path, cost, policy):
+    """Fast-forward stays exact whichever cost model prices the iterations (the kernel-curves
+    model is piecewise in tokens, the iteration fit is one line in context)."""
+    spec = {"model": cost} if cost != "iteration" else {"model": "calibrated", "file": _iteration_calibration(tmp_path)}
+    overrides = {
+        **SMALL,
+        "workload.prompts": 12,
+        "cluster.instances": 2,
+        "engine.kv_capacity_tokens": 40000,
+        "policy.chunk_tokens": 1024,
+        "policy.imbalance_threshold": 2,
+        "cost": spec,
+    }
+    ff, sbs = _both(policy, **overrides)
+    assert ff.summary["preemptions"] + ff.summary["migrations"] + ff.summary["chunks"] > 0
+    _assert_equivalent(ff, sbs)
+
+
 # ---------------------------------------------------------------------- every policy
 KV_TIGHT = {**SMALL, "cluster.instances": 2, "engine.kv_capacity_tokens": 30000, "policy.chunk_tokens": 512}
 
@@ -247,34 +278,4 @@ def test_dispatch_arriving_while_an_interrupted_stretch_settles(monkeypatch):
     over = {**SMALL, "cluster.instances": 4, "policy.chunk_tokens": 64, "policy.imbalance_threshold": 0}
     ff, sbs = _both("divided", **over)
     assert any(late), "scenario must deliver a chunk while a stretch settles"
-
-
-# --------------------------------------------------------------------------- every cost model
-def _iteration_calibration(tmp_path) -> str:
-    """A small iteration-table calibration (piecewise-linear in tokens) written to a file."""
-    from seersim.cost.calibration import Calibration, IterationFit, save_calibration
-
-    fit = IterationFit(6e-4, (1.0, 64.0, 512.0, 4096.0), (0.0, 1e-3, 5e-3, 3e-2), 2e-8, 1e-5)
-    path = tmp_path / "iteration.yaml"
-    save_calibration(Calibration("iteration", "h100-sxm", iteration=fit, model="qwen2.5-7b", step_overhead_s=6e-4), path)
-    return str(path)
-
-
-@pytest.mark.parametrize("cost", ["calibrated", "roofline", "iteration"])
-@pytest.mark.parametrize("policy", ["baseline", "divided", "seer"])
-def test_equivalence_under_each_cost_model(tmp_path, cost, policy):
-    """Fast-forward stays exact whichever cost model prices the iterations (the kernel-curves
-    model is piecewise in tokens, the iteration fit is one line in context)."""
-    spec = {"model": cost} if cost != "iteration" else {"model": "calibrated", "file": _iteration_calibration(tmp_path)}
-    overrides = {
-        **SMALL,
-        "workload.prompts": 12,
-        "cluster.instances": 2,
-        "engine.kv_capacity_tokens": 40000,
-        "policy.chunk_tokens": 1024,
-        "policy.imbalance_threshold": 2,
-        "cost": spec,
-    }
-    ff, sbs = _both(policy, **overrides)
-    assert ff.summary["preemptions"] + ff.summary["migrations"] + ff.summary["chunks"] > 0
     _assert_equivalent(ff, sbs)

@@ -10,7 +10,7 @@ import pandas as pd
 import pytest
 
 import seersim
-from conftest import load_small
+from conftest import load_small, require_shared
 from seersim.config import LengthDist
 from seersim.specs import GPUS, MODELS, get_gpu, get_model
 from seersim.workload import build_workload
@@ -239,9 +239,7 @@ PUBLIC = [
 
 @pytest.mark.parametrize("rel, fmt", PUBLIC)
 def test_public_trace_reads(traces_dir, rel, fmt):
-    path = traces_dir / rel
-    if not path.is_file():
-        pytest.skip(f"{path} is absent")
+    path = require_shared(traces_dir / rel, f"the public {fmt} trace")
     wl = build_workload(_replay_scenario(path, fmt, limit=200), np.random.default_rng(0))
     g, i, o = _arrays(wl)
     assert len(wl) == 200
@@ -262,17 +260,15 @@ def test_azure_and_vidur_conv_traces_agree(traces_dir):
     """Vidur's splitwise_conv.csv is the Azure conversation trace, processed."""
     a = traces_dir / "azure/AzureLLMInferenceTrace_conv.csv"
     v = traces_dir / "vidur-processed/splitwise_conv.csv"
-    if not (a.is_file() and v.is_file()):
-        pytest.skip("azure or vidur trace absent")
+    require_shared(a, "the public Azure LLM inference conversation trace")
+    require_shared(v, "Vidur's processed copy of the Azure conversation trace")
     wa = build_workload(_replay_scenario(a, "azure", limit=200), np.random.default_rng(0))
     wv = build_workload(_replay_scenario(v, "vidur", limit=200), np.random.default_rng(0))
     assert wa == wv
 
 
 def test_public_trace_simulates(traces_dir):
-    path = traces_dir / "mooncake/conversation_trace.jsonl"
-    if not path.is_file():
-        pytest.skip(f"{path} is absent")
+    path = require_shared(traces_dir / "mooncake/conversation_trace.jsonl", "the public Mooncake conversation trace")
     sc = _replay_scenario(path, "mooncake", limit=200, group_size=4)
     res = seersim.simulate(sc, policy="divided")
     assert res.summary["requests"] == 200 and res.summary["groups"] == 50

@@ -20,16 +20,20 @@ from seersim.studies.runner import Runner, make_task, run_all
 
 
 def test_tasks_are_plain_data_and_workers_rebuild_the_cost_model():
-    """A scenario whose cost parameters differ (here the GPU's achieved efficiency) gives
-    the same numbers in worker processes as in-process: the worker rebuilds the cost
-    model from the scenario it receives; no live object crosses the process boundary."""
-    sc = load_small(**TINY, **{"gpu.flops_efficiency": 0.2, "cost.step_overhead_s": 0.01})
-    tasks = [make_task(sc, p, 0, key=p) for p in ("baseline", "divided", "seer")]
+    """Scenarios with their own cost models (the calibrated default, a roofline with its
+    own efficiency and overhead) give the same numbers in worker processes as in-process:
+    each worker rebuilds the model from the scenario's `cost:` section; no live object
+    crosses the process boundary."""
+    roofline = load_small(**TINY, **{"cost.model": "roofline", "cost.flops_efficiency": 0.2, "cost.step_overhead_s": 0.01})
+    scenarios = {"calibrated": load_small(**TINY), "roofline": roofline}
+    tasks = [make_task(sc, p, 0, key=f"{name}/{p}") for name, sc in scenarios.items() for p in ("baseline", "divided", "seer")]
     assert all(type(v).__module__ == "builtins" for t in tasks for v in t.scenario.values())
     pickle.dumps(tasks)
     pooled = run_all(tasks, jobs=2)
-    for p in ("baseline", "divided", "seer"):
-        assert pooled[p].summary == seersim.simulate(sc, policy=p, seed=0).summary
+    for name, sc in scenarios.items():
+        for p in ("baseline", "divided", "seer"):
+            assert pooled[f"{name}/{p}"].summary == seersim.simulate(sc, policy=p, seed=0).summary
+    assert pooled["roofline/baseline"].summary["makespan_s"] != pooled["calibrated/baseline"].summary["makespan_s"]
 
 
 def test_compare_in_processes_equals_in_process():

@@ -44,12 +44,12 @@ def _point_files(out):
     return {f.name: f.stat().st_mtime_ns for f in (out / "points").glob("*.json")}
 
 
-def test_sweep_of_120_points_survives_a_kill_and_resumes_without_redoing_points(tmp_path):
+def test_sweep_of_120_points_survives_a_kill_and_resumes_without_redoing_points(tmp_path, monkeypatch):
     out = tmp_path / "sw"
     env = {**os.environ, "PYTHONPATH": str(REPO_ROOT)}
     proc = subprocess.Popen(
         [sys.executable, "-m", "seersim", *ARGS, "--out", str(out)],
-        env=env, cwd=REPO_ROOT, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE,
+        env=env, cwd=REPO_ROOT, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
     )
     deadline = time.monotonic() + 120
     while proc.poll() is None and len(_point_files(out) if (out / "points").is_dir() else ()) < 25:
@@ -61,12 +61,13 @@ def test_sweep_of_120_points_survives_a_kill_and_resumes_without_redoing_points(
     assert 0 < len(before) < N_POINTS, f"the kill landed after {len(before)} points; nothing left to resume"
     assert not (out / "results.parquet").exists()  # merged only at the end
 
+    monkeypatch.setattr("seersim.progress.PLAIN_QUIET_S", 0.0)  # lines even for a short resumed run
     result = CliRunner().invoke(app, [*ARGS, "--out", str(out)])
     assert result.exit_code == 0, result.output
     assert f"resumed: {len(before)} of {N_POINTS} points" in result.output
     assert f"({N_POINTS - len(before)} simulated now)" in result.output
-    # progress off a terminal: plain lines ending at the whole sweep
-    assert f"sweep of small: {N_POINTS}/{N_POINTS} (100%)" in result.output
+    # progress off a terminal: plain lines, up to the whole sweep
+    assert f"seersim: sweep of small: 100% ({N_POINTS}/{N_POINTS})" in result.output
     after = _point_files(out)
     assert len(after) == N_POINTS
     assert all(after[name] == mtime for name, mtime in before.items()), "a finished point was redone"

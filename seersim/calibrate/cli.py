@@ -10,6 +10,8 @@ from typing import Annotated, Optional
 
 import typer
 
+from seersim.cli_common import cli_errors
+
 app = typer.Typer(
     add_completion=False,
     no_args_is_help=True,
@@ -18,13 +20,6 @@ app = typer.Typer(
 )
 
 JsonOpt = Annotated[bool, typer.Option("--json", help="print the result as one JSON object on stdout")]
-
-
-def _errors():
-    """The main CLI's error handling (one `seersim: error:` line, exit 2)."""
-    from seersim.cli_common import cli_errors
-
-    return cli_errors()
 
 
 def _command() -> str:
@@ -53,7 +48,7 @@ def cost_cmd(
     """Fit a cost calibration: kernel curves from operator tables, or an iteration line
     from `iteration` tables (live engine steps). Writes the calibration file a scenario's
     `cost: {model: calibrated, file: ...}` reads, and a predicted-vs-measured plot."""
-    with _errors():
+    with cli_errors():
         _cost(profiles, test, out, gpu, seed, as_json)
 
 
@@ -147,7 +142,7 @@ def profile_cmd(
     operators timed with torch at its TP-shard shapes (`--backend torch`, needs
     `seersim[gpu]`), or live vLLM servers' iterations over a grid of batch sizes ×
     context lengths (`--backend vllm --url ...`, needs `seersim[vllm]`)."""
-    with _errors():
+    with cli_errors():
         from seersim.errors import ScenarioError, SpecError
 
         if backend == "vllm":
@@ -204,7 +199,7 @@ def kv_cmd(
 ) -> None:
     """Usable KV tokens per instance as the server reported them, against the capacity the
     specs predict (GPU memory × utilisation − weights − activation reserve)."""
-    with _errors():
+    with cli_errors():
         from seersim.calibrate.kv import kv_report
         from seersim.config import load_scenario
 
@@ -234,7 +229,7 @@ def lengths_cmd(
 ) -> None:
     """Fit output lengths (lognormal / gamma / 2-lognormal mixture, by AIC; capped rows
     censored) and the intra-group correlation; write a `workload:` snippet and a CDF plot."""
-    with _errors():
+    with cli_errors():
         from seersim.calibrate.lengths import fit_lengths, plot_cdf, read_length_log, workload_snippet
 
         d = read_length_log(log, max_tokens)
@@ -274,7 +269,7 @@ def acceptance_cmd(
 ) -> None:
     """Fit per-token acceptance against finished sibling references (truncated-geometric
     MLE) into the acceptance table the engine uses (`engine.speculation.acceptance_table`)."""
-    with _errors():
+    with cli_errors():
         from seersim.calibrate.acceptance import acceptance_yaml, fit_acceptance, read_acceptance_log
 
         fit = fit_acceptance(read_acceptance_log(log), reference_draft_tokens)

@@ -22,8 +22,10 @@ from seersim.cost.curves import KernelCurves, elementwise_bytes, routed_experts_
 from seersim.errors import TraceError
 from seersim.specs import GPUSpec, ModelSpec, get_gpu
 
+# Efficiency knots: dense where GEMMs turn from memory- to compute-bound (64-512 tokens),
+# up to Vidur's largest profiled batch (4096 tokens); constant beyond the last knot.
 KNOTS_TOKENS = (1.0, 8.0, 32.0, 64.0, 128.0, 256.0, 512.0, 1024.0, 2048.0, 4096.0)
-HELDOUT_FRACTION = 0.25
+HELDOUT_FRACTION = 0.25  # a seeded random quarter of each table's points is never fitted
 # Without attention rows in a table (Vidur's public set has none) these stay assumptions:
 ASSUMED_ATTENTION = {
     "attention_flops_efficiency": (
@@ -222,8 +224,15 @@ def evaluate_kernel_curves(curves: KernelCurves, data: CostData) -> tuple[float,
 
 # ----------------------------------------------------------------------------- iterations
 def _iteration_knots(tokens: np.ndarray) -> np.ndarray:
-    top = float(tokens.max())
-    knots = [1.0] + [2.0**k for k in range(3, 20) if 2.0**k < top] + [top]
+    """Knots at powers of two between the smallest and largest measured token counts,
+    each segment holding data (an empty segment would leave its rise unidentified)."""
+    lo, hi = float(tokens.min()), float(tokens.max())
+    knots = [lo]
+    for k in [2.0**j for j in range(1, 20) if lo < 2.0**j < hi] + [hi]:
+        if ((tokens > knots[-1]) & (tokens <= k)).any():
+            knots.append(k)
+        elif k == hi:
+            knots[-1] = hi
     return np.unique(np.array(knots))
 
 
@@ -241,16 +250,18 @@ def _iteration_design(tokens, context, batch, knots: np.ndarray) -> np.ndarray:
 
 def fit_iteration(data: CostData, seed: int = 0, command: str = "") -> FitResult:
     """time = overhead + f(tokens) + c·context + d·batch (f piecewise linear and
-    non-decreasing, f(1) = 0; all coefficients non-negative)."""
+    non-decreasing, 0 at the smallest measured token count; all coefficients non-negative)."""
     r = data.rows
     if len(r) < 8:
         raise TraceError(f"{data.label}: {len(r)} iteration rows; a fit needs at least 8")
     held = _split(len(r), seed)
-    knots = _iteration_knots(r["num_tokens"].to_numpy(dtype=np.float64))
+    knots = _iteration_knots(r["num_tokens"].to_numpy(dtype=np.float64)[~held])
     a = _iteration_design(r["num_tokens"], r["context_tokens"], r["batch_size"], knots)
     y = r["time_s"].to_numpy(dtype=np.float64)
-    sol = optimize.lsq_linear(a[~held] / y[~held, None], np.ones(int((~held).sum())), bounds=(0.0, np.inf))
-    x = sol.x
+    rel = a[~held] / y[~held, None]  # relative error: each row divided by its measured time
+    scale = np.maximum(np.abs(rel).max(axis=0), 1e-300)  # columns of unit size (context ~1e5, ones ~1)
+    sol = optimize.lsq_linear(rel / scale, np.ones(int((~held).sum())), bounds=(0.0, np.inf), tol=1e-12)
+    x = sol.x / scale
     rises = np.cumsum(x[1 : len(knots)])
     fit_obj = IterationFit(float(x[0]), tuple(float(k) for k in knots), (0.0, *(float(v) for v in rises)),
                            float(x[-2]), float(x[-1]))
@@ -258,7 +269,7 @@ def fit_iteration(data: CostData, seed: int = 0, command: str = "") -> FitResult
     heldout, train = _mape(pred[held], y[held]), _mape(pred[~held], y[~held])
     fit = {"tables": [data.label], "rows": int(len(r)), "heldout_fraction": HELDOUT_FRACTION, "heldout_mape": heldout,
            "train_mape": train, "seed": seed, "date": _dt.date.today().isoformat(), "command": command}
-    cal = Calibration("iteration", data.gpu, iteration=fit_obj, model=data.model.name if data.model else None,
+    cal = Calibration("iteration", data.gpu, iteration=fit_obj, model=data.label,
                       tp=int(r["tp"].iloc[0]), step_overhead_s=fit_obj.overhead_s, fit=fit,
                       sources={"iteration": f"fitted on {data.label} (live engine step times)"})
     frame = pd.DataFrame({"table": data.label, "measured_s": y, "predicted_s": pred, "heldout": held,

@@ -40,9 +40,9 @@ class CostData:
     prefill_tokens, decode_tokens, time_s, tp and `point` (rows with one point id were
     measured together and are summed into one measured value: a Vidur line)."""
 
-    label: str
+    label: str  # the meta's model name (iteration tables: any name, e.g. a Hugging Face id)
     gpu: str
-    model: ModelSpec | None
+    model: ModelSpec | None  # catalog shapes, for operator tables
     rows: pd.DataFrame
     network: pd.DataFrame | None = None  # all_reduce: size_bytes, workers, time_s
 
@@ -66,10 +66,10 @@ def read_cost_data(path: str | Path, gpu: str | None = None) -> CostData:
     if not gpu_name:
         raise TraceError(f"{p}: the meta.json names no 'gpu' (a catalog name, e.g. h100-sxm); pass --gpu")
     model = None
-    if meta.get("model"):
+    if not table.is_iteration:  # operator rows are priced from the catalog model's shapes
+        if not meta.get("model"):
+            raise TraceError(f"{p}: an operator table needs 'model' (a catalog name) in its meta.json")
         model = get_model(str(meta["model"]))
-    elif not table.is_iteration:
-        raise TraceError(f"{p}: an operator table needs 'model' (a catalog name) in its meta.json")
     if "tp" not in rows.columns:
         rows["tp"] = int(meta.get("tp", 1))
     rows["point"] = np.arange(len(rows))

@@ -119,11 +119,16 @@ def scenario_calibration(scenario: Scenario) -> Calibration:
     return load_calibration(shipped_calibration(scenario.gpu.calibration))
 
 
+def _base_name(name: str) -> str:
+    """'Qwen/Qwen2.5-7B' and 'qwen2.5-7b' name one model (a hub id vs a catalog name)."""
+    return name.rsplit("/", 1)[-1].lower()
+
+
 def calibrated_from_scenario(scenario: Scenario) -> CachedStepLines:
     cal = scenario_calibration(scenario)
     c = scenario.cost
     if cal.kind == "iteration":
-        if cal.model and cal.model != scenario.model.name:
+        if cal.model and _base_name(cal.model) != _base_name(scenario.model.name):
             raise SpecError(
                 f"cost.file '{cal.path}' is an iteration fit for model '{cal.model}', not '{scenario.model.name}': "
                 "an iteration fit prices only the deployment it was measured on; use a kernel-curves calibration"

@@ -19,7 +19,14 @@ def kv_capacity_blocks(scenario: Scenario) -> int:
     weights = m.dense_params * m.weight_bytes_per_param * par.dp + m.routed_expert_params * m.weight_bytes_per_param
     budget = par.gpus * (g.memory_bytes * eng.gpu_memory_utilization - eng.activation_reserve_bytes_per_gpu)
     kv_bytes = budget - weights
-    blocks = int(kv_bytes // (m.kv_bytes_per_token_stored(par.tp) * bs)) if kv_bytes > 0 else 0
+    block_bytes = m.kv_bytes_per_token_stored(par.tp) * bs
+    blocks = int(kv_bytes // block_bytes) if kv_bytes > 0 else 0
+    if blocks <= 0 < kv_bytes:
+        raise SpecError(
+            f"engine.block_size_tokens={bs}: one KV block ({block_bytes / 1e9:.1f} GB) is larger than "
+            f"the {kv_bytes / 1e9:.1f} GB of KV memory left after '{m.name}''s weights; use a block size of 16-256 "
+            "tokens as vLLM does"
+        )
     if blocks <= 0:
         raise SpecError(
             f"model '{m.name}' ({weights / 1e9:.0f} GB of weights per instance) does not fit {par.gpus} x "

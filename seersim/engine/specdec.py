@@ -31,7 +31,6 @@ the others (β[j] = α^j, the probability that the j-th draft token is accepted)
 from __future__ import annotations
 
 import numpy as np
-from scipy import optimize
 
 from seersim.calibrate.acceptance import load_acceptance, tau
 from seersim.config import SpeculationConfig
@@ -54,6 +53,8 @@ def alpha_for_tau(tau_value: float, gamma: int) -> float:
         return 0.0
     if tau_value >= gamma + 1:
         return 1.0
+    from scipy import optimize  # only runs with speculation need it (start-up time)
+
     return float(optimize.brentq(lambda a: float(tau(a, gamma)) - tau_value, 0.0, 1.0 - 1e-12, xtol=1e-14))
 
 

@@ -90,6 +90,8 @@ class Policy(ABC):
     speculation: ClassVar[str | None] = None
     #: partial rollout: the simulator over-issues groups and ends steps early (APRIL)
     over_issue: ClassVar[bool] = False
+    #: dispatches requests in chunks of policy.chunk_tokens (the work estimate counts them)
+    chunked: ClassVar[bool] = True
 
     def __init__(self, cfg: PolicyConfig) -> None:
         self.cfg = cfg

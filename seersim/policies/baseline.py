@@ -13,6 +13,7 @@ from seersim.policies.base import ClusterView, Dispatch, Policy
 
 class BaselinePolicy(Policy):
     name = "baseline"
+    chunked = False  # whole requests, as veRL dispatches them
 
     def __init__(self, cfg) -> None:
         super().__init__(cfg)

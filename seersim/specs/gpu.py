@@ -9,7 +9,9 @@ serving engine (seersim/cost/overhead.py).
 
 from __future__ import annotations
 
-from pydantic import BaseModel, ConfigDict, Field, PositiveFloat, PositiveInt
+from pydantic import BaseModel, ConfigDict, Field
+
+from seersim.fields import Bytes, BytesPerS, Count, Flops, Fraction, Seconds, Usd
 
 
 class GPUSpec(BaseModel):
@@ -18,20 +20,20 @@ class GPUSpec(BaseModel):
     model_config = ConfigDict(extra="forbid", frozen=True)
 
     name: str
-    memory_bytes: PositiveFloat
-    hbm_bandwidth_bytes_per_s: PositiveFloat
-    peak_flops: PositiveFloat = Field(description="dense bf16 FLOP/s (no sparsity)")
-    nvlink_bandwidth_bytes_per_s: PositiveFloat = Field(description="per GPU, one direction")
-    scaleout_bandwidth_bytes_per_s: PositiveFloat = Field(
+    memory_bytes: Bytes
+    hbm_bandwidth_bytes_per_s: BytesPerS
+    peak_flops: Flops = Field(description="dense bf16 FLOP/s (no sparsity)")
+    nvlink_bandwidth_bytes_per_s: BytesPerS = Field(description="per GPU, one direction")
+    scaleout_bandwidth_bytes_per_s: BytesPerS = Field(
         50e9, description="per GPU NIC, one direction (400 Gbps RDMA = 50 GB/s)"
     )
-    gpus_per_node: PositiveInt = 8
+    gpus_per_node: Count = Field(8, le=4096)
     # Achieved fractions for the roofline cost model: assumptions; the calibrated model fits them.
-    flops_efficiency: float = Field(0.5, gt=0, le=1, description="achieved / peak FLOP/s (GEMMs in serving)")
-    bandwidth_efficiency: float = Field(0.7, gt=0, le=1, description="achieved / peak HBM bandwidth in decode")
-    collective_latency_s: float = Field(10e-6, ge=0, description="fixed latency of one collective")
+    flops_efficiency: Fraction = Field(0.5, description="achieved / peak FLOP/s (GEMMs in serving)")
+    bandwidth_efficiency: Fraction = Field(0.7, description="achieved / peak HBM bandwidth in decode")
+    collective_latency_s: Seconds = Field(10e-6, description="fixed latency of one collective")
     calibration: str | None = Field(
         None, description="shipped kernel-curves calibration (seersim/cost/calibrations/NAME.yaml) for cost.model calibrated"
     )
-    gpu_hour_usd: float = Field(2.0, ge=0, description="price of one GPU-hour, for cost reports")
+    gpu_hour_usd: Usd = Field(2.0, description="price of one GPU-hour, for cost reports")
     sources: dict[str, str] = Field(default_factory=dict)

@@ -15,11 +15,11 @@ _EFFICIENCY = (
     "HBM bandwidth in decode are typical of vLLM on Hopper (Vidur MLSys'24 profiles; "
     "DESIGN §5 'roofline realism')"
 )
+_CAL_H100 = "h100: kernel curves fitted on Vidur's H100 tables (seersim/cost/calibrations/h100.yaml)"
 _PRICES = (
     "https://www.mercatus-ai.com/blog/cloud-gpu-pricing (May 2026 on-demand $/GPU-hour, specialty clouds: "
     "A100 80GB $1.10-1.50, H100 SXM $2.50-3.50, H200 SXM $3.50-4.50; hyperscalers charge more)"
 )
-_CAL_H100 = "h100: kernel curves fitted on Vidur's H100 tables (seersim/cost/calibrations/h100.yaml)"
 
 GPUS: dict[str, GPUSpec] = {
     g.name: g

@@ -9,7 +9,9 @@ from __future__ import annotations
 
 from typing import Literal, NamedTuple
 
-from pydantic import BaseModel, ConfigDict, Field, PositiveInt, model_validator
+from pydantic import BaseModel, ConfigDict, Field, model_validator
+
+from seersim.fields import Count, NonNegCount, Real
 
 
 class LinearShape(NamedTuple):
@@ -26,30 +28,30 @@ class ModelSpec(BaseModel):
     model_config = ConfigDict(extra="forbid", frozen=True)
 
     name: str
-    num_layers: PositiveInt
-    hidden_size: PositiveInt
-    intermediate_size: PositiveInt = Field(description="dense (non-MoE) MLP width")
-    num_attention_heads: PositiveInt
-    num_kv_heads: PositiveInt
-    head_dim: PositiveInt
-    vocab_size: PositiveInt
+    num_layers: Count
+    hidden_size: Count
+    intermediate_size: Count = Field(description="dense (non-MoE) MLP width")
+    num_attention_heads: Count
+    num_kv_heads: Count
+    head_dim: Count
+    vocab_size: Count
     tie_word_embeddings: bool = False
     mlp_gated: bool = Field(True, description="gated (SwiGLU) MLP: up and gate projections")
     attention: Literal["gqa", "mla"] = "gqa"
     # MLA (DeepSeek-V3 / Kimi-K2 style): the KV cache holds a latent of this size per layer.
-    kv_lora_rank: int = Field(0, ge=0)
-    q_lora_rank: int = Field(0, ge=0)
-    qk_rope_head_dim: int = Field(0, ge=0)
-    qk_nope_head_dim: int = Field(0, ge=0)
-    v_head_dim: int = Field(0, ge=0)
+    kv_lora_rank: NonNegCount = 0
+    q_lora_rank: NonNegCount = 0
+    qk_rope_head_dim: NonNegCount = 0
+    qk_nope_head_dim: NonNegCount = 0
+    v_head_dim: NonNegCount = 0
     # MoE: routed experts, top-k, shared experts; the first `num_dense_layers` are dense.
-    num_experts: int = Field(0, ge=0)
-    experts_per_token: int = Field(0, ge=0)
-    num_shared_experts: int = Field(0, ge=0)
-    moe_intermediate_size: int = Field(0, ge=0)
-    num_dense_layers: int = Field(0, ge=0)
-    weight_bytes_per_param: float = Field(2.0, gt=0, description="2 = bf16, 1 = fp8")
-    kv_bytes_per_element: float = Field(2.0, gt=0, description="2 = bf16 KV cache")
+    num_experts: NonNegCount = 0
+    experts_per_token: NonNegCount = 0
+    num_shared_experts: NonNegCount = 0
+    moe_intermediate_size: NonNegCount = 0
+    num_dense_layers: NonNegCount = 0
+    weight_bytes_per_param: Real = Field(2.0, gt=0, le=8, description="2 = bf16, 1 = fp8 (8 = fp64, the widest)")
+    kv_bytes_per_element: Real = Field(2.0, gt=0, le=8, description="2 = bf16 KV cache (8 = fp64, the widest)")
     sources: dict[str, str] = Field(default_factory=dict)
 
     @model_validator(mode="after")

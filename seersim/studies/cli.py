@@ -16,13 +16,14 @@ from seersim.cli_common import (
     JobsOpt,
     JsonOpt,
     OutOpt,
+    OverwriteOpt,
     SetOpt,
     cli_errors,
     err,
     load,
-    progress,
     split_csv,
 )
+from seersim.progress import progress
 
 PANEL = "Studies (many runs)"
 app = typer.Typer()
@@ -35,7 +36,9 @@ GridOpt = Annotated[
 ]
 ExecutorOpt = Annotated[str, typer.Option("--executor", help="local (processes) or ray")]
 AddressOpt = Annotated[Optional[str], typer.Option("--address", help="Ray cluster address (default: start a local Ray)")]
-OverwriteOpt = Annotated[bool, typer.Option("--overwrite", help="discard what --out holds and start over")]
+ResumeOverwriteOpt = Annotated[
+    bool, typer.Option("--overwrite", help="discard the finished points in --out and start over (default: resume)")
+]
 
 
 @app.command("compare", rich_help_panel=PANEL)
@@ -48,17 +51,23 @@ def compare_cmd(
     jobs: JobsOpt = 1,
     set_: SetOpt = None,
     out: OutOpt = None,
+    overwrite: OverwriteOpt = False,
     json_: JsonOpt = False,
 ) -> None:
     """Run every policy on identical work and compare makespan, throughput and tail."""
-    from seersim.report import save_figure, write_frame, write_json
+    from seersim.io import clear_results, prepare_out_dir, write_frame, write_json
+    from seersim.report import save_figure
     from seersim.studies.compare import DEFAULT_POLICIES, compare, plot_comparison
 
     with cli_errors():
         sc = load(scenario, set_)
-        with progress(not json_, f"comparing on {sc.name}") as on_progress:
-            cmp = compare(sc, split_csv(policies) or DEFAULT_POLICIES, seeds=seeds, jobs=jobs, progress=on_progress)
+        names = split_csv(policies) or DEFAULT_POLICIES
         if out is not None:
+            prepare_out_dir(out, overwrite)
+        with progress(not json_, f"comparing on {sc.name}") as on_progress:
+            cmp = compare(sc, names, seeds=seeds, jobs=jobs, progress=on_progress)
+        if out is not None:
+            clear_results(out)
             write_json(out / "compare.json", cmp.to_json())
             write_frame(out / "runs", cmp.runs)
             for name, fig in plot_comparison(cmp).items():
@@ -72,19 +81,22 @@ def compare_cmd(
 
 
 def _print_compare(cmp) -> None:
-    from rich.console import Console
-    from rich.table import Table
+    from seersim.tables import Column, print_table
 
     spread = len(cmp.seeds) > 1
-    t = Table(title=f"{cmp.scenario.name}: {len(cmp.seeds)} seed(s), vs {cmp.baseline}")
-    for col in ("policy", "makespan", "throughput", "tail", "speedup", "tail vs baseline", "preemptions", "migrations"):
-        t.add_column(col, justify="left" if col == "policy" else "right")
+    recs = cmp.table.to_dict(orient="records")
+    partial = any(r["finished_requests"] < r["requests"] for r in recs)
+    heads = ["makespan", "throughput", "tail", "speedup", "tail vs baseline", "preemptions", "migrations"]
+    cols = [Column("policy", "left", whole=True)] + [Column(h) for h in heads]
+    if partial:
+        cols.append(Column("finished in step"))
 
     def pm(v, sd, fmt):
         return fmt.format(v) + (f" ± {fmt.format(sd)}" if spread else "")
 
-    for r in cmp.table.to_dict(orient="records"):
-        t.add_row(
+    rows = []
+    for r in recs:
+        row = [
             r["policy"],
             pm(r["makespan_s"], r["makespan_s_std"], "{:,.1f}") + " s",
             pm(r["throughput_tokens_per_s"], r["throughput_tokens_per_s_std"], "{:,.0f}") + " tok/s",
@@ -93,8 +105,18 @@ def _print_compare(cmp) -> None:
             f"{-r['tail_reduction_vs_baseline']:+.0%}",
             f"{r.get('preemptions', 0):,.0f}",
             f"{r.get('migrations', 0):,.0f}",
-        )
-    Console().print(t)
+        ]
+        if partial:
+            done = f"{r['finished_requests']:,.0f} of {r['requests']:,.0f}"
+            row.append(done + (" *" if r["finished_requests"] < r["requests"] else ""))
+        rows.append(row)
+    notes = (
+        ["* the step ended before all its issued requests finished (partial rollout carries the rest into the "
+         "next step): its tail is measured over the requests that finished, its throughput over every token "
+         "generated in the step"]
+        if partial else []
+    )
+    print_table(f"{cmp.scenario.name}: {len(cmp.seeds)} seed(s), vs {cmp.baseline}", cols, rows, notes=notes)
 
 
 @app.command(rich_help_panel=PANEL)
@@ -120,7 +142,7 @@ def regress(
 
     with cli_errors():
         if update:
-            entries = rg.update(baseline, split_csv(scenarios), split_csv(policies), tolerance, jobs=jobs)
+            entries = rg.update(baseline, split_csv(scenarios, "--scenarios"), split_csv(policies), tolerance, jobs=jobs)
             typer.echo(f"baseline {baseline} updated: {len(entries)} entries")
             return
         if scenarios or policies:
@@ -132,19 +154,17 @@ def regress(
     if json_:
         typer.echo(json.dumps({"passed": worse.empty and stale.empty, "stale": not stale.empty, "rows": df.to_dict(orient="records")}, default=float))
     else:
-        from rich.console import Console
-        from rich.table import Table
+        from seersim.tables import Column, print_table
 
-        t = Table(title=f"regression check against {baseline}")
-        for col in ("scenario", "policy", "metric", "stored", "now", "change", "status"):
-            t.add_column(col)
-        styles = {rg.WORSE: "bold red", rg.STALE: "yellow"}
-        for r in df.to_dict(orient="records"):
-            t.add_row(
-                r["scenario"], r["policy"], r["metric"], f"{r['stored']:,.2f}", f"{r['now']:,.2f}",
-                f"{r['change']:+.2%}", r["status"], style=styles.get(r["status"], ""),
-            )
-        Console().print(t)
+        recs = df.to_dict(orient="records")
+        cols = [Column(c, "left", whole=True) for c in ("scenario", "policy", "metric")]
+        cols += [Column(c) for c in ("stored", "now", "change")] + [Column("status", "left", whole=True)]
+        rows = [
+            [r["scenario"], r["policy"], r["metric"], f"{r['stored']:,.2f}", f"{r['now']:,.2f}", f"{r['change']:+.2%}", r["status"]]
+            for r in recs
+        ]
+        styles = [{rg.WORSE: "bold red", rg.STALE: "yellow"}.get(r["status"], "") for r in recs]
+        print_table(f"regression check against {baseline}", cols, rows, styles=styles)
         if len(worse):
             typer.echo(f"{len(worse)} metric(s) worse than the baseline")
         elif len(stale):
@@ -167,15 +187,18 @@ def reproduce(
     seeds: SeedsOpt = 1,
     jobs: JobsOpt = 1,
     chunks: Annotated[bool, typer.Option("--chunks/--no-chunks", help="add the 2K/8K/32K chunk-size table")] = True,
+    overwrite: Annotated[bool, typer.Option("--overwrite", help="replace an existing --out file")] = False,
     json_: JsonOpt = False,
 ) -> None:
     """Reproduce the Seer paper's Table 4 ablation on the shipped paper scenarios."""
-    from seersim.report import atomic_write
+    from seersim.io import atomic_write, refuse_existing_file
     from seersim.studies.reproduce import chunk_markdown, to_markdown
     from seersim.studies.reproduce import reproduce as run_repro
 
     with cli_errors():
-        with progress(not json_, "reproducing Table 4", lines=True) as on_progress:
+        if out is not None:
+            refuse_existing_file(out, overwrite)
+        with progress(not json_, "reproducing Table 4") as on_progress:
             rep = run_repro(scenarios_dir, seeds=seeds, jobs=jobs, progress=on_progress, chunks=chunks)
     md = to_markdown(rep.table4)
     if rep.chunks is not None:
@@ -211,7 +234,7 @@ def sweep_cmd(
     executor: ExecutorOpt = "local",
     address: AddressOpt = None,
     set_: SetOpt = None,
-    overwrite: OverwriteOpt = False,
+    overwrite: ResumeOverwriteOpt = False,
     json_: JsonOpt = False,
 ) -> None:
     """Run the cartesian product of --grid values × policies × seeds into one table.
@@ -223,7 +246,7 @@ def sweep_cmd(
     with cli_errors():
         sc = load(scenario, set_)
         g = parse_grid(list(grid or []))
-        with progress(not json_, f"sweep of {sc.name}", lines=True) as on_progress:
+        with progress(not json_, f"sweep of {sc.name}") as on_progress:
             res = sweep(
                 sc, g, split_csv(policies), seeds, jobs=jobs, executor=executor, address=address,  # type: ignore[arg-type]
                 out=out, overwrite=overwrite, progress=on_progress,
@@ -240,17 +263,15 @@ def sweep_cmd(
 
 
 def _print_top(table, keys: list[str], n: int = 10) -> None:
-    from rich.console import Console
-    from rich.table import Table
+    from seersim.tables import Column, print_table
 
     ok = table[table["error"].isna()].sort_values("rl_step_s").head(n)
-    t = Table(title=f"fastest {len(ok)} points")
-    cols = [*keys, "policy", "seed", "rl_step_s", "gpu_hours", "cost_usd"]
-    for c in cols:
-        t.add_column(c, justify="left" if c in (*keys, "policy") else "right")
-    for r in ok.to_dict(orient="records"):
-        t.add_row(*[f"{r[c]:,.4g}" if isinstance(r[c], float) else str(r[c]) for c in cols])
-    Console().print(t)
+    names = [*keys, "policy"]
+    cols = [*names, "seed", "rl_step_s", "gpu_hours", "cost_usd"]
+    rows = [[f"{r[c]:,.4g}" if isinstance(r[c], float) else str(r[c]) for c in cols] for r in ok.to_dict(orient="records")]
+    print_table(
+        f"fastest {len(ok)} points", [Column(c, "left", whole=True) if c in names else Column(c) for c in cols], rows
+    )
 
 
 @app.command("plan", rich_help_panel=PANEL)
@@ -268,6 +289,7 @@ def plan_cmd(
     address: AddressOpt = None,
     set_: SetOpt = None,
     out: Annotated[Optional[Path], typer.Option("--out", "-o", help="folder: plan.json, points, pareto.png, best.yaml")] = None,
+    overwrite: OverwriteOpt = False,
     json_: JsonOpt = False,
 ) -> None:
     """Find the cheapest configuration whose RL step meets --target-step-s.
@@ -277,17 +299,21 @@ def plan_cmd(
     configuration meets the target (and budget); 1 none does (the fastest found is
     shown); 2 bad input.
     """
+    from seersim.io import clear_results, prepare_out_dir
     from seersim.studies.plan import parse_space_args, plan, write_plan
 
     with cli_errors():
         sc = load(scenario, set_)
-        search_space = parse_space_args(list(grid or []), space, split_csv(gpus))
-        with progress(not json_, f"planning {sc.name}", lines=True) as on_progress:
+        search_space = parse_space_args(list(grid or []), space, split_csv(gpus, "--gpus"))
+        if out is not None:
+            prepare_out_dir(out, overwrite)
+        with progress(not json_, f"planning {sc.name}") as on_progress:
             result = plan(
                 sc, target_step_s, search_space, split_csv(policies), objective=objective,  # type: ignore[arg-type]
                 budget_usd=budget_usd, jobs=jobs, executor=executor, address=address, progress=on_progress,  # type: ignore[arg-type]
             )
         if out is not None:
+            clear_results(out)
             write_plan(out, result, sc.name)
     if json_:
         typer.echo(json.dumps(result.to_json(), default=float))
@@ -298,26 +324,24 @@ def plan_cmd(
 
 
 def _print_plan(result, out: Path | None) -> None:
-    from rich.console import Console
-    from rich.table import Table
+    from seersim.tables import Column, print_table
 
-    con = Console()
     typer.echo(
         f"simulated {result.evaluated} of {result.space} points; pruned: "
-        + ", ".join(f"{v} by {k}" for k, v in result.pruned.items() if v)
+        + (", ".join(f"{v} by {k}" for k, v in result.pruned.items() if v) or "none")
     )
-    obj = result.objective
-    t = Table(title=f"Pareto frontier (step time vs {obj}) among simulated points")
-    for c in ("configuration", "rl_step_s", "gpu_hours", "cost_usd", "$/GPU-hour"):
-        t.add_column(c, justify="left" if c == "configuration" else "right")
+    rows, styles = [], []
     for r in result.frontier.to_dict(orient="records"):
-        meets = r["rl_step_s"] <= result.target_step_s
-        t.add_row(
+        rows.append([
             ", ".join(f"{k}={v}" for k, v in r["overrides"].items()),
             f"{r['rl_step_s']:,.1f}", f"{r['gpu_hours']:,.4f}", f"${r['cost_usd']:,.4f}", f"{r['gpu_hour_usd']:g}",
-            style="" if meets else "dim",
-        )
-    con.print(t)
+            "yes" if r["rl_step_s"] <= result.target_step_s else "no",
+        ])
+        styles.append("" if r["rl_step_s"] <= result.target_step_s else "dim")
+    cols = [Column("configuration", "left", whole=True)] + [
+        Column(c) for c in ("rl_step_s", "gpu_hours", "cost_usd", "$/GPU-hour", "meets target")
+    ]
+    print_table(f"Pareto frontier (step time vs {result.objective}) among simulated points", cols, rows, styles=styles)
     b = result.best
     if b is None:
         f = result.fastest

@@ -14,6 +14,7 @@ import pandas as pd
 
 from seersim.api import RunResult
 from seersim.config import Scenario
+from seersim.limits import check_work, study_estimate
 from seersim.policies import policy_class
 from seersim.studies.runner import Executor, Outcome, Progress, Task, make_task, run_all
 
@@ -47,7 +48,7 @@ class Comparison:
             row["speedup_vs_baseline"] = float(speed.mean())
             row["speedup_vs_baseline_std"] = float(speed.std(ddof=1)) if len(r) > 1 else 0.0
             row["tail_reduction_vs_baseline"] = float(tail_red.mean())
-            for m in ("preemptions", "migrations", "output_tokens", "gpu_utilization", "cost_usd"):
+            for m in ("requests", "finished_requests", "preemptions", "migrations", "output_tokens", "gpu_utilization", "cost_usd"):
                 if m in r:
                     row[m] = float(r[m].mean())
             rows.append(row)
@@ -105,6 +106,7 @@ def compare(
     policies = list(dict.fromkeys(policies))
     seed_list = [scenario.seed + i for i in range(seeds)]
     tasks = compare_tasks(scenario, policies, seed_list)
+    check_work(scenario, study_estimate(scenario, policies, seeds, jobs))
     outcomes = run_all(tasks, jobs=jobs, executor=executor, address=address, progress=progress)
     return comparison_from(scenario, policies, seed_list, outcomes)
 
@@ -112,22 +114,39 @@ def compare(
 # ---------------------------------------------------------------------------- plots
 def plot_comparison(cmp: Comparison):
     """Figures: per-policy timelines side by side, finish-time CDF, throughput bars."""
-    from seersim.report import _pyplot, plot_finish_cdf, plot_timeline
+    from seersim.report import TIMELINE_PANELS, _pyplot, plot_finish_cdf, plot_timeline
 
     plt = _pyplot()
     n = len(cmp.policies)
-    fig_tl, axes = plt.subplots(2, n, figsize=(4.5 * n, 6), sharex=True, sharey="row", squeeze=False)
+    sc, seed = cmp.scenario, cmp.seeds[0]
+    fig_tl, axes = plt.subplots(
+        len(TIMELINE_PANELS), n, figsize=(4.5 * n, 7.5), sharex=True, sharey="row", squeeze=False
+    )
     for j, pol in enumerate(cmp.policies):
-        res = cmp.examples[pol]
-        step = res.steps[0]
+        step = cmp.examples[pol].steps[0]
         kv = int(step.instances["kv_blocks"].iloc[0])
-        plot_timeline(step.timeline, kv, pol, axes=axes[:, j])
-    fig_cdf = plot_finish_cdf({p: cmp.examples[p].steps[0].requests for p in cmp.policies})
-    fig_bar, ax = plt.subplots(figsize=(1.6 * n + 2, 4))
+        plot_timeline(step.timeline, kv, pol, axes=axes[:, j], legend=False)
+    for ax in axes.flat:
+        ax.label_outer()
+    fig_tl.legend(*axes[0, 0].get_legend_handles_labels(), loc="lower center", ncol=4, bbox_to_anchor=(0.5, -0.04))
+    fig_tl.suptitle(f"{sc.name}: seed {seed}, {sc.cluster.instances} instances, first step")
+    fig_cdf = plot_finish_cdf(
+        {p: cmp.examples[p].steps[0].requests for p in cmp.policies},
+        title=f"{sc.name}: request finish times (seed {seed}, first step)",
+    )
+    fig_bar, ax = plt.subplots(figsize=(1.8 * n + 2, 4.5))
     t = cmp.table
-    ax.bar(t["policy"], t["throughput_tokens_per_s"], yerr=t["throughput_tokens_per_s_std"], color="tab:blue")
-    for x, (v, s) in enumerate(zip(t["throughput_tokens_per_s"], t["speedup_vs_baseline"])):
-        ax.text(x, v, f"{s:.2f}x", ha="center", va="bottom")
+    x = np.arange(n)
+    ax.bar(x, t["throughput_tokens_per_s"], yerr=t["throughput_tokens_per_s_std"], color="tab:blue", capsize=4)
+    for k, r in enumerate(t.to_dict(orient="records")):
+        # inside the bar, below the error bar's lower whisker
+        label = f"{r['speedup_vs_baseline']:.2f}x"
+        if r["finished_requests"] < r["requests"]:
+            label += f"\n{r['finished_requests']:,.0f} of {r['requests']:,.0f}\nfinished"
+        low = r["throughput_tokens_per_s"] - r["throughput_tokens_per_s_std"]
+        ax.text(k, low * 0.96, label, ha="center", va="top", fontsize="small", color="white", fontweight="bold")
+    ax.set_xticks(x, t["policy"], rotation=20, ha="right")
     ax.set_ylabel("output tokens / s")
-    ax.set_title(f"{cmp.scenario.name}: rollout throughput")
+    spread = f", ± std over {len(cmp.seeds)} seeds" if len(cmp.seeds) > 1 else ""
+    ax.set_title(f"{sc.name}: rollout throughput (speedup vs {cmp.baseline}{spread})")
     return {"timelines.png": fig_tl, "finish_cdf.png": fig_cdf, "throughput.png": fig_bar}

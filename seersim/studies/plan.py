@@ -4,8 +4,9 @@ The search space is a grid of scenario overrides (instance count, parallelism, G
 type, chunk size, ...) × policies, one seed. Instead of simulating every point, the
 planner prunes with bounds that never discard the optimum:
 
-1. memory — set-ups whose weights, or whose longest possible request, do not fit an
-   instance's KV capacity (the engine's `kv_capacity_blocks`) are never simulated;
+1. memory — set-ups whose weights, or whose longest possible request (with its
+   speculative look-ahead), do not fit an instance are never simulated (the engine's
+   own up-front checks, engine/memory.py);
 2. roofline — a lower bound on the step's makespan from the cost model alone: the
    total output tokens over the fleet's peak decode rate, and the longest request
    decoded alone at batch 1 (speculation counted at its best acceptance). A point whose
@@ -32,10 +33,11 @@ import numpy as np
 import pandas as pd
 import yaml
 
-from seersim.config import Scenario
-from seersim.cost import LinearStretch, build_cost_model
-from seersim.engine import kv_capacity_blocks
-from seersim.engine.specdec import MAX_DRAFT, PAPER_ACCEPTANCE, alpha_for_tau, tau
+from seersim.config import Scenario, SpeculationConfig
+from seersim.cost import build_cost_model
+from seersim.engine.memory import check_requests_fit, kv_capacity_blocks, speculative_lookahead_tokens
+from seersim.engine.specdec import MAX_DRAFT, PAPER_ACCEPTANCE, SpecDecoder, alpha_for_tau, tau
+from seersim.engine.stretch import LinearStretch
 from seersim.errors import ScenarioError, SpecError
 from seersim.policies import policy_class
 from seersim.specs import GPUS, MODELS
@@ -110,30 +112,36 @@ class Plan:
 
 
 # ------------------------------------------------------------------ bounds
+def speculation(scenario: Scenario) -> SpeculationConfig:
+    """The speculation the run will use: `simulate` switches on the mode a policy asks
+    for (seer: grouped_adaptive) when the scenario leaves it off."""
+    spec = scenario.engine.speculation
+    wanted = policy_class(scenario.policy.name).speculation
+    return spec.model_copy(update={"mode": wanted}) if wanted and spec.mode == "none" else spec
+
+
 def memory_error(scenario: Scenario, workload: Workload) -> str | None:
-    """Why the engine would refuse this set-up up front (None when it fits): its KV
-    capacity per instance (`kv_capacity_blocks`: memory less weights and reserve) must
-    hold the longest request the step can produce, prompt plus max_tokens."""
+    """Why the engine would refuse this set-up up front (None when it fits): the
+    engine's own checks (`engine/memory.py`) that the weights fit and that the longest
+    possible request, with its speculative look-ahead, fits one instance's KV."""
+    spec = speculation(scenario)
+    lookahead = 0
+    if spec.mode != "none":
+        lookahead = speculative_lookahead_tokens(SpecDecoder.max_draft_tokens(spec), workload.max_tokens, spec.paths)
+    longest = max((r.input_tokens for r in workload.requests), default=0) + workload.max_tokens
     try:
-        blocks = kv_capacity_blocks(scenario)
+        check_requests_fit(scenario, kv_capacity_blocks(scenario), longest, lookahead)
     except SpecError as exc:
         return str(exc)
-    bs = scenario.engine.block_size_tokens
-    longest = max((r.input_tokens for r in workload.requests), default=0) + workload.max_tokens
-    if -(-longest // bs) > blocks:
-        return f"one request can reach {longest} tokens but an instance holds only {blocks * bs} tokens of KV"
     return None
 
 
 def max_tokens_per_step(scenario: Scenario) -> float:
     """Most tokens one sequence can emit per iteration on average: 1 without
     speculation; with it, τ at the best acceptance of the table and the longest draft."""
-    mode = scenario.engine.speculation.mode
-    if mode == "none":
-        mode = policy_class(scenario.policy.name).speculation or "none"
-    if mode == "none":
+    spec = speculation(scenario)
+    if spec.mode == "none":
         return 1.0
-    spec = scenario.engine.speculation
     table = spec.acceptance_table or PAPER_ACCEPTANCE[spec.paths]
     alpha = alpha_for_tau(max(table.values()), spec.reference_draft_tokens)
     return float(tau(alpha, MAX_DRAFT))
@@ -486,7 +494,8 @@ def plot_pareto(result: Plan):
 
 def write_plan(out: Path, result: Plan, scenario_name: str) -> list[Path]:
     """plan.json, points table, pareto.png and (when the target is met) best.yaml."""
-    from seersim.report import atomic_write, save_figure, write_frame, write_json
+    from seersim.io import atomic_write, write_frame, write_json
+    from seersim.report import save_figure
 
     written = [out / "plan.json"]
     write_json(out / "plan.json", {"kind": "plan", "scenario": scenario_name, **result.to_json()})

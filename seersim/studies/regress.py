@@ -21,7 +21,7 @@ import pandas as pd
 
 from seersim.config import load_scenario
 from seersim.errors import ScenarioError
-from seersim.report import write_json
+from seersim.io import write_json
 from seersim.studies.runner import make_task, run_all
 
 # metric -> +1 if higher is better, -1 if lower is better

@@ -25,7 +25,7 @@ import pandas as pd
 from seersim.config import Scenario, parse_overrides, with_overrides
 from seersim.errors import OutputError, ScenarioError
 from seersim.policies import policy_class
-from seersim.report import write_frame, write_json
+from seersim.io import write_frame, write_json
 from seersim.studies.runner import Executor, Progress, make_task, run_tasks
 
 SPEC_FILE = "sweep.json"

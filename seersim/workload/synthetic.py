@@ -11,7 +11,7 @@ from __future__ import annotations
 import math
 
 import numpy as np
-from scipy import optimize, special, stats
+from scipy import optimize, special
 
 from seersim.config import LengthDist, OutputDist, SyntheticWorkload
 from seersim.errors import ScenarioError
@@ -23,7 +23,7 @@ def _clipped_lognormal_mean(mu: float, sigma: float, lo: float, hi: float) -> fl
     if sigma == 0:
         return float(min(max(math.exp(mu), lo), hi))
     a, b = math.log(lo), math.log(hi)
-    cdf = stats.norm.cdf
+    cdf = special.ndtr  # the standard normal CDF (what scipy.stats.norm.cdf calls), without importing scipy.stats
     body = math.exp(mu + sigma**2 / 2) * (cdf((b - mu - sigma**2) / sigma) - cdf((a - mu - sigma**2) / sigma))
     return lo * cdf((a - mu) / sigma) + body + hi * (1 - cdf((b - mu) / sigma))
 

@@ -1,0 +1,121 @@
+"""Result files: atomic writes that honour the umask, and `--out` folders that never
+silently mix or overwrite earlier results."""
+
+from __future__ import annotations
+
+import json
+import os
+import tempfile
+from pathlib import Path
+from typing import Any, Callable
+
+import numpy as np
+import pandas as pd
+
+from seersim.errors import OutputError
+
+# What seersim's commands write into an --out folder (run: records, summary and
+# timeline; compare: its table, runs and plots; plan: its table, frontier and best
+# scenario; `seersim report`: the HTML). `--overwrite` clears all of them, so one
+# command's files never sit beside another's results. (A sweep folder is resumable
+# and keeps its own rules: seersim/studies/sweep.py.)
+RESULT_GLOBS = (
+    "requests.*", "instances.*", "timeline.*", "summary.json",
+    "compare.json", "runs.*", "timelines.png", "finish_cdf.png", "throughput.png",
+    "plan.json", "points.*", "pareto.png", "best.yaml", "report.html",
+)
+
+
+def _umask() -> int:
+    """The process's umask: read from /proc where Linux shows it (setting it, the only
+    portable way to read it, races with other threads creating files)."""
+    try:
+        for line in Path("/proc/self/status").read_text().splitlines():
+            if line.startswith("Umask:"):
+                return int(line.split()[1], 8)
+    except (OSError, ValueError, IndexError):
+        pass
+    mask = os.umask(0o022)
+    os.umask(mask)
+    return mask
+
+
+def atomic_write(path: Path, write: Callable[[Path], None]) -> None:
+    """Write through a temporary file in the same folder, then rename over `path`.
+
+    mkstemp creates files 0600; the result gets the mode any other new file would get
+    (0666 minus the umask), so teammates and CI artifact readers can open it."""
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", dir=path.parent)
+    except OSError as exc:
+        raise OutputError(f"cannot write '{path}': {exc.strerror or exc}; choose another --out folder") from None
+    os.close(fd)
+    tmp_path = Path(tmp)
+    try:
+        write(tmp_path)
+        os.chmod(tmp_path, 0o666 & ~_umask())
+        os.replace(tmp_path, path)
+    finally:
+        if tmp_path.exists():
+            tmp_path.unlink()
+
+
+def prepare_out_dir(out: Path, overwrite: bool) -> None:
+    """Refuse an --out folder that already holds files unless `overwrite` (checked before
+    a command runs, so a refusal costs nothing)."""
+    if out.exists() and not out.is_dir():
+        raise OutputError(f"--out '{out}' is an existing file; name a folder")
+    if not out.is_dir():
+        return
+    present = sorted(p.name for p in out.iterdir())
+    if not present:
+        return
+    if not overwrite:
+        shown = ", ".join(present[:4]) + (f" and {len(present) - 4} more" if len(present) > 4 else "")
+        raise OutputError(
+            f"--out '{out}' already holds {shown}; pass --overwrite to replace seersim's results there, "
+            "or choose a new folder"
+        )
+
+
+def clear_results(out: Path) -> None:
+    """Remove the results any seersim command wrote to `out` (other files stay): called
+    once new results exist, so a failed run leaves the earlier ones in place."""
+    for pattern in RESULT_GLOBS:
+        for old in out.glob(pattern):
+            if old.is_file():
+                old.unlink()
+
+
+def refuse_existing_file(path: Path, overwrite: bool) -> None:
+    """An --out that names a file: refuse to replace an existing one unless `overwrite`."""
+    if path.is_dir():
+        raise OutputError(f"--out '{path}' is a folder; name a file")
+    if path.exists() and not overwrite:
+        raise OutputError(f"--out '{path}' already exists; pass --overwrite to replace it, or name a new file")
+
+
+def write_json(path: Path, obj: Any) -> None:
+    atomic_write(path, lambda p: p.write_text(json.dumps(obj, indent=2, default=json_default) + "\n"))
+
+
+def json_default(o: Any):
+    if isinstance(o, (np.integer,)):
+        return int(o)
+    if isinstance(o, (np.floating,)):
+        return float(o)
+    raise TypeError(f"not JSON serialisable: {type(o).__name__}")
+
+
+def write_frame(path_stem: Path, df: pd.DataFrame) -> Path:
+    """Parquet (pyarrow is a core dependency); CSV where it is missing. Returns the path written."""
+    try:
+        import pyarrow  # noqa: F401
+
+        path = path_stem.with_suffix(".parquet")
+        atomic_write(path, lambda p: df.to_parquet(p, index=False))
+    except ImportError:
+        path = path_stem.with_suffix(".csv")
+        atomic_write(path, lambda p: df.to_csv(p, index=False))
+    return path

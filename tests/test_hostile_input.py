@@ -1,0 +1,319 @@
+"""Hostile input (issue 15): every number is checked, work is bounded before anything is
+allocated, and each bad input ends in exactly one `seersim: error:` line, exit 2, no
+traceback (the style of test_cli_errors.py)."""
+
+from __future__ import annotations
+
+import types
+import typing
+import warnings
+from pathlib import Path
+
+import pytest
+from pydantic import BaseModel
+
+import seersim
+from conftest import SMALL_YAML
+from seersim.config import Scenario, tp_divides_heads
+from seersim.errors import ScenarioError
+from seersim.limits import BYTES_PER_REQUEST, estimate_work
+from seersim.specs import get_model
+from test_cli_errors import assert_clean_error, invoke, write_scenario
+
+SMALL = str(SMALL_YAML)
+
+
+# --------------------------------------------------------------------------- every numeric field
+def _leaves(ann) -> list:
+    """The types (or Literal/tuple forms) an annotation can take, Optional/Annotated unwrapped."""
+    origin = typing.get_origin(ann)
+    if origin is typing.Annotated:
+        return _leaves(typing.get_args(ann)[0])
+    if origin in (typing.Union, types.UnionType):
+        return [leaf for a in typing.get_args(ann) for leaf in _leaves(a)]
+    return [ann]
+
+
+def _numeric_fields(model: type[BaseModel], prefix: str = "") -> list[str]:
+    """Dotted paths of every int/float field of the schema (tuples of models: item 0)."""
+    out = []
+    for name, field in model.model_fields.items():
+        path = f"{prefix}{name}"
+        for a in _leaves(field.annotation):
+            origin = typing.get_origin(a)
+            if origin is tuple:
+                out += _numeric_fields(typing.get_args(a)[0], f"{path}.0.")
+            elif origin is typing.Literal:
+                if all(isinstance(v, int) and not isinstance(v, bool) for v in typing.get_args(a)):
+                    out.append(path)
+            elif isinstance(a, type) and issubclass(a, BaseModel):
+                out += _numeric_fields(a, f"{path}.")
+            elif a in (int, float):
+                out.append(path)
+    return sorted(set(out))
+
+
+NUMERIC = [
+    f for f in _numeric_fields(Scenario)
+    # the replay workload's fields when small.yaml's workload is synthetic: tested below with a replay
+    if not f.startswith("workload.") or f.split(".")[1] in ("prompts", "max_tokens", "group_size", "input_tokens", "output_tokens")
+]
+
+
+def test_the_sweep_sees_every_section():
+    sections = {f.split(".")[0] for f in NUMERIC}
+    assert {"model", "gpu", "cluster", "engine", "workload", "policy", "kv_pool", "limits", "seed", "training_s"} <= sections
+    assert "kv_pool.tiers.0.bandwidth_bytes_per_s" in NUMERIC and "engine.speculation.paths" in NUMERIC
+    assert len(NUMERIC) > 60
+
+
+@pytest.mark.parametrize("value", [float("nan"), float("inf"), float("-inf"), 1e30, -1e30, True, False])
+def test_every_numeric_field_rejects_non_finite_absurd_and_bool(value):
+    """One line naming the field, for each numeric field of the schema (models and GPUs included)."""
+    for field in NUMERIC:
+        with pytest.raises(ScenarioError) as exc:
+            seersim.load_scenario(SMALL_YAML, **{field: value})
+        msg = str(exc.value)
+        assert "\n" not in msg and field in msg, (field, value, msg)
+
+
+def test_replay_numeric_fields_are_checked_too(tmp_path):
+    csv = tmp_path / "t.csv"
+    csv.write_text("group_id,input_tokens,output_tokens\n0,10,20\n")
+    sc = write_scenario(tmp_path, f"{{kind: replay, path: {csv}, group_size: 1}}")
+    for field in ("workload.max_tokens", "workload.group_size", "workload.limit"):
+        for value in (float("inf"), 1e30, True, -1):
+            with pytest.raises(ScenarioError, match=field.replace(".", r"\.")):
+                seersim.load_scenario(sc, **{field: value})
+
+
+# --------------------------------------------------------------------------- the issue's cases
+@pytest.mark.parametrize(
+    "settings, field",
+    [
+        (["workload.output_tokens.sigma=.inf"], "workload.output_tokens.sigma"),
+        (["workload.output_tokens.sigma=50"], "workload.output_tokens.sigma"),
+        (["-p", "partial_rollout", "policy.over_issue_factor=.inf"], "policy.over_issue_factor"),
+        (["-p", "partial_rollout", "policy.over_issue_factor=1e6"], "policy.over_issue_factor"),
+        (["cluster.instances=true"], "cluster.instances"),
+        (["training_s=.inf"], "training_s"),
+        (["engine.block_size_tokens=1000000"], "engine.block_size_tokens"),
+        (["seed=.nan"], "seed"),
+        (["kv_pool.tiers.1.latency_s=-.inf"], "kv_pool.tiers.1.latency_s"),
+        (["engine.speculation.acceptance_table={0: .inf}"], "engine.speculation.acceptance_table.0"),
+    ],
+)
+def test_issue_cases_are_one_line(settings, field):
+    args = []
+    for s in settings:
+        args += [s] if s.startswith("-") or s == "partial_rollout" else ["--set", s]
+    assert_clean_error(invoke("run", SMALL, *args), field)
+
+
+def test_bool_count_is_not_one_instance():
+    line = assert_clean_error(invoke("run", SMALL, "--set", "cluster.instances=true"), "cluster.instances")
+    assert "true" in line and "True" not in line
+
+
+def test_largest_allowed_values_run_or_refuse_cleanly():
+    """The upper ends of the ranges do not crash the sampler (sigma) or hang (over-issue)."""
+    for args in (
+        ["--set", "workload.output_tokens.sigma=10"],
+        ["--set", "workload.input_tokens.sigma=10"],
+        ["-p", "partial_rollout", "--set", "policy.over_issue_factor=10"],
+    ):
+        r = invoke("run", SMALL, "--json", "--set", "workload.prompts=4", *args)
+        assert r.exit_code == 0, (args, r.output, r.exception)
+
+
+def test_tp_must_divide_heads_as_vllm_requires():
+    line = assert_clean_error(invoke("run", SMALL, "--set", "cluster.parallelism.tp=3"), "cluster.parallelism.tp=3")
+    assert "28 attention heads" in line and "4 KV heads" in line and "1, 2, 4, 28" in line
+    q = get_model("qwen2.5-7b")  # 28 heads, 4 KV heads
+    assert [t for t in range(1, 33) if tp_divides_heads(q, t)[0]] == [1, 2, 4, 28]  # 28: KV heads replicated 7x
+    big = get_model("qwen2-vl-72b")  # 64 heads, 8 KV heads: 16 replicates each KV head twice
+    assert all(tp_divides_heads(big, t)[0] for t in (1, 2, 4, 8, 16, 32, 64))
+    assert not tp_divides_heads(big, 12)[0]
+    kimi = get_model("kimi-k2")  # MLA: only the attention heads count
+    assert tp_divides_heads(kimi, 16)[0] and not tp_divides_heads(kimi, 3)[0]
+
+
+def test_block_size_named_as_the_cause_when_one_block_does_not_fit():
+    line = assert_clean_error(
+        invoke(
+            "run", SMALL, "--set", "engine.block_size_tokens=65536", "--set", "gpu.memory_bytes=2e10",
+            "--set", "engine.kv_capacity_tokens=null", "--set", "workload.prompts=2",
+        ),
+        "engine.block_size_tokens=65536",
+    )
+    assert "does not fit" not in line
+
+
+def test_messages_show_plain_numbers(tmp_path):
+    csv = tmp_path / "t.csv"
+    csv.write_text("group_id,input_tokens,output_tokens\n0,10,-5\n")
+    sc = write_scenario(tmp_path, f"{{kind: replay, path: {csv}}}")
+    line = assert_clean_error(invoke("run", sc), "row 2", "output_tokens", "got -5")
+    assert "np." not in line and "int64" not in line
+    line = assert_clean_error(invoke("run", SMALL, "--set", "workload.prompts=-3"), "workload.prompts", "got -3")
+
+
+def test_unknown_workload_kind_does_not_dump_the_workload():
+    line = assert_clean_error(invoke("run", SMALL, "--set", "workload.kind=foo"), "workload", "'foo'", "synthetic")
+    assert "prompts" not in line and "group_size" not in line and len(line) < 200
+
+
+def test_list_items_are_addressable_by_set():
+    sc = seersim.load_scenario(SMALL_YAML, overrides=["kv_pool.tiers.0.bandwidth_bytes_per_s=1e9"])
+    assert sc.kv_pool.tiers[0].bandwidth_bytes_per_s == 1e9
+    assert sc.kv_pool.tiers[1] == Scenario.model_fields["kv_pool"].default.tiers[1]  # the rest keep their defaults
+    r = invoke("run", SMALL, "--json", "-p", "divided", "--set", "workload.prompts=8",
+               "--set", "kv_pool.tiers.0.bandwidth_bytes_per_s=1e9")
+    assert r.exit_code == 0, r.output
+    assert_clean_error(invoke("run", SMALL, "--set", "kv_pool.tiers.7.name=x"), "kv_pool.tiers.7", "0..1")
+    assert_clean_error(invoke("run", SMALL, "--set", "kv_pool.tiers.x.name=x"), "kv_pool.tiers.x")
+
+
+@pytest.mark.parametrize("value", ["", " , "])
+def test_empty_policies_is_an_error(value):
+    assert_clean_error(invoke("compare", SMALL, "--policies", value), "--policies")
+
+
+# --------------------------------------------------------------------------- work bounds
+def test_billion_prompts_refused_before_allocating():
+    line = assert_clean_error(
+        invoke("run", SMALL, "--set", "workload.prompts=1000000000"),
+        "workload.prompts=1,000,000,000", "limits.max_requests", "--set limits.max_requests=8000000000",
+    )
+    assert "TB of memory" in line
+
+
+@pytest.mark.parametrize(
+    "settings, named",
+    [
+        (["limits.max_requests=100"], "limits.max_requests"),
+        (["limits.max_output_tokens=1e5"], "limits.max_output_tokens"),
+        (["limits.max_memory_bytes=1e6"], "limits.max_memory_bytes"),
+        (["policy.chunk_tokens=16", "limits.max_chunks=10000"], "limits.max_chunks"),
+    ],
+)
+def test_each_limit_refuses_and_names_how_to_raise_it(settings, named):
+    args = [a for s in settings for a in ("--set", s)]
+    line = assert_clean_error(invoke("run", SMALL, "-p", "divided", *args), named, f"--set {named}=")
+
+
+def test_raising_a_limit_lets_the_run_through():
+    r = invoke("run", SMALL, "--json", "--set", "workload.prompts=4", "--set", "limits.max_requests=32")
+    assert r.exit_code == 0, r.output
+    assert_clean_error(invoke("run", SMALL, "--set", "workload.prompts=4", "--set", "limits.max_requests=31"),
+                       "limits.max_requests=31")
+
+
+def test_compare_bounds_the_whole_study():
+    line = assert_clean_error(
+        invoke("compare", SMALL, "--seeds", "10000", "--policies", "baseline,divided"),
+        "2 policies x 10000 seed(s)", "10,240,000 requests", "limits.max_requests", "--seeds",
+    )
+    assert "memory" not in line
+
+
+def test_seed_beyond_int64_is_refused():
+    assert_clean_error(invoke("run", SMALL, "--seed", "99999999999999999999999"), "seed")
+
+
+def test_estimate_counts_over_issue_steps_and_chunks(tmp_path):
+    sc = seersim.load_scenario(SMALL_YAML, **{"policy.name": "partial_rollout", "steps": 3})
+    est = estimate_work(sc)
+    assert est.requests == 2 * 512 * 3  # over_issue_factor 2
+    assert est.output_tokens == est.requests * 2500
+    assert est.chunks == est.requests + est.output_tokens / 2048
+    assert est.memory_bytes >= est.requests * BYTES_PER_REQUEST
+    base = estimate_work(seersim.load_scenario(SMALL_YAML))
+    assert base.chunks == base.requests == 512  # the baseline dispatches whole requests
+    csv = tmp_path / "t.csv"
+    csv.write_text("group_id,input_tokens,output_tokens\n" + "".join(f"{i},10,20\n" for i in range(7)))
+    replay = seersim.load_scenario(write_scenario(tmp_path, f"{{kind: replay, path: {csv}, max_tokens: 50}}"))
+    assert estimate_work(replay).requests == 7 and estimate_work(replay).output_tokens == 7 * 50
+
+
+@pytest.mark.parametrize("fmt", ["csv", "mooncake"])
+def test_trace_with_huge_value_names_row_and_column(tmp_path, fmt):
+    if fmt == "csv":
+        trace = tmp_path / "t.csv"
+        trace.write_text("group_id,input_tokens,output_tokens\n0,10,20\n0,10,99999999999999999999\n")
+        column, row = "output_tokens", "row 3"  # the file's line 3 (line 1 is the header)
+    else:
+        trace = tmp_path / "t.jsonl"
+        trace.write_text('{"input_length": 10, "output_length": 5}\n{"input_length": 99999999999999999999, "output_length": 5}\n')
+        column, row = "input_length", "record 2"
+    sc = write_scenario(tmp_path, f"{{kind: replay, path: {trace}, format: {fmt}}}")
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")  # no pandas overflow warning on the way
+        line = assert_clean_error(invoke("run", sc), str(trace), row, column, "99999999999999999999")
+    assert "-9223372036854775808" not in line
+
+
+def test_estimate_of_a_missing_trace_leaves_the_error_to_the_reader(tmp_path):
+    sc = write_scenario(tmp_path, "{kind: replay, path: none.csv}")
+    assert_clean_error(invoke("run", sc), str(Path(tmp_path) / "none.csv"))
+
+
+# --------------------------------------------------------------------------- the ends of every range
+def _field(path: str):
+    """The pydantic FieldInfo at a dotted path of the schema."""
+    model: type[BaseModel] = Scenario
+    parts = path.split(".")
+    for part in parts[:-1]:
+        if part.isdigit():
+            continue
+        for leaf in _leaves(model.model_fields[part].annotation):
+            if typing.get_origin(leaf) is tuple:
+                leaf = typing.get_args(leaf)[0]
+            if isinstance(leaf, type) and issubclass(leaf, BaseModel):
+                model = leaf
+                break
+    return model.model_fields[parts[-1]]
+
+
+def _range_ends(path: str) -> list[float]:
+    """The smallest and largest values a field accepts."""
+    field = _field(path)
+    constraints = list(field.metadata)
+    for leaf in typing.get_args(field.annotation):  # Optional[Annotated[...]]
+        for m in getattr(leaf, "__metadata__", ()):
+            constraints += getattr(m, "metadata", [m])
+    lo = hi = None
+    for c in constraints:
+        if getattr(c, "ge", None) is not None:
+            lo = c.ge
+        if getattr(c, "gt", None) is not None:
+            lo = c.gt * (1 + 1e-6) + 1e-9 if isinstance(c.gt, float) else c.gt + 1
+        if getattr(c, "le", None) is not None:
+            hi = c.le
+    literal = [a for a in _leaves(field.annotation) if typing.get_origin(a) is typing.Literal]
+    if literal:
+        return [min(typing.get_args(literal[0])), max(typing.get_args(literal[0]))]
+    return [v for v in (lo, hi) if v is not None]
+
+
+def test_every_range_has_two_ends():
+    for field in NUMERIC:
+        assert len(_range_ends(field)) == 2, field
+
+
+@pytest.mark.slow
+def test_the_ends_of_every_range_run_or_refuse_cleanly():
+    """At each end of each numeric field's range, a small run with every engine feature on
+    (seer: chunks, speculation, the pool) finishes or raises a SeersimError: no other
+    exception (overflow, a root finder's NaN) and no hang."""
+    from seersim.errors import SeersimError
+
+    for field in NUMERIC:
+        for value in _range_ends(field):
+            try:
+                sc = seersim.load_scenario(
+                    SMALL_YAML, **{field: value, "workload.prompts": 1, "workload.group_size": 2}
+                )
+                seersim.simulate(sc, policy="seer")
+            except SeersimError:
+                pass
