@@ -16,7 +16,7 @@ import seersim
 from conftest import SHARED, load_small
 from seersim.cli import app
 from seersim.config import Parallelism
-from seersim.cost import COST_MODELS, KernelCurvesCost, RooflineCost, build_cost_model
+from seersim.cost import COST_MODELS, IterationCost, KernelCurvesCost, RooflineCost, build_cost_model
 from seersim.cost.calibrated import per_token_decode_s
 from seersim.engine import kv_capacity_blocks
 from seersim.errors import ScenarioError, SpecError, TraceError
@@ -292,7 +292,8 @@ def test_shipped_scenarios_use_the_calibrated_model_and_say_so():
         text = path.read_text()
         assert "cost:" in text and "model: calibrated" in text, path.name
         sc = seersim.load_scenario(path)
-        assert isinstance(build_cost_model(sc), KernelCurvesCost), path.name
+        # kernel curves, or (live validation scenarios) a deployment's iteration fit
+        assert isinstance(build_cost_model(sc), (KernelCurvesCost, IterationCost)), path.name
 
 
 def test_iteration_table_from_a_hub_model_on_cpu(tmp_path):

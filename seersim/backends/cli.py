@@ -47,6 +47,7 @@ def serve_local(
         )
         typer.echo(f"starting {instances} vLLM server(s) with {path} (logs in {servers.log_dir}) ...", err=True)
         signal.signal(signal.SIGTERM, _interrupt)
+        signal.signal(signal.SIGINT, _interrupt)  # also when started in the background (SIGINT ignored)
         with servers:
             for s in servers.servers:
                 typer.echo(f"instance {s.url}  pid {s.pid}  core {s.core}", err=True)
