@@ -145,7 +145,7 @@ def _server_env(core: int | None) -> dict[str, str]:
 def server_command(model_dir: Path, port: int, core: int | None, opts: ServerOptions) -> list[str]:
     cmd = [
         sys.executable, "-m", "vllm.entrypoints.openai.api_server",
-        "--model", str(model_dir), "--served-model-name", "tiny",
+        "--model", str(model_dir), "--served-model-name", "tiny-llama",  # scenarios/validation-*.yaml model.name
         "--host", "127.0.0.1", "--port", str(port),
         "--max-model-len", str(opts.max_model_len), "--max-num-seqs", str(opts.max_num_seqs),
         "--dtype", "bfloat16", "--skip-tokenizer-init", "--seed", "0",

@@ -107,10 +107,11 @@ def _row(batch: int, num_tokens: int, context: int, decode: int, prefill: int, t
 
 
 def profile_vllm(
-    urls: list[str], grid: ProfileGrid = ProfileGrid(), seed: int = 0, gpu: str = "vllm-server"
+    urls: list[str], grid: ProfileGrid = ProfileGrid(), seed: int = 0, gpu: str = "vllm-server", model: str | None = None
 ) -> tuple[pd.DataFrame, dict]:
     """Run the grid on every server at once; returns (iteration rows, provenance meta).
-    `gpu` labels the hardware for the calibration (a catalog or inline GPU name)."""
+    `gpu` labels the hardware for the calibration (a catalog or inline GPU name);
+    `model` names the model the fit prices (default: the servers' model id)."""
     if not urls:
         raise BackendError("--url: give at least one vLLM server URL")
     servers = [probe_server(u.rstrip("/")) for u in urls]
@@ -125,9 +126,8 @@ def profile_vllm(
         "servers": [s.url for s in servers],
         "server_version": _version(servers[0].url),
         "gpu": gpu,
-        # not "model": calibration reads that as a catalog name; an iteration fit
-        # prices only this deployment anyway
-        "served_model": servers[0].model,
+        # an iteration fit prices only this deployment: scenarios of this model accept it
+        "model": model or servers[0].model,
         "block_size_tokens": servers[0].block_size,
         "kv_capacity_tokens": [s.kv_blocks * s.block_size for s in servers],
         "host": platform.processor() or platform.machine(),

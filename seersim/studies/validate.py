@@ -113,15 +113,18 @@ def calibrated_scenario(scenario: Scenario, calibration: Path, block_size: int, 
     )
 
 
-def profile_and_calibrate(urls: list[str], folder: Path, grid=None, seed: int = 0) -> tuple[Path, dict]:
-    """The separate profiling run: profile the servers, fit an iteration calibration."""
+def profile_and_calibrate(
+    urls: list[str], folder: Path, model: str, gpu: str, grid=None, seed: int = 0
+) -> tuple[Path, dict]:
+    """The separate profiling run: profile the servers, fit an iteration calibration of
+    `model` on `gpu` (the scenario's names: the deployment being validated)."""
     from seersim.calibrate.costfit import fit_iteration
     from seersim.calibrate.tables import read_cost_data
     from seersim.cost.calibration import save_calibration
     from seersim.profile.table import write_profile_table
     from seersim.profile.vllm import ProfileGrid, profile_vllm
 
-    rows, meta = profile_vllm(urls, grid or ProfileGrid(), seed=seed)
+    rows, meta = profile_vllm(urls, grid or ProfileGrid(), seed=seed, gpu=gpu, model=model)
     table = folder / "profile.csv"
     write_profile_table(rows, table, meta)
     fit = fit_iteration(read_cost_data(table), seed, "seersim validate (profiling run)")
@@ -204,7 +207,9 @@ def validate(
         work_dir = Path(tmp.name)
     work_dir.mkdir(parents=True, exist_ok=True)
     try:
-        cal_path, profile_info = profile_and_calibrate(urls, work_dir, grid, seed=scenario.seed)
+        cal_path, profile_info = profile_and_calibrate(
+            urls, work_dir, scenario.model.name, scenario.gpu.name, grid, seed=scenario.seed
+        )
         sim_sc = calibrated_scenario(scenario, cal_path, backend.block_size, kv_tokens.pop())
 
         runs, live_reqs = [], []
