@@ -37,6 +37,7 @@ from seersim.fields import (
     UnitInterval,
 )
 from seersim.specs import GPUSpec, ModelSpec, get_gpu, get_model
+from seersim.yamlfile import read_yaml_mapping
 
 
 class _Strict(BaseModel):
@@ -481,19 +482,10 @@ def _default_at(path: list[str]) -> Any:
 
 def read_scenario_dict(path: str | Path) -> dict:
     """Read a scenario YAML file into a raw mapping (errors name the file and line)."""
-    p = Path(path)
-    if not p.is_file():
-        raise ScenarioError(f"scenario file '{p}' not found; pass the path to a .yaml scenario (see scenarios/)")
-    try:
-        data = yaml.safe_load(p.read_text())
-    except yaml.YAMLError as exc:
-        mark = getattr(exc, "problem_mark", None)
-        where = f" at line {mark.line + 1}, column {mark.column + 1}" if mark else ""
-        problem = getattr(exc, "problem", None) or str(exc).splitlines()[0]
-        raise ScenarioError(f"{p}: malformed YAML{where}: {problem}") from None
-    if not isinstance(data, dict):
-        raise ScenarioError(f"{p}: a scenario must be a YAML mapping of fields")
-    return data
+    return read_yaml_mapping(
+        path, ScenarioError, "scenario file", "pass the path to a .yaml scenario (see scenarios/)",
+        "a scenario must be a YAML mapping of fields",
+    )
 
 
 def load_scenario(path: str | Path, overrides: list[str] | None = None, **fields: Any) -> Scenario:

@@ -106,14 +106,11 @@ def validate_cmd(
 
 
 def _print(res) -> None:
-    from rich.console import Console
-    from rich.table import Table
+    from seersim.tables import Column, print_table
 
-    t = Table(title=f"{res.scenario.name}: live ({len(res.servers)} servers, {res.repeats} repeats) vs simulated")
-    for col in ("policy", "live makespan", "sim makespan", "error", "live speedup", "sim speedup", "tail live / sim"):
-        t.add_column(col, justify="left" if col == "policy" else "right")
-    for p in res.policies:
-        t.add_row(
+    heads = ("live makespan", "sim makespan", "error", "live speedup", "sim speedup", "tail live / sim")
+    rows = [
+        [
             p.policy,
             f"{p.live['makespan_s']:.1f} s ± {p.live_spread['makespan_s']:.0%}",
             f"{p.sim['makespan_s']:.1f} s",
@@ -121,8 +118,14 @@ def _print(res) -> None:
             f"{p.live_speedup:.2f}x",
             f"{p.sim_speedup:.2f}x",
             f"{p.live['tail_s']:.1f} / {p.sim['tail_s']:.1f} s",
-        )
-    Console().print(t)
+        ]
+        for p in res.policies
+    ]
+    print_table(
+        f"{res.scenario.name}: live ({len(res.servers)} servers, {res.repeats} repeats) vs simulated",
+        [Column("policy", "left", whole=True)] + [Column(h) for h in heads],
+        rows,
+    )
     for pair in res.pairs:
         typer.echo(f"  {' vs '.join(pair['pair'])}: live {pair['live']} (diff {pair['live_difference_s']:.1f} s, spread "
                    f"{pair['live_spread_s']:.1f} s), sim {pair['sim']}{'' if pair['agrees'] else '  DISAGREES'}")

@@ -22,6 +22,7 @@ import yaml
 
 from seersim.cost.curves import KernelCurves
 from seersim.errors import TraceError
+from seersim.yamlfile import read_yaml_mapping
 
 SCHEMA = "seersim-calibration/1"
 SHIPPED_DIR = Path(__file__).resolve().parent / "calibrations"
@@ -98,13 +99,11 @@ class Calibration:
 def load_calibration(path: str | Path) -> Calibration:
     """Read a calibration file (YAML or JSON); errors name the file and the fix."""
     p = Path(path)
-    if not p.is_file():
-        raise TraceError(f"calibration file '{p}' not found; write one with `seersim calibrate cost PROFILE --out FILE`")
-    try:
-        d = yaml.safe_load(p.read_text())
-    except yaml.YAMLError as exc:
-        raise TraceError(f"{p}: malformed calibration file: {str(exc).splitlines()[0]}") from None
-    if not isinstance(d, dict) or d.get("schema") != SCHEMA:
+    d = read_yaml_mapping(
+        p, TraceError, "calibration file", "write one with `seersim calibrate cost PROFILE --out FILE`",
+        f"not a seersim calibration file (expected 'schema: {SCHEMA}')",
+    )
+    if d.get("schema") != SCHEMA:
         raise TraceError(f"{p}: not a seersim calibration file (expected 'schema: {SCHEMA}')")
     kind = d.get("kind")
     try:

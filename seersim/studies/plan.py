@@ -44,6 +44,7 @@ from seersim.specs import GPUS, MODELS
 from seersim.studies.runner import Executor, Outcome, Progress, Runner, make_task, run_all
 from seersim.studies.sweep import Point, check_grid_keys, grid_points, parse_grid, point_scenario, resolve_policies
 from seersim.workload import Workload, build_workload
+from seersim.yamlfile import read_yaml_mapping
 
 Objective = Literal["cost_usd", "gpu_hours"]
 INSTANCES = "cluster.instances"
@@ -431,14 +432,10 @@ def parse_space_args(grid: list[str], space_file: Path | None, gpus: list[str] |
 
 def read_space(path: Path) -> dict[str, list[Any]]:
     """A `--space` YAML file: a mapping of dotted keys to lists of values."""
-    if not path.is_file():
-        raise ScenarioError(f"--space file '{path}' not found; give a YAML mapping like 'cluster.instances: [2, 4, 8]'")
-    try:
-        data = yaml.safe_load(path.read_text())
-    except yaml.YAMLError as exc:
-        raise ScenarioError(f"{path}: malformed YAML: {exc}") from None
-    if not isinstance(data, dict) or not data:
-        raise ScenarioError(f"{path}: a search space is a mapping of dotted keys to lists of values")
+    data = read_yaml_mapping(
+        path, ScenarioError, "--space file", "give a YAML mapping like 'cluster.instances: [2, 4, 8]'",
+        "a search space is a mapping of dotted keys to lists of values",
+    )
     space = {}
     for key, values in data.items():
         values = values if isinstance(values, list) else [values]
