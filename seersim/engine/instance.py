@@ -339,14 +339,17 @@ class Instance:
     def stretch_block_limit(self) -> int:
         """Blocks a stretch may allocate without changing what the scheduler would admit.
 
-        A waiting head blocked by the instance's KV stays blocked: each allocated block
-        takes one free block, and evicts at most one block of the head's cached prefix,
-        which lowers the blocks its admission needs (hit + chunk) by at most one (the
-        cache evicts block by block, its own context before the prompt it extends). The
-        head's DP rank's share has no such offset: the stretch's blocks may land on other
-        ranks while the eviction shrinks the head's need, so with several ranks a stretch
-        stops before the head's cached prefix would be evicted.
+        Free blocks only shrink during a stretch, so a waiting head blocked by KV stays
+        blocked — unless evicting its own cached prefix shrinks its hit so that a chunked
+        prefill of it fits (vLLM admits such partial prefills). So a stretch stops
+        before the head's cached prefix would be evicted.
         """
+        # With one DP rank it cannot fit: each block the stretch allocates takes one free
+        # block and evicts at most one block of the head's hit, which lowers what its
+        # admission needs (hit + chunk) by at most that block (eviction goes block by
+        # block, own context before its prompt); and a head held back by the token budget
+        # or max_num_seqs stays so. Only a rank's share lacks that offset: the stretch's
+        # blocks may land on other ranks.
         if not self.waiting or not self.cfg.prefix_caching or self.ranks.dp == 1:
             return self.kv.free_blocks
         rid, _ = self.waiting[0]
