@@ -206,6 +206,30 @@ def test_partial_prefix_eviction(monkeypatch, policy, instances):
     _assert_equivalent(ff, sbs)
 
 
+def test_stretch_evicts_the_blocked_heads_prefix(monkeypatch):
+    """With one DP rank a stretch runs on while its blocks evict the cached prefix of a
+    waiting head blocked by KV (each evicted block lowers the head's need by at most the
+    one block it takes), and still matches step-by-step."""
+    from seersim.engine.instance import Instance
+    from seersim.engine.kvcache import prompt_key
+
+    seen = {"stretches": 0}
+    plan = Instance._plan
+
+    def counting(self):
+        out = plan(self)
+        if out is not None and out.steps > 1 and out.blocks_fn is not None and self.waiting:
+            rid = self.waiting[0][0]
+            keys = (rid, prompt_key(int(self.table.group_id[rid])))
+            seen["stretches"] += out.blocks_fn(out.steps) > self.kv.blocks_before_eviction_of(keys)
+        return out
+
+    monkeypatch.setattr(Instance, "_plan", counting)
+    ff, sbs = _both("baseline", **{**PARTIAL_EVICTION, "cluster.instances": 1})
+    assert seen["stretches"] > 0, "scenario must evict a waiting head's prefix mid-stretch to be meaningful"
+    _assert_equivalent(ff, sbs)
+
+
 # --------------------------------------------------------------------------- every cost model
 def _iteration_calibration(tmp_path) -> str:
     """A small iteration-table calibration (piecewise-linear in tokens) written to a file."""

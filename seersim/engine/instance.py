@@ -344,7 +344,13 @@ class Instance:
         prefill of it fits (vLLM admits such partial prefills). So a stretch stops
         before the head's cached prefix would be evicted.
         """
-        if not self.waiting or not self.cfg.prefix_caching:
+        # With one DP rank it cannot fit: each block the stretch allocates takes one free
+        # block and evicts at most one block of the head's hit, which lowers what its
+        # admission needs (hit + chunk) by at most that block (eviction goes block by
+        # block, own context before its prompt); and a head held back by the token budget
+        # or max_num_seqs stays so. Only a rank's share lacks that offset: the stretch's
+        # blocks may land on other ranks.
+        if not self.waiting or not self.cfg.prefix_caching or self.ranks.dp == 1:
             return self.kv.free_blocks
         rid, _ = self.waiting[0]
         group = int(self.table.group_id[rid])
