@@ -95,9 +95,15 @@ class DPRanks:
         if dp == 1:
             return cost.step_lines(int(seqs[0]), int(tokens[0]), int(extra_pairs[0]), float(queries[0])).at(float(context[0]))
         n_all, t_all = int(seqs.sum()), int(tokens.sum())
-        busy = np.flatnonzero(seqs).tolist()
-        e, q, c = extra_pairs.tolist(), queries.tolist(), context.tolist()
-        return max(cost.step_lines(n_all, t_all, dp * int(e[r]), float(q[r])).at(dp * float(c[r])) for r in busy)
+        # ranks with the same prefill pairs and queries share the cost model's lines, and
+        # the lines rise with context (slopes ≥ 0): only the largest context among them counts
+        top: dict[tuple[int, float], int] = {}
+        for s, e, q, c in zip(seqs.tolist(), extra_pairs.tolist(), queries.tolist(), context.tolist()):
+            if s:
+                key = (int(e), float(q))
+                if c > top.get(key, -1):
+                    top[key] = c
+        return max(cost.step_lines(n_all, t_all, dp * e, q).at(dp * float(c)) for (e, q), c in top.items())
 
 
 def _shift(lines: StepLines, overhead_s: float) -> StepLines:
