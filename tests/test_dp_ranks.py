@@ -98,3 +98,24 @@ def test_max_num_seqs_below_dp_is_a_clear_error():
 
     with pytest.raises(SpecError, match="max_num_seqs=1 is per instance"):
         seersim.simulate(seersim.load_scenario(REPO_ROOT / "scenarios" / "small.yaml", **{**DP2, "engine.max_num_seqs": 1}))
+
+
+def test_decode_stretch_runs_past_a_head_short_of_kv_exactly(monkeypatch):
+    """A preempted head whose cached prefix is being evicted but which misses KV even for
+    a one-token prefill does not cut decode stretches (kimi-k2 planned 181k one-iteration
+    stretches before); fast-forward still equals step-by-step."""
+    from seersim.engine.instance import Instance
+
+    short: list[bool] = []
+    original = Instance._head_short_of_kv
+
+    def recording(self, rid, group):
+        short.append(original(self, rid, group))
+        return short[-1]
+
+    monkeypatch.setattr(Instance, "_head_short_of_kv", recording)
+    over = {**DP2, "workload.prompts": 8, "engine.kv_capacity_tokens": 11000, "engine.max_num_batched_tokens": 256}
+    ff, sbs = _both("baseline", **over)
+    _assert_equivalent(ff, sbs)
+    assert ff.summary["preemptions"] > 0
+    assert any(short), "the scenario reaches a head short of KV"

@@ -79,9 +79,21 @@ class KernelCurvesCost(CachedStepLines):
         total += ep_all_to_all_s(m, par, g, t, c.all_reduce_latency_s)
         return total
 
+    def _base_s(self, tokens: int, logit_rows: float) -> float:
+        """Overhead + token-dependent time, memoised like `step_lines` (a DP-rank iteration
+        asks for many prefill-pair counts at one token count)."""
+        cache = self.__dict__.setdefault("_base_cache", {})
+        key = (tokens, logit_rows)
+        hit = cache.get(key)
+        if hit is None:
+            if len(cache) >= self._CACHE_SIZE:
+                cache.clear()
+            hit = cache[key] = self.step_overhead_s + self._tokens_s(tokens, logit_rows)
+        return hit
+
     def _step_lines(self, num_seqs: int, new_tokens: int, extra_attn_pairs: int, queries_per_seq: float) -> StepLines:
         logit_rows = min(float(new_tokens), num_seqs * queries_per_seq)
-        base = self.step_overhead_s + self._tokens_s(new_tokens, logit_rows)
+        base = self._base_s(new_tokens, logit_rows)
         return StepLines(
             intercepts_s=(base + self._prefill_pair_s * extra_attn_pairs, base),
             slopes_s=(self._decode_pair_s * queries_per_seq, self._kv_s),

@@ -95,9 +95,21 @@ class DPRanks:
         if dp == 1:
             return cost.step_lines(int(seqs[0]), int(tokens[0]), int(extra_pairs[0]), float(queries[0])).at(float(context[0]))
         n_all, t_all = int(seqs.sum()), int(tokens.sum())
-        busy = np.flatnonzero(seqs).tolist()
-        e, q, c = extra_pairs.tolist(), queries.tolist(), context.tolist()
-        return max(cost.step_lines(n_all, t_all, dp * int(e[r]), float(q[r])).at(dp * float(c[r])) for r in busy)
+        # iteration time rises with a rank's prefill pairs and its context (the cost model
+        # prices more attention work as slower): among ranks with the same queries only
+        # those that no other rank beats in both can be the slowest
+        by_queries: dict[float, list[tuple[int, int]]] = {}
+        for s, e, q, c in zip(seqs.tolist(), extra_pairs.tolist(), queries.tolist(), context.tolist()):
+            if s:
+                by_queries.setdefault(float(q), []).append((int(e), c))
+        slowest_s = 0.0
+        for q, ranks in by_queries.items():
+            best_c = -1
+            for e, c in sorted(ranks, reverse=True):  # pairs descending, then context descending
+                if c > best_c:
+                    best_c = c
+                    slowest_s = max(slowest_s, cost.step_lines(n_all, t_all, dp * e, q).at(dp * float(c)))
+        return slowest_s
 
 
 def _shift(lines: StepLines, overhead_s: float) -> StepLines:

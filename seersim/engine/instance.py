@@ -342,7 +342,8 @@ class Instance:
         Free blocks only shrink during a stretch, so a waiting head blocked by KV stays
         blocked — unless evicting its own cached prefix shrinks its hit so that a chunked
         prefill of it fits (vLLM admits such partial prefills). So a stretch stops
-        before the head's cached prefix would be evicted.
+        before the head's cached prefix would be evicted — unless the head misses KV
+        even for a one-token prefill (`_head_short_of_kv`), which stays so all stretch.
         """
         # With one DP rank it cannot fit: each block the stretch allocates takes one free
         # block and evicts at most one block of the head's hit, which lowers what its
@@ -354,7 +355,27 @@ class Instance:
             return self.kv.free_blocks
         rid, _ = self.waiting[0]
         group = int(self.table.group_id[rid])
+        if self._head_short_of_kv(rid, group):
+            return self.kv.free_blocks
         return self.kv.blocks_before_eviction_of((rid, prompt_key(group)))
+
+    def _head_short_of_kv(self, rid: int, group: int) -> bool:
+        """Whether the waiting head fails `_admit`'s KV check with any token budget ≥ 1.
+
+        That check fails while need + cached hit > free blocks. With a budget of one
+        token (the least, so the smallest need) evicting one block of the head's hit
+        lowers the left side by at most one block, and every block a stretch allocates
+        lowers the free blocks by one: once short, the head stays short for the whole
+        stretch, so evicting its prefix cannot make it admissible (this keeps a KV-full
+        instance from planning its decode stretches one iteration at a time).
+        """
+        kv, bs = self.kv, self.bs
+        p_hit, own_hit = kv.prefix_blocks(rid, group, int(self.prompt_blocks[rid]))
+        tokens = int(self.table.input_tokens[rid] + self.table.generated[rid])
+        hit = min((p_hit + own_hit) * bs, tokens - 1)
+        need_blocks = max(0, -(-(hit + 1) // bs) - p_hit - own_hit)
+        cached_hit = own_hit + (p_hit if p_hit and kv.prompt_refs(group) == 0 else 0)
+        return need_blocks + cached_hit > kv.free_blocks
 
     def _schedule(self) -> tuple[np.ndarray | None, bool, bool, bool]:
         """One iteration's scheduling decision (vLLM v1 semantics).
