@@ -12,7 +12,7 @@ from typing import Any, Callable
 import numpy as np
 import pandas as pd
 
-from seersim.errors import OutputError
+from seersim.errors import OutputError, TraceError
 
 # What seersim's commands write into an --out folder (run: records, summary and
 # timeline; compare: its table, runs and plots; plan: its table, frontier and best
@@ -119,3 +119,20 @@ def write_frame(path_stem: Path, df: pd.DataFrame) -> Path:
         path = path_stem.with_suffix(".csv")
         atomic_write(path, lambda p: df.to_csv(p, index=False))
     return path
+
+
+def read_csv_table(path: str | Path, kind: str, columns: list[str], hint: str) -> pd.DataFrame:
+    """A measurement CSV (rollout log, profiling table, verify-step log) that must have
+    `columns`; a missing file, an unreadable one or a missing column is one TraceError
+    naming the file, and `hint` says what the table holds."""
+    p = Path(path)
+    if not p.is_file():
+        raise TraceError(f"{kind} '{p}' not found")
+    try:
+        d = pd.read_csv(p)
+    except (pd.errors.ParserError, pd.errors.EmptyDataError, UnicodeDecodeError) as exc:
+        raise TraceError(f"{p}: not a readable CSV ({str(exc).splitlines()[0]})") from None
+    missing = [c for c in columns if c not in d.columns]
+    if missing:
+        raise TraceError(f"{p}: missing columns {missing}; {hint}")
+    return d

@@ -62,6 +62,25 @@ def test_lengths_log_without_max_tokens_is_an_error(tmp_path):
     assert res.exit_code == 2 and "--max-tokens" in res.output
 
 
+@pytest.mark.parametrize(
+    "command,text",
+    [
+        ("acceptance", 'draft_tokens,accepted_tokens,references\n"4,2\n'),
+        ("lengths", 'group_id,input_tokens,output_tokens\n"0,1\n'),
+        ("acceptance", "draft_tokens,references\n4,0\n"),
+    ],
+)
+def test_malformed_or_incomplete_logs_are_one_clear_error(tmp_path, command, text):
+    """A truncated CSV or a missing column: one `seersim: error:` line naming the file, exit 2."""
+    path = tmp_path / "log.csv"
+    path.write_text(text)
+    extra = ["--max-tokens", "64"] if command == "lengths" else []
+    res = CliRunner().invoke(app, ["calibrate", command, str(path), *extra])
+    assert res.exit_code == 2, res.output
+    assert res.exception is None or isinstance(res.exception, SystemExit)
+    assert str(path) in res.output and "Traceback" not in res.output
+
+
 def test_acceptance_recovers_alpha_per_reference_count(tmp_path):
     rng = np.random.default_rng(1)
     true = {0: 0.35, 1: 0.5, 5: 0.6}

@@ -19,6 +19,7 @@ import pandas as pd
 import yaml
 
 from seersim.errors import TraceError
+from seersim.io import read_csv_table
 
 SCHEMA = "seersim-acceptance/1"
 DEFAULT_FILE = Path(__file__).resolve().parent / "data" / "acceptance-seer-table2.yaml"
@@ -47,14 +48,9 @@ class AcceptanceFit:
 
 
 def read_acceptance_log(path: str | Path) -> pd.DataFrame:
-    p = Path(path)
-    if not p.is_file():
-        raise TraceError(f"speculative-decoding log '{p}' not found")
-    d = pd.read_csv(p)
     need = ["draft_tokens", "accepted_tokens", "references"]
-    missing = [c for c in need if c not in d.columns]
-    if missing:
-        raise TraceError(f"{p}: missing columns {missing}; one row per verify step with {need}")
+    d = read_csv_table(path, "speculative-decoding log", need, f"one row per verify step with {need}")
+    p = Path(path)
     if ((d["accepted_tokens"] < 0) | (d["accepted_tokens"] > d["draft_tokens"])).any():
         raise TraceError(f"{p}: accepted_tokens must lie in 0..draft_tokens (the bonus token is not counted)")
     return d[d["draft_tokens"] > 0]

@@ -21,6 +21,7 @@ import pandas as pd
 from scipy import integrate, optimize, special, stats
 
 from seersim.errors import TraceError
+from seersim.io import read_csv_table
 
 FAMILIES = ("lognormal", "gamma", "lognormal_mixture")
 
@@ -44,17 +45,9 @@ class LengthFit:
 
 
 def read_length_log(path: str | Path, max_tokens: int | None = None) -> pd.DataFrame:
-    p = Path(path)
-    if not p.is_file():
-        raise TraceError(f"rollout log '{p}' not found")
-    try:
-        d = pd.read_csv(p)
-    except (pd.errors.ParserError, pd.errors.EmptyDataError, UnicodeDecodeError) as exc:
-        raise TraceError(f"{p}: not a readable CSV ({str(exc).splitlines()[0]})") from None
     need = ["group_id", "input_tokens", "output_tokens"]
-    missing = [c for c in need if c not in d.columns]
-    if missing:
-        raise TraceError(f"{p}: missing columns {missing}; a rollout log has {need} and optionally max_tokens")
+    d = read_csv_table(path, "rollout log", need, f"a rollout log has {need} and optionally max_tokens")
+    p = Path(path)
     if max_tokens is not None:
         d["max_tokens"] = max_tokens
     elif "max_tokens" not in d.columns:

@@ -14,6 +14,7 @@ from pathlib import Path
 import pandas as pd
 
 from seersim.errors import TraceError
+from seersim.io import read_csv_table
 
 SCHEMA = "seersim-profile/1"
 COLUMNS = [
@@ -54,15 +55,7 @@ def meta_path(path: str | Path) -> Path:
 def read_profile_table(path: str | Path) -> ProfileTable:
     """Read a `seersim-profile/1` CSV and its sidecar; errors name the file and the fix."""
     p = Path(path)
-    if not p.is_file():
-        raise TraceError(f"profiling table '{p}' not found")
-    try:
-        rows = pd.read_csv(p)
-    except (pd.errors.ParserError, pd.errors.EmptyDataError, UnicodeDecodeError) as exc:
-        raise TraceError(f"{p}: not a readable CSV ({str(exc).splitlines()[0]})") from None
-    missing = [c for c in COLUMNS if c not in rows.columns]
-    if missing:
-        raise TraceError(f"{p}: missing columns {missing}; a {SCHEMA} table has {COLUMNS} (see traces/README.md)")
+    rows = read_csv_table(p, "profiling table", COLUMNS, f"a {SCHEMA} table has {COLUMNS} (see traces/README.md)")
     if rows.empty:
         raise TraceError(f"{p}: no rows")
     if (rows["time_s"] <= 0).any() or rows["time_s"].isna().any():
