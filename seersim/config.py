@@ -125,14 +125,36 @@ class EngineConfig(_Strict):
 
 
 # --------------------------------------------------------------------------- workload
-class LengthDist(_Strict):
-    """A token-length distribution. lognormal: `mean` is the mean *after* clipping to
-    [min, max]; sigma is the log-space spread."""
+class LogMixture(_Strict):
+    """The second component of a two-lognormal mixture, relative to the first.
 
-    dist: Literal["constant", "uniform", "lognormal"] = "lognormal"
+    Relative, so that `mean` (the whole mixture's clipped mean) still sets the scale:
+    a what-if on the mean shifts both components together.
+    """
+
+    # a real mixture: each component carries at least 0.1% of the responses
+    weight: Real = Field(..., ge=0.001, le=0.999, description="share of responses in the second component")
+    sigma: Real = Field(..., ge=0, le=10, description="log-space spread of the second component")
+    # e^±20 spans x5e8 either way: far past any two length modes of one rollout
+    log_ratio: Real = Field(..., ge=-20, le=20, description="log-space location of the second component minus the first")
+
+
+class LengthDist(_Strict):
+    """A token-length distribution. `mean` is the mean *after* clipping to [min, max]
+    for every family, so one knob scales any of them.
+
+    lognormal: `sigma` is the log-space spread. gamma: `shape` (k; below 1 a long
+    tail and a mode at 0). lognormal_mixture: `sigma` is the first component's spread,
+    `mixture` the second component. `seersim calibrate lengths` writes any of them.
+    """
+
+    dist: Literal["constant", "uniform", "lognormal", "gamma", "lognormal_mixture"] = "lognormal"
     mean: TokenAmount
     # log-space spread: sigma 10 already spans e^10 (x22,000) per standard deviation
     sigma: Real = Field(1.0, ge=0, le=10)
+    # gamma shape: 0.01 has its median ~1e-30 of the mean, 1e4 is a near-constant length
+    shape: Real | None = Field(None, ge=0.01, le=1e4, description="gamma only: shape k")
+    mixture: LogMixture | None = Field(None, description="lognormal_mixture only: the second component")
     min: Tokens = 1
     max: Tokens | None = None
 
@@ -142,6 +164,12 @@ class LengthDist(_Strict):
             raise ValueError(f"max={self.max} is below min={self.min}")
         if self.max is not None and not (self.min <= self.mean <= self.max):
             raise ValueError(f"mean={self.mean} must lie in [min={self.min}, max={self.max}]")
+        if (self.shape is not None) != (self.dist == "gamma"):
+            raise ValueError("'shape' is required for dist: gamma and only allowed there")
+        if (self.mixture is not None) != (self.dist == "lognormal_mixture"):
+            raise ValueError(
+                "'mixture: {weight, sigma, log_ratio}' is required for dist: lognormal_mixture and only allowed there"
+            )
         return self
 
 

@@ -45,6 +45,37 @@ def test_lengths_recovers_a_synthetic_workload_and_writes_a_usable_snippet(tmp_p
     assert out.with_suffix(".png").is_file()
 
 
+@pytest.mark.parametrize(
+    "output_tokens,family",
+    [
+        ({"dist": "gamma", "mean": 2500, "shape": 0.6, "intra_group_corr": 0.7}, "gamma"),
+        (
+            {"dist": "lognormal_mixture", "mean": 2500, "sigma": 0.3,
+             "mixture": {"weight": 0.35, "sigma": 0.3, "log_ratio": 2.5}, "intra_group_corr": 0.7},
+            "lognormal_mixture",
+        ),
+    ],
+)
+def test_lengths_round_trip_of_every_family(tmp_path, output_tokens, family):
+    """A workload drawn from gamma or a two-lognormal mixture is recognised, and the
+    snippet draws that family again: same mean, same spread, same correlation."""
+    sc, log, path = _rollout_log(tmp_path, **{"workload.prompts": 300, "workload.output_tokens": output_tokens})
+    out = tmp_path / "wl.yaml"
+    res = CliRunner().invoke(app, ["calibrate", "lengths", str(path), "--max-tokens", "8192", "--out", str(out), "--json"])
+    assert res.exit_code == 0, res.output
+    r = json.loads(res.output)
+    assert r["distribution"] == family
+    assert r["intra_group_correlation"] == pytest.approx(0.7, abs=0.08)
+    snippet = yaml.safe_load(out.read_text())["workload"]
+    assert snippet["output_tokens"]["dist"] == family
+    sc2 = seersim.scenario_from_dict({**sc.model_dump(), "workload": snippet})
+    again = build_workload(sc2, np.random.default_rng(1)).to_frame()["output_tokens"]
+    first = log["output_tokens"]
+    assert again.mean() == pytest.approx(first.mean(), rel=0.08)
+    for q in (0.25, 0.5, 0.9):
+        assert again.quantile(q) == pytest.approx(first.quantile(q), rel=0.15)
+
+
 def test_lengths_censoring_matters(tmp_path):
     """Ignoring the cap would shrink sigma; the censored fit keeps it."""
     from seersim.calibrate.lengths import fit_lengths

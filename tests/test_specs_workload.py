@@ -134,6 +134,37 @@ def test_clipped_lognormal_quantiles_have_the_configured_mean():
         assert x.max() <= hi and x.min() >= 1
 
 
+@pytest.mark.parametrize(
+    "fields",
+    [
+        {"dist": "gamma", "shape": 0.5},
+        {"dist": "gamma", "shape": 4.0},
+        {"dist": "lognormal_mixture", "sigma": 0.4, "mixture": {"weight": 0.3, "sigma": 0.6, "log_ratio": 2.0}},
+    ],
+)
+def test_gamma_and_mixture_quantiles_have_the_configured_mean(fields):
+    """Every family's `mean` is its mean after clipping, so one knob scales any of them."""
+    u = (np.arange(100_000) + 0.5) / 100_000
+    for mean, hi in [(2500, 8192), (1000, 2048)]:
+        x = quantile(LengthDist(mean=mean, **fields), u, hi)
+        assert x.mean() == pytest.approx(mean, rel=0.005)
+        assert x.max() <= hi and x.min() >= 1
+
+
+@pytest.mark.parametrize(
+    "fields, word",
+    [
+        ({"dist": "gamma"}, "shape"),
+        ({"dist": "lognormal", "shape": 2.0}, "shape"),
+        ({"dist": "lognormal_mixture"}, "mixture"),
+        ({"dist": "gamma", "shape": 1.0, "mixture": {"weight": 0.5, "sigma": 1, "log_ratio": 1}}, "mixture"),
+    ],
+)
+def test_family_parameters_belong_to_their_family(fields, word):
+    with pytest.raises(seersim.ScenarioError, match=word):
+        load_small(**{"workload.output_tokens": {"mean": 2500, **fields}})
+
+
 def test_constant_and_uniform_lengths():
     _, wl = _synthetic(
         **{"workload.prompts": 50, "workload.output_tokens.dist": "constant", "workload.input_tokens.dist": "constant"}

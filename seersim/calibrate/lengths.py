@@ -5,9 +5,11 @@ per row (or one `max_tokens` for all). A response that stopped at its max_tokens
 *censored* (its natural length is at least that): it enters the likelihood through the
 survival function, not the density. Families: lognormal, gamma, and a two-component
 lognormal mixture; the best by AIC (likelihood, penalised for the mixture's extra
-parameters). Intra-group correlation: the one-way ANOVA intraclass correlation of log
-lengths — for the lognormal family exactly the Gaussian-copula ρ seersim's synthetic
-workload uses (`output_tokens.intra_group_corr`).
+parameters). Intra-group correlation: the one-way ANOVA intraclass correlation of the
+lengths' normal scores Φ⁻¹(F(x)) under the chosen family — the Gaussian-copula ρ
+seersim's synthetic workload uses (`output_tokens.intra_group_corr`; for the lognormal
+family the correlation of log lengths). The workload snippet carries the chosen
+family, which the synthetic workload draws as fitted.
 """
 
 from __future__ import annotations
@@ -150,7 +152,8 @@ def fit_lengths(log: pd.DataFrame) -> LengthFit:
     if len(uncensored):
         emp = np.arange(1, len(uncensored) + 1) / len(x)  # empirical CDF over all rows (censored ones at the top)
         ks = float(np.max(np.abs(emp - family_cdf(best, families[best]["params"], uncensored))))
-    rho = intra_group_correlation(log["group_id"].to_numpy(), np.log(x))
+    scores = special.ndtri(np.clip(family_cdf(best, families[best]["params"], x), 1e-12, 1 - 1e-12))
+    rho = intra_group_correlation(log["group_id"].to_numpy(), scores)
     prompt = log.groupby("group_id")["input_tokens"].first().to_numpy(dtype=np.float64)
     input_fit = {"mean": float(prompt.mean()), "sigma": float(np.log(prompt).std()) if len(prompt) > 1 else 0.0,
                  "min": int(prompt.min()), "max": int(prompt.max())}
@@ -163,18 +166,31 @@ def fit_lengths(log: pd.DataFrame) -> LengthFit:
     )
 
 
+def output_dist_lines(fit: LengthFit) -> list[str]:
+    """The `output_tokens` fields of the chosen family, in the synthetic workload's terms
+    (every family's `mean` is its mean after clipping at max_tokens)."""
+    p = fit.params
+    lines = [f"    dist: {fit.distribution}", f"    mean: {fit.mean_tokens:.0f}                  # mean after clipping at max_tokens"]
+    if fit.distribution == "lognormal":
+        lines.append(f"    sigma: {p['sigma']:.3f}")
+    elif fit.distribution == "gamma":
+        lines.append(f"    shape: {p['shape']:.4f}")
+    else:  # the workload's second component is relative to the first
+        weight2 = min(max(1.0 - p["weight"], 0.001), 0.999)
+        lines += [
+            f"    sigma: {p['sigma1']:.3f}",
+            f"    mixture: {{weight: {weight2:.4f}, sigma: {p['sigma2']:.3f}, log_ratio: {p['mu2'] - p['mu1']:.4f}}}",
+        ]
+    return lines
+
+
 def workload_snippet(fit: LengthFit) -> str:
-    """A ready `workload:` section. seersim's synthetic workload generates lognormal
-    marginals, so the snippet carries the lognormal fit; when another family fits better
-    the comment says so (and by how much)."""
-    ln = fit.families["lognormal"]
-    mean = _clipped_mean("lognormal", ln["params"], fit.max_tokens)
-    note = "best by AIC" if fit.distribution == "lognormal" else (
-        f"{fit.distribution} fits better by AIC {ln['aic'] - fit.aic:.1f}; the synthetic workload draws lognormal marginals"
-    )
+    """A ready `workload:` section with the family chosen by AIC."""
     inp = fit.input_fit
+    others = ", ".join(f"{f} {a['aic'] - fit.aic:+.1f}" for f, a in fit.families.items() if f != fit.distribution)
     return "\n".join([
         f"# written by `seersim calibrate lengths`: {fit.rows} responses in {fit.groups} groups, {fit.censored} capped at max_tokens",
+        f"# output family {fit.distribution}: best by AIC (others: {others})",
         "workload:",
         "  kind: synthetic",
         f"  prompts: {fit.groups}",
@@ -182,9 +198,7 @@ def workload_snippet(fit: LengthFit) -> str:
         f"  max_tokens: {fit.max_tokens}",
         f"  input_tokens: {{dist: lognormal, mean: {inp['mean']:.0f}, sigma: {inp['sigma']:.3f}, min: {inp['min']}, max: {max(inp['max'], inp['min'] + 1)}}}",
         "  output_tokens:",
-        f"    dist: lognormal               # {note}",
-        f"    mean: {mean:.0f}                  # mean after clipping at max_tokens",
-        f"    sigma: {ln['params']['sigma']:.3f}",
+        *output_dist_lines(fit),
         f"    intra_group_corr: {fit.intra_group_correlation:.3f}",
         "",
     ])
