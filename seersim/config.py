@@ -74,7 +74,9 @@ class SpeculationConfig(_Strict):
     """Speculative decoding is an engine option (DESIGN §6)."""
 
     mode: Literal["none", "fixed", "grouped_adaptive"] = "none"
-    draft_tokens: Int = Field(4, ge=1, le=8, description="γ for mode 'fixed'; the cap for adaptive")
+    draft_tokens: Int = Field(
+        4, ge=1, le=8, description="γ for mode 'fixed' (grouped_adaptive chooses γ per batch, up to 8: DESIGN §6)"
+    )
     paths: Annotated[Literal[1, 2, 4], PlainNumber] = Field(1, description="draft paths (multi-path drafts accept more, cost more)")
     reevaluate_steps: Count = Field(
         64, description="engine iterations after which acceptance and draft length are re-chosen"
