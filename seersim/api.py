@@ -124,4 +124,4 @@ def simulate(
 def simulate_step(scenario: Scenario, workload: Workload, policy: Policy, *, cost: CostModel | None = None) -> StepRecords:
     """One rollout step of exactly these requests under this policy object, on the
     simulated backend (for tests and studies that instrument a policy)."""
-    return Driver(SimBackend(scenario, cost), policy, workload).run()
+    return Driver(SimBackend(scenario, cost), policy, workload, prefix_caching=scenario.engine.prefix_caching).run()

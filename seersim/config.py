@@ -222,9 +222,9 @@ class PolicyConfig(_Strict):
     # APRIL over-issues ~2x; 10x is far past any benefit (the extra groups mostly run to waste)
     over_issue_factor: Real = Field(2.0, ge=1, le=10, description="partial_rollout: groups issued / groups needed")
     # Default from measurements over the shipped scenarios (issue 11): the only rule that
-    # never preempts (paper Fig. 9: KV kept high without preemption) and that keeps
-    # context_aware >= divided on each; expected_growth/none preempt ~20K times on
-    # qwen2-vl-72b and drop context_aware below divided on moonlight.
+    # (all but) never preempts (paper Fig. 9: KV kept high without preemption) and that
+    # keeps context_aware >= divided on moonlight and qwen2-vl-72b; expected_growth/none
+    # preempt ~20K times on qwen2-vl-72b and drop context_aware below divided on moonlight.
     kv_reservation: KVReservation = Field(
         "chunk_limit",
         description="KV an in-flight chunk reserves on its instance (chunked policies): its context plus the "

@@ -48,7 +48,9 @@ class Driver:
     """Runs one RL step of `workload` under `policy` on `backend`.
 
     `stop_after_groups` (partial rollout): the step ends once this many groups have
-    fully finished; the backend then aborts what still runs.
+    fully finished; the backend then aborts what still runs. `prefix_caching`: the
+    instances share a group's prompt blocks between its requests, so a reservation
+    counts them once per instance and group.
     """
 
     def __init__(
@@ -58,6 +60,7 @@ class Driver:
         workload: Workload,
         progress: Callable[[int, int], None] | None = None,
         stop_after_groups: int | None = None,
+        prefix_caching: bool = True,
     ) -> None:
         self.backend = backend
         self.policy = policy
@@ -68,7 +71,14 @@ class Driver:
         n = backend.num_instances
         self._in_flight = np.zeros(n, np.int64)
         self._reserved = np.zeros(n, np.int64)
-        self._reservation = np.zeros(t.n, np.int64)
+        self._reservation = np.zeros(t.n, np.int64)  # each in-flight chunk's blocks beyond its shared prompt
+        # per group: full prompt blocks its requests share (the shortest prompt's), and
+        # its chunks in flight on each instance (the prompt is reserved where > 0)
+        self._shared_prompt = np.zeros(int(t.group_id.max()) + 1 if t.n else 0, np.int64)
+        if prefix_caching and t.n:
+            self._shared_prompt[:] = t.input_tokens.max() // backend.block_size
+            np.minimum.at(self._shared_prompt, t.group_id, t.input_tokens // backend.block_size)
+        self._group_in_flight: dict[int, np.ndarray] = {}
         self._reservation_rule = policy.cfg.kv_reservation
         self._chunks_returned = 0
         self._chunk_tokens_returned = 0
@@ -112,6 +122,13 @@ class Driver:
     @property
     def reserved_blocks(self) -> np.ndarray:
         return self._ro_reserved
+
+    def group_in_flight(self, group_id: int) -> np.ndarray:
+        counts = self._group_in_flight.get(group_id)
+        return _ro(counts) if counts is not None else np.zeros(self.backend.num_instances, np.int64)
+
+    def shared_prompt_blocks(self, group_id: int) -> int:
+        return int(self._shared_prompt[group_id])
 
     @property
     def mean_chunk_tokens(self) -> float | None:
@@ -198,9 +215,15 @@ class Driver:
         t.state[rid] = IN_FLIGHT
         t.instance[rid] = iid
         t.chunks[rid] += 1
-        blocks = chunk_blocks(self, rid, d.max_new_tokens, self._reservation_rule)
-        self._reservation[rid] = blocks
-        self._reserved[iid] += blocks
+        group = int(t.group_id[rid])
+        shared = int(self._shared_prompt[group])
+        own = chunk_blocks(self, rid, d.max_new_tokens, self._reservation_rule) - shared
+        counts = self._group_in_flight.setdefault(group, np.zeros(self.backend.num_instances, np.int64))
+        if counts[iid] == 0:
+            self._reserved[iid] += shared
+        counts[iid] += 1
+        self._reservation[rid] = own
+        self._reserved[iid] += own
         self._in_flight[iid] += 1
         self._ran_on[rid].add(iid)
         # the chunk ends at its limit or at the request's true end (EOS; forced live)
@@ -216,6 +239,11 @@ class Driver:
         self._in_flight[instance_id] -= 1
         self._reserved[instance_id] -= self._reservation[request_id]
         self._reservation[request_id] = 0
+        group = int(t.group_id[request_id])
+        counts = self._group_in_flight[group]
+        counts[instance_id] -= 1
+        if counts[instance_id] == 0:
+            self._reserved[instance_id] -= self._shared_prompt[group]
         if finished:
             t.state[request_id] = DONE
             t.finish_s[request_id] = self.backend.now_s
@@ -272,7 +300,10 @@ def rollout_steps(
         stop_after = None
         if policy.over_issue:
             wl, stop_after = over_issued_step(scenario, wl, carried, rng)
-        driver = Driver(backend, policy, wl, progress=progress, stop_after_groups=stop_after)
+        driver = Driver(
+            backend, policy, wl, progress=progress, stop_after_groups=stop_after,
+            prefix_caching=scenario.engine.prefix_caching,
+        )
         records = driver.run()
         if policy.over_issue:
             carried = carry_over(wl, driver.table)

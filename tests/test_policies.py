@@ -177,3 +177,17 @@ def test_oracle_gets_true_lengths_and_others_do_not():
 
     for name in ("baseline", "divided", "context_aware", "seer"):
         assert not policy_class(name).uses_true_lengths
+
+
+@pytest.mark.parametrize("seed", [0, 1])
+def test_chunked_policies_keep_their_order_on_the_shipped_small_scenario(seed):
+    """Issue 11: throughput divided >= baseline and context_aware >= divided, on
+    scenarios/small.yaml exactly as shipped (each of these seeds broke one link before
+    reservations counted a group's shared prompt once per instance)."""
+    sc = load_small()
+    thr = {
+        p: seersim.simulate(sc, policy=p, seed=seed).summary["throughput_tokens_per_s"]
+        for p in ("baseline", "divided", "context_aware")
+    }
+    assert thr["divided"] >= thr["baseline"], thr
+    assert thr["context_aware"] >= thr["divided"], thr

@@ -55,7 +55,14 @@ class ClusterView(Protocol):
         ...
     @property
     def reserved_blocks(self) -> np.ndarray:
-        """Blocks each instance reserves for its in-flight chunks (`chunk_blocks`)."""
+        """Blocks each instance reserves for its in-flight chunks (`chunk_blocks`), each
+        group's shared prompt counted once per instance (`shared_prompt_blocks`)."""
+        ...
+    def group_in_flight(self, group_id: int) -> np.ndarray:
+        """Chunks of this group in flight on each instance."""
+        ...
+    def shared_prompt_blocks(self, group_id: int) -> int:
+        """Full prompt blocks the group's requests share on one instance (prefix caching; else 0)."""
         ...
     @property
     def mean_chunk_tokens(self) -> float | None:
@@ -126,23 +133,35 @@ class Loads:
         self.in_flight = view.in_flight.astype(np.int64).copy()
         self.reserved = view.reserved_blocks.astype(np.int64).copy()
         self.total = view.kv_total_blocks
+        self._group_added: dict[int, np.ndarray] = {}  # group -> chunks this decide added per instance
 
-    def projected_blocks(self, request_id: int, max_new_tokens: int) -> int:
-        return chunk_blocks(self.view, request_id, max_new_tokens, self.rule)
+    def projected_blocks(self, request_id: int, max_new_tokens: int) -> np.ndarray:
+        """Blocks the chunk would add to each instance's reservation: its own context and
+        growth, plus its group's shared prompt where no sibling already holds it."""
+        group = int(self.view.group_id[request_id])
+        total = chunk_blocks(self.view, request_id, max_new_tokens, self.rule)
+        shared = self.view.shared_prompt_blocks(group)
+        held = self.view.group_in_flight(group) + self._group_added.get(group, 0) > 0
+        return np.where(held, total - shared, total)
 
-    def has_room(self, blocks: int) -> np.ndarray:
-        """Instances where a chunk reserving `blocks` fits beside every in-flight chunk's reservation."""
+    def has_room(self, blocks: np.ndarray) -> np.ndarray:
+        """Instances where a chunk adding `blocks` fits beside every in-flight chunk's reservation."""
         return (self.reserved + blocks <= self.total) & (self.in_flight < self.view.max_num_seqs)
 
-    def add(self, instance_id: int, blocks: int) -> None:
+    def add(self, instance_id: int, request_id: int, blocks: np.ndarray) -> None:
         self.in_flight[instance_id] += 1
-        self.reserved[instance_id] += blocks
+        self.reserved[instance_id] += blocks[instance_id]
+        group = int(self.view.group_id[request_id])
+        added = self._group_added.setdefault(group, np.zeros(len(self.total), np.int64))
+        added[instance_id] += 1
 
 
 def chunk_blocks(view: ClusterView, request_id: int, max_new_tokens: int, rule: KVReservation) -> int:
     """KV blocks an instance reserves for a chunk while it is in flight (`policy.kv_reservation`).
 
-    The chunk's context (prompt + generated) plus its growth allowance:
+    The chunk's context (prompt + generated) plus its growth allowance (the prompt's
+    full blocks are shared with the siblings in flight on the same instance: the
+    driver and `Loads` count them once per instance and group):
     - "chunk_limit": the whole chunk — what it holds at its limit, so the instance
       never preempts, but chunks that end early (EOS) leave reserved KV idle;
     - "expected_growth": the mean tokens the step's returned chunks generated (the
@@ -189,8 +208,9 @@ def place_chunk(view: ClusterView, loads: Loads, request_id: int, max_new: int, 
             target = min(options)[2]
     if target < 0:
         candidates = np.flatnonzero(room)
-        target = int(candidates[np.argmin(loads.in_flight[candidates])])
+        # fewest in-flight chunks; ties by the most KV headroom, then id
+        target = int(candidates[np.lexsort((loads.reserved[candidates] - loads.total[candidates], loads.in_flight[candidates]))[0]])
     gap = best - cached.get(target, 0)
     pull = gap > cfg.migrate_margin_tokens and view.pool_tokens(request_id) > cached.get(target, 0)
-    loads.add(target, blocks)
+    loads.add(target, request_id, blocks)
     return Dispatch(request_id, target, max_new, pull)
