@@ -13,11 +13,14 @@ import pytest
 
 from seersim.calibrate.costfit import fit_iteration
 from seersim.calibrate.tables import read_cost_data
-from seersim.profile.steplog import iteration_rows, kv_capacity_tokens, pool_rows, read_step_log, step_composition, step_summary
+from seersim.profile.steplog import (
+    iteration_rows, kv_capacity_tokens, pool_rows, read_step_log, step_composition, step_summary, usable_kv_tokens,
+)
 from seersim.profile.table import COLUMNS, read_profile_table, write_profile_table
 
 LOG = Path(__file__).parent / "data" / "vllm-steplog-excerpt.log"
-BLOCK, KV = 128, 4608
+BLOCK, LOGGED_KV = 128, 4608
+KV = LOGGED_KV - BLOCK  # usable: all but vLLM's null block
 
 
 def test_every_step_line_is_read_with_its_composition():
@@ -26,7 +29,7 @@ def test_every_step_line_is_read_with_its_composition():
     first = s.iloc[1]  # Iteration(1): 15 context requests, 1920 tokens, 1 generation request
     assert (first["context_requests"], first["context_tokens"], first["generation_requests"], first["generation_tokens"]) == (15, 1920, 1, 1)
     assert first["forward_s"] == pytest.approx(0.08175) and first["kv_usage"] == pytest.approx(0.486)
-    assert kv_capacity_tokens(LOG) == KV
+    assert kv_capacity_tokens(LOG) == LOGGED_KV and usable_kv_tokens(LOGGED_KV, BLOCK) == KV
 
 
 def test_periods_only_inside_busy_stretches():
@@ -52,8 +55,9 @@ def test_resumed_requests_recompute_as_generation_tokens():
     # Iteration(151): 5 generation requests, 1029 tokens: 4 decode, one resumed request recomputes 1024 (+1 sampled)
     row = comp.loc[151]
     assert row["recomputed_tokens"] == 1024 and row["decode_tokens"] == 5 and row["prefill_tokens"] == 1024
-    # 16 decodes at 91.4% of 36 blocks: 33 blocks, half a block short per sequence
-    assert comp.loc[2, "context_tokens"] == 33 * BLOCK - 16 * BLOCK // 2
+    # 16 decodes at 91.4% of the 35 usable blocks: 32 blocks, half a block short per sequence
+    assert comp.loc[2, "context_tokens"] == 32 * BLOCK - 16 * BLOCK // 2
+    assert comp.loc[1, "context_tokens"] == 1921  # 17 blocks (48.6% of 35) less half-blocks is below the step's tokens
     summary = step_summary(s, BLOCK, KV)
     assert summary["recomputed_tokens"] == 1024 and summary["steps"] == 23
     assert summary["busy_s"] == pytest.approx(s["period_s"].sum())
@@ -64,7 +68,7 @@ def test_rows_are_mean_periods_per_composition_and_fit(tmp_path):
     rows = iteration_rows(s, BLOCK, KV)
     assert set(COLUMNS) <= set(rows.columns) and (rows["op"] == "iteration").all()
     assert rows["repeats"].sum() == s["period_s"].notna().sum()
-    d16 = rows[(rows["batch_size"] == 16) & (rows["decode_tokens"] == 16) & (rows["context_tokens"] == 33 * BLOCK - 8 * BLOCK)]
+    d16 = rows[(rows["batch_size"] == 16) & (rows["decode_tokens"] == 16) & (rows["context_tokens"] == 32 * BLOCK - 8 * BLOCK)]
     steps = s[(s["generation_requests"] == 16) & (s["kv_usage"] == 0.914) & s["period_s"].notna()]
     assert d16["time_s"].iloc[0] == pytest.approx(steps["period_s"].mean())
     assert d16["repeats"].iloc[0] == len(steps)

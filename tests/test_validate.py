@@ -67,6 +67,7 @@ def test_prompt_ids_are_shared_by_siblings_and_seeded():
     a, b = prompt_ids(0, 3, 50), prompt_ids(0, 3, 50)
     assert a == b and len(a) == 50  # siblings (same group) share the prompt: prefix caching
     assert prompt_ids(0, 4, 50) != a and prompt_ids(1, 3, 50) != a
+    assert prompt_ids(0, 3, 50, run=1) != a  # a later run misses the cache the earlier one left
     assert min(a) >= PROMPT_TOKEN_RANGE[0] and max(a) < PROMPT_TOKEN_RANGE[1]
 
 

@@ -23,7 +23,8 @@ periods in a busy stretch count: the step after one that left nothing running (K
 usage 0) follows an idle wait, not a step.
 
 Context. The log has no attended-context count; the KV usage after the step gives the
-blocks the running sequences hold, and each sequence's last block is on average half
+blocks the running sequences hold (vLLM's usage is a fraction of the usable blocks:
+all but its null block), and each sequence's last block is on average half
 full: context ≈ blocks × block_size − sequences × block_size / 2 (never below the
 step's tokens). Shared prompt blocks count once, so a batch of siblings reads more
 than this; profiling runs send distinct prompts.
@@ -92,8 +93,15 @@ def read_step_log(path: str | Path, offset_bytes: int = 0, year: int = 2000) -> 
     return d.drop(columns="_ms")
 
 
+def usable_kv_tokens(logged_tokens: int, block_size: int) -> int:
+    """The KV a server can allocate: its logged size less vLLM V1's null block (the
+    first block, never allocated; vllm/v1/core/block_pool.py)."""
+    return logged_tokens - block_size
+
+
 def kv_capacity_tokens(path: str | Path) -> int | None:
-    """The KV capacity the server logged at start ("CPU/GPU KV cache size: N tokens")."""
+    """The KV size the server logged at start ("CPU/GPU KV cache size: N tokens", the
+    null block included: `usable_kv_tokens`)."""
     try:
         text = Path(path).read_text(errors="replace")
     except OSError as exc:
@@ -104,7 +112,8 @@ def kv_capacity_tokens(path: str | Path) -> int | None:
 
 def step_composition(steps: pd.DataFrame, block_size: int, kv_tokens: int) -> pd.DataFrame:
     """The project's view of each step: tokens, sequences, prefill (new prompts and
-    recomputation) and decode tokens, estimated attended context."""
+    recomputation) and decode tokens, estimated attended context. `kv_tokens`: the
+    server's usable KV (`usable_kv_tokens`)."""
     gen_reqs = steps["generation_requests"].to_numpy(dtype=np.int64)
     tokens = (steps["context_tokens"] + steps["generation_tokens"]).to_numpy(dtype=np.int64)
     batch = (steps["context_requests"] + steps["generation_requests"]).to_numpy(dtype=np.int64)
@@ -194,5 +203,6 @@ def profile_from_logs(paths: list[Path], block_size: int, offsets: list[int] | N
         kv = kv_capacity_tokens(p)
         if kv is None:
             raise TraceError(f"vLLM server log '{p}' has no 'KV cache size: N tokens' line: give the whole log, from the server's start")
-        frames.append(iteration_rows(read_step_log(p, offsets[i] if offsets else 0), block_size, kv))
+        steps = read_step_log(p, offsets[i] if offsets else 0)
+        frames.append(iteration_rows(steps, block_size, usable_kv_tokens(kv, block_size)))
     return pool_rows(frames)
