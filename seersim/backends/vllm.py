@@ -150,13 +150,14 @@ def probe_server(url: str, timeout_s: float = 10.0) -> ServerInfo:
     return ServerInfo(url, models[0]["id"], int(models[0].get("max_model_len") or 0), block_size, kv_blocks - 1)
 
 
-def sampling(*key: int) -> dict:
-    """Sampling parameters of one completion request: temperature 1 with a seed of its
-    own (`key`: run, request, tokens so far). RL samples its responses; greedy decoding
-    would give the siblings of a group identical outputs, hence identical KV blocks,
-    which vLLM's prefix cache then shares between them (a preempted or continued
-    sibling resumes on the others' blocks), a saving the simulator rightly never sees."""
-    return {"temperature": 1.0, "seed": int(np.random.SeedSequence(list(key)).generate_state(1)[0] >> 1)}
+#: sampling parameters of every completion request: temperature 1, as RL samples its
+#: responses. Greedy decoding gave the siblings of a group identical outputs, hence
+#: identical KV blocks, which vLLM's prefix cache then shares between them (a
+#: preempted or continued sibling resumed on the others' blocks: live baseline runs
+#: recomputed 71 tokens per preemption where sampled ones recompute ~165, as the
+#: simulator does). No per-request seed: vLLM 0.32 on CPU kills the engine when a
+#: seeded request's prefill is chunked ("CPU Generator does not use offset").
+SAMPLING = {"temperature": 1.0}
 
 
 def prompt_ids(seed: int, group_id: int, length: int, run: int = 0) -> list[int]:
@@ -365,7 +366,7 @@ class VLLMBackend:
             "max_tokens": tokens,
             "min_tokens": tokens,
             "ignore_eos": True,
-            **sampling(self._runs, rid, int(t.generated[rid])),
+            **SAMPLING,
             "return_token_ids": True,
         }
         new_ids, attempts, error = None, 0, ""

@@ -32,7 +32,7 @@ import pandas as pd
 
 from pathlib import Path
 
-from seersim.backends.vllm import PROMPT_TOKEN_RANGE, ServerInfo, probe_server, sampling
+from seersim.backends.vllm import PROMPT_TOKEN_RANGE, SAMPLING, ServerInfo, probe_server
 from seersim.errors import BackendError
 from seersim.profile.steplog import iteration_rows, pool_rows, read_step_log
 
@@ -56,12 +56,9 @@ def feasible(info: ServerInfo, batch: int, tokens_per_seq: int) -> bool:
 
 
 async def _timed_batch(client, info: ServerInfo, prompts: list[list[int]], max_tokens: int) -> float:
-    body = {"model": info.model, "max_tokens": max_tokens, "min_tokens": max_tokens, "ignore_eos": True}
+    body = {"model": info.model, "max_tokens": max_tokens, "min_tokens": max_tokens, "ignore_eos": True, **SAMPLING}
     t0 = time.monotonic()
-    answers = await asyncio.gather(*(
-        client.post(info.url + "/v1/completions", json={**body, **sampling(len(p), p[0], p[-1], k), "prompt": p})
-        for k, p in enumerate(prompts)
-    ))
+    answers = await asyncio.gather(*(client.post(info.url + "/v1/completions", json={**body, "prompt": p}) for p in prompts))
     elapsed = time.monotonic() - t0
     for r in answers:
         if r.status_code != 200:
