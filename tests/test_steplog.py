@@ -91,3 +91,19 @@ def test_pooling_two_passes_is_the_mean_over_all_steps():
     np.testing.assert_allclose(pooled.loc[whole.index, "time_s"], whole["time_s"])
     np.testing.assert_allclose(pooled.loc[whole.index, "time_s_std"], whole["time_s_std"], atol=1e-12)
     np.testing.assert_allclose(pooled.loc[whole.index, "forward_s"], whole["forward_s"])
+
+
+def test_cli_turns_a_written_log_into_a_table(tmp_path):
+    from typer.testing import CliRunner
+
+    from seersim.cli import app
+
+    out = tmp_path / "steps.csv"
+    args = ["profile", "--backend", "vllm", "--server-logs", str(LOG), "--out", str(out), "--model", "tiny-llama"]
+    missing = CliRunner().invoke(app, args)
+    assert missing.exit_code == 2 and "--block-size" in missing.output
+    ok = CliRunner().invoke(app, args + ["--block-size", str(BLOCK)])
+    assert ok.exit_code == 0, ok.output
+    table = read_profile_table(out)
+    assert table.meta["model"] == "tiny-llama" and table.is_iteration
+    assert table.rows["repeats"].sum() == read_step_log(LOG)["period_s"].notna().sum()
