@@ -7,7 +7,10 @@ from *separate* profiling runs of the same servers (never from the validation ru
 calibrated, file: ...}`; its engine takes the servers' block size and KV capacity.
 Live repeats are interleaved across policies (repeat r runs every policy, in an order
 rotated by r), and one pass of the profiling grid runs before each repeat, so slow
-drifts of a shared machine hit every policy and the calibration alike.
+drifts of a shared machine hit every policy and the calibration alike; the fit takes
+per point the median over the passes (`median_of_passes`). Repeat r runs instance i on
+server (i + r) mod n, so a server slower than the others (its core busier with other
+work) does not always host the same instance, as the simulator prices all alike.
 
 Given the servers' per-step logs (`logs`), profiling reads real engine steps from
 them, and each live run also gets its engine totals per server (steps, prefill and
@@ -179,6 +182,19 @@ def calibrate_from_profile(rows: pd.DataFrame, meta: dict, folder: Path, seed: i
     return cal_path, info
 
 
+def median_of_passes(passes: list[pd.DataFrame]) -> pd.DataFrame:
+    """The profiling passes as one table: per point, the median over the passes that
+    measured it of their times (a load spike on a shared machine during one pass does
+    not move the fit, as one slow repeat does not move a live median), the measurements
+    summed."""
+    d = pd.concat([p for p in passes if not p.empty], ignore_index=True)
+    keys = ["op", "num_tokens", "batch_size", "context_tokens", "prefill_tokens", "decode_tokens"]
+    extra = {"forward_s": ("forward_s", "median")} if "forward_s" in d.columns else {}
+    return d.groupby(keys, sort=True).agg(
+        time_s=("time_s", "median"), time_s_std=("time_s_std", "median"), repeats=("repeats", "sum"), **extra
+    ).reset_index()
+
+
 def _stats(values: np.ndarray) -> tuple[float, float]:
     med = float(np.median(values))
     return med, float((values.max() - values.min()) / med) if med > 0 else 0.0
@@ -227,7 +243,7 @@ def validate(
 
     from seersim.backends.vllm import VLLMBackend, run_live
     from seersim.io import write_frame
-    from seersim.profile.steplog import pool_rows, read_step_log, step_summary
+    from seersim.profile.steplog import read_step_log, step_summary
     from seersim.profile.vllm import ProfileGrid, profile_vllm, settle_logs
     from seersim.studies.runner import make_task, run_all
 
@@ -260,23 +276,30 @@ def validate(
     try:
         slices, meta, profiling_s = [], {}, 0.0
         runs, live_reqs, live_steps = [], [], []
+        backends = {0: backend}
         for r in range(repeats):
             rows, meta = profile_vllm(urls, grid_pass, seed=scenario.seed + r, gpu=scenario.gpu.name,
                                       model=scenario.model.name, logs=logs)
             slices.append(rows)
+            write_frame(work_dir / f"profile-pass-{r}", rows)
             profiling_s += float(meta.get("elapsed_s") or 0.0)
             order = policies[r % len(policies):] + policies[: r % len(policies)]
+            # instance i runs on server (i + r) mod n: a server slower than the others
+            # (its core more loaded by other work) does not always host the same instance
+            shift = r % len(urls)
+            rotated = backends.setdefault(shift, VLLMBackend(urls[shift:] + urls[:shift], scenario.engine.max_num_seqs))
             for k, pol in enumerate(order):
                 offsets = [p.stat().st_size for p in logs] if logs else []
-                res = run_live(scenario, backend, policy=pol)
+                res = run_live(scenario, rotated, policy=pol)
                 s = res.summary
                 runs.append({"policy": pol, "repeat": r, "order": k, **s})
                 live_reqs.append(res.requests.assign(policy=pol, repeat=r))
                 if logs:
                     settle_logs(logs)
-                    for i, (p, off) in enumerate(zip(logs, offsets)):
+                    for server, (p, off) in enumerate(zip(logs, offsets)):
                         steps = read_step_log(p, off)
-                        live_steps.append({"policy": pol, "repeat": r, "instance": i,
+                        live_steps.append({"policy": pol, "repeat": r, "server": server,
+                                           "instance": (server - shift) % len(urls),
                                            **step_summary(steps, backend.block_size, kv_tokens)})
                 if tmp is None:  # keep what is measured so far
                     write_frame(work_dir / "live_runs-partial", pd.DataFrame(runs))
@@ -287,7 +310,7 @@ def validate(
                     on_run(pol, r, s)
         live_runs = pd.DataFrame(runs)
         meta = {**meta, "elapsed_s": round(profiling_s, 1), "passes": repeats, "grid": {**meta["grid"], "repeats": grid_pass.repeats}}
-        cal_path, profile_info = calibrate_from_profile(pool_rows(slices), meta, work_dir, seed=scenario.seed)
+        cal_path, profile_info = calibrate_from_profile(median_of_passes(slices), meta, work_dir, seed=scenario.seed)
         sim_sc = calibrated_scenario(scenario, cal_path, backend.block_size, kv_tokens)
 
         tasks = [make_task(sim_sc, p, sim_sc.seed, key=p, keep=True) for p in policies]
