@@ -43,7 +43,8 @@ def servers(tmp_path_factory):
     sc = seersim.load_scenario(SCENARIO)
     spec = TinyModel()
     model = build_tiny_model(tmp_path_factory.mktemp("model") / "tiny-llama", spec)
-    kv_bytes = sc.engine.kv_capacity_tokens * spec.kv_bytes_per_token
+    # the scenario's usable KV plus the block vLLM keeps as its null block
+    kv_bytes = (sc.engine.kv_capacity_tokens + sc.engine.block_size_tokens) * spec.kv_bytes_per_token
     fleet = LocalServers(2, model, ServerOptions(max_num_seqs=sc.engine.max_num_seqs, kv_cache_memory_bytes=kv_bytes))
     try:
         fleet.start()

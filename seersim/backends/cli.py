@@ -25,7 +25,7 @@ def serve_local(
     instances: Annotated[int, typer.Option("--instances", "-n", min=1, help="servers to start (one instance each)")] = 2,
     max_num_seqs: Annotated[int, typer.Option("--max-num-seqs", min=1, help="vLLM --max-num-seqs (the scenario's engine.max_num_seqs)")] = 16,
     kv_cache_tokens: Annotated[
-        Optional[int], typer.Option("--kv-cache-tokens", min=1, help="KV cache per server in tokens (default: vLLM's)")
+        Optional[int], typer.Option("--kv-cache-tokens", min=1, help="KV cache per server in tokens as vLLM logs it, one block of which is its null block (default: vLLM's)")
     ] = None,
     model_dir: Annotated[Optional[Path], typer.Option("--model-dir", help="where the tiny model is built (default: a cache folder)")] = None,
     log_dir: Annotated[Optional[Path], typer.Option("--log-dir", help="server logs (default: next to the model)")] = None,

@@ -154,9 +154,10 @@ def probe_server(url: str, timeout_s: float = 10.0) -> ServerInfo:
 #: responses. Greedy decoding gave the siblings of a group identical outputs, hence
 #: identical KV blocks, which vLLM's prefix cache then shares between them (a
 #: preempted or continued sibling resumed on the others' blocks: live baseline runs
-#: recomputed 71 tokens per preemption where sampled ones recompute ~165, as the
-#: simulator does). No per-request seed: vLLM 0.32 on CPU kills the engine when a
-#: seeded request's prefill is chunked ("CPU Generator does not use offset").
+#: recomputed 71 tokens per preemption where sampled ones recompute 140, the
+#: simulator 135: traces/validation/README.md). No per-request seed: vLLM 0.32 on
+#: CPU kills the engine when a seeded request's prefill is chunked ("CPU Generator
+#: does not use offset").
 SAMPLING = {"temperature": 1.0}
 
 
