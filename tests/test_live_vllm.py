@@ -12,6 +12,7 @@ import os
 from pathlib import Path
 
 import numpy as np
+import pandas as pd
 import pytest
 
 import seersim
@@ -42,7 +43,8 @@ def servers(tmp_path_factory):
     sc = seersim.load_scenario(SCENARIO)
     spec = TinyModel()
     model = build_tiny_model(tmp_path_factory.mktemp("model") / "tiny-llama", spec)
-    kv_bytes = sc.engine.kv_capacity_tokens * spec.kv_bytes_per_token
+    # the scenario's usable KV plus the block vLLM keeps as its null block
+    kv_bytes = (sc.engine.kv_capacity_tokens + sc.engine.block_size_tokens) * spec.kv_bytes_per_token
     fleet = LocalServers(2, model, ServerOptions(max_num_seqs=sc.engine.max_num_seqs, kv_cache_memory_bytes=kv_bytes))
     try:
         fleet.start()
@@ -95,6 +97,21 @@ def test_profile_table_has_iteration_rows(servers):
     assert list(decode["batch_size"]) == [1, 4]
 
 
+def test_profile_from_the_servers_step_logs(servers):
+    """The per-step log of this run's steps only: every step of a batch-4 decode point
+    is a row measurement, with the batch's 4 sequences and their forward time."""
+    from seersim.profile.vllm import ProfileGrid, profile_vllm
+
+    grid = ProfileGrid(batch_sizes=(4,), context_tokens=(128,), prefill_tokens=(128,), repeats=1)
+    logs = [s.log_path for s in servers.servers]
+    rows, meta = profile_vllm(servers.urls, grid, logs=logs)
+    assert meta["server_logs"] == [str(p) for p in logs] and "per-step logs" in meta["source"]
+    assert (rows["time_s"] > 0).all() and (rows["time_s"] >= rows["forward_s"] * 0.5).all()
+    decode4 = rows[(rows["decode_tokens"] == 4) & (rows["prefill_tokens"] == 0)]
+    # 80 forced tokens per request, on each of the 2 servers: most of those steps are timed
+    assert decode4["repeats"].sum() >= 2 * 60
+
+
 def test_validate_writes_the_report(servers, tmp_path):
     """Profile → calibrate → live + simulated runs → validation.json with the issue's keys."""
     import json
@@ -104,8 +121,17 @@ def test_validate_writes_the_report(servers, tmp_path):
 
     sc = seersim.load_scenario(SCENARIO, **SMALL)
     grid = ProfileGrid(batch_sizes=(1, 4, 8, 16), context_tokens=(128, 256), prefill_tokens=(128, 512), repeats=1)
-    res = validate(sc, servers.urls, repeats=1, work_dir=tmp_path, grid=grid)
+    kept = []
+
+    def on_run(policy: str, repeat: int, summary: dict) -> None:
+        # each finished run is on disk before the next starts
+        kept.append(len(pd.read_parquet(tmp_path / "live_runs-partial.parquet")))
+
+    res = validate(sc, servers.urls, repeats=1, work_dir=tmp_path, grid=grid, on_run=on_run,
+                   logs=[s.log_path for s in servers.servers])
+    assert kept == [1, 2, 3]
     write_validation(tmp_path, res)
+    assert not list(tmp_path.glob("*-partial.*"))  # superseded by the complete records
     report = json.loads((tmp_path / "validation.json").read_text())
     assert report["servers"] == servers.urls and report["repeats"] == 1
     assert isinstance(report["ranking_agrees"], bool)
@@ -117,6 +143,10 @@ def test_validate_writes_the_report(servers, tmp_path):
         assert (tmp_path / name).is_file(), name
     live = res.live_requests
     assert len(live) == 3 * sc.workload.prompts * sc.workload.group_size and not live["finish_s"].isna().any()
+    # engine totals from the step logs, per policy, beside the simulator's
+    assert [e["policy"] for e in report["engine"]] == ["baseline", "divided", "context_aware"]
+    for e in report["engine"]:
+        assert e["live_steps"] > 0 and e["sim_steps"] > 0
 
 
 def test_killed_server_reports_failures_and_keeps_finished_records(servers):

@@ -67,6 +67,7 @@ def test_prompt_ids_are_shared_by_siblings_and_seeded():
     a, b = prompt_ids(0, 3, 50), prompt_ids(0, 3, 50)
     assert a == b and len(a) == 50  # siblings (same group) share the prompt: prefix caching
     assert prompt_ids(0, 4, 50) != a and prompt_ids(1, 3, 50) != a
+    assert prompt_ids(0, 3, 50, run=1) != a  # a later run misses the cache the earlier one left
     assert min(a) >= PROMPT_TOKEN_RANGE[0] and max(a) < PROMPT_TOKEN_RANGE[1]
 
 
@@ -75,3 +76,20 @@ def test_profile_grid_skips_points_the_kv_cache_cannot_hold():
     assert feasible(info, 16, 256)  # 16 x 2 blocks
     assert not feasible(info, 16, 384)  # 16 x 3 blocks > 36
     assert not feasible(info, 1, 4097)  # past max_model_len
+
+
+def test_a_loaded_profiling_pass_does_not_move_the_pooled_table():
+    from seersim.studies.validate import median_of_passes
+
+    def pass_(t: float, extra: bool = False) -> pd.DataFrame:
+        rows = [("iteration", 8, 8, 2000, 0, 8, t, 0.001, 40)]
+        if extra:
+            rows.append(("iteration", 2048, 1, 2048, 2048, 0, 0.2, 0.0, 1))
+        return pd.DataFrame(rows, columns=["op", "num_tokens", "batch_size", "context_tokens", "prefill_tokens",
+                                           "decode_tokens", "time_s", "time_s_std", "repeats"])
+
+    pooled = median_of_passes([pass_(0.010), pass_(0.030, extra=True), pass_(0.011)])  # the second pass ran loaded
+    decode = pooled[pooled["decode_tokens"] == 8].iloc[0]
+    assert decode["time_s"] == pytest.approx(0.011) and decode["repeats"] == 120
+    assert len(pooled) == 2  # a point one pass measured keeps that pass's time
+    assert pooled.loc[pooled["prefill_tokens"] == 2048, "time_s"].iloc[0] == pytest.approx(0.2)

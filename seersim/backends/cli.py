@@ -25,7 +25,7 @@ def serve_local(
     instances: Annotated[int, typer.Option("--instances", "-n", min=1, help="servers to start (one instance each)")] = 2,
     max_num_seqs: Annotated[int, typer.Option("--max-num-seqs", min=1, help="vLLM --max-num-seqs (the scenario's engine.max_num_seqs)")] = 16,
     kv_cache_tokens: Annotated[
-        Optional[int], typer.Option("--kv-cache-tokens", min=1, help="KV cache per server in tokens (default: vLLM's)")
+        Optional[int], typer.Option("--kv-cache-tokens", min=1, help="KV cache per server in tokens as vLLM logs it, one block of which is its null block (default: vLLM's)")
     ] = None,
     model_dir: Annotated[Optional[Path], typer.Option("--model-dir", help="where the tiny model is built (default: a cache folder)")] = None,
     log_dir: Annotated[Optional[Path], typer.Option("--log-dir", help="server logs (default: next to the model)")] = None,
@@ -50,7 +50,8 @@ def serve_local(
         signal.signal(signal.SIGINT, _interrupt)  # also when started in the background (SIGINT ignored)
         with servers:
             for s in servers.servers:
-                typer.echo(f"instance {s.url}  pid {s.pid}  core {s.core}", err=True)
+                typer.echo(f"instance {s.url}  pid {s.pid}  core {s.core}  log {s.log_path}", err=True)
+            typer.echo(f"per-step logs (--server-logs): {','.join(str(s.log_path) for s in servers.servers)}", err=True)
             typer.echo(f"ready in {servers.start_s:.0f} s; Ctrl-C stops them", err=True)
             typer.echo(",".join(servers.urls), err=False)
             try:
@@ -74,12 +75,18 @@ def validate_cmd(
     url: UrlOpt = "",
     policies: Annotated[Optional[str], typer.Option("--policies", help="comma-separated (default baseline,divided,context_aware)")] = None,
     repeats: Annotated[int, typer.Option("--repeats", min=1, help="live runs per policy, interleaved across policies")] = 5,
+    server_logs: Annotated[
+        Optional[str],
+        typer.Option("--server-logs", help="the servers' per-step logs, comma-separated, one per --url (serve-local prints them): "
+                     "profile from real engine steps and report engine totals per run"),
+    ] = None,
     set_: SetOpt = None,
     out: OutOpt = None,
     json_: JsonOpt = False,
 ) -> None:
-    """Run a scenario live and in the simulator (calibrated from a separate profiling
-    run of the same servers) and report the simulator's error per policy."""
+    """Run a scenario live and in the simulator (calibrated from separate profiling
+    passes of the same servers, one before each repeat) and report the simulator's
+    error per policy. With --out, each live run is kept as soon as it ends."""
     from seersim.errors import ScenarioError
     from seersim.studies.validate import DEFAULT_POLICIES, validate, write_validation
 
@@ -92,8 +99,10 @@ def validate_cmd(
             if not json_:
                 typer.echo(f"  live {policy:14s} repeat {repeat}: makespan {summary['makespan_s']:.1f} s", err=True)
 
+        logs = [Path(p) for p in split_csv(server_logs)] if server_logs else None
         res = validate(
-            sc, split_csv(url) or [], split_csv(policies) or list(DEFAULT_POLICIES), repeats, work_dir=out, on_run=on_run
+            sc, split_csv(url) or [], split_csv(policies) or list(DEFAULT_POLICIES), repeats, work_dir=out, on_run=on_run,
+            logs=logs,
         )
         if out is not None:
             write_validation(out, res)
@@ -129,4 +138,8 @@ def _print(res) -> None:
     for pair in res.pairs:
         typer.echo(f"  {' vs '.join(pair['pair'])}: live {pair['live']} (diff {pair['live_difference_s']:.1f} s, spread "
                    f"{pair['live_spread_s']:.1f} s), sim {pair['sim']}{'' if pair['agrees'] else '  DISAGREES'}")
+    for e in res.engine_comparison():
+        typer.echo(f"  {e['policy']}: engine steps live {e['live_steps']:.0f} / sim {e['sim_steps']}, prefill tokens live "
+                   f"{e['live_prefill_tokens']:.0f} (recomputed {e['live_recomputed_tokens']:.0f}) / sim {e['sim_prefill_tokens']}, "
+                   f"mean step live {e['live_mean_step_s'] * 1e3:.1f} / sim {e['sim_mean_step_s'] * 1e3:.1f} ms")
     typer.echo(f"ranking agrees: {res.ranking_agrees}")

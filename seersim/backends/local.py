@@ -8,7 +8,13 @@ Facts this module relies on (measured on 2-core CPU machines, issue 12):
 - `VLLM_CPU_KVCACHE_SPACE`, whenever set, overrides `--kv-cache-memory-bytes`
   (an empty value crashes the worker), so it is removed from the servers' environment;
 - unpinned servers' step times vary up to 5x: each server gets one core (taskset
-  and `VLLM_CPU_OMP_THREADS_BIND`).
+  and `VLLM_CPU_OMP_THREADS_BIND`);
+- `--enable-logging-iteration-details` logs one line per engine step, but its
+  "elapsed time" covers only the forward pass (measured: 6.2 ms of an 8.5 ms step
+  period at batch 16; scheduling and the API server's output handling, on the same
+  core, make the rest), and vLLM's log timestamps have whole seconds: the servers
+  log through `LOGGING_CONFIG`, vLLM's format with milliseconds, so step periods
+  can be read off the log (`seersim/profile/steplog.py`).
 """
 
 from __future__ import annotations
@@ -30,6 +36,23 @@ from seersim.errors import BackendError
 
 #: head dims vLLM's CPU attention kernels accept (issue 12: 16 kills the engine)
 CPU_HEAD_DIMS = (32, 64, 80, 96, 112, 128)
+
+#: vLLM's own logging config (vllm/logger.py DEFAULT_LOGGING_CONFIG, 0.32.0) with
+#: millisecond timestamps, passed through VLLM_LOGGING_CONFIG_PATH
+LOGGING_CONFIG = {
+    "version": 1,
+    "disable_existing_loggers": False,
+    "formatters": {
+        "vllm": {
+            "()": "vllm.logging_utils.NewLineFormatter",
+            "format": "(%(vllm_process_name)s pid=%(process)d) %(levelname)s %(asctime)s.%(msecs)03d "
+            "[%(fileinfo)s:%(lineno)d] %(message)s",
+            "datefmt": "%m-%d %H:%M:%S",
+        }
+    },
+    "handlers": {"vllm": {"class": "logging.StreamHandler", "formatter": "vllm", "stream": "ext://sys.stdout"}},
+    "loggers": {"vllm": {"handlers": ["vllm"], "level": "INFO", "propagate": False}},
+}
 
 
 @dataclass(frozen=True)
@@ -132,8 +155,9 @@ def _free_port() -> int:
         return s.getsockname()[1]
 
 
-def _server_env(core: int | None) -> dict[str, str]:
+def _server_env(core: int | None, logging_config: Path) -> dict[str, str]:
     env = dict(os.environ)
+    env["VLLM_LOGGING_CONFIG_PATH"] = str(logging_config)
     env.pop("VLLM_CPU_KVCACHE_SPACE", None)  # overrides --kv-cache-memory-bytes whenever set
     env["VLLM_CPU_OMP_THREADS_BIND"] = str(core) if core is not None else "auto"
     env.setdefault("VLLM_LOGGING_LEVEL", "INFO")
@@ -209,6 +233,8 @@ class LocalServers:
 
     def start(self) -> list[LocalServer]:
         self.log_dir.mkdir(parents=True, exist_ok=True)
+        logging_config = self.log_dir / "vllm-logging.json"
+        logging_config.write_text(json.dumps(LOGGING_CONFIG, indent=1))
         t0 = time.monotonic()
         try:
             for i in range(self.instances):
@@ -218,7 +244,7 @@ class LocalServers:
                 with open(log, "wb") as fh:
                     proc = subprocess.Popen(
                         server_command(self.model_dir, port, core, self.opts),
-                        stdout=fh, stderr=subprocess.STDOUT, env=_server_env(core),
+                        stdout=fh, stderr=subprocess.STDOUT, env=_server_env(core, logging_config),
                         start_new_session=True,  # its own process group: stop() reaches the engine core too
                     )
                 self.servers.append(LocalServer(f"http://127.0.0.1:{port}", port, core, proc.pid, log, proc))

@@ -27,6 +27,7 @@ from __future__ import annotations
 
 import asyncio
 import math
+import os
 import re
 import time
 from dataclasses import dataclass, field
@@ -98,7 +99,7 @@ class ServerInfo:
     model: str
     max_model_len: int
     block_size: int
-    kv_blocks: int
+    kv_blocks: int  # usable: vLLM V1 keeps one of num_gpu_blocks as its null block
 
 
 class _Transient(Exception):
@@ -144,12 +145,28 @@ def probe_server(url: str, timeout_s: float = 10.0) -> ServerInfo:
         block_size, kv_blocks = int(labels["block_size"]), int(labels["num_gpu_blocks"])
     except (KeyError, ValueError):
         raise BackendError(f"vLLM server {url}: /metrics has no vllm:cache_config_info with block_size and num_gpu_blocks") from None
-    return ServerInfo(url, models[0]["id"], int(models[0].get("max_model_len") or 0), block_size, kv_blocks)
+    # vllm/v1/core/block_pool.py: the first block is the null block, never allocated
+    # (its KV usage metric divides by num_gpu_blocks - 1 too)
+    return ServerInfo(url, models[0]["id"], int(models[0].get("max_model_len") or 0), block_size, kv_blocks - 1)
 
 
-def prompt_ids(seed: int, group_id: int, length: int) -> list[int]:
-    """Seeded prompt token ids of a group: siblings share them (prefix caching)."""
-    rng = np.random.default_rng([seed, group_id])
+#: sampling parameters of every completion request: temperature 1, as RL samples its
+#: responses. Greedy decoding gave the siblings of a group identical outputs, hence
+#: identical KV blocks, which vLLM's prefix cache then shares between them (a
+#: preempted or continued sibling resumed on the others' blocks: live baseline runs
+#: recomputed 71 tokens per preemption where sampled ones recompute 140, the
+#: simulator 135: traces/validation/README.md). No per-request seed: vLLM 0.32 on
+#: CPU kills the engine when a seeded request's prefill is chunked ("CPU Generator
+#: does not use offset").
+SAMPLING = {"temperature": 1.0}
+
+
+def prompt_ids(seed: int, group_id: int, length: int, run: int = 0) -> list[int]:
+    """Seeded prompt token ids of a group: siblings share them (prefix caching). `run`
+    numbers the backend's steps: a server's prefix cache outlives a run, and a repeat of
+    the same prompts would hit the blocks the previous run left (the simulator starts
+    every run with an empty cache)."""
+    rng = np.random.default_rng([seed, run, group_id])
     return rng.integers(*PROMPT_TOKEN_RANGE, size=length).tolist()
 
 
@@ -177,6 +194,9 @@ class VLLMBackend:
         self.retry = retry
         self.failures: list[ChunkFailure] = []
         self._dead: set[int] = set()
+        # steps begun, from a random start: each step gets prompts of its own, also
+        # against servers an earlier process ran the same workload on (see prompt_ids)
+        self._runs = int.from_bytes(os.urandom(4), "little")
 
     # ------------------------------------------------------------------ capacity and clock
     @property
@@ -211,12 +231,13 @@ class VLLMBackend:
                 )
         self.table = table
         self.listener = listener
+        self._runs += 1
         self._prompts = [
-            prompt_ids(self.seed, int(g), int(n)) for g, n in zip(table.group_id, table.input_tokens)
+            prompt_ids(self.seed, int(g), int(n), self._runs) for g, n in zip(table.group_id, table.input_tokens)
         ]
         # carried-over tokens (partial rollout) get seeded ids too: their KV is recomputed anyway
         self._outputs: list[list[int]] = [
-            prompt_ids(self.seed + 1, i, int(g)) for i, g in enumerate(table.generated)
+            prompt_ids(self.seed + 1, i, int(g), self._runs) for i, g in enumerate(table.generated)
         ]
         self._seq_on: list[dict[int, int]] = [{} for _ in range(table.n)]
         self._running = np.zeros(self.num_instances, np.int64)
@@ -346,7 +367,7 @@ class VLLMBackend:
             "max_tokens": tokens,
             "min_tokens": tokens,
             "ignore_eos": True,
-            "temperature": 0.0,
+            **SAMPLING,
             "return_token_ids": True,
         }
         new_ids, attempts, error = None, 0, ""

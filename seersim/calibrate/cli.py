@@ -127,6 +127,11 @@ def profile_cmd(
     model: Annotated[Optional[str], typer.Option("--model", "-m", help="torch: catalog model, e.g. qwen2.5-7b")] = None,
     backend: Annotated[str, typer.Option("--backend", help="torch (operators) or vllm (live servers' iterations)")] = "torch",
     url: Annotated[Optional[str], typer.Option("--url", help="vllm: comma-separated server URLs")] = None,
+    server_logs: Annotated[
+        Optional[str],
+        typer.Option("--server-logs", help="vllm: the servers' per-step logs, comma-separated, one per --url (without --url: read as they are)"),
+    ] = None,
+    block_size: Annotated[Optional[int], typer.Option("--block-size", help="vllm, logs without --url: the servers' KV block size")] = None,
     device: Annotated[str, typer.Option("--device", help="torch device: cuda, cuda:1, cpu")] = "cuda",
     gpu: Annotated[Optional[str], typer.Option("--gpu", help="catalog GPU this runs on (recorded for calibration)")] = None,
     tp: Annotated[int, typer.Option("--tp", help="tensor-parallel degree whose shard shapes are timed")] = 1,
@@ -141,7 +146,10 @@ def profile_cmd(
     """Write a `seersim-profile/1` table for `seersim calibrate cost`: a catalog model's
     operators timed with torch at its TP-shard shapes (`--backend torch`, needs
     `seersim[gpu]`), or live vLLM servers' iterations over a grid of batch sizes ×
-    context lengths (`--backend vllm --url ...`, needs `seersim[vllm]`)."""
+    context lengths (`--backend vllm --url ...`, needs `seersim[vllm]`): timed from
+    their per-step logs with `--server-logs` (every engine step; `serve-local` writes
+    them), else from the client. `--server-logs` without `--url` turns logs already
+    written into a table."""
     with cli_errors():
         from seersim.errors import ScenarioError, SpecError
 
@@ -158,7 +166,21 @@ def profile_cmd(
             from seersim.cli_common import split_csv
             from seersim.profile.table import write_profile_table
 
-            rows, meta = profile_vllm(split_csv(url) or [], grid, gpu=gpu or "vllm-server")
+            logs = [Path(x) for x in split_csv(server_logs)] if server_logs else None
+            if logs and not url:
+                from seersim.profile.steplog import profile_from_logs
+
+                if block_size is None:
+                    raise ScenarioError("--block-size: give the servers' KV block size (vLLM's log does not state it)")
+                rows = profile_from_logs(logs, block_size)
+                if rows.empty:
+                    raise ScenarioError(f"--server-logs: no timed engine steps in {', '.join(map(str, logs))} (millisecond timestamps needed)")
+                meta = {"source": "vLLM per-step logs (seersim/profile/steplog.py)", "server_logs": [str(x) for x in logs],
+                        "gpu": gpu or "vllm-server", "model": model, "block_size_tokens": block_size}
+                write_profile_table(rows, out, {**meta, "command": _command()})
+                typer.echo(f"{int(rows['repeats'].sum())} logged steps -> {len(rows)} iteration rows: wrote {out}")
+                return
+            rows, meta = profile_vllm(split_csv(url) or [], grid, gpu=gpu or "vllm-server", logs=logs)
             write_profile_table(rows, out, {**meta, "command": _command()})
             typer.echo(f"profiled {len(rows)} iteration points on {len(meta['servers'])} vLLM server(s): wrote {out}")
             return

@@ -52,8 +52,8 @@ class FitResult:
     extra: dict = field(default_factory=dict)
 
 
-def _mape(pred: np.ndarray, meas: np.ndarray) -> float:
-    return float(np.mean(np.abs(pred / meas - 1.0))) if len(meas) else float("nan")
+def _mape(pred: np.ndarray, meas: np.ndarray, weights: np.ndarray | None = None) -> float:
+    return float(np.average(np.abs(pred / meas - 1.0), weights=weights)) if len(meas) else float("nan")
 
 
 def _split(n: int, seed: int) -> np.ndarray:
@@ -250,7 +250,11 @@ def _iteration_design(tokens, context, batch, knots: np.ndarray) -> np.ndarray:
 
 def fit_iteration(data: CostData, seed: int = 0, command: str = "") -> FitResult:
     """time = overhead + f(tokens) + c·context + d·batch (f piecewise linear and
-    non-decreasing, 0 at the smallest measured token count; all coefficients non-negative)."""
+    non-decreasing, 0 at the smallest measured token count; all coefficients non-negative).
+
+    A row that averages `repeats` measurements weighs as many (per-step log tables hold
+    one row per step composition, from 1 to hundreds of steps each); fit and MAPEs are
+    weighted alike, so a MAPE is the mean error per measured step."""
     r = data.rows
     if len(r) < 8:
         raise TraceError(f"{data.label}: {len(r)} iteration rows; a fit needs at least 8")
@@ -258,15 +262,17 @@ def fit_iteration(data: CostData, seed: int = 0, command: str = "") -> FitResult
     knots = _iteration_knots(r["num_tokens"].to_numpy(dtype=np.float64)[~held])
     a = _iteration_design(r["num_tokens"], r["context_tokens"], r["batch_size"], knots)
     y = r["time_s"].to_numpy(dtype=np.float64)
-    rel = a[~held] / y[~held, None]  # relative error: each row divided by its measured time
+    w = r["repeats"].to_numpy(dtype=np.float64) if "repeats" in r.columns else np.ones(len(r))
+    sw = np.sqrt(w[~held])
+    rel = a[~held] / y[~held, None] * sw[:, None]  # relative error: each row divided by its measured time
     scale = np.maximum(np.abs(rel).max(axis=0), 1e-300)  # columns of unit size (context ~1e5, ones ~1)
-    sol = optimize.lsq_linear(rel / scale, np.ones(int((~held).sum())), bounds=(0.0, np.inf), tol=1e-12)
+    sol = optimize.lsq_linear(rel / scale, sw, bounds=(0.0, np.inf), tol=1e-12)
     x = sol.x / scale
     rises = np.cumsum(x[1 : len(knots)])
     fit_obj = IterationFit(float(x[0]), tuple(float(k) for k in knots), (0.0, *(float(v) for v in rises)),
                            float(x[-2]), float(x[-1]))
     pred = fit_obj.predict(r["num_tokens"], r["context_tokens"], r["batch_size"])
-    heldout, train = _mape(pred[held], y[held]), _mape(pred[~held], y[~held])
+    heldout, train = _mape(pred[held], y[held], w[held]), _mape(pred[~held], y[~held], w[~held])
     fit = {"tables": [data.label], "rows": int(len(r)), "heldout_fraction": HELDOUT_FRACTION, "heldout_mape": heldout,
            "train_mape": train, "seed": seed, "date": _dt.date.today().isoformat(), "command": command}
     cal = Calibration("iteration", data.gpu, iteration=fit_obj, model=data.label,
