@@ -39,6 +39,8 @@ class DPRanks:
 
     def per_rank(self, rank: np.ndarray, values: np.ndarray | None = None) -> np.ndarray:
         """Σ of `values` (default: count) over each rank's sequences, as int64 (length dp)."""
+        if self.dp == 1:
+            return np.array([len(rank) if values is None else values.sum()], np.int64)
         if values is None:
             return np.bincount(rank, minlength=self.dp)
         return np.bincount(rank, weights=values, minlength=self.dp).astype(np.int64)

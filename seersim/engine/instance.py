@@ -70,7 +70,7 @@ class Instance:
         self,
         instance_id: int,
         env: simpy.Environment,
-        kv: KVCache,
+        kvs: list[KVCache],
         cost: CostModel,
         cfg: EngineConfig,
         table: RequestTable,
@@ -78,11 +78,10 @@ class Instance:
         on_chunk_done: ChunkDone,
         spec: SpecDecoder | None = None,
         end_priority: float = 2.0,
-        dp_ranks: int = 1,
     ) -> None:
         self.id = instance_id
         self.env = env
-        self.kv = kv
+        self.kvs = kvs  # one KV cache per DP rank (`engine/dp.py`)
         self.cost = cost
         self.cfg = cfg
         self.table = table
@@ -90,21 +89,26 @@ class Instance:
         self.on_chunk_done = on_chunk_done
         self.spec = spec
         self.end_priority = end_priority  # events.stretch_end_priority of this instance
-        self.bs = kv.block_size
+        self.bs = kvs[0].block_size
         self.fast_forward = cfg.mode == "fast_forward"
-        self.ranks = DPRanks(cost, dp_ranks)
+        dp = len(kvs)
+        self.ranks = DPRanks(cost, dp)
         # per-rank shares of the engine's limits (the configured values are per instance)
-        self._rank_max_seqs = cfg.max_num_seqs // dp_ranks
-        self._rank_budget = cfg.max_num_batched_tokens // dp_ranks
-        self._rank_blocks = kv.total_blocks // dp_ranks
+        self._rank_max_seqs = cfg.max_num_seqs // dp
+        self._rank_budget = cfg.max_num_batched_tokens // dp
+        self._decodes_fit_budget = self._rank_max_seqs <= self._rank_budget
         self.stats = InstanceStats()
         self.samples: list[tuple] = []  # timeline rows (backends.base.TIMELINE_COLUMNS after "instance")
-        self.waiting: deque[tuple[int, int]] = deque()  # (request id, tokens left in chunk)
+        # each rank's waiting queue of (request id, tokens left in chunk), as each vLLM DP
+        # rank is an engine core with its own scheduler; with several ranks a dispatched
+        # chunk waits in `_arrivals` until the next boundary picks its rank
+        self.queues: list[deque[tuple[int, int]]] = [deque() for _ in range(dp)]
+        self._arrivals: deque[tuple[int, int]] = deque()
         self.batch = RunningBatch()
         self._wake: simpy.Event | None = None
         self._interruptible = False
         self._current: tuple[Plan, float] | None = None  # the stretch in progress and its start
-        self._kv_pre = 0  # blocks of that stretch allocated early by settle_kv()
+        self._kv_pre = np.zeros(dp, np.int64)  # blocks per rank of that stretch allocated early by settle_kv()
         # a sequence will emit its first token in a decode iteration (its prompt was
         # fully cached at admission, or a prefill left exactly one prompt token)
         self._fresh_decoders = False
@@ -121,12 +125,37 @@ class Instance:
 
     @property
     def num_waiting(self) -> int:
-        return len(self.waiting)
+        return len(self._arrivals) + sum(len(q) for q in self.queues)
+
+    @property
+    def kv_total_blocks(self) -> int:
+        return sum(kv.total_blocks for kv in self.kvs)
+
+    @property
+    def kv_used_blocks(self) -> int:
+        return sum(kv.used_blocks for kv in self.kvs)
+
+    @property
+    def kv_cached_blocks(self) -> int:
+        return sum(kv.cached_blocks for kv in self.kvs)
+
+    def cached_prefix_blocks(self, request_id: int) -> int:
+        """Blocks of the request's prefix cached here: on the rank holding the most of it
+        (where `_pick_rank` would place it)."""
+        group, p_blocks = int(self.table.group_id[request_id]), int(self.prompt_blocks[request_id])
+        return max(sum(kv.prefix_blocks(request_id, group, p_blocks)) for kv in self.kvs)
+
+    def check_kv(self, idle: bool = False) -> None:
+        for kv in self.kvs:
+            kv.check(idle)
 
     # ------------------------------------------------------------------ input
     def enqueue(self, request_id: int, left_tokens: int) -> None:
         """A dispatched chunk arrives; it joins at the next iteration boundary."""
-        self.waiting.append((request_id, left_tokens))
+        if self.ranks.dp == 1:
+            self.queues[0].append((request_id, left_tokens))
+        else:
+            self._arrivals.append((request_id, left_tokens))
         if self._wake is not None and not self._wake.triggered:
             self._wake.succeed()
         elif self._interruptible:
@@ -137,18 +166,19 @@ class Instance:
     def _run(self):
         env = self.env
         while True:
-            if not len(self.batch) and not self.waiting:
+            if not len(self.batch) and not self.num_waiting:
                 self._wake = env.event()
                 yield self._wake
                 self._wake = None
                 continue
             plan = self._plan()
             if plan is None:
-                rid, _ = self.waiting[0]
+                rank = next(r for r, q in enumerate(self.queues) if q)
+                rid, _ = self.queues[rank][0]
                 need = int(self.table.input_tokens[rid] + self.table.generated[rid])
                 raise SimulationError(
-                    f"instance {self.id}: request {rid} needs {need} tokens of KV but the instance holds only "
-                    f"{self.kv.total_blocks * self.bs}; raise KV memory (engine.kv_capacity_tokens, GPUs per "
+                    f"instance {self.id}: request {rid} needs {need} tokens of KV but its DP rank holds only "
+                    f"{self.kvs[rank].total_blocks * self.bs}; raise KV memory (engine.kv_capacity_tokens, GPUs per "
                     "instance) or lower workload.max_tokens"
                 )
             start = env.now
@@ -194,21 +224,22 @@ class Instance:
         plan, start = self._current
         if plan.blocks_fn is None:
             return
-        kv = self.kv
         if cache_only:
-            uncached_free = kv.total_blocks - kv.used_blocks - kv.cached_blocks
+            uncached_free = np.array([kv.total_blocks - kv.used_blocks - kv.cached_blocks for kv in self.kvs])
             # cheap bound first: each sequence needs at most one block per bs iterations (+1)
-            if len(self.batch) * (plan.steps // self.bs + 2) * (1 + self._max_gamma()) <= uncached_free:
+            seqs = self.ranks.per_rank(self.batch.rank)
+            if bool((seqs * ((plan.steps // self.bs + 2) * (1 + self._max_gamma())) <= uncached_free).all()):
                 return
             if plan.total_blocks is None:
                 plan.total_blocks = plan.blocks_fn(plan.steps)
-            if plan.total_blocks - self._kv_pre <= uncached_free:
+            if bool((plan.total_blocks - self._kv_pre <= uncached_free).all()):
                 return
         k = min(plan.stretch.steps_done_by(self.env.now - start, plan.steps) + 1, plan.steps)
         target = plan.blocks_fn(k)
-        if target > self._kv_pre:
-            kv.allocate(target - self._kv_pre)
-            self._kv_pre = target
+        more = target - self._kv_pre
+        if bool((more > 0).any()):
+            self._allocate(np.maximum(more, 0))
+            self._kv_pre = np.maximum(target, self._kv_pre)
 
     def abort(self) -> None:
         """The RL step ended early (partial rollout): keep the iterations completed so far,
@@ -227,20 +258,32 @@ class Instance:
             table.generated[b.rid[i]] = generated[i]
             self._release(i, cache=False)
         b.keep(slice(0, 0))
-        self.waiting.clear()
+        self._arrivals.clear()
+        for q in self.queues:
+            q.clear()
 
     def _undo_pre(self) -> None:
-        pre = self._take_pre()
-        if pre:
-            self.kv.release(pre)
+        for r, blocks in enumerate(self._take_pre().tolist()):
+            if blocks:
+                self.kvs[r].release(blocks)
+
+    def _allocate(self, per_rank: np.ndarray) -> None:
+        """Allocate `per_rank[r]` blocks in rank r's KV cache."""
+        for r, blocks in enumerate(per_rank.tolist()):
+            if blocks:
+                self.kvs[r].allocate(blocks)
+
+    def _free_blocks(self) -> np.ndarray:
+        """Blocks each rank may still allocate (free + evictable cached)."""
+        return np.array([kv.free_blocks for kv in self.kvs], np.int64)
 
     def _max_gamma(self) -> int:
         """Largest per-iteration draft width in the batch (0 without speculation)."""
         return int(self.batch.gamma.max()) if self.spec is not None and len(self.batch) else 0
 
-    def _take_pre(self) -> int:
-        """Blocks of the ending stretch that settle_kv() allocated early (then reset)."""
-        pre, self._kv_pre = self._kv_pre, 0
+    def _take_pre(self) -> np.ndarray:
+        """Blocks per rank of the ending stretch that settle_kv() allocated early (then reset)."""
+        pre, self._kv_pre = self._kv_pre, np.zeros(self.ranks.dp, np.int64)
         return pre
 
     # ------------------------------------------------------------------ scheduling
@@ -282,12 +325,12 @@ class Instance:
     def _decode_blocks_fn(self, computed: np.ndarray, head: int):
         """blocks_fn of a decode stretch after `head` mixed iterations."""
         held = self.batch.blocks + self.batch.shared
-        bs = self.bs
+        bs, ranks, rank = self.bs, self.ranks, self.batch.rank
 
-        def blocks(k: int) -> int:
+        def blocks(k: int) -> np.ndarray:
             if k <= head:
-                return 0
-            return int(np.maximum(-(-(computed + (k - head)) // bs) - held, 0).sum())
+                return np.zeros(ranks.dp, np.int64)
+            return ranks.per_rank(rank, np.maximum(-(-(computed + (k - head)) // bs) - held, 0))
 
         return blocks
 
@@ -319,10 +362,19 @@ class Instance:
         first = (-computed) % bs + 1
         if allocated:
             first[first < 2] += bs
-        # Demands repeat every bs steps, one per sequence, so the (free+1)-th demand
-        # falls in period q at the r-th smallest offset.
-        q, r = divmod(self.stretch_block_limit(), n)
-        fail_step = int(np.partition(first, r)[r]) + q * bs
+        # Demands repeat every bs steps, one per sequence, so a rank's (free+1)-th demand
+        # falls in period q at the r-th smallest offset of its sequences.
+        limit = self.stretch_block_limit()
+        if self.ranks.dp == 1:
+            q, r = divmod(int(limit[0]), n)
+            fail_step = int(np.partition(first, r)[r]) + q * bs
+        else:
+            rank = self.batch.rank
+            counts = np.bincount(rank, minlength=self.ranks.dp)
+            busy = np.flatnonzero(counts)
+            by_rank = first[np.lexsort((first, rank))]  # offsets sorted within each rank
+            q, r = np.divmod(limit[busy], counts[busy])
+            fail_step = int((by_rank[(np.cumsum(counts) - counts)[busy] + r] + q * bs).min())
         steps = min(int(left.min()), fail_step - 1)
         return max(1, steps) if allocated else max(0, steps)
 
@@ -336,63 +388,35 @@ class Instance:
         p = self.prompt_blocks[b.rid] * self.bs
         return bool(((b.shared == 0) & (p > 0) & (b.computed < p) & (b.computed + new >= p)).any())
 
-    def stretch_block_limit(self) -> int:
-        """Blocks a stretch may allocate without changing what the scheduler would admit.
+    def stretch_block_limit(self) -> np.ndarray:
+        """Blocks per rank a stretch may allocate without changing what the scheduler would admit.
 
         Free blocks only shrink during a stretch, so a waiting head blocked by KV stays
-        blocked — unless evicting its own cached prefix shrinks its hit so that a chunked
-        prefill of it fits (vLLM admits such partial prefills). So a stretch stops
-        before the head's cached prefix would be evicted — unless the head misses KV
-        even for a one-token prefill (`_head_short_of_kv`), which stays so all stretch.
+        blocked: each block its rank allocates takes one free block and evicts at most
+        one block of the head's cached hit, which lowers what its admission needs
+        (hit + chunk) by at most that block (eviction goes block by block, own context
+        before its prompt); a head held back by the token budget or `max_num_seqs`
+        stays so. Each rank has its own KV, so the argument holds rank by rank.
         """
-        # With one DP rank it cannot fit: each block the stretch allocates takes one free
-        # block and evicts at most one block of the head's hit, which lowers what its
-        # admission needs (hit + chunk) by at most that block (eviction goes block by
-        # block, own context before its prompt); and a head held back by the token budget
-        # or max_num_seqs stays so. Only a rank's share lacks that offset: the stretch's
-        # blocks may land on other ranks.
-        if not self.waiting or not self.cfg.prefix_caching or self.ranks.dp == 1:
-            return self.kv.free_blocks
-        rid, _ = self.waiting[0]
-        group = int(self.table.group_id[rid])
-        if self._head_short_of_kv(rid, group):
-            return self.kv.free_blocks
-        return self.kv.blocks_before_eviction_of((rid, prompt_key(group)))
-
-    def _head_short_of_kv(self, rid: int, group: int) -> bool:
-        """Whether the waiting head fails `_admit`'s KV check with any token budget ≥ 1.
-
-        That check fails while need + cached hit > free blocks. With a budget of one
-        token (the least, so the smallest need) evicting one block of the head's hit
-        lowers the left side by at most one block, and every block a stretch allocates
-        lowers the free blocks by one: once short, the head stays short for the whole
-        stretch, so evicting its prefix cannot make it admissible (this keeps a KV-full
-        instance from planning its decode stretches one iteration at a time).
-        """
-        kv, bs = self.kv, self.bs
-        p_hit, own_hit = kv.prefix_blocks(rid, group, int(self.prompt_blocks[rid]))
-        tokens = int(self.table.input_tokens[rid] + self.table.generated[rid])
-        hit = min((p_hit + own_hit) * bs, tokens - 1)
-        need_blocks = max(0, -(-(hit + 1) // bs) - p_hit - own_hit)
-        cached_hit = own_hit + (p_hit if p_hit and kv.prompt_refs(group) == 0 else 0)
-        return need_blocks + cached_hit > kv.free_blocks
+        return self._free_blocks()
 
     def _schedule(self) -> tuple[np.ndarray | None, bool, bool, bool]:
-        """One iteration's scheduling decision (vLLM v1 semantics).
+        """One iteration's scheduling decision (vLLM v1 semantics, each DP rank on its own).
 
         Returns (new tokens per running sequence, batch changed, preempted, admission
         stopped by the token budget); allocates the iteration's KV blocks. new is None
         when nothing can run.
         """
-        bs, kv, b = self.bs, self.kv, self.batch
-        budget = self.cfg.max_num_batched_tokens
-        preempted = admitted = False
+        if self._arrivals:
+            self._assign_arrivals()
+        bs, b, dp = self.bs, self.batch, self.ranks.dp
+        preempted = np.zeros(dp, bool)
         n = len(b)
         if n:
             need = b.tokens - b.computed
             if self.spec is not None:
                 need += b.gamma
-            if self.spec is None and n <= budget and int(need.sum()) == n:
+            if self.spec is None and (self._decodes_fit_budget or n <= self._rank_budget) and int(need.sum()) == n:
                 # every sequence decodes one token (the common case): its block holds
                 # ceil(computed/bs) blocks, so it needs a new one exactly at a boundary
                 new = need
@@ -400,31 +424,36 @@ class Instance:
             else:
                 new = np.minimum(need, np.maximum(self._rank_budget - self._rank_before(need), 0))
                 add = np.maximum(_ceil_div(b.computed + new, bs) - b.shared - b.blocks, 0)
-            total_add = int(add.sum())
-            if total_add > kv.free_blocks:
-                keep = self._preemption_cut(add)
-                for i in range(n - 1, keep - 1, -1):
-                    self._preempt(i)
-                b.keep(slice(0, keep))
-                new, add = new[:keep], add[:keep]
-                total_add = int(add.sum())
-                preempted = True
-            kv.allocate(total_add)
+            add_r = self.ranks.per_rank(b.rank, add)
+            short = np.flatnonzero(add_r > self._free_blocks())
+            if len(short):
+                keep = self._preempt_from_the_back(short, add)
+                b.keep(keep)
+                new, add = new[keep], add[keep]
+                add_r = self.ranks.per_rank(b.rank, add)
+                preempted[short] = True
+            self._allocate(add_r)
             b.blocks += add
         else:
             new = np.zeros(0, np.int64)
         rank_budget = self._rank_budget - self.ranks.per_rank(b.rank, new)
         rank_room = self._rank_max_seqs - self.ranks.per_rank(b.rank)
-        if not preempted and self.waiting and bool(((rank_budget > 0) & (rank_room > 0)).any()):
-            admitted_new = self._admit(rank_budget, rank_room)
+        waiting = np.array([len(q) > 0 for q in self.queues])
+        # no admission on a rank that preempted in this iteration
+        admissible = waiting & ~preempted & (rank_budget > 0) & (rank_room > 0)
+        admitted = False
+        if admissible.any():
+            admitted_new = self._admit(np.flatnonzero(admissible), rank_budget, rank_room)
             if admitted_new:
                 new = np.concatenate((new, np.asarray(admitted_new, np.int64)))
                 admitted = True
         # admission stopped by the token budget (which frees up next iteration)
-        budget_blocked = bool(self.waiting) and bool((rank_room > 0).any()) and not bool(((rank_budget > 0) & (rank_room > 0)).any())
+        waiting = np.array([len(q) > 0 for q in self.queues])
+        budget_blocked = bool((waiting & (rank_room > 0) & (rank_budget <= 0)).any())
+        changed = admitted or bool(preempted.any())
         if not len(b):
-            return None, admitted or preempted, preempted, budget_blocked
-        return new, admitted or preempted, preempted, budget_blocked
+            return None, changed, bool(preempted.any()), budget_blocked
+        return new, changed, bool(preempted.any()), budget_blocked
 
     def _rank_before(self, need: np.ndarray) -> np.ndarray:
         """Tokens the sequences before each one on its DP rank need (each rank fills its
@@ -440,74 +469,113 @@ class Instance:
         before[order] = before_all - np.maximum.accumulate(np.where(first, before_all, 0))
         return before
 
-    def _preemption_cut(self, add: np.ndarray) -> int:
-        """How many running sequences (a prefix in admission order) keep running.
+    def _preempt_from_the_back(self, short: np.ndarray, add: np.ndarray) -> np.ndarray:
+        """Preempt on each rank of `short` (its blocks do not fit) from the back of that
+        rank's sequences until the front ones fit, as each vLLM DP rank's scheduler
+        does with its own KV cache. Returns the mask of sequences that keep running."""
+        b = self.batch
+        keep = np.ones(len(b), bool)
+        for r in short.tolist():
+            idx = np.flatnonzero(b.rank == r) if self.ranks.dp > 1 else np.arange(len(b))
+            cut = self._preemption_cut(idx, add[idx], self.kvs[r].free_blocks)
+            victims = idx[cut:]
+            for i in victims[::-1].tolist():
+                self._preempt(i)
+            keep[victims] = False
+        return keep
+
+    def _preemption_cut(self, idx: np.ndarray, add: np.ndarray, free_blocks: int) -> int:
+        """How many of one rank's sequences `idx` (in admission order) keep running.
 
         vLLM preempts from the back until the front ones fit; the kept prefix m is the
-        largest with free + blocks freed by preempting m..n-1 ≥ blocks needed by 0..m-1.
+        largest with free + blocks freed by preempting m.. ≥ blocks needed by ..m-1.
         A group's shared prompt is freed with its lowest-index holder.
         """
         b = self.batch
-        freed = b.blocks.copy()
-        holders = np.flatnonzero(b.shared > 0)
+        freed = b.blocks[idx]
+        shared = b.shared[idx]
+        holders = np.flatnonzero(shared > 0)
         if len(holders):
-            _, first = np.unique(b.group[holders], return_index=True)
-            idx = holders[first]
-            freed[idx] += b.shared[idx]
-        suffix_freed = np.concatenate((np.cumsum(freed[::-1])[::-1], [0]))  # freed by preempting m..n-1
-        prefix_add = np.concatenate(([0], np.cumsum(add)))  # needed by 0..m-1
-        ok = self.kv.free_blocks + suffix_freed - prefix_add >= 0
+            _, first = np.unique(b.group[idx][holders], return_index=True)
+            h = holders[first]
+            freed[h] += shared[h]
+        suffix_freed = np.concatenate((np.cumsum(freed[::-1])[::-1], [0]))  # freed by preempting m..
+        prefix_add = np.concatenate(([0], np.cumsum(add)))  # needed by ..m-1
+        ok = free_blocks + suffix_freed - prefix_add >= 0
         return int(np.flatnonzero(ok)[-1]) if ok.any() else 0
 
-    def _admit(self, rank_budget: np.ndarray, rank_room: np.ndarray) -> list[int]:
-        """Admit waiting requests in order while budget, max_num_seqs and KV allow.
+    def _load(self) -> np.ndarray:
+        """vLLM's DP load-balancing score per rank: waiting × 4 + running
+        (vllm/v1/engine/core_client.py, DPLBAsyncMPClient.get_core_engine_for_request)."""
+        return 4 * np.array([len(q) for q in self.queues], np.int64) + self.ranks.per_rank(self.batch.rank)
 
-        Each goes to the DP rank holding the fewest KV blocks among those with a
-        sequence slot and budget left (`rank_budget`, `rank_room`: updated in place),
-        if that rank's share of the KV holds it."""
-        kv, bs, table = self.kv, self.bs, self.table
+    def _pick_rank(self, request_id: int, load: np.ndarray) -> int:
+        """The DP rank a request joins: the one caching the longest prefix of it (its
+        own earlier context or its group's prompt, reusable only on that rank), else
+        and among equal hits the least loaded by vLLM's score, lowest index first.
+
+        vLLM's own DP load balancer looks at the load alone; a prefix-blind choice
+        would send a chunked request's next chunk away from its cached context and
+        recompute it, which no rollout system built on prefix reuse does."""
+        if self.cfg.prefix_caching:
+            group, p_blocks = int(self.table.group_id[request_id]), int(self.prompt_blocks[request_id])
+            hits = np.array([sum(kv.prefix_blocks(request_id, group, p_blocks)) for kv in self.kvs])
+            best = int(hits.max())
+            if best:
+                load = np.where(hits == best, load, np.iinfo(np.int64).max)
+        return int(np.argmin(load))
+
+    def _assign_arrivals(self) -> None:
+        """Chunks dispatched since the last boundary join their DP ranks' queues."""
+        load = self._load()
+        while self._arrivals:
+            rid, left = self._arrivals.popleft()
+            r = self._pick_rank(rid, load)
+            self.queues[r].append((rid, left))
+            load[r] += 4
+
+    def _admit(self, ranks: np.ndarray, rank_budget: np.ndarray, rank_room: np.ndarray) -> list[int]:
+        """Admit each rank's waiting requests in order while its token budget, sequence
+        slots and KV blocks (after prefix-cache hits on that rank) allow.
+
+        `rank_budget`, `rank_room` are updated in place."""
+        bs, table = self.bs, self.table
         rows: list[tuple[int, ...]] = []
         news: list[int] = []
         caching = self.cfg.prefix_caching
         spec_cols = self.spec.admit() if self.spec is not None else (0, 0, 0, 0)
-        b = self.batch
-        rank_held = self.ranks.per_rank(b.rank, b.blocks + b.shared)
-        while self.waiting:
-            open_ranks = np.flatnonzero((rank_budget > 0) & (rank_room > 0))
-            if not len(open_ranks):
-                break
-            rank = int(open_ranks[np.argmin(rank_held[open_ranks])])
-            budget = int(rank_budget[rank])
-            rid, left = self.waiting[0]
-            group = int(table.group_id[rid])
-            tokens = int(table.input_tokens[rid] + table.generated[rid])
-            p_blocks = int(self.prompt_blocks[rid])
-            p_hit, own_hit = kv.prefix_blocks(rid, group, p_blocks) if caching else (0, 0)
-            hit = min((p_hit + own_hit) * bs, tokens - 1)
-            new = min(tokens - hit, budget)
-            need_blocks = max(0, -(-(hit + new) // bs) - p_hit - own_hit)
-            cached_hit = own_hit + (p_hit if p_hit and kv.prompt_refs(group) == 0 else 0)
-            if need_blocks + cached_hit > kv.free_blocks:
-                break
-            if self.ranks.dp > 1 and rank_held[rank] + need_blocks + p_hit + own_hit > self._rank_blocks:
-                break  # the least-loaded rank's share of the KV is full
-            self.waiting.popleft()
-            shared = private = 0
-            if p_hit == p_blocks and p_hit:
-                kv.acquire_prompt(group)
-                shared = p_hit
-            elif p_hit:  # a partly evicted prompt: its blocks become this sequence's own copy
-                private = kv.take_cached(prompt_key(group))
-            if own_hit:
-                kv.take_cached(rid)
-            kv.allocate(need_blocks)
-            rows.append((rid, hit, tokens, left, shared, private + own_hit + need_blocks, group, *spec_cols, rank))
-            if new == 1 and tokens == table.input_tokens[rid]:
-                self._fresh_decoders = True
-            news.append(new)
-            rank_budget[rank] -= new
-            rank_room[rank] -= 1
-            rank_held[rank] += need_blocks + p_hit + own_hit
+        for rank in ranks.tolist():
+            kv, queue = self.kvs[rank], self.queues[rank]
+            budget, room = int(rank_budget[rank]), int(rank_room[rank])
+            while queue and budget > 0 and room > 0:
+                rid, left = queue[0]
+                group = int(table.group_id[rid])
+                tokens = int(table.input_tokens[rid] + table.generated[rid])
+                p_blocks = int(self.prompt_blocks[rid])
+                p_hit, own_hit = kv.prefix_blocks(rid, group, p_blocks) if caching else (0, 0)
+                hit = min((p_hit + own_hit) * bs, tokens - 1)
+                new = min(tokens - hit, budget)
+                need_blocks = max(0, -(-(hit + new) // bs) - p_hit - own_hit)
+                cached_hit = own_hit + (p_hit if p_hit and kv.prompt_refs(group) == 0 else 0)
+                if need_blocks + cached_hit > kv.free_blocks:
+                    break
+                queue.popleft()
+                shared = private = 0
+                if p_hit == p_blocks and p_hit:
+                    kv.acquire_prompt(group)
+                    shared = p_hit
+                elif p_hit:  # a partly evicted prompt: its blocks become this sequence's own copy
+                    private = kv.take_cached(prompt_key(group))
+                if own_hit:
+                    kv.take_cached(rid)
+                kv.allocate(need_blocks)
+                rows.append((rid, hit, tokens, left, shared, private + own_hit + need_blocks, group, *spec_cols, rank))
+                if new == 1 and tokens == table.input_tokens[rid]:
+                    self._fresh_decoders = True
+                news.append(new)
+                budget -= new
+                room -= 1
+            rank_budget[rank], rank_room[rank] = budget, room
         if rows:
             self.batch.extend(rows)
         return news
@@ -515,8 +583,9 @@ class Instance:
     # ------------------------------------------------------------------ state changes
     def _release(self, i: int, cache: bool) -> None:
         """Free sequence i's KV; with `cache`, keep its full blocks hashed for a later prefix hit."""
-        kv, bs = self.kv, self.bs
-        rid, computed, _, _, shared, blocks, group, *_ = self.batch.row(i)
+        bs = self.bs
+        rid, computed, _, _, shared, blocks, group, *_, rank = self.batch.row(i)
+        kv = self.kvs[rank]
         p_blocks = int(self.prompt_blocks[rid])
         if shared:
             kv.release_prompt(group)
@@ -541,7 +610,7 @@ class Instance:
         self.table.generated[rid] = int(b.tokens[i] - self.table.input_tokens[rid])
         self.table.preemptions[rid] += 1
         self.stats.preemptions += 1
-        self.waiting.appendleft((rid, int(b.left[i])))
+        self.queues[int(b.rank[i])].appendleft((rid, int(b.left[i])))  # back to the front of its rank's queue
 
     def _advance(self, plan: Plan, steps: int, start: float) -> bool:
         """Apply `steps` iterations of the plan; retire sequences whose chunk is done.
@@ -616,10 +685,8 @@ class Instance:
         """Hold blocks for `slots` tokens per sequence (the stretch's early allocations included)."""
         b = self.batch
         grow = np.maximum(_ceil_div(slots, self.bs) - b.shared - b.blocks, 0)
-        add = int(grow.sum())
-        self.kv.allocate(add - self._take_pre())
-        if add:
-            b.blocks += grow
+        self._allocate(self.ranks.per_rank(b.rank, grow) - self._take_pre())
+        b.blocks += grow
 
     def _advance_decode(self, steps: int, first_step_end_s: float) -> None:
         """Apply `steps` pure-decode iterations: one token each, blocks as they fill."""
@@ -663,10 +730,10 @@ class Instance:
         p = self.prompt_blocks[b.rid] * self.bs
         crossed = (b.shared == 0) & (p > 0) & (b.computed >= p) & (before < p)
         for i in np.flatnonzero(crossed):
-            group = int(b.group[i])
-            if not self.kv.prompt_refs(group):
+            group, kv = int(b.group[i]), self.kvs[int(b.rank[i])]
+            if not kv.prompt_refs(group):
                 blocks = int(p[i]) // self.bs
-                self.kv.share_prompt(group, blocks)
+                kv.share_prompt(group, blocks)
                 b.shared[i] = blocks
                 b.blocks[i] -= blocks
 
@@ -687,11 +754,13 @@ class Instance:
 
     # ------------------------------------------------------------------ records
     def _sample(self) -> None:
-        self.samples.append((self.env.now, len(self.batch), len(self.waiting), self.kv.used_blocks, self.kv.cached_blocks))
+        self.samples.append((self.env.now, len(self.batch), self.num_waiting, self.kv_used_blocks, self.kv_cached_blocks))
 
     def insert_pulled_kv(self, request_id: int, group_id: int, prompt_blocks: int, own_blocks: int) -> None:
         """KV that arrived through the pool lands as cached blocks (a prefix hit at admission).
 
-        Without room for it the transfer is wasted and the request recomputes.
+        It lands on the rank the request will join (`_pick_rank`, which then finds it
+        there). Without room for it the transfer is wasted and the request recomputes.
         """
-        self.kv.insert_prefix(request_id, group_id, prompt_blocks, own_blocks)
+        rank = self._pick_rank(request_id, self._load()) if self.ranks.dp > 1 else 0
+        self.kvs[rank].insert_prefix(request_id, group_id, prompt_blocks, own_blocks)
