@@ -122,7 +122,7 @@ def _four_requests(tmp_path, outputs: tuple[int, ...], dp: int, **over) -> seers
 
 def test_a_rank_short_of_kv_preempts_its_own_sequence_while_another_rank_has_room(tmp_path):
     """Each DP rank is its own engine core with its own KV cache (vLLM): requests 0 and 2
-    land on rank 0 (vLLM's least-loaded choice: waiting × 4 + running), grow to 37
+    land on rank 0 (the least KV-loaded rank, ties to the lowest), grow to 37
     blocks each and overflow rank 0's 48 blocks, so rank 0 preempts its later sequence
     while rank 1 (requests 1 and 3, 5 blocks each) has 38 blocks free. A pooled KV of
     96 blocks holds all four (84 blocks) and never preempts."""

@@ -94,7 +94,9 @@ class Plan:
 
     kind "decode": every iteration is the same plain decode batch. "mixed": the first
     iteration computes `new` tokens per sequence (prefills, decodes), followed — when
-    `steps` > 1 and `stretch` is a HeadStretch — by a plain decode tail. "spec_decode":
+    `steps` > 1 and `stretch` is a HeadStretch — by a plain decode tail. "prefill": every
+    iteration computes the same `new` tokens per sequence (budget-cut prefills that do
+    not complete, decodes). "spec_decode":
     every iteration is a speculative decode of the batch (the strategy's emissions).
     `blocks_fn(k)`: blocks per DP rank (an int64 array) that iterations 1..k allocate
     beyond what scheduling allocated (None: the stretch allocates none after scheduling).
@@ -106,7 +108,7 @@ class Plan:
         self,
         steps: int,
         stretch,
-        kind: Literal["decode", "mixed", "spec_decode"],
+        kind: Literal["decode", "mixed", "prefill", "spec_decode"],
         new: np.ndarray | None = None,
         blocks_fn: Callable[[int], np.ndarray] | None = None,
     ) -> None:

@@ -91,6 +91,43 @@ class DPRanks:
         lines, c0, n = self.lines(*args, overhead_s=overhead_s)
         return LinearStretch(lines, c0, n)
 
+    def growing_stretch(self, seqs, tokens, extra_pairs, extra_growth, context, growth, steps: int) -> LinearStretch | None:
+        """Iterations k = 1..steps of a fixed batch (per-rank sequences and tokens, one
+        query per sequence) whose prefill pairs are extra_pairs + (k−1)·extra_growth and
+        context context + (k−1)·growth per rank: a `LinearStretch` in k.
+
+        Relies on the cost model's time being linear in the extra attention pairs (its
+        contract: pairs are counted, not shaped); checked at k = steps, else None (the
+        caller then plans one iteration)."""
+        cost, dp = self.cost, self.dp
+        n_all, t_all = int(seqs.sum()), int(tokens.sum())
+        a_k: list[np.ndarray] = []
+        b_k: list[np.ndarray] = []
+        calls: dict[tuple[int, int], tuple[np.ndarray, np.ndarray, np.ndarray]] = {}
+        for r in np.flatnonzero(seqs).tolist():
+            e1, de = dp * int(extra_pairs[r]), dp * int(extra_growth[r])
+            key = (e1, de)
+            if key not in calls:
+                first = cost.step_lines(n_all, t_all, e1, 1.0)
+                a1, slopes = np.asarray(first.intercepts_s), np.asarray(first.slopes_s)
+                da = np.zeros_like(a1)
+                if de:
+                    second = cost.step_lines(n_all, t_all, e1 + de, 1.0)
+                    last = cost.step_lines(n_all, t_all, e1 + (steps - 1) * de, 1.0)
+                    if second.slopes_s != first.slopes_s or last.slopes_s != first.slopes_s:
+                        return None
+                    da = np.asarray(second.intercepts_s) - a1
+                    a_last = np.asarray(last.intercepts_s)
+                    if not np.allclose(a1 + da * (steps - 1), a_last, rtol=1e-12, atol=0.0):
+                        return None
+                calls[key] = (a1, da, slopes)
+            a1, da, slopes = calls[key]
+            c1, dc = dp * float(context[r]), dp * float(growth[r])
+            slope = da + slopes * dc
+            a_k.append(a1 + slopes * c1 - slope)  # so that k = 1 is the first iteration
+            b_k.append(slope)
+        return LinearStretch(_envelope(np.concatenate(a_k), np.concatenate(b_k)), 0, 1)
+
     def step_s(self, seqs, tokens, extra_pairs, queries, context) -> float:
         """Time of one iteration (per-rank arguments as `lines`, context at that iteration)."""
         cost, dp = self.cost, self.dp

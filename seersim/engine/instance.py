@@ -307,6 +307,10 @@ class Instance:
             stretch = self._decode_stretch(computed)
             steps = self._pure_steps(computed, b.left, allocated=True) if self.fast_forward else 1
             return Plan(steps, stretch, "decode", new, self._decode_blocks_fn(computed, 0))
+        if self.fast_forward and not preempted:
+            plan = self._prefill_plan(new)
+            if plan is not None:
+                return plan
         head_s = self.mixed_step_s(new)
         # After this mixed iteration, if every sequence has finished its prefill (and
         # emits a token), nobody's chunk ends, and admission was not stopped by the token
@@ -322,17 +326,80 @@ class Instance:
             return Plan(1 + tail, stretch, "mixed", new, self._decode_blocks_fn(computed + new, 1))
         return Plan(1, TabulatedStretch.single(head_s), "mixed", new)
 
-    def _decode_blocks_fn(self, computed: np.ndarray, head: int):
-        """blocks_fn of a decode stretch after `head` mixed iterations."""
+    def _decode_blocks_fn(self, computed: np.ndarray, head: int, growth: np.ndarray | int = 1):
+        """blocks_fn of a stretch whose sequences compute `growth` tokens per iteration
+        (1: a decode) after `head` mixed iterations."""
         held = self.batch.blocks + self.batch.shared
         bs, ranks, rank = self.bs, self.ranks, self.batch.rank
 
         def blocks(k: int) -> np.ndarray:
             if k <= head:
                 return np.zeros(ranks.dp, np.int64)
-            return ranks.per_rank(rank, np.maximum(-(-(computed + (k - head)) // bs) - held, 0))
+            return ranks.per_rank(rank, np.maximum(-(-(computed + (k - head) * growth) // bs) - held, 0))
 
         return blocks
+
+    def _prefill_plan(self, new: np.ndarray) -> Plan | None:
+        """A stretch of identical mixed iterations, or None.
+
+        While prefills (a long prompt, a preempted sequence's recompute) are cut by the
+        token budget, every iteration schedules the same `new` tokens per sequence:
+        running sequences take the budget in the same order, a waiting head held back
+        by the budget or `max_num_seqs` stays so, and one held back by KV stays so
+        (free blocks only shrink). That lasts until the first of: a prefill would
+        complete (its first token changes the batch), a decode's chunk ends, a prompt
+        is published (allowed in the last iteration: it shows at the stretch's end, as
+        step by step), or a rank runs out of blocks. Context and attention pairs grow
+        linearly, so the time is a closed-form sum (`DPRanks.growing_stretch`).
+        """
+        b, table = self.batch, self.table
+        need = b.tokens - b.computed
+        prefilling = (new > 0) & (need > 1)
+        if not prefilling.any() or self._fresh_decoders:
+            return None
+        decoding = (new > 0) & (need == 1)
+        if bool((decoding & (b.tokens == table.input_tokens[b.rid])).any()):
+            return None  # a first token is due: recorded by the single-iteration path
+        c = new[prefilling]
+        steps = int(((need[prefilling] - 1) // c).min())  # no prefill completes
+        if decoding.any():
+            steps = min(steps, int(b.left[decoding].min()))
+        if steps > 1 and self.cfg.prefix_caching:
+            p = self.prompt_blocks[b.rid] * self.bs
+            crossing = prefilling & (b.shared == 0) & (p > 0) & (b.computed < p)
+            if crossing.any():
+                steps = min(steps, int(_ceil_div(p[crossing] - b.computed[crossing], new[crossing]).min()))
+        if steps <= 1:
+            return None
+        blocks_fn = self._decode_blocks_fn(b.computed, 0, new)
+        limit = self.stretch_block_limit()
+        if bool((blocks_fn(steps) > limit).any()):
+            lo, hi = 1, steps  # blocks_fn(lo) fits every rank, blocks_fn(hi) does not
+            while hi - lo > 1:
+                mid = (lo + hi) // 2
+                if bool((blocks_fn(mid) > limit).any()):
+                    hi = mid
+                else:
+                    lo = mid
+            steps = lo
+            if steps <= 1:
+                return None
+        stretch = self._prefill_stretch(new, steps)
+        if stretch is None:
+            return None
+        return Plan(steps, stretch, "prefill", new, blocks_fn)
+
+    def _prefill_stretch(self, new: np.ndarray, steps: int) -> LinearStretch | None:
+        """Iterations that each compute `new` tokens per sequence (as `mixed_step_s`),
+        with each rank's context and prefill pairs growing linearly."""
+        scheduled = new > 0
+        c, k = self.batch.computed[scheduled], new[scheduled]
+        rank, R = self.batch.rank[scheduled], self.ranks
+        context = R.per_rank(rank, c + k)
+        pairs = R.per_rank(rank, k * c + k * (k + 1) // 2)
+        growth = R.per_rank(rank, k)
+        extra_growth = R.per_rank(rank, k * k) - growth  # pairs grow by k², context by k
+        return R.growing_stretch(R.per_rank(rank), growth, pairs - context, extra_growth, context, growth, steps)
 
     def _decode_stretch(self, computed: np.ndarray) -> LinearStretch:
         """Iterations of a plain decode batch from `computed` tokens per sequence (each
@@ -504,25 +571,40 @@ class Instance:
         ok = free_blocks + suffix_freed - prefix_add >= 0
         return int(np.flatnonzero(ok)[-1]) if ok.any() else 0
 
+    def _context_blocks(self, rids: np.ndarray) -> np.ndarray:
+        """KV blocks of requests' contexts (prompt + tokens generated so far)."""
+        t = self.table
+        return _ceil_div(t.input_tokens[rids] + t.generated[rids], self.bs)
+
     def _load(self) -> np.ndarray:
-        """vLLM's DP load-balancing score per rank: waiting × 4 + running
-        (vllm/v1/engine/core_client.py, DPLBAsyncMPClient.get_core_engine_for_request)."""
-        return 4 * np.array([len(q) for q in self.queues], np.int64) + self.ranks.per_rank(self.batch.rank)
+        """Each rank's KV load: blocks its running sequences hold plus the contexts
+        queued for it."""
+        b = self.batch
+        load = self.ranks.per_rank(b.rank, b.blocks + b.shared)
+        for r, q in enumerate(self.queues):
+            if q:
+                load[r] += int(self._context_blocks(np.fromiter((rid for rid, _ in q), np.int64, len(q))).sum())
+        return load
 
     def _pick_rank(self, request_id: int, load: np.ndarray) -> int:
-        """The DP rank a request joins: the one caching the longest prefix of it (its
-        own earlier context or its group's prompt, reusable only on that rank), else
-        and among equal hits the least loaded by vLLM's score, lowest index first.
+        """The DP rank a request joins: the one caching the longest part of its own
+        earlier context (a resumed or chunked request: reusable only on that rank),
+        else and among equal hits the least loaded (`_load`), lowest index first.
 
-        vLLM's own DP load balancer looks at the load alone; a prefix-blind choice
-        would send a chunked request's next chunk away from its cached context and
-        recompute it, which no rollout system built on prefix reuse does."""
+        The iteration waits for the slowest rank and a rank short of KV preempts, so
+        ranks are balanced by KV, not by request count as vLLM's DP load balancer does
+        (waiting × 4 + running, vllm/v1/engine/core_client.py): with long-tailed lengths
+        that leaves ranks' KV unbalanced — on kimi-k2 it made divided rollout 0.84×
+        baseline, against the paper's ordering. Sending a request's next chunk away from
+        its cached context would recompute all of it, which no rollout system built on
+        prefix reuse does. A group's shared prompt does not steer the choice (as in
+        vLLM): it would pile a group's siblings onto one rank."""
         if self.cfg.prefix_caching:
             group, p_blocks = int(self.table.group_id[request_id]), int(self.prompt_blocks[request_id])
-            hits = np.array([sum(kv.prefix_blocks(request_id, group, p_blocks)) for kv in self.kvs])
-            best = int(hits.max())
+            own = np.array([kv.prefix_blocks(request_id, group, p_blocks)[1] for kv in self.kvs])
+            best = int(own.max())
             if best:
-                load = np.where(hits == best, load, np.iinfo(np.int64).max)
+                load = np.where(own == best, load, np.iinfo(np.int64).max)
         return int(np.argmin(load))
 
     def _assign_arrivals(self) -> None:
@@ -532,7 +614,7 @@ class Instance:
             rid, left = self._arrivals.popleft()
             r = self._pick_rank(rid, load)
             self.queues[r].append((rid, left))
-            load[r] += 4
+            load[r] += int(self._context_blocks(np.array([rid]))[0])
 
     def _admit(self, ranks: np.ndarray, rank_budget: np.ndarray, rank_room: np.ndarray) -> list[int]:
         """Admit each rank's waiting requests in order while its token budget, sequence
@@ -620,6 +702,8 @@ class Instance:
         first_end = start + plan.stretch.cumulative(1)
         if plan.kind == "decode":
             self._advance_decode(steps, first_end)
+        elif plan.kind == "prefill":
+            self._advance_prefill(plan.new, steps)
         elif plan.kind == "spec_decode":
             self._advance_spec_decode(steps, first_end)
         else:
@@ -671,6 +755,26 @@ class Instance:
             st.decode_seq_steps += int(speculating.sum())
             st.decode_emitted_tokens += int(emit[speculating].sum())
         return before
+
+    def _advance_prefill(self, new: np.ndarray, steps: int) -> None:
+        """Apply `steps` identical mixed iterations of a prefill plan: prefills advance by
+        `new` tokens each (none completes), scheduled decodes emit one token each."""
+        b, table = self.batch, self.table
+        decoding = ((b.tokens - b.computed) == 1) & (new > 0)
+        dec = decoding.astype(np.int64)
+        b.computed += steps * new
+        b.tokens += steps * dec
+        b.left -= steps * dec
+        self._grow_blocks(b.computed)
+        if not self._fresh_decoders:
+            # a prefill left with exactly one prompt token computes it as a decode step
+            self._fresh_decoders = bool(((b.tokens - b.computed == 1) & (b.tokens == table.input_tokens[b.rid])).any())
+        emitted = int(dec.sum())
+        st = self.stats
+        st.prefill_tokens += steps * int(new[~decoding].sum())
+        st.emitted_tokens += steps * emitted
+        st.verified_tokens += steps * int(new.sum())
+        self._share_new_prompts(b.computed - new)  # a prompt crossed in the last iteration
 
     def _fresh_first_tokens(self, first_step_end_s: float) -> None:
         """Sequences whose prompt is computed but for one token (fully cached at
