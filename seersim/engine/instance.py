@@ -104,6 +104,10 @@ class Instance:
         # chunk waits in `_arrivals` until the next boundary picks its rank
         self.queues: list[deque[tuple[int, int]]] = [deque() for _ in range(dp)]
         self._arrivals: deque[tuple[int, int]] = deque()
+        # per rank: (head request, KV cache version, free blocks, token budget) when its
+        # waiting head last failed the KV check; it fails again while the cache version
+        # stands, free blocks have not grown and the budget has not shrunk (`_admit`)
+        self._kv_blocked: list[tuple[int, int, int, int] | None] = [None] * dp
         self.batch = RunningBatch()
         self._wake: simpy.Event | None = None
         self._interruptible = False
@@ -629,8 +633,17 @@ class Instance:
         for rank in ranks.tolist():
             kv, queue = self.kvs[rank], self.queues[rank]
             budget, room = int(rank_budget[rank]), int(rank_room[rank])
+            blocked = self._kv_blocked[rank]
             while queue and budget > 0 and room > 0:
                 rid, left = queue[0]
+                if (
+                    blocked is not None
+                    and blocked[0] == rid
+                    and blocked[1] == kv.version
+                    and kv.free_blocks <= blocked[2]
+                    and budget >= blocked[3]
+                ):
+                    break  # still short of KV (see stretch_block_limit: need + hit falls no faster than free)
                 group = int(table.group_id[rid])
                 tokens = int(table.input_tokens[rid] + table.generated[rid])
                 p_blocks = int(self.prompt_blocks[rid])
@@ -640,6 +653,7 @@ class Instance:
                 need_blocks = max(0, -(-(hit + new) // bs) - p_hit - own_hit)
                 cached_hit = own_hit + (p_hit if p_hit and kv.prompt_refs(group) == 0 else 0)
                 if need_blocks + cached_hit > kv.free_blocks:
+                    self._kv_blocked[rank] = (rid, kv.version, kv.free_blocks, budget)
                     break
                 queue.popleft()
                 shared = private = 0

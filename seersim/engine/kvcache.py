@@ -40,6 +40,7 @@ class KVCache:
         "_parent",
         "_children",
         "_prompt_refs",
+        "version",
     )
 
     def __init__(self, total_blocks: int, block_size: int) -> None:
@@ -53,6 +54,9 @@ class KVCache:
         self._parent: dict[int, int] = {}  # cached own entry -> its prompt's key
         self._children: dict[int, dict[int, None]] = {}  # prompt key -> cached dependents, in recency order
         self._prompt_refs: dict[int, tuple[int, int]] = {}  # group -> (refcount, blocks) while in use
+        # bumped by every change but an allocation (which only evicts): while it stands,
+        # a request the cache could not admit stays so as free blocks shrink
+        self.version = 0
 
     # ---- queries ---------------------------------------------------------------------
     @property
@@ -117,6 +121,7 @@ class KVCache:
         if blocks < 0 or blocks > self.used_blocks:
             raise AssertionError(f"release({blocks}) with {self.used_blocks} used")
         self.used_blocks -= blocks
+        self.version += 1
 
     def release_to_cache(self, key: int, blocks: int, parent: int | None = None) -> None:
         """Free `blocks` used blocks but keep them hashed under `key` (most recently
@@ -146,10 +151,12 @@ class KVCache:
             self._unlink(key)
             self.cached_blocks -= blocks
             self.used_blocks += blocks
+        self.version += 1
         return blocks
 
     def drop_cached(self, key: int) -> None:
         """Forget an entry (its blocks become free), with the dependents it would strand."""
+        self.version += 1
         for child in list(self._children.get(key, ())):
             self.drop_cached(child)
         blocks = self._cached.pop(key, 0)
@@ -160,6 +167,7 @@ class KVCache:
     def acquire_prompt(self, group_id: int) -> bool:
         """Reference the group's shared prompt if present whole (in use or cached).
         (A partly evicted prompt is a prefix hit the caller takes with `take_cached`.)"""
+        self.version += 1
         if group_id in self._prompt_refs:
             refs, blocks = self._prompt_refs[group_id]
             self._prompt_refs[group_id] = (refs + 1, blocks)
@@ -175,12 +183,14 @@ class KVCache:
         a cached copy of it (whole or partial) is a duplicate and is freed — its
         dependents stay, extending the shared copy."""
         assert group_id not in self._prompt_refs
+        self.version += 1
         key = prompt_key(group_id)
         old = self._cached.pop(key, 0)
         self.cached_blocks -= old
         self._prompt_refs[group_id] = (1, blocks)
 
     def release_prompt(self, group_id: int) -> None:
+        self.version += 1
         refs, blocks = self._prompt_refs[group_id]
         if refs > 1:
             self._prompt_refs[group_id] = (refs - 1, blocks)
