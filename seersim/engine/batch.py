@@ -102,7 +102,7 @@ class Plan:
     beyond what scheduling allocated (None: the stretch allocates none after scheduling).
     """
 
-    __slots__ = ("steps", "stretch", "kind", "new", "blocks_fn", "total_blocks")
+    __slots__ = ("steps", "stretch", "kind", "new", "blocks_fn", "total_blocks", "may_evict")
 
     def __init__(
         self,
@@ -114,6 +114,8 @@ class Plan:
     ) -> None:
         self.steps, self.stretch, self.kind, self.new, self.blocks_fn = steps, stretch, kind, new, blocks_fn
         self.total_blocks: np.ndarray | None = None  # blocks_fn(steps), computed on first need
+        # whether its allocations may evict a cached block (None: not known yet)
+        self.may_evict: bool | None = None
 
 
 class EngineState(Protocol):

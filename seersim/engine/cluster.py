@@ -97,7 +97,7 @@ class SimBackend:
             Instance(
                 i,
                 env,
-                [KVCache(self._rank_blocks, self._bs) for _ in range(dp)],
+                self._rank_caches(dp),
                 self.cost,
                 eng,
                 table,
@@ -108,6 +108,13 @@ class SimBackend:
             )
             for i in range(self.num_instances)
         ]
+
+    def _rank_caches(self, dp: int) -> list[KVCache]:
+        """One instance's KV caches, one per DP rank (sharing a directory of their keys)."""
+        if dp == 1:
+            return [KVCache(self._rank_blocks, self._bs)]
+        directory: dict[int, set[int]] = {}
+        return [KVCache(self._rank_blocks, self._bs, directory, r) for r in range(dp)]
 
     def call_soon(self, callback: Callable[[], None]) -> None:
         ev = At(self.env, 0.0, AFTER_STRETCHES)  # after every stretch ending at this instant

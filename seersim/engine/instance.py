@@ -144,10 +144,13 @@ class Instance:
         return sum(kv.cached_blocks for kv in self.kvs)
 
     def cached_prefix_blocks(self, request_id: int) -> int:
-        """Blocks of the request's prefix cached here: on the rank holding the most of it
-        (where `_pick_rank` would place it)."""
+        """Blocks of the request's prefix cached here, on the rank holding the most of it."""
         group, p_blocks = int(self.table.group_id[request_id]), int(self.prompt_blocks[request_id])
-        return max(sum(kv.prefix_blocks(request_id, group, p_blocks)) for kv in self.kvs)
+        if self.ranks.dp == 1:
+            return sum(self.kvs[0].prefix_blocks(request_id, group, p_blocks))
+        where = self.kvs[0].directory
+        ranks = where.get(request_id, set()) | where.get(prompt_key(group), set()) if p_blocks else where.get(request_id, ())
+        return max((sum(self.kvs[r].prefix_blocks(request_id, group, p_blocks)) for r in ranks), default=0)
 
     def check_kv(self, idle: bool = False) -> None:
         for kv in self.kvs:
@@ -229,14 +232,9 @@ class Instance:
         if plan.blocks_fn is None:
             return
         if cache_only:
-            uncached_free = np.array([kv.total_blocks - kv.used_blocks - kv.cached_blocks for kv in self.kvs])
-            # cheap bound first: each sequence needs at most one block per bs iterations (+1)
-            seqs = self.ranks.per_rank(self.batch.rank)
-            if bool((seqs * ((plan.steps // self.bs + 2) * (1 + self._max_gamma())) <= uncached_free).all()):
-                return
-            if plan.total_blocks is None:
-                plan.total_blocks = plan.blocks_fn(plan.steps)
-            if bool((plan.total_blocks - self._kv_pre <= uncached_free).all()):
+            if plan.may_evict is None:
+                plan.may_evict = self._may_evict(plan)
+            if not plan.may_evict:
                 return
         k = min(plan.stretch.steps_done_by(self.env.now - start, plan.steps) + 1, plan.steps)
         target = plan.blocks_fn(k)
@@ -244,6 +242,18 @@ class Instance:
         if bool((more > 0).any()):
             self._allocate(np.maximum(more, 0))
             self._kv_pre = np.maximum(target, self._kv_pre)
+
+    def _may_evict(self, plan: Plan) -> bool:
+        """Whether the rest of the stretch's allocations may evict a cached block on some rank."""
+        uncached_free = np.array([kv.total_blocks - kv.used_blocks - kv.cached_blocks for kv in self.kvs])
+        # cheap bound first: each sequence needs at most one block per bs iterations (+1)
+        seqs = self.ranks.per_rank(self.batch.rank)
+        growth = int(plan.new.max()) if plan.kind == "prefill" else 1 + self._max_gamma()
+        if bool((seqs * ((plan.steps // self.bs + 2) * growth) <= uncached_free).all()):
+            return False
+        if plan.total_blocks is None:
+            plan.total_blocks = plan.blocks_fn(plan.steps)
+        return not bool((plan.total_blocks - self._kv_pre <= uncached_free).all())
 
     def abort(self) -> None:
         """The RL step ended early (partial rollout): keep the iterations completed so far,
@@ -605,7 +615,9 @@ class Instance:
         vLLM): it would pile a group's siblings onto one rank."""
         if self.cfg.prefix_caching:
             group, p_blocks = int(self.table.group_id[request_id]), int(self.prompt_blocks[request_id])
-            own = np.array([kv.prefix_blocks(request_id, group, p_blocks)[1] for kv in self.kvs])
+            own = np.zeros(self.ranks.dp, np.int64)
+            for r in self.kvs[0].directory.get(request_id, ()) if self.ranks.dp > 1 else (0,):
+                own[r] = self.kvs[r].prefix_blocks(request_id, group, p_blocks)[1]
             best = int(own.max())
             if best:
                 load = np.where(own == best, load, np.iinfo(np.int64).max)
@@ -882,3 +894,5 @@ class Instance:
         """
         rank = self._pick_rank(request_id, self._load()) if self.ranks.dp > 1 else 0
         self.kvs[rank].insert_prefix(request_id, group_id, prompt_blocks, own_blocks)
+        if self._current is not None:
+            self._current[0].may_evict = None  # fewer uncached free blocks now

@@ -41,9 +41,11 @@ class KVCache:
         "_children",
         "_prompt_refs",
         "version",
+        "directory",
+        "rank",
     )
 
-    def __init__(self, total_blocks: int, block_size: int) -> None:
+    def __init__(self, total_blocks: int, block_size: int, directory: dict[int, set[int]] | None = None, rank: int = 0) -> None:
         if total_blocks <= 0:
             raise ValueError("total_blocks must be positive")
         self.total_blocks = total_blocks
@@ -57,6 +59,10 @@ class KVCache:
         # bumped by every change but an allocation (which only evicts): while it stands,
         # a request the cache could not admit stays so as free blocks shrink
         self.version = 0
+        # shared by an instance's DP-rank caches: key -> ranks that may hold it (a
+        # superset: entries are added when stored, never removed), so a lookup visits
+        # only those ranks
+        self.directory, self.rank = directory, rank
 
     # ---- queries ---------------------------------------------------------------------
     @property
@@ -135,6 +141,8 @@ class KVCache:
             self._unlink(key)
         self.cached_blocks += blocks - old
         self._cached[key] = blocks
+        if self.directory is not None:
+            self.directory.setdefault(key, set()).add(self.rank)
         if parent is not None:
             assert parent in self._cached or -1 - parent in self._prompt_refs, "an own entry needs its prompt present"
             self._parent[key] = parent
@@ -185,6 +193,8 @@ class KVCache:
         assert group_id not in self._prompt_refs
         self.version += 1
         key = prompt_key(group_id)
+        if self.directory is not None:
+            self.directory.setdefault(key, set()).add(self.rank)
         old = self._cached.pop(key, 0)
         self.cached_blocks -= old
         self._prompt_refs[group_id] = (1, blocks)
@@ -230,6 +240,23 @@ class KVCache:
 
     def _evict(self, blocks: int) -> None:
         """Evict `blocks` cached blocks in eviction order (tail blocks of an entry first)."""
+        cached, children = self._cached, self._children
+        while blocks:
+            # fast path: the least recently cached entry has no dependents, so it goes first
+            key = next(iter(cached))
+            if key in children:
+                break
+            held = cached[key]
+            take = held if held < blocks else blocks
+            self.cached_blocks -= take
+            blocks -= take
+            if take < held:
+                cached[key] = held - take  # keeps its recency: it still holds the entry's head
+            else:
+                del cached[key]
+                self._unlink(key)
+        if not blocks:
+            return
         cut: list[tuple[int, int]] = []
         for key, held in self._eviction_order():
             take = min(held, blocks)
