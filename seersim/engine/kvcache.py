@@ -239,13 +239,14 @@ class KVCache:
                 del self._children[parent]
 
     def _evict(self, blocks: int) -> None:
-        """Evict `blocks` cached blocks in eviction order (tail blocks of an entry first)."""
+        """Evict `blocks` cached blocks in eviction order (`_eviction_order`: the least
+        recently cached entry's dependents first, then the entry; tail blocks first)."""
         cached, children = self._cached, self._children
         while blocks:
-            # fast path: the least recently cached entry has no dependents, so it goes first
             key = next(iter(cached))
-            if key in children:
-                break
+            deps = children.get(key)
+            if deps:
+                key = next(iter(deps))  # an own entry: it has no dependents itself
             held = cached[key]
             take = held if held < blocks else blocks
             self.cached_blocks -= take
@@ -254,23 +255,6 @@ class KVCache:
                 cached[key] = held - take  # keeps its recency: it still holds the entry's head
             else:
                 del cached[key]
-                self._unlink(key)
-        if not blocks:
-            return
-        cut: list[tuple[int, int]] = []
-        for key, held in self._eviction_order():
-            take = min(held, blocks)
-            cut.append((key, take))
-            blocks -= take
-            if not blocks:
-                break
-        for key, take in cut:
-            left = self._cached[key] - take
-            self.cached_blocks -= take
-            if left:
-                self._cached[key] = left  # keeps its recency: it still holds the entry's head
-            else:
-                del self._cached[key]
                 self._unlink(key)
 
     def check(self, idle: bool = False) -> None:
