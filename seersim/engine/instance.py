@@ -108,6 +108,7 @@ class Instance:
         # waiting head last failed the KV check; it fails again while the cache version
         # stands, free blocks have not grown and the budget has not shrunk (`_admit`)
         self._kv_blocked: list[tuple[int, int, int, int] | None] = [None] * dp
+        self._preempted = np.zeros(dp, bool)
         self.batch = RunningBatch()
         self._wake: simpy.Event | None = None
         self._interruptible = False
@@ -330,7 +331,7 @@ class Instance:
         # emits a token), nobody's chunk ends, and admission was not stopped by the token
         # budget (which frees up next iteration), a pure decode tail follows.
         tail = 0
-        if self.fast_forward and not preempted and not budget_blocked:
+        if self.fast_forward and not budget_blocked and (not preempted or self._preempted_ranks_stay_blocked()):
             need = b.tokens - computed
             after_left = b.left - 1
             if bool((new == need).all()) and int(after_left.min()) > 0 and not self._publishes_prompt(new):
@@ -339,6 +340,25 @@ class Instance:
             stretch = HeadStretch(head_s, self._decode_stretch(computed + new))
             return Plan(1 + tail, stretch, "mixed", new, self._decode_blocks_fn(computed + new, 1))
         return Plan(1, TabulatedStretch.single(head_s), "mixed", new)
+
+    def _preempted_ranks_stay_blocked(self) -> bool:
+        """Whether no rank that preempted in this iteration would admit in the next one.
+
+        Such a rank did not try to admit (vLLM admits nothing in a step that preempted).
+        Next iteration it tries with the same batch; if its waiting head is then held
+        back by `max_num_seqs`, the token budget its running sequences leave, or KV, it
+        stays so through a decode tail (free blocks only shrink), so the preemption
+        iteration can head a decode stretch (a KV-saturated instance preempts, decodes
+        until its blocks run out, and preempts again)."""
+        b = self.batch
+        seqs = self.ranks.per_rank(b.rank)
+        budgets = self._rank_budget - seqs  # (the tail needs every sequence decoding next)
+        for r in np.flatnonzero(self._preempted).tolist():
+            if self.queues[r] and seqs[r] < self._rank_max_seqs and budgets[r] > 0:
+                rid = self.queues[r][0][0]
+                if self._admission_need(self.kvs[r], rid, int(budgets[r]))[-1]:
+                    return False
+        return True
 
     def _decode_blocks_fn(self, computed: np.ndarray, head: int, growth: np.ndarray | int = 1):
         """blocks_fn of a stretch whose sequences compute `growth` tokens per iteration
@@ -491,7 +511,7 @@ class Instance:
         if self._arrivals:
             self._assign_arrivals()
         bs, b, dp = self.bs, self.batch, self.ranks.dp
-        preempted = np.zeros(dp, bool)
+        self._preempted = preempted = np.zeros(dp, bool)  # ranks that preempted in this iteration
         n = len(b)
         if n:
             need = b.tokens - b.computed
@@ -637,10 +657,9 @@ class Instance:
         slots and KV blocks (after prefix-cache hits on that rank) allow.
 
         `rank_budget`, `rank_room` are updated in place."""
-        bs, table = self.bs, self.table
+        table = self.table
         rows: list[tuple[int, ...]] = []
         news: list[int] = []
-        caching = self.cfg.prefix_caching
         spec_cols = self.spec.admit() if self.spec is not None else (0, 0, 0, 0)
         for rank in ranks.tolist():
             kv, queue = self.kvs[rank], self.queues[rank]
@@ -656,15 +675,8 @@ class Instance:
                     and budget >= blocked[3]
                 ):
                     break  # still short of KV (see stretch_block_limit: need + hit falls no faster than free)
-                group = int(table.group_id[rid])
-                tokens = int(table.input_tokens[rid] + table.generated[rid])
-                p_blocks = int(self.prompt_blocks[rid])
-                p_hit, own_hit = kv.prefix_blocks(rid, group, p_blocks) if caching else (0, 0)
-                hit = min((p_hit + own_hit) * bs, tokens - 1)
-                new = min(tokens - hit, budget)
-                need_blocks = max(0, -(-(hit + new) // bs) - p_hit - own_hit)
-                cached_hit = own_hit + (p_hit if p_hit and kv.prompt_refs(group) == 0 else 0)
-                if need_blocks + cached_hit > kv.free_blocks:
+                group, p_blocks, tokens, p_hit, own_hit, hit, new, need_blocks, fits = self._admission_need(kv, rid, budget)
+                if not fits:
                     self._kv_blocked[rank] = (rid, kv.version, kv.free_blocks, budget)
                     break
                 queue.popleft()
@@ -687,6 +699,21 @@ class Instance:
         if rows:
             self.batch.extend(rows)
         return news
+
+    def _admission_need(self, kv: KVCache, rid: int, budget: int) -> tuple[int, int, int, int, int, int, int, int, bool]:
+        """(group, prompt blocks, context tokens, prompt hit, own hit, hit tokens, tokens
+        to compute now, new blocks, whether it fits the KV) of admitting a waiting
+        request on a rank with this cache and token budget."""
+        table, bs = self.table, self.bs
+        group = int(table.group_id[rid])
+        tokens = int(table.input_tokens[rid] + table.generated[rid])
+        p_blocks = int(self.prompt_blocks[rid])
+        p_hit, own_hit = kv.prefix_blocks(rid, group, p_blocks) if self.cfg.prefix_caching else (0, 0)
+        hit = min((p_hit + own_hit) * bs, tokens - 1)
+        new = min(tokens - hit, budget)
+        need_blocks = max(0, -(-(hit + new) // bs) - p_hit - own_hit)
+        cached_hit = own_hit + (p_hit if p_hit and kv.prompt_refs(group) == 0 else 0)
+        return group, p_blocks, tokens, p_hit, own_hit, hit, new, need_blocks, need_blocks + cached_hit <= kv.free_blocks
 
     # ------------------------------------------------------------------ state changes
     def _release(self, i: int, cache: bool) -> None:
