@@ -151,3 +151,50 @@ def test_a_prefix_is_reused_only_on_the_rank_that_caches_it(tmp_path):
     # each chunk's last partial block are ever computed again
     assert ff.summary["prefill_tokens"] < 4 * 32 + req.loc[0, "chunks"] * 16
     assert int(ff.instances["kv_blocks"].iloc[0]) == 2 * 48
+
+
+def _record_plan_kinds(monkeypatch) -> list[tuple[str, int, bool]]:
+    """(kind, steps, preempted) of every plan the instances make."""
+    from seersim.engine.instance import Instance
+
+    seen: list[tuple[str, int, bool]] = []
+    original = Instance._plan
+
+    def recording(self):
+        plan = original(self)
+        if plan is not None:
+            seen.append((plan.kind, plan.steps, bool(self._preempted.any())))
+        return plan
+
+    monkeypatch.setattr(Instance, "_plan", recording)
+    return seen
+
+
+# two instances of two ranks, 6,000 tokens of KV per rank, a budget that cuts prefills;
+# the chunked policies admit on current KV use and let the ranks preempt
+PER_RANK_PRESSURE = {
+    **DP2,
+    "engine.kv_capacity_tokens": 12000,
+    "engine.max_num_batched_tokens": 512,
+    "policy.chunk_tokens": 1024,
+    "policy.kv_reservation": "none",
+}
+
+
+@pytest.mark.parametrize("policy", ["baseline", "divided", "context_aware", "seer", "oracle_lpt", "partial_rollout"])
+def test_per_rank_preemption_fast_forward_exact(policy):
+    ff, sbs = _both(policy, **PER_RANK_PRESSURE)
+    _assert_equivalent(ff, sbs)
+    assert ff.summary["preemptions"] > 0, "ranks must run short of KV to be meaningful"
+
+
+def test_prefill_stretches_and_preemption_tails_are_exercised_exactly(monkeypatch):
+    """Budget-cut prefills (recomputes after preemption) run as multi-iteration
+    "prefill" plans, and preemption iterations head decode stretches; both equal
+    step-by-step."""
+    seen = _record_plan_kinds(monkeypatch)
+    ff, sbs = _both("baseline", **PER_RANK_PRESSURE)
+    _assert_equivalent(ff, sbs)
+    # (step-by-step plans are one iteration each: these are fast-forward's)
+    assert any(kind == "prefill" and steps > 1 for kind, steps, _ in seen)
+    assert any(kind == "mixed" and steps > 1 and preempted for kind, steps, preempted in seen)

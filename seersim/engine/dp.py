@@ -1,9 +1,14 @@
-"""Data-parallel attention ranks of one instance (e.g. Kimi-K2's DP32 + EP32).
+"""Data-parallel attention ranks of one instance (e.g. Kimi-K2's DP32 + EP32): pricing.
 
 With DP attention each sequence lives on one DP rank: its KV is read by that rank's
-GPU alone, its prefill or recompute runs there, and each rank has its own share of
-the token budget and of `max_num_seqs` (the engine knobs are per instance, the sum
-of its ranks, as vLLM's DP ranks each run an engine core with the per-rank values).
+GPU alone, its prefill or recompute runs there. As in vLLM, where each DP rank is an
+engine core of its own, each rank has its own KV cache (the instance's blocks / dp),
+waiting queue, scheduler and preemption (victims from the back of that rank's own
+sequences), and its share of the token budget and of `max_num_seqs` (the engine knobs
+are per instance, the sum of its ranks). The instance (`engine/instance.py`) keeps
+those per rank; a dispatched chunk joins, at the next iteration boundary, the rank
+caching its own earlier context, else the least KV-loaded rank (`Instance._pick_rank`).
+A group's shared prompt cached on one rank is a hit only for siblings on that rank.
 The ranks step in lockstep (the MoE layers' expert-parallel all-to-alls join them),
 so an iteration lasts as long as its slowest rank.
 
@@ -17,9 +22,10 @@ waits for the slowest rank. Not modelled here: the dense GEMMs of a single rank'
 prefill run on that rank alone (the cost model spreads them), and the imbalance
 between expert-parallel GPUs at a given token count (the cost model's to price).
 
-Within a stretch every rank's context grows linearly in the step index k, so the
-iteration time is the upper envelope of lines in k: `LinearStretch` sums it in closed
-form, and fast-forward stays exact.
+Within a stretch every rank's context (and, in a stretch of budget-cut prefills, its
+prefill pairs) grows linearly in the step index k, so the iteration time is the upper
+envelope of lines in k: `LinearStretch` sums it in closed form, and fast-forward stays
+exact.
 """
 
 from __future__ import annotations

@@ -3,16 +3,20 @@ chunked prefill, prefix caching, preemption by recompute — and fast-forward.
 
 Reading guide
 -------------
-- `_schedule()` is one engine iteration's scheduler, as vLLM v1's: running sequences
-  first (in admission order) each take min(needed, remaining token budget) tokens and
-  the KV blocks for them; when blocks run out the most recently admitted sequence is
-  preempted (freed, back to the front of the waiting queue, recomputed later); then,
-  unless a preemption happened, waiting requests are admitted in order while the
-  token budget, `max_num_seqs` and KV blocks (after prefix-cache hits) allow.
+- `_schedule()` is one engine iteration's scheduler, as vLLM v1's, run by every DP
+  rank on its own KV cache and waiting queue (one rank without DP, `engine/dp.py`):
+  running sequences first (in admission order) each take min(needed, remaining token
+  budget) tokens and the KV blocks for them; when a rank's blocks run out its most
+  recently admitted sequence is preempted (freed, back to the front of that rank's
+  queue, recomputed later); then, on each rank that did not preempt, waiting
+  requests are admitted in order while the token budget, `max_num_seqs` and KV
+  blocks (after prefix-cache hits on that rank) allow.
 - When that iteration is *pure decode* (no admission, no preemption, every sequence
   takes one token), the batch stays the same until the first of: a sequence finishes
   its chunk, the blocks run out, or a dispatch arrives. `_plan()` computes that step
-  count in closed form and the engine takes one simpy timeout for all of them.
+  count in closed form and the engine takes one simpy timeout for all of them. So do
+  runs of identical budget-cut prefill iterations (`_prefill_plan`), and a mixed or
+  preemption iteration followed by a pure decode tail.
 - A dispatch arriving mid-stretch interrupts it; the steps already done are settled
   and the step in progress completes (vLLM schedules between steps), then re-plan.
 
