@@ -65,6 +65,9 @@ class InstanceStats:
     decode_emitted_tokens: int = 0
 
 
+_RANK_0, _NO_RANK = np.zeros(1, np.int64), np.zeros(0, np.int64)  # rank lists of a one-rank instance
+
+
 def _ceil_div(a: np.ndarray | int, b: int):
     return -(-a // b)
 
@@ -134,6 +137,8 @@ class Instance:
 
     @property
     def num_waiting(self) -> int:
+        if self.ranks.dp == 1:
+            return len(self.queues[0])
         return len(self._arrivals) + sum(len(q) for q in self.queues)
 
     @property
@@ -142,11 +147,11 @@ class Instance:
 
     @property
     def kv_used_blocks(self) -> int:
-        return sum(kv.used_blocks for kv in self.kvs)
+        return self.kvs[0].used_blocks if self.ranks.dp == 1 else sum(kv.used_blocks for kv in self.kvs)
 
     @property
     def kv_cached_blocks(self) -> int:
-        return sum(kv.cached_blocks for kv in self.kvs)
+        return self.kvs[0].cached_blocks if self.ranks.dp == 1 else sum(kv.cached_blocks for kv in self.kvs)
 
     def cached_prefix_blocks(self, request_id: int) -> int:
         """Blocks of the request's prefix cached here, on the rank holding the most of it."""
@@ -294,6 +299,8 @@ class Instance:
 
     def _free_blocks(self) -> np.ndarray:
         """Blocks each rank may still allocate (free + evictable cached)."""
+        if self.ranks.dp == 1:
+            return np.array((self.kvs[0].free_blocks,), np.int64)
         return np.array([kv.free_blocks for kv in self.kvs], np.int64)
 
     def _max_gamma(self) -> int:
@@ -301,8 +308,11 @@ class Instance:
         return int(self.batch.gamma.max()) if self.spec is not None and len(self.batch) else 0
 
     def _take_pre(self) -> np.ndarray:
-        """Blocks per rank of the ending stretch that settle_kv() allocated early (then reset)."""
-        pre, self._kv_pre = self._kv_pre, np.zeros(self.ranks.dp, np.int64)
+        """Blocks per rank of the ending stretch that settle_kv() allocated early (then reset;
+        read the result, never write it)."""
+        pre = self._kv_pre
+        if pre.any():
+            self._kv_pre = np.zeros(self.ranks.dp, np.int64)
         return pre
 
     # ------------------------------------------------------------------ scheduling
@@ -469,11 +479,11 @@ class Instance:
             first[first < 2] += bs
         # Demands repeat every bs steps, one per sequence, so a rank's (free+1)-th demand
         # falls in period q at the r-th smallest offset of its sequences.
-        limit = self.stretch_block_limit()
         if self.ranks.dp == 1:
-            q, r = divmod(int(limit[0]), n)
+            q, r = divmod(self.kvs[0].free_blocks, n)
             fail_step = int(np.partition(first, r)[r]) + q * bs
         else:
+            limit = self.stretch_block_limit()
             rank = self.batch.rank
             counts = np.bincount(rank, minlength=self.ranks.dp)
             busy = np.flatnonzero(counts)
@@ -514,7 +524,7 @@ class Instance:
         """
         if self._arrivals:
             self._assign_arrivals()
-        bs, b, dp = self.bs, self.batch, self.ranks.dp
+        bs, b, dp, ranks = self.bs, self.batch, self.ranks.dp, self.ranks
         self._preempted = preempted = np.zeros(dp, bool)  # ranks that preempted in this iteration
         n = len(b)
         if n:
@@ -529,36 +539,42 @@ class Instance:
             else:
                 new = np.minimum(need, np.maximum(self._rank_budget - self._rank_before(need), 0))
                 add = np.maximum(_ceil_div(b.computed + new, bs) - b.shared - b.blocks, 0)
-            add_r = self.ranks.per_rank(b.rank, add)
-            short = np.flatnonzero(add_r > self._free_blocks())
+            if dp == 1:  # (the same, without per-rank arrays)
+                short = _RANK_0 if int(add.sum()) > self.kvs[0].free_blocks else _NO_RANK
+            else:
+                short = np.flatnonzero(ranks.per_rank(b.rank, add) > self._free_blocks())
             if len(short):
                 keep = self._preempt_from_the_back(short, add)
                 b.keep(keep)
                 new, add = new[keep], add[keep]
-                add_r = self.ranks.per_rank(b.rank, add)
                 preempted[short] = True
-            self._allocate(add_r)
+            if dp == 1:
+                self.kvs[0].allocate(int(add.sum()))
+            else:
+                self._allocate(ranks.per_rank(b.rank, add))
             b.blocks += add
         else:
             new = np.zeros(0, np.int64)
-        rank_budget = self._rank_budget - self.ranks.per_rank(b.rank, new)
-        rank_room = self._rank_max_seqs - self.ranks.per_rank(b.rank)
-        waiting = np.array([len(q) > 0 for q in self.queues])
-        # no admission on a rank that preempted in this iteration
-        admissible = waiting & ~preempted & (rank_budget > 0) & (rank_room > 0)
-        admitted = False
-        if admissible.any():
-            admitted_new = self._admit(np.flatnonzero(admissible), rank_budget, rank_room)
-            if admitted_new:
-                new = np.concatenate((new, np.asarray(admitted_new, np.int64)))
-                admitted = True
-        # admission stopped by the token budget (which frees up next iteration)
-        waiting = np.array([len(q) > 0 for q in self.queues])
-        budget_blocked = bool((waiting & (rank_room > 0) & (rank_budget <= 0)).any())
-        changed = admitted or bool(preempted.any())
-        if not len(b):
-            return None, changed, bool(preempted.any()), budget_blocked
-        return new, changed, bool(preempted.any()), budget_blocked
+        queues = self.queues
+        if dp == 1 and not queues[0]:
+            admitted = budget_blocked = False
+        else:
+            rank_budget = self._rank_budget - ranks.per_rank(b.rank, new)
+            rank_room = self._rank_max_seqs - ranks.per_rank(b.rank)
+            waiting = np.array([len(q) > 0 for q in queues])
+            # no admission on a rank that preempted in this iteration
+            admissible = waiting & ~preempted & (rank_budget > 0) & (rank_room > 0)
+            admitted = False
+            if admissible.any():
+                admitted_new = self._admit(np.flatnonzero(admissible), rank_budget, rank_room)
+                if admitted_new:
+                    new = np.concatenate((new, np.asarray(admitted_new, np.int64)))
+                    admitted = True
+                    waiting = np.array([len(q) > 0 for q in queues])
+            # admission stopped by the token budget (which frees up next iteration)
+            budget_blocked = bool((waiting & (rank_room > 0) & (rank_budget <= 0)).any())
+        any_preempted = bool(preempted.any())
+        return (new if len(b) else None), admitted or any_preempted, any_preempted, budget_blocked
 
     def _rank_before(self, need: np.ndarray) -> np.ndarray:
         """Tokens the sequences before each one on its DP rank need (each rank fills its
@@ -846,7 +862,10 @@ class Instance:
         """Hold blocks for `slots` tokens per sequence (the stretch's early allocations included)."""
         b = self.batch
         grow = np.maximum(_ceil_div(slots, self.bs) - b.shared - b.blocks, 0)
-        self._allocate(self.ranks.per_rank(b.rank, grow) - self._take_pre())
+        if self.ranks.dp == 1:
+            self.kvs[0].allocate(int(grow.sum()) - int(self._take_pre()[0]))
+        else:
+            self._allocate(self.ranks.per_rank(b.rank, grow) - self._take_pre())
         b.blocks += grow
 
     def _advance_decode(self, steps: int, first_step_end_s: float) -> None:
