@@ -102,7 +102,7 @@ class Plan:
     beyond what scheduling allocated (None: the stretch allocates none after scheduling).
     """
 
-    __slots__ = ("steps", "stretch", "kind", "new", "blocks_fn", "total_blocks", "may_evict")
+    __slots__ = ("steps", "stretch", "kind", "new", "blocks_fn", "total_blocks", "may_evict", "settled_steps")
 
     def __init__(
         self,
@@ -116,6 +116,7 @@ class Plan:
         self.total_blocks: np.ndarray | None = None  # blocks_fn(steps), computed on first need
         # whether its allocations may evict a cached block (None: not known yet)
         self.may_evict: bool | None = None
+        self.settled_steps = 0  # iterations whose blocks settle_kv() has allocated
 
 
 class EngineState(Protocol):

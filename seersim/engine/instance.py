@@ -247,6 +247,9 @@ class Instance:
             if not plan.may_evict:
                 return
         k = min(plan.stretch.steps_done_by(self.env.now - start, plan.steps) + 1, plan.steps)
+        if k <= plan.settled_steps:
+            return  # its allocations are applied already
+        plan.settled_steps = k
         target = plan.blocks_fn(k)
         more = target - self._kv_pre
         if bool((more > 0).any()):
