@@ -81,9 +81,9 @@ def test_instance_token_accounting(run):
 def test_kv_blocks_all_freed_at_end(run):
     _, _, cluster, _, _ = run
     for inst in cluster.backend.instances:
-        assert inst.kv.used_blocks == 0, f"instance {inst.id} still holds {inst.kv.used_blocks} blocks"
+        assert inst.kv_used_blocks == 0, f"instance {inst.id} still holds {inst.kv_used_blocks} blocks"
         assert inst.num_running == 0 and inst.num_waiting == 0
-        inst.kv.check()
+        inst.check_kv()
 
 
 def test_timeline_kv_never_exceeds_capacity(run):

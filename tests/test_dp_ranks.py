@@ -100,22 +100,101 @@ def test_max_num_seqs_below_dp_is_a_clear_error():
         seersim.simulate(seersim.load_scenario(REPO_ROOT / "scenarios" / "small.yaml", **{**DP2, "engine.max_num_seqs": 1}))
 
 
-def test_decode_stretch_runs_past_a_head_short_of_kv_exactly(monkeypatch):
-    """A preempted head whose cached prefix is being evicted but which misses KV even for
-    a one-token prefill does not cut decode stretches (kimi-k2 planned 181k one-iteration
-    stretches before); fast-forward still equals step-by-step."""
+def _four_requests(tmp_path, outputs: tuple[int, ...], dp: int, **over) -> seersim.Scenario:
+    """One instance of `dp` ranks (48 KV blocks of 16 tokens each) serving one request
+    per group with these output lengths (32-token prompts)."""
+    trace = tmp_path / "four.csv"
+    trace.write_text("group_id,input_tokens,output_tokens\n" + "".join(f"{g},32,{o}\n" for g, o in enumerate(outputs)))
+    return seersim.load_scenario(
+        REPO_ROOT / "scenarios" / "small.yaml",
+        **{
+            "cluster.instances": 1,
+            "cluster.parallelism.dp": dp,
+            "engine.max_num_seqs": 4,
+            "engine.max_num_batched_tokens": 256,
+            "engine.block_size_tokens": 16,
+            "engine.kv_capacity_tokens": 2 * 48 * 16,
+            "workload": {"kind": "replay", "path": str(trace), "format": "csv", "max_tokens": 600},
+            **over,
+        },
+    )
+
+
+def test_a_rank_short_of_kv_preempts_its_own_sequence_while_another_rank_has_room(tmp_path):
+    """Each DP rank is its own engine core with its own KV cache (vLLM): requests 0 and 2
+    land on rank 0 (the least KV-loaded rank, ties to the lowest), grow to 37
+    blocks each and overflow rank 0's 48 blocks, so rank 0 preempts its later sequence
+    while rank 1 (requests 1 and 3, 5 blocks each) has 38 blocks free. A pooled KV of
+    96 blocks holds all four (84 blocks) and never preempts."""
+    outputs = (560, 40, 560, 40)
+    sc = _four_requests(tmp_path, outputs, dp=2)
+    ff = seersim.simulate(sc)
+    sbs = seersim.simulate(sc, **{"engine.mode": "step_by_step"})
+    _assert_equivalent(ff, sbs)
+    preempted = ff.requests.set_index("request_id")["preemptions"]
+    assert preempted[2] > 0, "rank 0 preempts from the back of its own sequences"
+    assert preempted[0] == 0 and preempted[1] == 0 and preempted[3] == 0
+    pooled = seersim.simulate(_four_requests(tmp_path, outputs, dp=1))
+    assert pooled.summary["preemptions"] == 0, "one pooled cache of the same size has room for all four"
+
+
+def test_a_prefix_is_reused_only_on_the_rank_that_caches_it(tmp_path):
+    """A chunk coming back to the instance joins the rank that caches its earlier
+    context (and hits it there); the KV records add up over the ranks."""
+    sc = _four_requests(tmp_path, (500, 40, 40, 40), dp=2, **{"policy.name": "divided", "policy.chunk_tokens": 128})
+    ff = seersim.simulate(sc)
+    sbs = seersim.simulate(sc, **{"engine.mode": "step_by_step"})
+    _assert_equivalent(ff, sbs)
+    req = ff.requests.set_index("request_id")
+    assert req.loc[0, "chunks"] >= 4
+    # every later chunk of request 0 hits its own cached context: only its prompt and
+    # each chunk's last partial block are ever computed again
+    assert ff.summary["prefill_tokens"] < 4 * 32 + req.loc[0, "chunks"] * 16
+    assert int(ff.instances["kv_blocks"].iloc[0]) == 2 * 48
+
+
+def _record_plan_kinds(monkeypatch) -> list[tuple[str, int, bool]]:
+    """(kind, steps, preempted) of every plan the instances make."""
     from seersim.engine.instance import Instance
 
-    short: list[bool] = []
-    original = Instance._head_short_of_kv
+    seen: list[tuple[str, int, bool]] = []
+    original = Instance._plan
 
-    def recording(self, rid, group):
-        short.append(original(self, rid, group))
-        return short[-1]
+    def recording(self):
+        plan = original(self)
+        if plan is not None:
+            seen.append((plan.kind, plan.steps, bool(self._preempted.any())))
+        return plan
 
-    monkeypatch.setattr(Instance, "_head_short_of_kv", recording)
-    over = {**DP2, "workload.prompts": 8, "engine.kv_capacity_tokens": 11000, "engine.max_num_batched_tokens": 256}
-    ff, sbs = _both("baseline", **over)
+    monkeypatch.setattr(Instance, "_plan", recording)
+    return seen
+
+
+# two instances of two ranks, 6,000 tokens of KV per rank, a budget that cuts prefills;
+# the chunked policies admit on current KV use and let the ranks preempt
+PER_RANK_PRESSURE = {
+    **DP2,
+    "engine.kv_capacity_tokens": 12000,
+    "engine.max_num_batched_tokens": 512,
+    "policy.chunk_tokens": 1024,
+    "policy.kv_reservation": "none",
+}
+
+
+@pytest.mark.parametrize("policy", ["baseline", "divided", "context_aware", "seer", "oracle_lpt", "partial_rollout"])
+def test_per_rank_preemption_fast_forward_exact(policy):
+    ff, sbs = _both(policy, **PER_RANK_PRESSURE)
     _assert_equivalent(ff, sbs)
-    assert ff.summary["preemptions"] > 0
-    assert any(short), "the scenario reaches a head short of KV"
+    assert ff.summary["preemptions"] > 0, "ranks must run short of KV to be meaningful"
+
+
+def test_prefill_stretches_and_preemption_tails_are_exercised_exactly(monkeypatch):
+    """Budget-cut prefills (recomputes after preemption) run as multi-iteration
+    "prefill" plans, and preemption iterations head decode stretches; both equal
+    step-by-step."""
+    seen = _record_plan_kinds(monkeypatch)
+    ff, sbs = _both("baseline", **PER_RANK_PRESSURE)
+    _assert_equivalent(ff, sbs)
+    # (step-by-step plans are one iteration each: these are fast-forward's)
+    assert any(kind == "prefill" and steps > 1 for kind, steps, _ in seen)
+    assert any(kind == "mixed" and steps > 1 and preempted for kind, steps, preempted in seen)

@@ -94,24 +94,29 @@ class Plan:
 
     kind "decode": every iteration is the same plain decode batch. "mixed": the first
     iteration computes `new` tokens per sequence (prefills, decodes), followed — when
-    `steps` > 1 and `stretch` is a HeadStretch — by a plain decode tail. "spec_decode":
+    `steps` > 1 and `stretch` is a HeadStretch — by a plain decode tail. "prefill": every
+    iteration computes the same `new` tokens per sequence (budget-cut prefills that do
+    not complete, decodes). "spec_decode":
     every iteration is a speculative decode of the batch (the strategy's emissions).
-    `blocks_fn(k)`: blocks iterations 1..k allocate beyond what scheduling allocated
-    (None: the stretch allocates none after scheduling).
+    `blocks_fn(k)`: blocks per DP rank (an int64 array) that iterations 1..k allocate
+    beyond what scheduling allocated (None: the stretch allocates none after scheduling).
     """
 
-    __slots__ = ("steps", "stretch", "kind", "new", "blocks_fn", "total_blocks")
+    __slots__ = ("steps", "stretch", "kind", "new", "blocks_fn", "total_blocks", "may_evict", "settled_steps")
 
     def __init__(
         self,
         steps: int,
         stretch,
-        kind: Literal["decode", "mixed", "spec_decode"],
+        kind: Literal["decode", "mixed", "prefill", "spec_decode"],
         new: np.ndarray | None = None,
-        blocks_fn: Callable[[int], int] | None = None,
+        blocks_fn: Callable[[int], np.ndarray] | None = None,
     ) -> None:
         self.steps, self.stretch, self.kind, self.new, self.blocks_fn = steps, stretch, kind, new, blocks_fn
-        self.total_blocks: int | None = None  # blocks_fn(steps), computed on first need
+        self.total_blocks: np.ndarray | None = None  # blocks_fn(steps), computed on first need
+        # whether its allocations may evict a cached block (None: not known yet)
+        self.may_evict: bool | None = None
+        self.settled_steps = 0  # iterations whose blocks settle_kv() has allocated
 
 
 class EngineState(Protocol):
@@ -130,6 +135,6 @@ class EngineState(Protocol):
     def mixed_step_s(self, new: np.ndarray) -> float:
         """Time of one iteration computing `new` tokens per running sequence."""
         ...
-    def stretch_block_limit(self) -> int:
-        """Blocks a stretch may allocate without changing what the scheduler would admit."""
+    def stretch_block_limit(self) -> np.ndarray:
+        """Blocks per DP rank a stretch may allocate without changing what the scheduler would admit."""
         ...

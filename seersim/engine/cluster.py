@@ -38,7 +38,9 @@ class SimBackend:
         self._bs = eng.block_size_tokens
         self.cost = cost or build_cost_model(scenario)
         self._blocks = kv_capacity_blocks(scenario)
-        kv_total = np.full(scenario.cluster.instances, self._blocks, np.int64)
+        dp = scenario.cluster.parallelism.dp
+        self._rank_blocks = self._blocks // dp  # each DP rank holds its own KV cache
+        kv_total = np.full(scenario.cluster.instances, self._rank_blocks * dp, np.int64)
         kv_total.flags.writeable = False
         self._kv_total = kv_total
         par = scenario.cluster.parallelism
@@ -83,7 +85,7 @@ class SimBackend:
                 f"engine.max_num_seqs={eng.max_num_seqs} is per instance and is shared by its dp={dp} attention "
                 f"ranks: raise it to at least {dp} (e.g. {dp} x 128)"
             )
-        check_requests_fit(sc, self._blocks // dp, max_ctx, lookahead)  # a sequence lives on one DP rank
+        check_requests_fit(sc, self._rank_blocks, max_ctx, lookahead)  # a sequence lives on one DP rank
         self.table = table
         self.listener = listener
         self.env = env = simpy.Environment()
@@ -95,7 +97,7 @@ class SimBackend:
             Instance(
                 i,
                 env,
-                KVCache(self._blocks, self._bs),
+                self._rank_caches(dp),
                 self.cost,
                 eng,
                 table,
@@ -103,10 +105,16 @@ class SimBackend:
                 self._on_chunk_done,
                 SpecDecoder(spec, groups, self.cost, eng.max_num_batched_tokens) if spec.mode != "none" else None,
                 stretch_end_priority(i, self.num_instances),
-                dp_ranks=dp,
             )
             for i in range(self.num_instances)
         ]
+
+    def _rank_caches(self, dp: int) -> list[KVCache]:
+        """One instance's KV caches, one per DP rank (sharing a directory of their keys)."""
+        if dp == 1:
+            return [KVCache(self._rank_blocks, self._bs)]
+        directory: dict[int, set[int]] = {}
+        return [KVCache(self._rank_blocks, self._bs, directory, r) for r in range(dp)]
 
     def call_soon(self, callback: Callable[[], None]) -> None:
         ev = At(self.env, 0.0, AFTER_STRETCHES)  # after every stretch ending at this instant
@@ -131,7 +139,7 @@ class SimBackend:
         for inst in self.instances:
             if abort:
                 inst.abort()
-            inst.kv.check(idle=True)
+            inst.check_kv(idle=True)
         return self._records()
 
     # ------------------------------------------------------------------ work
@@ -168,18 +176,16 @@ class SimBackend:
     def kv_used_blocks(self) -> np.ndarray:
         for inst in self.instances:
             inst.settle_kv(cache_only=False)
-        return np.array([inst.kv.used_blocks for inst in self.instances], np.int64)
+        return np.array([inst.kv_used_blocks for inst in self.instances], np.int64)
 
     def cached_tokens(self, request_id: int, instance_ids: Iterable[int]) -> dict[int, int]:
         out = {}
-        group = int(self.table.group_id[request_id])
-        p_blocks = int(self.prompt_blocks[request_id])
         for i in instance_ids:
             inst = self.instances[i]
             inst.settle_kv()
-            p_hit, own = inst.kv.prefix_blocks(request_id, group, p_blocks)
-            if p_hit + own:
-                out[i] = (p_hit + own) * self._bs
+            blocks = inst.cached_prefix_blocks(request_id)
+            if blocks:
+                out[i] = blocks * self._bs
         return out
 
     def pool_tokens(self, request_id: int) -> int:
@@ -204,7 +210,7 @@ class SimBackend:
                     "verified_tokens": s.verified_tokens,
                     "decode_seq_steps": s.decode_seq_steps,
                     "decode_emitted_tokens": s.decode_emitted_tokens,
-                    "kv_blocks": inst.kv.total_blocks,
+                    "kv_blocks": inst.kv_total_blocks,
                 }
             )
             timeline.extend((inst.id, *row) for row in inst.samples)

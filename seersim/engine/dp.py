@@ -1,9 +1,14 @@
-"""Data-parallel attention ranks of one instance (e.g. Kimi-K2's DP32 + EP32).
+"""Data-parallel attention ranks of one instance (e.g. Kimi-K2's DP32 + EP32): pricing.
 
 With DP attention each sequence lives on one DP rank: its KV is read by that rank's
-GPU alone, its prefill or recompute runs there, and each rank has its own share of
-the token budget and of `max_num_seqs` (the engine knobs are per instance, the sum
-of its ranks, as vLLM's DP ranks each run an engine core with the per-rank values).
+GPU alone, its prefill or recompute runs there. As in vLLM, where each DP rank is an
+engine core of its own, each rank has its own KV cache (the instance's blocks / dp),
+waiting queue, scheduler and preemption (victims from the back of that rank's own
+sequences), and its share of the token budget and of `max_num_seqs` (the engine knobs
+are per instance, the sum of its ranks). The instance (`engine/instance.py`) keeps
+those per rank; a dispatched chunk joins, at the next iteration boundary, the rank
+caching its own earlier context, else the least KV-loaded rank (`Instance._pick_rank`).
+A group's shared prompt cached on one rank is a hit only for siblings on that rank.
 The ranks step in lockstep (the MoE layers' expert-parallel all-to-alls join them),
 so an iteration lasts as long as its slowest rank.
 
@@ -17,9 +22,10 @@ waits for the slowest rank. Not modelled here: the dense GEMMs of a single rank'
 prefill run on that rank alone (the cost model spreads them), and the imbalance
 between expert-parallel GPUs at a given token count (the cost model's to price).
 
-Within a stretch every rank's context grows linearly in the step index k, so the
-iteration time is the upper envelope of lines in k: `LinearStretch` sums it in closed
-form, and fast-forward stays exact.
+Within a stretch every rank's context (and, in a stretch of budget-cut prefills, its
+prefill pairs) grows linearly in the step index k, so the iteration time is the upper
+envelope of lines in k: `LinearStretch` sums it in closed form, and fast-forward stays
+exact.
 """
 
 from __future__ import annotations
@@ -39,6 +45,8 @@ class DPRanks:
 
     def per_rank(self, rank: np.ndarray, values: np.ndarray | None = None) -> np.ndarray:
         """Σ of `values` (default: count) over each rank's sequences, as int64 (length dp)."""
+        if self.dp == 1:
+            return np.array([len(rank) if values is None else values.sum()], np.int64)
         if values is None:
             return np.bincount(rank, minlength=self.dp)
         return np.bincount(rank, weights=values, minlength=self.dp).astype(np.int64)
@@ -88,6 +96,43 @@ class DPRanks:
         """A `LinearStretch` over the lines of `lines(*args)`."""
         lines, c0, n = self.lines(*args, overhead_s=overhead_s)
         return LinearStretch(lines, c0, n)
+
+    def growing_stretch(self, seqs, tokens, extra_pairs, extra_growth, context, growth, steps: int) -> LinearStretch | None:
+        """Iterations k = 1..steps of a fixed batch (per-rank sequences and tokens, one
+        query per sequence) whose prefill pairs are extra_pairs + (k−1)·extra_growth and
+        context context + (k−1)·growth per rank: a `LinearStretch` in k.
+
+        Relies on the cost model's time being linear in the extra attention pairs (its
+        contract: pairs are counted, not shaped); checked at k = steps, else None (the
+        caller then plans one iteration)."""
+        cost, dp = self.cost, self.dp
+        n_all, t_all = int(seqs.sum()), int(tokens.sum())
+        a_k: list[np.ndarray] = []
+        b_k: list[np.ndarray] = []
+        calls: dict[tuple[int, int], tuple[np.ndarray, np.ndarray, np.ndarray]] = {}
+        for r in np.flatnonzero(seqs).tolist():
+            e1, de = dp * int(extra_pairs[r]), dp * int(extra_growth[r])
+            key = (e1, de)
+            if key not in calls:
+                first = cost.step_lines(n_all, t_all, e1, 1.0)
+                a1, slopes = np.asarray(first.intercepts_s), np.asarray(first.slopes_s)
+                da = np.zeros_like(a1)
+                if de:
+                    second = cost.step_lines(n_all, t_all, e1 + de, 1.0)
+                    last = cost.step_lines(n_all, t_all, e1 + (steps - 1) * de, 1.0)
+                    if second.slopes_s != first.slopes_s or last.slopes_s != first.slopes_s:
+                        return None
+                    da = np.asarray(second.intercepts_s) - a1
+                    a_last = np.asarray(last.intercepts_s)
+                    if not np.allclose(a1 + da * (steps - 1), a_last, rtol=1e-12, atol=0.0):
+                        return None
+                calls[key] = (a1, da, slopes)
+            a1, da, slopes = calls[key]
+            c1, dc = dp * float(context[r]), dp * float(growth[r])
+            slope = da + slopes * dc
+            a_k.append(a1 + slopes * c1 - slope)  # so that k = 1 is the first iteration
+            b_k.append(slope)
+        return LinearStretch(_envelope(np.concatenate(a_k), np.concatenate(b_k)), 0, 1)
 
     def step_s(self, seqs, tokens, extra_pairs, queries, context) -> float:
         """Time of one iteration (per-rank arguments as `lines`, context at that iteration)."""

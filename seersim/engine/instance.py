@@ -3,16 +3,20 @@ chunked prefill, prefix caching, preemption by recompute — and fast-forward.
 
 Reading guide
 -------------
-- `_schedule()` is one engine iteration's scheduler, as vLLM v1's: running sequences
-  first (in admission order) each take min(needed, remaining token budget) tokens and
-  the KV blocks for them; when blocks run out the most recently admitted sequence is
-  preempted (freed, back to the front of the waiting queue, recomputed later); then,
-  unless a preemption happened, waiting requests are admitted in order while the
-  token budget, `max_num_seqs` and KV blocks (after prefix-cache hits) allow.
+- `_schedule()` is one engine iteration's scheduler, as vLLM v1's, run by every DP
+  rank on its own KV cache and waiting queue (one rank without DP, `engine/dp.py`):
+  running sequences first (in admission order) each take min(needed, remaining token
+  budget) tokens and the KV blocks for them; when a rank's blocks run out its most
+  recently admitted sequence is preempted (freed, back to the front of that rank's
+  queue, recomputed later); then, on each rank that did not preempt, waiting
+  requests are admitted in order while the token budget, `max_num_seqs` and KV
+  blocks (after prefix-cache hits on that rank) allow.
 - When that iteration is *pure decode* (no admission, no preemption, every sequence
   takes one token), the batch stays the same until the first of: a sequence finishes
   its chunk, the blocks run out, or a dispatch arrives. `_plan()` computes that step
-  count in closed form and the engine takes one simpy timeout for all of them.
+  count in closed form and the engine takes one simpy timeout for all of them. So do
+  runs of identical budget-cut prefill iterations (`_prefill_plan`), and a mixed or
+  preemption iteration followed by a pure decode tail.
 - A dispatch arriving mid-stretch interrupts it; the steps already done are settled
   and the step in progress completes (vLLM schedules between steps), then re-plan.
 
@@ -61,6 +65,9 @@ class InstanceStats:
     decode_emitted_tokens: int = 0
 
 
+_RANK_0, _NO_RANK = np.zeros(1, np.int64), np.zeros(0, np.int64)  # rank lists of a one-rank instance
+
+
 def _ceil_div(a: np.ndarray | int, b: int):
     return -(-a // b)
 
@@ -70,7 +77,7 @@ class Instance:
         self,
         instance_id: int,
         env: simpy.Environment,
-        kv: KVCache,
+        kvs: list[KVCache],
         cost: CostModel,
         cfg: EngineConfig,
         table: RequestTable,
@@ -78,11 +85,10 @@ class Instance:
         on_chunk_done: ChunkDone,
         spec: SpecDecoder | None = None,
         end_priority: float = 2.0,
-        dp_ranks: int = 1,
     ) -> None:
         self.id = instance_id
         self.env = env
-        self.kv = kv
+        self.kvs = kvs  # one KV cache per DP rank (`engine/dp.py`)
         self.cost = cost
         self.cfg = cfg
         self.table = table
@@ -90,21 +96,31 @@ class Instance:
         self.on_chunk_done = on_chunk_done
         self.spec = spec
         self.end_priority = end_priority  # events.stretch_end_priority of this instance
-        self.bs = kv.block_size
+        self.bs = kvs[0].block_size
         self.fast_forward = cfg.mode == "fast_forward"
-        self.ranks = DPRanks(cost, dp_ranks)
+        dp = len(kvs)
+        self.ranks = DPRanks(cost, dp)
         # per-rank shares of the engine's limits (the configured values are per instance)
-        self._rank_max_seqs = cfg.max_num_seqs // dp_ranks
-        self._rank_budget = cfg.max_num_batched_tokens // dp_ranks
-        self._rank_blocks = kv.total_blocks // dp_ranks
+        self._rank_max_seqs = cfg.max_num_seqs // dp
+        self._rank_budget = cfg.max_num_batched_tokens // dp
+        self._decodes_fit_budget = self._rank_max_seqs <= self._rank_budget
         self.stats = InstanceStats()
         self.samples: list[tuple] = []  # timeline rows (backends.base.TIMELINE_COLUMNS after "instance")
-        self.waiting: deque[tuple[int, int]] = deque()  # (request id, tokens left in chunk)
+        # each rank's waiting queue of (request id, tokens left in chunk), as each vLLM DP
+        # rank is an engine core with its own scheduler; with several ranks a dispatched
+        # chunk waits in `_arrivals` until the next boundary picks its rank
+        self.queues: list[deque[tuple[int, int]]] = [deque() for _ in range(dp)]
+        self._arrivals: deque[tuple[int, int]] = deque()
+        # per rank: (head request, KV cache version, free blocks, token budget) when its
+        # waiting head last failed the KV check; it fails again while the cache version
+        # stands, free blocks have not grown and the budget has not shrunk (`_admit`)
+        self._kv_blocked: list[tuple[int, int, int, int] | None] = [None] * dp
+        self._preempted = np.zeros(dp, bool)
         self.batch = RunningBatch()
         self._wake: simpy.Event | None = None
         self._interruptible = False
         self._current: tuple[Plan, float] | None = None  # the stretch in progress and its start
-        self._kv_pre = 0  # blocks of that stretch allocated early by settle_kv()
+        self._kv_pre = np.zeros(dp, np.int64)  # blocks per rank of that stretch allocated early by settle_kv()
         # a sequence will emit its first token in a decode iteration (its prompt was
         # fully cached at admission, or a prefill left exactly one prompt token)
         self._fresh_decoders = False
@@ -121,12 +137,42 @@ class Instance:
 
     @property
     def num_waiting(self) -> int:
-        return len(self.waiting)
+        if self.ranks.dp == 1:
+            return len(self.queues[0])
+        return len(self._arrivals) + sum(len(q) for q in self.queues)
+
+    @property
+    def kv_total_blocks(self) -> int:
+        return sum(kv.total_blocks for kv in self.kvs)
+
+    @property
+    def kv_used_blocks(self) -> int:
+        return self.kvs[0].used_blocks if self.ranks.dp == 1 else sum(kv.used_blocks for kv in self.kvs)
+
+    @property
+    def kv_cached_blocks(self) -> int:
+        return self.kvs[0].cached_blocks if self.ranks.dp == 1 else sum(kv.cached_blocks for kv in self.kvs)
+
+    def cached_prefix_blocks(self, request_id: int) -> int:
+        """Blocks of the request's prefix cached here, on the rank holding the most of it."""
+        group, p_blocks = int(self.table.group_id[request_id]), int(self.prompt_blocks[request_id])
+        if self.ranks.dp == 1:
+            return sum(self.kvs[0].prefix_blocks(request_id, group, p_blocks))
+        where = self.kvs[0].directory
+        ranks = where.get(request_id, set()) | where.get(prompt_key(group), set()) if p_blocks else where.get(request_id, ())
+        return max((sum(self.kvs[r].prefix_blocks(request_id, group, p_blocks)) for r in ranks), default=0)
+
+    def check_kv(self, idle: bool = False) -> None:
+        for kv in self.kvs:
+            kv.check(idle)
 
     # ------------------------------------------------------------------ input
     def enqueue(self, request_id: int, left_tokens: int) -> None:
         """A dispatched chunk arrives; it joins at the next iteration boundary."""
-        self.waiting.append((request_id, left_tokens))
+        if self.ranks.dp == 1:
+            self.queues[0].append((request_id, left_tokens))
+        else:
+            self._arrivals.append((request_id, left_tokens))
         if self._wake is not None and not self._wake.triggered:
             self._wake.succeed()
         elif self._interruptible:
@@ -137,18 +183,19 @@ class Instance:
     def _run(self):
         env = self.env
         while True:
-            if not len(self.batch) and not self.waiting:
+            if not len(self.batch) and not self.num_waiting:
                 self._wake = env.event()
                 yield self._wake
                 self._wake = None
                 continue
             plan = self._plan()
             if plan is None:
-                rid, _ = self.waiting[0]
+                rank = next(r for r, q in enumerate(self.queues) if q)
+                rid, _ = self.queues[rank][0]
                 need = int(self.table.input_tokens[rid] + self.table.generated[rid])
                 raise SimulationError(
-                    f"instance {self.id}: request {rid} needs {need} tokens of KV but the instance holds only "
-                    f"{self.kv.total_blocks * self.bs}; raise KV memory (engine.kv_capacity_tokens, GPUs per "
+                    f"instance {self.id}: request {rid} needs {need} tokens of KV but its DP rank holds only "
+                    f"{self.kvs[rank].total_blocks * self.bs}; raise KV memory (engine.kv_capacity_tokens, GPUs per "
                     "instance) or lower workload.max_tokens"
                 )
             start = env.now
@@ -194,21 +241,32 @@ class Instance:
         plan, start = self._current
         if plan.blocks_fn is None:
             return
-        kv = self.kv
         if cache_only:
-            uncached_free = kv.total_blocks - kv.used_blocks - kv.cached_blocks
-            # cheap bound first: each sequence needs at most one block per bs iterations (+1)
-            if len(self.batch) * (plan.steps // self.bs + 2) * (1 + self._max_gamma()) <= uncached_free:
-                return
-            if plan.total_blocks is None:
-                plan.total_blocks = plan.blocks_fn(plan.steps)
-            if plan.total_blocks - self._kv_pre <= uncached_free:
+            if plan.may_evict is None:
+                plan.may_evict = self._may_evict(plan)
+            if not plan.may_evict:
                 return
         k = min(plan.stretch.steps_done_by(self.env.now - start, plan.steps) + 1, plan.steps)
+        if k <= plan.settled_steps:
+            return  # its allocations are applied already
+        plan.settled_steps = k
         target = plan.blocks_fn(k)
-        if target > self._kv_pre:
-            kv.allocate(target - self._kv_pre)
-            self._kv_pre = target
+        more = target - self._kv_pre
+        if bool((more > 0).any()):
+            self._allocate(np.maximum(more, 0))
+            self._kv_pre = np.maximum(target, self._kv_pre)
+
+    def _may_evict(self, plan: Plan) -> bool:
+        """Whether the rest of the stretch's allocations may evict a cached block on some rank."""
+        uncached_free = np.array([kv.total_blocks - kv.used_blocks - kv.cached_blocks for kv in self.kvs])
+        # cheap bound first: each sequence needs at most one block per bs iterations (+1)
+        seqs = self.ranks.per_rank(self.batch.rank)
+        growth = int(plan.new.max()) if plan.kind == "prefill" else 1 + self._max_gamma()
+        if bool((seqs * ((plan.steps // self.bs + 2) * growth) <= uncached_free).all()):
+            return False
+        if plan.total_blocks is None:
+            plan.total_blocks = plan.blocks_fn(plan.steps)
+        return not bool((plan.total_blocks - self._kv_pre <= uncached_free).all())
 
     def abort(self) -> None:
         """The RL step ended early (partial rollout): keep the iterations completed so far,
@@ -227,20 +285,37 @@ class Instance:
             table.generated[b.rid[i]] = generated[i]
             self._release(i, cache=False)
         b.keep(slice(0, 0))
-        self.waiting.clear()
+        self._arrivals.clear()
+        for q in self.queues:
+            q.clear()
 
     def _undo_pre(self) -> None:
-        pre = self._take_pre()
-        if pre:
-            self.kv.release(pre)
+        for r, blocks in enumerate(self._take_pre().tolist()):
+            if blocks:
+                self.kvs[r].release(blocks)
+
+    def _allocate(self, per_rank: np.ndarray) -> None:
+        """Allocate `per_rank[r]` blocks in rank r's KV cache."""
+        for r, blocks in enumerate(per_rank.tolist()):
+            if blocks:
+                self.kvs[r].allocate(blocks)
+
+    def _free_blocks(self) -> np.ndarray:
+        """Blocks each rank may still allocate (free + evictable cached)."""
+        if self.ranks.dp == 1:
+            return np.array((self.kvs[0].free_blocks,), np.int64)
+        return np.array([kv.free_blocks for kv in self.kvs], np.int64)
 
     def _max_gamma(self) -> int:
         """Largest per-iteration draft width in the batch (0 without speculation)."""
         return int(self.batch.gamma.max()) if self.spec is not None and len(self.batch) else 0
 
-    def _take_pre(self) -> int:
-        """Blocks of the ending stretch that settle_kv() allocated early (then reset)."""
-        pre, self._kv_pre = self._kv_pre, 0
+    def _take_pre(self) -> np.ndarray:
+        """Blocks per rank of the ending stretch that settle_kv() allocated early (then reset;
+        read the result, never write it)."""
+        pre = self._kv_pre
+        if pre.any():
+            self._kv_pre = np.zeros(self.ranks.dp, np.int64)
         return pre
 
     # ------------------------------------------------------------------ scheduling
@@ -264,12 +339,16 @@ class Instance:
             stretch = self._decode_stretch(computed)
             steps = self._pure_steps(computed, b.left, allocated=True) if self.fast_forward else 1
             return Plan(steps, stretch, "decode", new, self._decode_blocks_fn(computed, 0))
+        if self.fast_forward and not preempted:
+            plan = self._prefill_plan(new)
+            if plan is not None:
+                return plan
         head_s = self.mixed_step_s(new)
         # After this mixed iteration, if every sequence has finished its prefill (and
         # emits a token), nobody's chunk ends, and admission was not stopped by the token
         # budget (which frees up next iteration), a pure decode tail follows.
         tail = 0
-        if self.fast_forward and not preempted and not budget_blocked:
+        if self.fast_forward and not budget_blocked and (not preempted or self._preempted_ranks_stay_blocked()):
             need = b.tokens - computed
             after_left = b.left - 1
             if bool((new == need).all()) and int(after_left.min()) > 0 and not self._publishes_prompt(new):
@@ -279,17 +358,99 @@ class Instance:
             return Plan(1 + tail, stretch, "mixed", new, self._decode_blocks_fn(computed + new, 1))
         return Plan(1, TabulatedStretch.single(head_s), "mixed", new)
 
-    def _decode_blocks_fn(self, computed: np.ndarray, head: int):
-        """blocks_fn of a decode stretch after `head` mixed iterations."""
-        held = self.batch.blocks + self.batch.shared
-        bs = self.bs
+    def _preempted_ranks_stay_blocked(self) -> bool:
+        """Whether no rank that preempted in this iteration would admit in the next one.
 
-        def blocks(k: int) -> int:
+        Such a rank did not try to admit (vLLM admits nothing in a step that preempted).
+        Next iteration it tries with the same batch; if its waiting head is then held
+        back by `max_num_seqs`, the token budget its running sequences leave, or KV, it
+        stays so through a decode tail (free blocks only shrink), so the preemption
+        iteration can head a decode stretch (a KV-saturated instance preempts, decodes
+        until its blocks run out, and preempts again)."""
+        b = self.batch
+        seqs = self.ranks.per_rank(b.rank)
+        budgets = self._rank_budget - seqs  # (the tail needs every sequence decoding next)
+        for r in np.flatnonzero(self._preempted).tolist():
+            if self.queues[r] and seqs[r] < self._rank_max_seqs and budgets[r] > 0:
+                rid = self.queues[r][0][0]
+                if self._admission_need(self.kvs[r], rid, int(budgets[r]))[-1]:
+                    return False
+        return True
+
+    def _decode_blocks_fn(self, computed: np.ndarray, head: int, growth: np.ndarray | int = 1):
+        """blocks_fn of a stretch whose sequences compute `growth` tokens per iteration
+        (1: a decode) after `head` mixed iterations."""
+        held = self.batch.blocks + self.batch.shared
+        bs, ranks, rank = self.bs, self.ranks, self.batch.rank
+
+        def blocks(k: int) -> np.ndarray:
             if k <= head:
-                return 0
-            return int(np.maximum(-(-(computed + (k - head)) // bs) - held, 0).sum())
+                return np.zeros(ranks.dp, np.int64)
+            return ranks.per_rank(rank, np.maximum(-(-(computed + (k - head) * growth) // bs) - held, 0))
 
         return blocks
+
+    def _prefill_plan(self, new: np.ndarray) -> Plan | None:
+        """A stretch of identical mixed iterations, or None.
+
+        While prefills (a long prompt, a preempted sequence's recompute) are cut by the
+        token budget, every iteration schedules the same `new` tokens per sequence:
+        running sequences take the budget in the same order, a waiting head held back
+        by the budget or `max_num_seqs` stays so, and one held back by KV stays so
+        (free blocks only shrink). That lasts until the first of: a prefill would
+        complete (its first token changes the batch), a decode's chunk ends, a prompt
+        is published (allowed in the last iteration: it shows at the stretch's end, as
+        step by step), or a rank runs out of blocks. Context and attention pairs grow
+        linearly, so the time is a closed-form sum (`DPRanks.growing_stretch`).
+        """
+        b, table = self.batch, self.table
+        need = b.tokens - b.computed
+        prefilling = (new > 0) & (need > 1)
+        if not prefilling.any() or self._fresh_decoders:
+            return None
+        decoding = (new > 0) & (need == 1)
+        if bool((decoding & (b.tokens == table.input_tokens[b.rid])).any()):
+            return None  # a first token is due: recorded by the single-iteration path
+        c = new[prefilling]
+        steps = int(((need[prefilling] - 1) // c).min())  # no prefill completes
+        if decoding.any():
+            steps = min(steps, int(b.left[decoding].min()))
+        if steps > 1 and self.cfg.prefix_caching:
+            p = self.prompt_blocks[b.rid] * self.bs
+            crossing = prefilling & (b.shared == 0) & (p > 0) & (b.computed < p)
+            if crossing.any():
+                steps = min(steps, int(_ceil_div(p[crossing] - b.computed[crossing], new[crossing]).min()))
+        if steps <= 1:
+            return None
+        blocks_fn = self._decode_blocks_fn(b.computed, 0, new)
+        limit = self.stretch_block_limit()
+        if bool((blocks_fn(steps) > limit).any()):
+            lo, hi = 1, steps  # blocks_fn(lo) fits every rank, blocks_fn(hi) does not
+            while hi - lo > 1:
+                mid = (lo + hi) // 2
+                if bool((blocks_fn(mid) > limit).any()):
+                    hi = mid
+                else:
+                    lo = mid
+            steps = lo
+            if steps <= 1:
+                return None
+        stretch = self._prefill_stretch(new, steps)
+        if stretch is None:
+            return None
+        return Plan(steps, stretch, "prefill", new, blocks_fn)
+
+    def _prefill_stretch(self, new: np.ndarray, steps: int) -> LinearStretch | None:
+        """Iterations that each compute `new` tokens per sequence (as `mixed_step_s`),
+        with each rank's context and prefill pairs growing linearly."""
+        scheduled = new > 0
+        c, k = self.batch.computed[scheduled], new[scheduled]
+        rank, R = self.batch.rank[scheduled], self.ranks
+        context = R.per_rank(rank, c + k)
+        pairs = R.per_rank(rank, k * c + k * (k + 1) // 2)
+        growth = R.per_rank(rank, k)
+        extra_growth = R.per_rank(rank, k * k) - growth  # pairs grow by k², context by k
+        return R.growing_stretch(R.per_rank(rank), growth, pairs - context, extra_growth, context, growth, steps)
 
     def _decode_stretch(self, computed: np.ndarray) -> LinearStretch:
         """Iterations of a plain decode batch from `computed` tokens per sequence (each
@@ -319,10 +480,19 @@ class Instance:
         first = (-computed) % bs + 1
         if allocated:
             first[first < 2] += bs
-        # Demands repeat every bs steps, one per sequence, so the (free+1)-th demand
-        # falls in period q at the r-th smallest offset.
-        q, r = divmod(self.stretch_block_limit(), n)
-        fail_step = int(np.partition(first, r)[r]) + q * bs
+        # Demands repeat every bs steps, one per sequence, so a rank's (free+1)-th demand
+        # falls in period q at the r-th smallest offset of its sequences.
+        if self.ranks.dp == 1:
+            q, r = divmod(self.kvs[0].free_blocks, n)
+            fail_step = int(np.partition(first, r)[r]) + q * bs
+        else:
+            limit = self.stretch_block_limit()
+            rank = self.batch.rank
+            counts = np.bincount(rank, minlength=self.ranks.dp)
+            busy = np.flatnonzero(counts)
+            by_rank = first[np.lexsort((first, rank))]  # offsets sorted within each rank
+            q, r = np.divmod(limit[busy], counts[busy])
+            fail_step = int((by_rank[(np.cumsum(counts) - counts)[busy] + r] + q * bs).min())
         steps = min(int(left.min()), fail_step - 1)
         return max(1, steps) if allocated else max(0, steps)
 
@@ -336,63 +506,35 @@ class Instance:
         p = self.prompt_blocks[b.rid] * self.bs
         return bool(((b.shared == 0) & (p > 0) & (b.computed < p) & (b.computed + new >= p)).any())
 
-    def stretch_block_limit(self) -> int:
-        """Blocks a stretch may allocate without changing what the scheduler would admit.
+    def stretch_block_limit(self) -> np.ndarray:
+        """Blocks per rank a stretch may allocate without changing what the scheduler would admit.
 
         Free blocks only shrink during a stretch, so a waiting head blocked by KV stays
-        blocked — unless evicting its own cached prefix shrinks its hit so that a chunked
-        prefill of it fits (vLLM admits such partial prefills). So a stretch stops
-        before the head's cached prefix would be evicted — unless the head misses KV
-        even for a one-token prefill (`_head_short_of_kv`), which stays so all stretch.
+        blocked: each block its rank allocates takes one free block and evicts at most
+        one block of the head's cached hit, which lowers what its admission needs
+        (hit + chunk) by at most that block (eviction goes block by block, own context
+        before its prompt); a head held back by the token budget or `max_num_seqs`
+        stays so. Each rank has its own KV, so the argument holds rank by rank.
         """
-        # With one DP rank it cannot fit: each block the stretch allocates takes one free
-        # block and evicts at most one block of the head's hit, which lowers what its
-        # admission needs (hit + chunk) by at most that block (eviction goes block by
-        # block, own context before its prompt); and a head held back by the token budget
-        # or max_num_seqs stays so. Only a rank's share lacks that offset: the stretch's
-        # blocks may land on other ranks.
-        if not self.waiting or not self.cfg.prefix_caching or self.ranks.dp == 1:
-            return self.kv.free_blocks
-        rid, _ = self.waiting[0]
-        group = int(self.table.group_id[rid])
-        if self._head_short_of_kv(rid, group):
-            return self.kv.free_blocks
-        return self.kv.blocks_before_eviction_of((rid, prompt_key(group)))
-
-    def _head_short_of_kv(self, rid: int, group: int) -> bool:
-        """Whether the waiting head fails `_admit`'s KV check with any token budget ≥ 1.
-
-        That check fails while need + cached hit > free blocks. With a budget of one
-        token (the least, so the smallest need) evicting one block of the head's hit
-        lowers the left side by at most one block, and every block a stretch allocates
-        lowers the free blocks by one: once short, the head stays short for the whole
-        stretch, so evicting its prefix cannot make it admissible (this keeps a KV-full
-        instance from planning its decode stretches one iteration at a time).
-        """
-        kv, bs = self.kv, self.bs
-        p_hit, own_hit = kv.prefix_blocks(rid, group, int(self.prompt_blocks[rid]))
-        tokens = int(self.table.input_tokens[rid] + self.table.generated[rid])
-        hit = min((p_hit + own_hit) * bs, tokens - 1)
-        need_blocks = max(0, -(-(hit + 1) // bs) - p_hit - own_hit)
-        cached_hit = own_hit + (p_hit if p_hit and kv.prompt_refs(group) == 0 else 0)
-        return need_blocks + cached_hit > kv.free_blocks
+        return self._free_blocks()
 
     def _schedule(self) -> tuple[np.ndarray | None, bool, bool, bool]:
-        """One iteration's scheduling decision (vLLM v1 semantics).
+        """One iteration's scheduling decision (vLLM v1 semantics, each DP rank on its own).
 
         Returns (new tokens per running sequence, batch changed, preempted, admission
         stopped by the token budget); allocates the iteration's KV blocks. new is None
         when nothing can run.
         """
-        bs, kv, b = self.bs, self.kv, self.batch
-        budget = self.cfg.max_num_batched_tokens
-        preempted = admitted = False
+        if self._arrivals:
+            self._assign_arrivals()
+        bs, b, dp, ranks = self.bs, self.batch, self.ranks.dp, self.ranks
+        self._preempted = preempted = np.zeros(dp, bool)  # ranks that preempted in this iteration
         n = len(b)
         if n:
             need = b.tokens - b.computed
             if self.spec is not None:
                 need += b.gamma
-            if self.spec is None and n <= budget and int(need.sum()) == n:
+            if self.spec is None and (self._decodes_fit_budget or n <= self._rank_budget) and int(need.sum()) == n:
                 # every sequence decodes one token (the common case): its block holds
                 # ceil(computed/bs) blocks, so it needs a new one exactly at a boundary
                 new = need
@@ -400,31 +542,42 @@ class Instance:
             else:
                 new = np.minimum(need, np.maximum(self._rank_budget - self._rank_before(need), 0))
                 add = np.maximum(_ceil_div(b.computed + new, bs) - b.shared - b.blocks, 0)
-            total_add = int(add.sum())
-            if total_add > kv.free_blocks:
-                keep = self._preemption_cut(add)
-                for i in range(n - 1, keep - 1, -1):
-                    self._preempt(i)
-                b.keep(slice(0, keep))
-                new, add = new[:keep], add[:keep]
-                total_add = int(add.sum())
-                preempted = True
-            kv.allocate(total_add)
+            if dp == 1:  # (the same, without per-rank arrays)
+                short = _RANK_0 if int(add.sum()) > self.kvs[0].free_blocks else _NO_RANK
+            else:
+                short = np.flatnonzero(ranks.per_rank(b.rank, add) > self._free_blocks())
+            if len(short):
+                keep = self._preempt_from_the_back(short, add)
+                b.keep(keep)
+                new, add = new[keep], add[keep]
+                preempted[short] = True
+            if dp == 1:
+                self.kvs[0].allocate(int(add.sum()))
+            else:
+                self._allocate(ranks.per_rank(b.rank, add))
             b.blocks += add
         else:
             new = np.zeros(0, np.int64)
-        rank_budget = self._rank_budget - self.ranks.per_rank(b.rank, new)
-        rank_room = self._rank_max_seqs - self.ranks.per_rank(b.rank)
-        if not preempted and self.waiting and bool(((rank_budget > 0) & (rank_room > 0)).any()):
-            admitted_new = self._admit(rank_budget, rank_room)
-            if admitted_new:
-                new = np.concatenate((new, np.asarray(admitted_new, np.int64)))
-                admitted = True
-        # admission stopped by the token budget (which frees up next iteration)
-        budget_blocked = bool(self.waiting) and bool((rank_room > 0).any()) and not bool(((rank_budget > 0) & (rank_room > 0)).any())
-        if not len(b):
-            return None, admitted or preempted, preempted, budget_blocked
-        return new, admitted or preempted, preempted, budget_blocked
+        queues = self.queues
+        if dp == 1 and not queues[0]:
+            admitted = budget_blocked = False
+        else:
+            rank_budget = self._rank_budget - ranks.per_rank(b.rank, new)
+            rank_room = self._rank_max_seqs - ranks.per_rank(b.rank)
+            waiting = np.array([len(q) > 0 for q in queues])
+            # no admission on a rank that preempted in this iteration
+            admissible = waiting & ~preempted & (rank_budget > 0) & (rank_room > 0)
+            admitted = False
+            if admissible.any():
+                admitted_new = self._admit(np.flatnonzero(admissible), rank_budget, rank_room)
+                if admitted_new:
+                    new = np.concatenate((new, np.asarray(admitted_new, np.int64)))
+                    admitted = True
+                    waiting = np.array([len(q) > 0 for q in queues])
+            # admission stopped by the token budget (which frees up next iteration)
+            budget_blocked = bool((waiting & (rank_room > 0) & (rank_budget <= 0)).any())
+        any_preempted = bool(preempted.any())
+        return (new if len(b) else None), admitted or any_preempted, any_preempted, budget_blocked
 
     def _rank_before(self, need: np.ndarray) -> np.ndarray:
         """Tokens the sequences before each one on its DP rank need (each rank fills its
@@ -440,83 +593,157 @@ class Instance:
         before[order] = before_all - np.maximum.accumulate(np.where(first, before_all, 0))
         return before
 
-    def _preemption_cut(self, add: np.ndarray) -> int:
-        """How many running sequences (a prefix in admission order) keep running.
+    def _preempt_from_the_back(self, short: np.ndarray, add: np.ndarray) -> np.ndarray:
+        """Preempt on each rank of `short` (its blocks do not fit) from the back of that
+        rank's sequences until the front ones fit, as each vLLM DP rank's scheduler
+        does with its own KV cache. Returns the mask of sequences that keep running."""
+        b = self.batch
+        keep = np.ones(len(b), bool)
+        for r in short.tolist():
+            idx = np.flatnonzero(b.rank == r) if self.ranks.dp > 1 else np.arange(len(b))
+            cut = self._preemption_cut(idx, add[idx], self.kvs[r].free_blocks)
+            victims = idx[cut:]
+            for i in victims[::-1].tolist():
+                self._preempt(i)
+            keep[victims] = False
+        return keep
+
+    def _preemption_cut(self, idx: np.ndarray, add: np.ndarray, free_blocks: int) -> int:
+        """How many of one rank's sequences `idx` (in admission order) keep running.
 
         vLLM preempts from the back until the front ones fit; the kept prefix m is the
-        largest with free + blocks freed by preempting m..n-1 ≥ blocks needed by 0..m-1.
+        largest with free + blocks freed by preempting m.. ≥ blocks needed by ..m-1.
         A group's shared prompt is freed with its lowest-index holder.
         """
         b = self.batch
-        freed = b.blocks.copy()
-        holders = np.flatnonzero(b.shared > 0)
+        freed = b.blocks[idx]
+        shared = b.shared[idx]
+        holders = np.flatnonzero(shared > 0)
         if len(holders):
-            _, first = np.unique(b.group[holders], return_index=True)
-            idx = holders[first]
-            freed[idx] += b.shared[idx]
-        suffix_freed = np.concatenate((np.cumsum(freed[::-1])[::-1], [0]))  # freed by preempting m..n-1
-        prefix_add = np.concatenate(([0], np.cumsum(add)))  # needed by 0..m-1
-        ok = self.kv.free_blocks + suffix_freed - prefix_add >= 0
+            _, first = np.unique(b.group[idx][holders], return_index=True)
+            h = holders[first]
+            freed[h] += shared[h]
+        suffix_freed = np.concatenate((np.cumsum(freed[::-1])[::-1], [0]))  # freed by preempting m..
+        prefix_add = np.concatenate(([0], np.cumsum(add)))  # needed by ..m-1
+        ok = free_blocks + suffix_freed - prefix_add >= 0
         return int(np.flatnonzero(ok)[-1]) if ok.any() else 0
 
-    def _admit(self, rank_budget: np.ndarray, rank_room: np.ndarray) -> list[int]:
-        """Admit waiting requests in order while budget, max_num_seqs and KV allow.
+    def _context_blocks(self, rids: np.ndarray) -> np.ndarray:
+        """KV blocks of requests' contexts (prompt + tokens generated so far)."""
+        t = self.table
+        return _ceil_div(t.input_tokens[rids] + t.generated[rids], self.bs)
 
-        Each goes to the DP rank holding the fewest KV blocks among those with a
-        sequence slot and budget left (`rank_budget`, `rank_room`: updated in place),
-        if that rank's share of the KV holds it."""
-        kv, bs, table = self.kv, self.bs, self.table
+    def _load(self) -> np.ndarray:
+        """Each rank's KV load: blocks its running sequences hold plus the contexts
+        queued for it."""
+        b = self.batch
+        load = self.ranks.per_rank(b.rank, b.blocks + b.shared)
+        for r, q in enumerate(self.queues):
+            if q:
+                load[r] += int(self._context_blocks(np.fromiter((rid for rid, _ in q), np.int64, len(q))).sum())
+        return load
+
+    def _pick_rank(self, request_id: int, load: np.ndarray) -> int:
+        """The DP rank a request joins: the one caching the longest part of its own
+        earlier context (a resumed or chunked request: reusable only on that rank),
+        else and among equal hits the least loaded (`_load`), lowest index first.
+
+        The iteration waits for the slowest rank and a rank short of KV preempts, so
+        ranks are balanced by KV, not by request count as vLLM's DP load balancer does
+        (waiting × 4 + running, vllm/v1/engine/core_client.py): with long-tailed lengths
+        that leaves ranks' KV unbalanced — on kimi-k2 it made divided rollout 0.84×
+        baseline, against the paper's ordering. Sending a request's next chunk away from
+        its cached context would recompute all of it, which no rollout system built on
+        prefix reuse does. A group's shared prompt does not steer the choice (as in
+        vLLM): it would pile a group's siblings onto one rank."""
+        if self.cfg.prefix_caching:
+            group, p_blocks = int(self.table.group_id[request_id]), int(self.prompt_blocks[request_id])
+            own = np.zeros(self.ranks.dp, np.int64)
+            for r in self.kvs[0].directory.get(request_id, ()) if self.ranks.dp > 1 else (0,):
+                own[r] = self.kvs[r].prefix_blocks(request_id, group, p_blocks)[1]
+            best = int(own.max())
+            if best:
+                load = np.where(own == best, load, np.iinfo(np.int64).max)
+        return int(np.argmin(load))
+
+    def _assign_arrivals(self) -> None:
+        """Chunks dispatched since the last boundary join their DP ranks' queues."""
+        load = self._load()
+        while self._arrivals:
+            rid, left = self._arrivals.popleft()
+            r = self._pick_rank(rid, load)
+            self.queues[r].append((rid, left))
+            load[r] += int(self._context_blocks(np.array([rid]))[0])
+
+    def _admit(self, ranks: np.ndarray, rank_budget: np.ndarray, rank_room: np.ndarray) -> list[int]:
+        """Admit each rank's waiting requests in order while its token budget, sequence
+        slots and KV blocks (after prefix-cache hits on that rank) allow.
+
+        `rank_budget`, `rank_room` are updated in place."""
+        table = self.table
         rows: list[tuple[int, ...]] = []
         news: list[int] = []
-        caching = self.cfg.prefix_caching
         spec_cols = self.spec.admit() if self.spec is not None else (0, 0, 0, 0)
-        b = self.batch
-        rank_held = self.ranks.per_rank(b.rank, b.blocks + b.shared)
-        while self.waiting:
-            open_ranks = np.flatnonzero((rank_budget > 0) & (rank_room > 0))
-            if not len(open_ranks):
-                break
-            rank = int(open_ranks[np.argmin(rank_held[open_ranks])])
-            budget = int(rank_budget[rank])
-            rid, left = self.waiting[0]
-            group = int(table.group_id[rid])
-            tokens = int(table.input_tokens[rid] + table.generated[rid])
-            p_blocks = int(self.prompt_blocks[rid])
-            p_hit, own_hit = kv.prefix_blocks(rid, group, p_blocks) if caching else (0, 0)
-            hit = min((p_hit + own_hit) * bs, tokens - 1)
-            new = min(tokens - hit, budget)
-            need_blocks = max(0, -(-(hit + new) // bs) - p_hit - own_hit)
-            cached_hit = own_hit + (p_hit if p_hit and kv.prompt_refs(group) == 0 else 0)
-            if need_blocks + cached_hit > kv.free_blocks:
-                break
-            if self.ranks.dp > 1 and rank_held[rank] + need_blocks + p_hit + own_hit > self._rank_blocks:
-                break  # the least-loaded rank's share of the KV is full
-            self.waiting.popleft()
-            shared = private = 0
-            if p_hit == p_blocks and p_hit:
-                kv.acquire_prompt(group)
-                shared = p_hit
-            elif p_hit:  # a partly evicted prompt: its blocks become this sequence's own copy
-                private = kv.take_cached(prompt_key(group))
-            if own_hit:
-                kv.take_cached(rid)
-            kv.allocate(need_blocks)
-            rows.append((rid, hit, tokens, left, shared, private + own_hit + need_blocks, group, *spec_cols, rank))
-            if new == 1 and tokens == table.input_tokens[rid]:
-                self._fresh_decoders = True
-            news.append(new)
-            rank_budget[rank] -= new
-            rank_room[rank] -= 1
-            rank_held[rank] += need_blocks + p_hit + own_hit
+        for rank in ranks.tolist():
+            kv, queue = self.kvs[rank], self.queues[rank]
+            budget, room = int(rank_budget[rank]), int(rank_room[rank])
+            blocked = self._kv_blocked[rank]
+            while queue and budget > 0 and room > 0:
+                rid, left = queue[0]
+                if (
+                    blocked is not None
+                    and blocked[0] == rid
+                    and blocked[1] == kv.version
+                    and kv.free_blocks <= blocked[2]
+                    and budget >= blocked[3]
+                ):
+                    break  # still short of KV (see stretch_block_limit: need + hit falls no faster than free)
+                group, p_blocks, tokens, p_hit, own_hit, hit, new, need_blocks, fits = self._admission_need(kv, rid, budget)
+                if not fits:
+                    self._kv_blocked[rank] = (rid, kv.version, kv.free_blocks, budget)
+                    break
+                queue.popleft()
+                shared = private = 0
+                if p_hit == p_blocks and p_hit:
+                    kv.acquire_prompt(group)
+                    shared = p_hit
+                elif p_hit:  # a partly evicted prompt: its blocks become this sequence's own copy
+                    private = kv.take_cached(prompt_key(group))
+                if own_hit:
+                    kv.take_cached(rid)
+                kv.allocate(need_blocks)
+                rows.append((rid, hit, tokens, left, shared, private + own_hit + need_blocks, group, *spec_cols, rank))
+                if new == 1 and tokens == table.input_tokens[rid]:
+                    self._fresh_decoders = True
+                news.append(new)
+                budget -= new
+                room -= 1
+            rank_budget[rank], rank_room[rank] = budget, room
         if rows:
             self.batch.extend(rows)
         return news
 
+    def _admission_need(self, kv: KVCache, rid: int, budget: int) -> tuple[int, int, int, int, int, int, int, int, bool]:
+        """(group, prompt blocks, context tokens, prompt hit, own hit, hit tokens, tokens
+        to compute now, new blocks, whether it fits the KV) of admitting a waiting
+        request on a rank with this cache and token budget."""
+        table, bs = self.table, self.bs
+        group = int(table.group_id[rid])
+        tokens = int(table.input_tokens[rid] + table.generated[rid])
+        p_blocks = int(self.prompt_blocks[rid])
+        p_hit, own_hit = kv.prefix_blocks(rid, group, p_blocks) if self.cfg.prefix_caching else (0, 0)
+        hit = min((p_hit + own_hit) * bs, tokens - 1)
+        new = min(tokens - hit, budget)
+        need_blocks = max(0, -(-(hit + new) // bs) - p_hit - own_hit)
+        cached_hit = own_hit + (p_hit if p_hit and kv.prompt_refs(group) == 0 else 0)
+        return group, p_blocks, tokens, p_hit, own_hit, hit, new, need_blocks, need_blocks + cached_hit <= kv.free_blocks
+
     # ------------------------------------------------------------------ state changes
     def _release(self, i: int, cache: bool) -> None:
         """Free sequence i's KV; with `cache`, keep its full blocks hashed for a later prefix hit."""
-        kv, bs = self.kv, self.bs
-        rid, computed, _, _, shared, blocks, group, *_ = self.batch.row(i)
+        bs = self.bs
+        rid, computed, _, _, shared, blocks, group, *_, rank = self.batch.row(i)
+        kv = self.kvs[rank]
         p_blocks = int(self.prompt_blocks[rid])
         if shared:
             kv.release_prompt(group)
@@ -541,7 +768,7 @@ class Instance:
         self.table.generated[rid] = int(b.tokens[i] - self.table.input_tokens[rid])
         self.table.preemptions[rid] += 1
         self.stats.preemptions += 1
-        self.waiting.appendleft((rid, int(b.left[i])))
+        self.queues[int(b.rank[i])].appendleft((rid, int(b.left[i])))  # back to the front of its rank's queue
 
     def _advance(self, plan: Plan, steps: int, start: float) -> bool:
         """Apply `steps` iterations of the plan; retire sequences whose chunk is done.
@@ -551,6 +778,8 @@ class Instance:
         first_end = start + plan.stretch.cumulative(1)
         if plan.kind == "decode":
             self._advance_decode(steps, first_end)
+        elif plan.kind == "prefill":
+            self._advance_prefill(plan.new, steps)
         elif plan.kind == "spec_decode":
             self._advance_spec_decode(steps, first_end)
         else:
@@ -603,6 +832,26 @@ class Instance:
             st.decode_emitted_tokens += int(emit[speculating].sum())
         return before
 
+    def _advance_prefill(self, new: np.ndarray, steps: int) -> None:
+        """Apply `steps` identical mixed iterations of a prefill plan: prefills advance by
+        `new` tokens each (none completes), scheduled decodes emit one token each."""
+        b, table = self.batch, self.table
+        decoding = ((b.tokens - b.computed) == 1) & (new > 0)
+        dec = decoding.astype(np.int64)
+        b.computed += steps * new
+        b.tokens += steps * dec
+        b.left -= steps * dec
+        self._grow_blocks(b.computed)
+        if not self._fresh_decoders:
+            # a prefill left with exactly one prompt token computes it as a decode step
+            self._fresh_decoders = bool(((b.tokens - b.computed == 1) & (b.tokens == table.input_tokens[b.rid])).any())
+        emitted = int(dec.sum())
+        st = self.stats
+        st.prefill_tokens += steps * int(new[~decoding].sum())
+        st.emitted_tokens += steps * emitted
+        st.verified_tokens += steps * int(new.sum())
+        self._share_new_prompts(b.computed - new)  # a prompt crossed in the last iteration
+
     def _fresh_first_tokens(self, first_step_end_s: float) -> None:
         """Sequences whose prompt is computed but for one token (fully cached at
         admission, or a prefill's last piece) emit their first token in the decode
@@ -616,10 +865,11 @@ class Instance:
         """Hold blocks for `slots` tokens per sequence (the stretch's early allocations included)."""
         b = self.batch
         grow = np.maximum(_ceil_div(slots, self.bs) - b.shared - b.blocks, 0)
-        add = int(grow.sum())
-        self.kv.allocate(add - self._take_pre())
-        if add:
-            b.blocks += grow
+        if self.ranks.dp == 1:
+            self.kvs[0].allocate(int(grow.sum()) - int(self._take_pre()[0]))
+        else:
+            self._allocate(self.ranks.per_rank(b.rank, grow) - self._take_pre())
+        b.blocks += grow
 
     def _advance_decode(self, steps: int, first_step_end_s: float) -> None:
         """Apply `steps` pure-decode iterations: one token each, blocks as they fill."""
@@ -663,10 +913,10 @@ class Instance:
         p = self.prompt_blocks[b.rid] * self.bs
         crossed = (b.shared == 0) & (p > 0) & (b.computed >= p) & (before < p)
         for i in np.flatnonzero(crossed):
-            group = int(b.group[i])
-            if not self.kv.prompt_refs(group):
+            group, kv = int(b.group[i]), self.kvs[int(b.rank[i])]
+            if not kv.prompt_refs(group):
                 blocks = int(p[i]) // self.bs
-                self.kv.share_prompt(group, blocks)
+                kv.share_prompt(group, blocks)
                 b.shared[i] = blocks
                 b.blocks[i] -= blocks
 
@@ -687,11 +937,15 @@ class Instance:
 
     # ------------------------------------------------------------------ records
     def _sample(self) -> None:
-        self.samples.append((self.env.now, len(self.batch), len(self.waiting), self.kv.used_blocks, self.kv.cached_blocks))
+        self.samples.append((self.env.now, len(self.batch), self.num_waiting, self.kv_used_blocks, self.kv_cached_blocks))
 
     def insert_pulled_kv(self, request_id: int, group_id: int, prompt_blocks: int, own_blocks: int) -> None:
         """KV that arrived through the pool lands as cached blocks (a prefix hit at admission).
 
-        Without room for it the transfer is wasted and the request recomputes.
+        It lands on the rank the request will join (`_pick_rank`, which then finds it
+        there). Without room for it the transfer is wasted and the request recomputes.
         """
-        self.kv.insert_prefix(request_id, group_id, prompt_blocks, own_blocks)
+        rank = self._pick_rank(request_id, self._load()) if self.ranks.dp > 1 else 0
+        self.kvs[rank].insert_prefix(request_id, group_id, prompt_blocks, own_blocks)
+        if self._current is not None:
+            self._current[0].may_evict = None  # fewer uncached free blocks now

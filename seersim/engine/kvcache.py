@@ -40,9 +40,12 @@ class KVCache:
         "_parent",
         "_children",
         "_prompt_refs",
+        "version",
+        "directory",
+        "rank",
     )
 
-    def __init__(self, total_blocks: int, block_size: int) -> None:
+    def __init__(self, total_blocks: int, block_size: int, directory: dict[int, set[int]] | None = None, rank: int = 0) -> None:
         if total_blocks <= 0:
             raise ValueError("total_blocks must be positive")
         self.total_blocks = total_blocks
@@ -53,6 +56,13 @@ class KVCache:
         self._parent: dict[int, int] = {}  # cached own entry -> its prompt's key
         self._children: dict[int, dict[int, None]] = {}  # prompt key -> cached dependents, in recency order
         self._prompt_refs: dict[int, tuple[int, int]] = {}  # group -> (refcount, blocks) while in use
+        # bumped by every change but an allocation (which only evicts): while it stands,
+        # a request the cache could not admit stays so as free blocks shrink
+        self.version = 0
+        # shared by an instance's DP-rank caches: key -> ranks that may hold it (a
+        # superset: entries are added when stored, never removed), so a lookup visits
+        # only those ranks
+        self.directory, self.rank = directory, rank
 
     # ---- queries ---------------------------------------------------------------------
     @property
@@ -117,6 +127,7 @@ class KVCache:
         if blocks < 0 or blocks > self.used_blocks:
             raise AssertionError(f"release({blocks}) with {self.used_blocks} used")
         self.used_blocks -= blocks
+        self.version += 1
 
     def release_to_cache(self, key: int, blocks: int, parent: int | None = None) -> None:
         """Free `blocks` used blocks but keep them hashed under `key` (most recently
@@ -130,6 +141,8 @@ class KVCache:
             self._unlink(key)
         self.cached_blocks += blocks - old
         self._cached[key] = blocks
+        if self.directory is not None:
+            self.directory.setdefault(key, set()).add(self.rank)
         if parent is not None:
             assert parent in self._cached or -1 - parent in self._prompt_refs, "an own entry needs its prompt present"
             self._parent[key] = parent
@@ -146,10 +159,12 @@ class KVCache:
             self._unlink(key)
             self.cached_blocks -= blocks
             self.used_blocks += blocks
+        self.version += 1
         return blocks
 
     def drop_cached(self, key: int) -> None:
         """Forget an entry (its blocks become free), with the dependents it would strand."""
+        self.version += 1
         for child in list(self._children.get(key, ())):
             self.drop_cached(child)
         blocks = self._cached.pop(key, 0)
@@ -160,6 +175,7 @@ class KVCache:
     def acquire_prompt(self, group_id: int) -> bool:
         """Reference the group's shared prompt if present whole (in use or cached).
         (A partly evicted prompt is a prefix hit the caller takes with `take_cached`.)"""
+        self.version += 1
         if group_id in self._prompt_refs:
             refs, blocks = self._prompt_refs[group_id]
             self._prompt_refs[group_id] = (refs + 1, blocks)
@@ -175,12 +191,16 @@ class KVCache:
         a cached copy of it (whole or partial) is a duplicate and is freed — its
         dependents stay, extending the shared copy."""
         assert group_id not in self._prompt_refs
+        self.version += 1
         key = prompt_key(group_id)
+        if self.directory is not None:
+            self.directory.setdefault(key, set()).add(self.rank)
         old = self._cached.pop(key, 0)
         self.cached_blocks -= old
         self._prompt_refs[group_id] = (1, blocks)
 
     def release_prompt(self, group_id: int) -> None:
+        self.version += 1
         refs, blocks = self._prompt_refs[group_id]
         if refs > 1:
             self._prompt_refs[group_id] = (refs - 1, blocks)
@@ -219,21 +239,22 @@ class KVCache:
                 del self._children[parent]
 
     def _evict(self, blocks: int) -> None:
-        """Evict `blocks` cached blocks in eviction order (tail blocks of an entry first)."""
-        cut: list[tuple[int, int]] = []
-        for key, held in self._eviction_order():
-            take = min(held, blocks)
-            cut.append((key, take))
-            blocks -= take
-            if not blocks:
-                break
-        for key, take in cut:
-            left = self._cached[key] - take
+        """Evict `blocks` cached blocks in eviction order (`_eviction_order`: the least
+        recently cached entry's dependents first, then the entry; tail blocks first)."""
+        cached, children = self._cached, self._children
+        while blocks:
+            key = next(iter(cached))
+            deps = children.get(key)
+            if deps:
+                key = next(iter(deps))  # an own entry: it has no dependents itself
+            held = cached[key]
+            take = held if held < blocks else blocks
             self.cached_blocks -= take
-            if left:
-                self._cached[key] = left  # keeps its recency: it still holds the entry's head
+            blocks -= take
+            if take < held:
+                cached[key] = held - take  # keeps its recency: it still holds the entry's head
             else:
-                del self._cached[key]
+                del cached[key]
                 self._unlink(key)
 
     def check(self, idle: bool = False) -> None:

@@ -57,9 +57,11 @@ def speculative_lookahead_tokens(max_draft_slots: int, max_tokens: int, draft_pa
 
 def check_requests_fit(scenario: Scenario, blocks: int, max_context_tokens: int, lookahead_tokens: int) -> None:
     """Raise SpecError unless a request of `max_context_tokens` (prompt + max_tokens),
-    plus the speculative look-ahead, fits one instance's `blocks` KV blocks alone."""
+    plus the speculative look-ahead, fits `blocks` KV blocks alone (an instance's, or
+    with DP attention one rank's)."""
     bs = scenario.engine.block_size_tokens
     need = max_context_tokens + lookahead_tokens
+    where = "an instance" if scenario.cluster.parallelism.dp == 1 else "one DP rank (a sequence lives on one)"
     if -(-need // bs) <= blocks:
         return
     if lookahead_tokens and -(-max_context_tokens // bs) <= blocks:
@@ -67,10 +69,10 @@ def check_requests_fit(scenario: Scenario, blocks: int, max_context_tokens: int,
         raise SpecError(
             f"with speculation (engine.speculation.mode={spec.mode}, paths={spec.paths}) one request can need "
             f"{need} tokens of KV ({max_context_tokens} of context plus {lookahead_tokens} draft slots) but an "
-            f"instance holds only {blocks * bs}: use fewer draft paths or tokens, more KV memory, or lower "
+            f"{where} holds only {blocks * bs}: use fewer draft paths or tokens, more KV memory, or lower "
             "workload.max_tokens"
         )
     raise SpecError(
-        f"one request can reach {max_context_tokens} tokens but an instance holds only {blocks * bs} tokens of KV: "
+        f"one request can reach {max_context_tokens} tokens but {where} holds only {blocks * bs} tokens of KV: "
         "give instances more GPUs (cluster.parallelism) or memory, or lower workload.max_tokens"
     )

@@ -275,19 +275,20 @@ class SpecDecoder:
         # KV: iteration k needs slots for computed + emitted before it + 1 + γ (step 1 is allocated)
         base = b.computed + 1 + b.gamma
         held = b.blocks + b.shared
-        limit = state.stretch_block_limit()
+        ranks, rank = state.ranks, b.rank
+        limit = state.stretch_block_limit()  # per DP rank
 
-        def extra_blocks(k: int) -> int:
+        def extra_blocks(k: int) -> np.ndarray:
             if k <= 1:
-                return 0
+                return np.zeros(ranks.dp, np.int64)
             need = -(-(base + (acc + (k - 1) * tq) // Q) // bs)
-            return int(np.maximum(need - held, 0).sum())
+            return ranks.per_rank(rank, np.maximum(need - held, 0))
 
-        if steps > 1 and extra_blocks(steps) > limit:
-            lo, hi = 1, steps  # extra_blocks(lo) <= limit < extra_blocks(hi)
+        if steps > 1 and bool((extra_blocks(steps) > limit).any()):
+            lo, hi = 1, steps  # extra_blocks(lo) fits every rank's limit, extra_blocks(hi) does not
             while hi - lo > 1:
                 mid = (lo + hi) // 2
-                if extra_blocks(mid) > limit:
+                if bool((extra_blocks(mid) > limit).any()):
                     hi = mid
                 else:
                     lo = mid
