@@ -153,8 +153,9 @@ def test_paper_table2_is_the_shipped_default():
 @pytest.mark.parametrize(
     "text, per_engine",
     [
-        ("INFO 03-01 kv_cache_utils.py:716] GPU KV cache size: 812,144 tokens\n", 812_144),
-        ('vllm:cache_config_info{block_size="16",cache_dtype="auto",num_gpu_blocks="50000"} 1.0\n', 800_000),
+        ("INFO 03-01 kv_cache_utils.py:716] GPU KV cache size: 812,144 tokens\n", 812_128),  # less the null block
+        ("INFO 03-01 kv_cache_utils.py:716] CPU KV cache size: 4,608 tokens\n", 4_592),
+        ('vllm:cache_config_info{block_size="16",cache_dtype="auto",num_gpu_blocks="50000"} 1.0\n', 799_984),
         ("INFO executor_base.py:111] # cuda blocks: 40000, # CPU blocks: 4096\n", 640_000),
     ],
 )

@@ -1,10 +1,14 @@
 """KV capacity: what a vLLM server reports against what seersim's specs predict.
 
 Sources, in any of these forms (one engine = one DP rank; its TP ranks share its blocks):
-- a vLLM server log: V1 prints `GPU KV cache size: 1,234,567 tokens`; V0 prints
-  `# GPU blocks: 12345` (or `# cuda blocks:`), with the block size from the scenario;
+- a vLLM server log: V1 prints `GPU KV cache size: 1,234,567 tokens` (`CPU ...` on
+  CPU servers); V0 prints `# GPU blocks: 12345` (or `# cuda blocks:`), with the block
+  size from the scenario;
 - the server's `/metrics` text: `vllm:cache_config_info{...,num_gpu_blocks="12345",block_size="16",...}`;
 - a profile's `.meta.json` with `kv_cache_tokens` (or `num_gpu_blocks` and `block_size`).
+
+V1's size and block count include its null block (the first block, never allocated:
+vllm/v1/core/block_pool.py); the usable KV is one block less.
 """
 
 from __future__ import annotations
@@ -17,7 +21,7 @@ from pathlib import Path
 from seersim.config import Scenario, with_overrides
 from seersim.errors import TraceError
 
-_V1 = re.compile(r"GPU KV cache size:\s*([\d,]+)\s*tokens")
+_V1 = re.compile(r"(?:GPU|CPU) KV cache size:\s*([\d,]+)\s*tokens")
 _V0 = re.compile(r"#\s*(?:GPU|cuda) blocks:\s*([\d,]+)", re.IGNORECASE)
 _METRIC = re.compile(r"vllm:cache_config_info\{([^}]*)\}")
 _LABEL = re.compile(r'(\w+)="([^"]*)"')
@@ -48,13 +52,13 @@ def measured_tokens_per_engine(path: str | Path, block_size: int) -> tuple[int, 
         raise TraceError(f"{p}: no kv_cache_tokens or num_gpu_blocks field")
     found = _V1.findall(text)
     if found:
-        return int(found[-1].replace(",", "")), "log 'GPU KV cache size'"
+        return int(found[-1].replace(",", "")) - block_size, "log 'KV cache size' less the null block"
     m = _METRIC.search(text)
     if m:
         labels = dict(_LABEL.findall(m.group(1)))
         if labels.get("num_gpu_blocks", "None") not in ("", "None"):
             bs = int(labels.get("block_size", block_size))
-            return int(labels["num_gpu_blocks"]) * bs, "metrics cache_config_info"
+            return (int(labels["num_gpu_blocks"]) - 1) * bs, "metrics cache_config_info less the null block"
     found = _V0.findall(text)
     if found:
         return int(found[-1].replace(",", "")) * block_size, "log '# GPU blocks'"
