@@ -218,16 +218,17 @@ def test_chunks_reserved_at_their_limit_never_make_a_rank_preempt(policy):
 
 
 def test_the_driver_reserves_each_chunk_on_the_rank_it_runs_on(monkeypatch):
-    """The rank the driver reserves a chunk on is the rank the engine runs it on, and no
-    rank's reservations exceed its KV."""
+    """The rank the driver reserves a chunk on is the rank the engine runs it on, no
+    rank's reservations exceed its KV, and they all return when the chunks do."""
     from seersim.driver import Driver
     from seersim.engine.instance import Instance
 
-    sent, ran = [], []
+    sent, ran, drivers = [], [], []
     original_apply, original_assign = Driver._apply, Instance._assign_arrivals
 
     def apply(self, d):
         original_apply(self, d)
+        drivers.append(self)
         assert (self.rank_reserved_blocks <= self.rank_total_blocks).all()
         sent.append((d.instance_id, d.request_id, int(self._rank[d.request_id])))
 
@@ -242,3 +243,4 @@ def test_the_driver_reserves_each_chunk_on_the_rank_it_runs_on(monkeypatch):
     seersim.simulate(load_small(**RESERVED_PER_RANK), policy="divided")
     assert sent and sorted(sent) == sorted(ran)
     assert {r for _, _, r in sent} == {0, 1}
+    assert not drivers[-1].rank_reserved_blocks.any()
