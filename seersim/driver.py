@@ -24,7 +24,7 @@ from seersim.backends.base import INSTANCE_COLUMNS, TIMELINE_COLUMNS, Backend, B
 from seersim.config import Scenario, SyntheticWorkload
 from seersim.errors import PolicyError, SimulationError
 from seersim.policies import Dispatch, Policy, make_policy
-from seersim.policies.base import chunk_blocks
+from seersim.policies.base import chunk_blocks, dispatch_ranks
 from seersim.requests import DONE, IN_FLIGHT, PENDING, GroupProgress, RequestTable
 from seersim.workload import Request, Workload, build_workload, generate_synthetic
 
@@ -50,7 +50,12 @@ class Driver:
     `stop_after_groups` (partial rollout): the step ends once this many groups have
     fully finished; the backend then aborts what still runs. `prefix_caching`: the
     instances share a group's prompt blocks between its requests, so a reservation
-    counts them once per instance and group.
+    counts them once per instance (and DP rank) and group.
+
+    A chunked policy's chunks are reserved and sent to a DP rank of the instance
+    (`policies.base.dispatch_ranks`, the rule `Loads` checks room with), so no rank
+    over-commits its own KV; a whole-request policy (baseline) sends no rank and the
+    instance balances its ranks itself (`Instance._pick_rank`).
     """
 
     def __init__(
@@ -72,6 +77,12 @@ class Driver:
         self._in_flight = np.zeros(n, np.int64)
         self._reserved = np.zeros(n, np.int64)
         self._reservation = np.zeros(t.n, np.int64)  # each in-flight chunk's blocks beyond its shared prompt
+        self._routes_ranks = policy.chunked
+        dp = backend.dp_ranks
+        rank_total = np.repeat(backend.kv_total_blocks[:, None] // dp, dp, axis=1)
+        self._rank_total = _ro(rank_total)
+        self._rank_reserved = np.zeros((n, dp), np.int64)
+        self._rank = np.full(t.n, -1, np.int64)  # the DP rank each in-flight chunk was sent to
         # per group: full prompt blocks its requests share (the shortest prompt's), and
         # its chunks in flight on each instance (the prompt is reserved where > 0)
         self._shared_prompt = np.zeros(int(t.group_id.max()) + 1 if t.n else 0, np.int64)
@@ -79,15 +90,17 @@ class Driver:
             self._shared_prompt[:] = t.input_tokens.max() // backend.block_size
             np.minimum.at(self._shared_prompt, t.group_id, t.input_tokens // backend.block_size)
         self._group_in_flight: dict[int, np.ndarray] = {}
+        self._group_rank_in_flight: dict[int, np.ndarray] = {}  # the same per (instance, rank), chunks sent to a rank
         self._reservation_rule = policy.cfg.kv_reservation
         self._chunks_returned = 0
         self._chunk_tokens_returned = 0
-        self._ran_on: list[set[int]] = [set() for _ in range(t.n)]
+        self._ran_on: list[dict[int, int]] = [{} for _ in range(t.n)]  # instance -> rank of its last chunk there (-1: none sent)
         self._finished_by_group: dict[int, list[int]] = {}
         self._remaining = t.n
         # read-only views handed to policies (the arrays are never reallocated)
         self._ro_in_flight = _ro(self._in_flight)
         self._ro_reserved = _ro(self._reserved)
+        self._ro_rank_reserved = _ro(self._rank_reserved)
         self._ro_group_id = _ro(t.group_id)
         self._ro_input = _ro(t.input_tokens)
         self._ro_generated = _ro(t.generated)
@@ -126,6 +139,24 @@ class Driver:
     def group_in_flight(self, group_id: int) -> np.ndarray:
         counts = self._group_in_flight.get(group_id)
         return _ro(counts) if counts is not None else np.zeros(self.backend.num_instances, np.int64)
+
+    @property
+    def rank_total_blocks(self) -> np.ndarray:
+        return self._rank_total
+
+    @property
+    def rank_reserved_blocks(self) -> np.ndarray:
+        return self._ro_rank_reserved
+
+    def group_rank_in_flight(self, group_id: int) -> np.ndarray:
+        counts = self._group_rank_in_flight.get(group_id)
+        return _ro(counts) if counts is not None else np.zeros(self._rank_reserved.shape, np.int64)
+
+    def affinity_ranks(self, request_id: int) -> np.ndarray:
+        ranks = np.full(self.backend.num_instances, -1, np.int64)
+        for iid, rank in self._ran_on[request_id].items():
+            ranks[iid] = rank
+        return ranks
 
     def shared_prompt_blocks(self, group_id: int) -> int:
         return int(self._shared_prompt[group_id])
@@ -225,10 +256,18 @@ class Driver:
         self._reservation[rid] = own
         self._reserved[iid] += own
         self._in_flight[iid] += 1
-        self._ran_on[rid].add(iid)
+        rank = int(dispatch_ranks(self, self._rank_reserved, rid)[iid]) if self._routes_ranks else -1
+        if rank >= 0:
+            rank_counts = self._group_rank_in_flight.setdefault(group, np.zeros(self._rank_reserved.shape, np.int64))
+            if rank_counts[iid, rank] == 0:
+                self._rank_reserved[iid, rank] += shared
+            rank_counts[iid, rank] += 1
+            self._rank_reserved[iid, rank] += own
+        self._rank[rid] = rank
+        self._ran_on[rid][iid] = rank
         # the chunk ends at its limit or at the request's true end (EOS; forced live)
         tokens = min(d.max_new_tokens, int(t.output_tokens[rid] - t.generated[rid]))
-        self.backend.submit(iid, rid, tokens, d.pull_kv)
+        self.backend.submit(iid, rid, tokens, d.pull_kv, rank if rank >= 0 else None)
 
     # ------------------------------------------------------------------ BackendListener
     def chunk_done(self, instance_id: int, request_id: int, generated_tokens: int, finished: bool) -> None:
@@ -238,12 +277,19 @@ class Driver:
         t.generated[request_id] = generated_tokens
         self._in_flight[instance_id] -= 1
         self._reserved[instance_id] -= self._reservation[request_id]
-        self._reservation[request_id] = 0
         group = int(t.group_id[request_id])
         counts = self._group_in_flight[group]
         counts[instance_id] -= 1
         if counts[instance_id] == 0:
             self._reserved[instance_id] -= self._shared_prompt[group]
+        rank = int(self._rank[request_id])
+        if rank >= 0:
+            self._rank_reserved[instance_id, rank] -= self._reservation[request_id]
+            rank_counts = self._group_rank_in_flight[group]
+            rank_counts[instance_id, rank] -= 1
+            if rank_counts[instance_id, rank] == 0:
+                self._rank_reserved[instance_id, rank] -= self._shared_prompt[group]
+        self._reservation[request_id] = 0
         if finished:
             t.state[request_id] = DONE
             t.finish_s[request_id] = self.backend.now_s

@@ -7,7 +7,7 @@ import numpy as np
 import pytest
 
 import seersim
-from conftest import REPO_ROOT
+from conftest import REPO_ROOT, load_small
 from seersim.cost import build_cost_model
 from seersim.engine.dp import DPRanks
 from test_fast_forward import SMALL, _assert_equivalent, _both
@@ -198,3 +198,49 @@ def test_prefill_stretches_and_preemption_tails_are_exercised_exactly(monkeypatc
     # (step-by-step plans are one iteration each: these are fast-forward's)
     assert any(kind == "prefill" and steps > 1 for kind, steps, _ in seen)
     assert any(kind == "mixed" and steps > 1 and preempted for kind, steps, preempted in seen)
+
+
+# the same two instances of two ranks, chunks reserved at their limit
+# (policy.kv_reservation: chunk_limit): per-instance reservations let a rank run short
+RESERVED_PER_RANK = {**PER_RANK_PRESSURE, "policy.kv_reservation": "chunk_limit"}
+
+
+@pytest.mark.parametrize("policy", ["divided", "context_aware", "seer"])
+def test_chunks_reserved_at_their_limit_never_make_a_rank_preempt(policy):
+    """Each rank has its own KV: a chunk is reserved on, and sent to, one rank (its own
+    cached context's, else the one with the most unreserved blocks), so its rank never
+    preempts. Checked per instance (half the instance's KV free, all of it on the other
+    rank) the same chunks made the ranks preempt."""
+    ff, sbs = _both(policy, **RESERVED_PER_RANK)
+    _assert_equivalent(ff, sbs)
+    assert ff.summary["preemptions"] == 0
+    assert ff.requests["chunks"].max() > 1, "requests come back in chunks: affinity matters"
+
+
+def test_the_driver_reserves_each_chunk_on_the_rank_it_runs_on(monkeypatch):
+    """The rank the driver reserves a chunk on is the rank the engine runs it on, no
+    rank's reservations exceed its KV, and they all return when the chunks do."""
+    from seersim.driver import Driver
+    from seersim.engine.instance import Instance
+
+    sent, ran, drivers = [], [], []
+    original_apply, original_assign = Driver._apply, Instance._assign_arrivals
+
+    def apply(self, d):
+        original_apply(self, d)
+        drivers.append(self)
+        assert (self.rank_reserved_blocks <= self.rank_total_blocks).all()
+        sent.append((d.instance_id, d.request_id, int(self._rank[d.request_id])))
+
+    def assign(self):
+        arrivals = list(self._arrivals)
+        original_assign(self)
+        for rid, _, _ in arrivals:
+            ran.append((self.id, rid, next(r for r, q in enumerate(self.queues) if any(x == rid for x, _ in q))))
+
+    monkeypatch.setattr(Driver, "_apply", apply)
+    monkeypatch.setattr(Instance, "_assign_arrivals", assign)
+    seersim.simulate(load_small(**RESERVED_PER_RANK), policy="divided")
+    assert sent and sorted(sent) == sorted(ran)
+    assert {r for _, _, r in sent} == {0, 1}
+    assert not drivers[-1].rank_reserved_blocks.any()

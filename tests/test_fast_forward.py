@@ -325,9 +325,9 @@ def test_dispatch_arriving_while_an_interrupted_stretch_settles(monkeypatch):
     late = []
     original = Instance.enqueue
 
-    def recording(self, request_id, left_tokens):
+    def recording(self, request_id, left_tokens, rank=None):
         late.append(self._current is not None and self._current[0].steps > 1 and not self._interruptible)
-        original(self, request_id, left_tokens)
+        original(self, request_id, left_tokens, rank)
 
     monkeypatch.setattr(Instance, "enqueue", recording)
     over = {**SMALL, "cluster.instances": 4, "policy.chunk_tokens": 64, "policy.imbalance_threshold": 0}

@@ -37,6 +37,7 @@ class _Recorder:
         self.name = inner.name
         self.cfg = inner.cfg
         self.uses_true_lengths = inner.uses_true_lengths
+        self.chunked = inner.chunked
 
     def reveal_true_lengths(self, lengths):
         self.inner.reveal_true_lengths(lengths)

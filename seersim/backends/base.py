@@ -102,8 +102,9 @@ class Backend(Protocol):
     ------------------
     Capacity is fixed for the backend's life: `num_instances`, `block_size` (tokens
     per KV block), `max_num_seqs` (sequences one instance runs at once) and
-    `kv_total_blocks` (per instance). `now_s` is seconds since the current step began:
-    simulated for the simulator, wall-clock for live servers.
+    `kv_total_blocks` (per instance, split evenly among its `dp_ranks` attention
+    ranks, each with its own KV cache). `now_s` is seconds since the current step
+    began: simulated for the simulator, wall-clock for live servers.
     """
 
     @property
@@ -118,6 +119,11 @@ class Backend(Protocol):
     @property
     def kv_total_blocks(self) -> "np.ndarray":
         """KV capacity of each instance in blocks (int64, read-only)."""
+        ...
+
+    @property
+    def dp_ranks(self) -> int:
+        """Data-parallel attention ranks per instance (1 without DP attention)."""
         ...
 
     @property
@@ -156,12 +162,14 @@ class Backend(Protocol):
         ...
 
     # ------------------------------------------------------------------ work
-    def submit(self, instance_id: int, request_id: int, tokens: int, pull_kv: bool) -> None:
+    def submit(self, instance_id: int, request_id: int, tokens: int, pull_kv: bool, rank: int | None = None) -> None:
         """Run one chunk: generate `tokens` (≥ 1) more tokens of the request on the
         instance, continuing from its prompt plus `table.generated` tokens. `tokens` is
         the dispatch's limit, or fewer where the request's true output ends sooner.
         `pull_kv`: first fetch the request's KV missing on the instance from the global
         KV pool (a backend without a pool ignores it and the instance recomputes).
+        `rank`: the DP rank to run it on (as vLLM takes a target data-parallel rank per
+        request), chosen by the driver's KV reservations; None lets the instance pick.
         The chunk joins the instance's batch at its next iteration boundary and
         reports through `listener.chunk_done` when it ends."""
         ...

@@ -216,6 +216,10 @@ class VLLMBackend:
         return self._kv_total
 
     @property
+    def dp_ranks(self) -> int:
+        return 1  # one engine core per server (validation runs dp=1 servers)
+
+    @property
     def now_s(self) -> float:
         return time.monotonic() - self._t0
 
@@ -341,7 +345,9 @@ class VLLMBackend:
         return BackendRecords(instances=rows, timeline=list(self._timeline), pool={})
 
     # ------------------------------------------------------------------ work
-    def submit(self, instance_id: int, request_id: int, tokens: int, pull_kv: bool) -> None:
+    def submit(self, instance_id: int, request_id: int, tokens: int, pull_kv: bool, rank: int | None = None) -> None:
+        # `rank` is always 0 or None here (dp_ranks is 1): a dp=1 server has one rank,
+        # so there is no data_parallel_rank to send
         if self.failures:
             # a server died: send nothing new, report the chunk as not sent
             self.failures.append(

@@ -68,6 +68,10 @@ class SimBackend:
         return self._kv_total
 
     @property
+    def dp_ranks(self) -> int:
+        return self.scenario.cluster.parallelism.dp
+
+    @property
     def now_s(self) -> float:
         return float(self.env.now)
 
@@ -143,7 +147,7 @@ class SimBackend:
         return self._records()
 
     # ------------------------------------------------------------------ work
-    def submit(self, instance_id: int, request_id: int, tokens: int, pull_kv: bool) -> None:
+    def submit(self, instance_id: int, request_id: int, tokens: int, pull_kv: bool, rank: int | None = None) -> None:
         inst = self.instances[instance_id]
         if pull_kv and self.pool.enabled:
             local = self.cached_tokens(request_id, (instance_id,)).get(instance_id, 0)
@@ -152,17 +156,17 @@ class SimBackend:
                 delay = self.pool.pull_time_s(request_id, pooled - local, self._link_bytes_per_s)
                 self.table.pulled_bytes[request_id] += (pooled - local) * self.scenario.model.kv_bytes_per_token
                 if delay > 0:
-                    self.env.process(self._deliver_after(delay, inst, request_id, tokens, pooled))
+                    self.env.process(self._deliver_after(delay, inst, request_id, tokens, pooled, rank))
                     return
-        inst.enqueue(request_id, tokens)
+        inst.enqueue(request_id, tokens, rank)
 
-    def _deliver_after(self, delay: float, inst: Instance, rid: int, tokens: int, pooled_tokens: int):
+    def _deliver_after(self, delay: float, inst: Instance, rid: int, tokens: int, pooled_tokens: int, rank: int | None):
         yield self.env.timeout(delay)
         p_blocks = int(self.prompt_blocks[rid])
         own = max(0, pooled_tokens // self._bs - p_blocks)
         inst.settle_kv(cache_only=False)
-        inst.insert_pulled_kv(rid, int(self.table.group_id[rid]), p_blocks, own)
-        inst.enqueue(rid, tokens)
+        inst.insert_pulled_kv(rid, int(self.table.group_id[rid]), p_blocks, own, rank)
+        inst.enqueue(rid, tokens, rank)
 
     def _on_chunk_done(self, instance_id: int, request_id: int, finished: bool) -> None:
         t = self.table

@@ -108,9 +108,10 @@ class Instance:
         self.samples: list[tuple] = []  # timeline rows (backends.base.TIMELINE_COLUMNS after "instance")
         # each rank's waiting queue of (request id, tokens left in chunk), as each vLLM DP
         # rank is an engine core with its own scheduler; with several ranks a dispatched
-        # chunk waits in `_arrivals` until the next boundary picks its rank
+        # chunk waits in `_arrivals` (with the rank it was sent to, or None) until the
+        # next boundary puts it on that rank, or picks one
         self.queues: list[deque[tuple[int, int]]] = [deque() for _ in range(dp)]
-        self._arrivals: deque[tuple[int, int]] = deque()
+        self._arrivals: deque[tuple[int, int, int | None]] = deque()
         # per rank: (head request, KV cache version, free blocks, token budget) when its
         # waiting head last failed the KV check; it fails again while the cache version
         # stands, free blocks have not grown and the budget has not shrunk (`_admit`)
@@ -167,12 +168,13 @@ class Instance:
             kv.check(idle)
 
     # ------------------------------------------------------------------ input
-    def enqueue(self, request_id: int, left_tokens: int) -> None:
-        """A dispatched chunk arrives; it joins at the next iteration boundary."""
+    def enqueue(self, request_id: int, left_tokens: int, rank: int | None = None) -> None:
+        """A dispatched chunk arrives; it joins at the next iteration boundary, on `rank`
+        (the DP rank its dispatcher reserved KV on), else on the rank `_pick_rank` picks."""
         if self.ranks.dp == 1:
             self.queues[0].append((request_id, left_tokens))
         else:
-            self._arrivals.append((request_id, left_tokens))
+            self._arrivals.append((request_id, left_tokens, rank))
         if self._wake is not None and not self._wake.triggered:
             self._wake.succeed()
         elif self._interruptible:
@@ -670,8 +672,8 @@ class Instance:
         """Chunks dispatched since the last boundary join their DP ranks' queues."""
         load = self._load()
         while self._arrivals:
-            rid, left = self._arrivals.popleft()
-            r = self._pick_rank(rid, load)
+            rid, left, rank = self._arrivals.popleft()
+            r = self._pick_rank(rid, load) if rank is None else rank
             self.queues[r].append((rid, left))
             load[r] += int(self._context_blocks(np.array([rid]))[0])
 
@@ -939,13 +941,19 @@ class Instance:
     def _sample(self) -> None:
         self.samples.append((self.env.now, len(self.batch), self.num_waiting, self.kv_used_blocks, self.kv_cached_blocks))
 
-    def insert_pulled_kv(self, request_id: int, group_id: int, prompt_blocks: int, own_blocks: int) -> None:
+    def insert_pulled_kv(
+        self, request_id: int, group_id: int, prompt_blocks: int, own_blocks: int, rank: int | None = None
+    ) -> None:
         """KV that arrived through the pool lands as cached blocks (a prefix hit at admission).
 
-        It lands on the rank the request will join (`_pick_rank`, which then finds it
-        there). Without room for it the transfer is wasted and the request recomputes.
+        It lands on the rank the request will join: `rank` it was sent to, else the one
+        `_pick_rank` picks (and then finds it there). Without room for it the transfer
+        is wasted and the request recomputes.
         """
-        rank = self._pick_rank(request_id, self._load()) if self.ranks.dp > 1 else 0
+        if self.ranks.dp == 1:
+            rank = 0
+        elif rank is None:
+            rank = self._pick_rank(request_id, self._load())
         self.kvs[rank].insert_prefix(request_id, group_id, prompt_blocks, own_blocks)
         if self._current is not None:
             self._current[0].may_evict = None  # fewer uncached free blocks now

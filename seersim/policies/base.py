@@ -61,6 +61,23 @@ class ClusterView(Protocol):
     def group_in_flight(self, group_id: int) -> np.ndarray:
         """Chunks of this group in flight on each instance."""
         ...
+    @property
+    def rank_total_blocks(self) -> np.ndarray:
+        """KV blocks of each DP attention rank of each instance, shape (instances, ranks);
+        each rank has its own KV cache (one rank without DP attention)."""
+        ...
+    @property
+    def rank_reserved_blocks(self) -> np.ndarray:
+        """Blocks reserved on each rank of each instance by the in-flight chunks sent to
+        it (`dispatch_ranks`), a group's shared prompt counted once per rank holding it."""
+        ...
+    def group_rank_in_flight(self, group_id: int) -> np.ndarray:
+        """Chunks of this group in flight on each rank of each instance (instances, ranks)."""
+        ...
+    def affinity_ranks(self, request_id: int) -> np.ndarray:
+        """The rank of each instance where the request's previous chunk there ran (its own
+        context is cached there), -1 where it has not run."""
+        ...
     def shared_prompt_blocks(self, group_id: int) -> int:
         """Full prompt blocks the group's requests share on one instance (prefix caching; else 0)."""
         ...
@@ -123,37 +140,70 @@ class Policy(ABC):
         """Dispatch decisions now (may be empty: wait for the next event)."""
 
 
+@dataclass(frozen=True, slots=True)
+class Projection:
+    """Where a chunk would run on each instance — the DP rank `dispatch_ranks` picks —
+    and the KV blocks it would reserve on that rank."""
+
+    ranks: np.ndarray
+    blocks: np.ndarray
+
+
 class Loads:
     """A policy's tentative bookkeeping within one `decide`: the loads and KV reservations
-    its own earlier decisions in the same call will add."""
+    its own earlier decisions in the same call will add.
+
+    KV room is checked per DP rank: each rank has its own KV cache and preempts on its
+    own, so an instance has room for a chunk when the rank it would run on has. The
+    driver sends each chunk to that rank (the same `dispatch_ranks` on the same
+    reservations), so a chunk that fits here never makes its rank preempt."""
 
     def __init__(self, view: ClusterView, cfg: PolicyConfig) -> None:
         self.view = view
         self.rule = cfg.kv_reservation
         self.in_flight = view.in_flight.astype(np.int64).copy()
-        self.reserved = view.reserved_blocks.astype(np.int64).copy()
-        self.total = view.kv_total_blocks
-        self._group_added: dict[int, np.ndarray] = {}  # group -> chunks this decide added per instance
+        self.rank_reserved = view.rank_reserved_blocks.astype(np.int64).copy()
+        self.rank_total = view.rank_total_blocks
+        self._rows = np.arange(len(self.in_flight))
+        self._group_added: dict[int, np.ndarray] = {}  # group -> chunks this decide added per (instance, rank)
 
-    def projected_blocks(self, request_id: int, max_new_tokens: int) -> np.ndarray:
-        """Blocks the chunk would add to each instance's reservation: its own context and
-        growth, plus its group's shared prompt where no sibling already holds it."""
+    def projected_blocks(self, request_id: int, max_new_tokens: int) -> Projection:
+        """The rank the chunk would run on at each instance and the blocks it would add to
+        that rank's reservation: its own context and growth, plus its group's shared
+        prompt where no sibling on that rank already holds it."""
         group = int(self.view.group_id[request_id])
         total = chunk_blocks(self.view, request_id, max_new_tokens, self.rule)
         shared = self.view.shared_prompt_blocks(group)
-        held = self.view.group_in_flight(group) + self._group_added.get(group, 0) > 0
-        return np.where(held, total - shared, total)
+        ranks = dispatch_ranks(self.view, self.rank_reserved, request_id)
+        held = self.view.group_rank_in_flight(group) + self._group_added.get(group, 0)
+        return Projection(ranks, np.where(held[self._rows, ranks] > 0, total - shared, total))
 
-    def has_room(self, blocks: np.ndarray) -> np.ndarray:
-        """Instances where a chunk adding `blocks` fits beside every in-flight chunk's reservation."""
-        return (self.reserved + blocks <= self.total) & (self.in_flight < self.view.max_num_seqs)
+    def headroom(self, p: Projection) -> np.ndarray:
+        """Unreserved blocks of the rank the chunk would run on, on each instance."""
+        return self.rank_total[self._rows, p.ranks] - self.rank_reserved[self._rows, p.ranks]
 
-    def add(self, instance_id: int, request_id: int, blocks: np.ndarray) -> None:
+    def has_room(self, p: Projection) -> np.ndarray:
+        """Instances where the chunk fits on its rank beside every in-flight chunk's reservation."""
+        return (p.blocks <= self.headroom(p)) & (self.in_flight < self.view.max_num_seqs)
+
+    def add(self, instance_id: int, request_id: int, p: Projection) -> None:
+        rank = int(p.ranks[instance_id])
         self.in_flight[instance_id] += 1
-        self.reserved[instance_id] += blocks[instance_id]
+        self.rank_reserved[instance_id, rank] += p.blocks[instance_id]
         group = int(self.view.group_id[request_id])
-        added = self._group_added.setdefault(group, np.zeros(len(self.total), np.int64))
-        added[instance_id] += 1
+        added = self._group_added.setdefault(group, np.zeros(self.rank_reserved.shape, np.int64))
+        added[instance_id, rank] += 1
+
+
+def dispatch_ranks(view: ClusterView, rank_reserved: np.ndarray, request_id: int) -> np.ndarray:
+    """The DP rank a chunk of the request runs on at each instance, given the ranks'
+    reserved blocks: the rank holding its own earlier context there (as the engine's
+    affinity: elsewhere it would recompute all of it), else the rank with the most
+    unreserved blocks, lowest index first. A Seer-like global scheduler routes each
+    chunk to its rank (vLLM takes a target data-parallel rank per request), so its
+    reservation and its KV land on the same rank."""
+    own = view.affinity_ranks(request_id)
+    return np.where(own >= 0, own, np.argmax(view.rank_total_blocks - rank_reserved, axis=1))
 
 
 def chunk_blocks(view: ClusterView, request_id: int, max_new_tokens: int, rule: KVReservation) -> int:
@@ -161,7 +211,7 @@ def chunk_blocks(view: ClusterView, request_id: int, max_new_tokens: int, rule: 
 
     The chunk's context (prompt + generated) plus its growth allowance (the prompt's
     full blocks are shared with the siblings in flight on the same instance: the
-    driver and `Loads` count them once per instance and group):
+    driver and `Loads` count them once per instance (DP rank) and group):
     - "chunk_limit": the whole chunk — what it holds at its limit, so the instance
       never preempts, but chunks that end early (EOS) leave reserved KV idle;
     - "expected_growth": the mean tokens the step's returned chunks generated (the
@@ -208,8 +258,8 @@ def place_chunk(view: ClusterView, loads: Loads, request_id: int, max_new: int, 
             target = min(options)[2]
     if target < 0:
         candidates = np.flatnonzero(room)
-        # fewest in-flight chunks; ties by the most KV headroom, then id
-        target = int(candidates[np.lexsort((loads.reserved[candidates] - loads.total[candidates], loads.in_flight[candidates]))[0]])
+        # fewest in-flight chunks; ties by the most KV headroom (of the rank it would run on), then id
+        target = int(candidates[np.lexsort((-loads.headroom(blocks)[candidates], loads.in_flight[candidates]))[0]])
     gap = best - cached.get(target, 0)
     pull = gap > cfg.migrate_margin_tokens and view.pool_tokens(request_id) > cached.get(target, 0)
     loads.add(target, request_id, blocks)
