@@ -42,7 +42,7 @@ from seersim.engine.dp import DPRanks
 from seersim.engine.events import AFTER_STRETCHES, At
 from seersim.engine.kvcache import KVCache, prompt_key
 from seersim.engine.specdec import SpecDecoder
-from seersim.engine.stretch import HeadStretch, LinearStretch, TabulatedStretch
+from seersim.engine.stretch import HeadStretch, LinearStretch, TabulatedStretch, steps_within
 from seersim.errors import SimulationError
 from seersim.requests import RequestTable
 
@@ -425,18 +425,9 @@ class Instance:
         if steps <= 1:
             return None
         blocks_fn = self._decode_blocks_fn(b.computed, 0, new)
-        limit = self.stretch_block_limit()
-        if bool((blocks_fn(steps) > limit).any()):
-            lo, hi = 1, steps  # blocks_fn(lo) fits every rank, blocks_fn(hi) does not
-            while hi - lo > 1:
-                mid = (lo + hi) // 2
-                if bool((blocks_fn(mid) > limit).any()):
-                    hi = mid
-                else:
-                    lo = mid
-            steps = lo
-            if steps <= 1:
-                return None
+        steps = steps_within(blocks_fn, self.stretch_block_limit(), steps)
+        if steps <= 1:
+            return None
         stretch = self._prefill_stretch(new, steps)
         if stretch is None:
             return None

@@ -43,7 +43,7 @@ from seersim.calibrate.acceptance import load_acceptance, tau
 from seersim.config import SpeculationConfig
 from seersim.cost import CostModel, StepLines
 from seersim.engine.batch import Q, EngineState, Plan, RunningBatch
-from seersim.engine.stretch import LinearStretch, TabulatedStretch
+from seersim.engine.stretch import LinearStretch, TabulatedStretch, steps_within
 from seersim.engine.dp import DPRanks
 from seersim.requests import GroupProgress
 
@@ -284,15 +284,7 @@ class SpecDecoder:
             need = -(-(base + (acc + (k - 1) * tq) // Q) // bs)
             return ranks.per_rank(rank, np.maximum(need - held, 0))
 
-        if steps > 1 and bool((extra_blocks(steps) > limit).any()):
-            lo, hi = 1, steps  # extra_blocks(lo) fits every rank's limit, extra_blocks(hi) does not
-            while hi - lo > 1:
-                mid = (lo + hi) // 2
-                if bool((extra_blocks(mid) > limit).any()):
-                    hi = mid
-                else:
-                    lo = mid
-            steps = lo
+        steps = steps_within(extra_blocks, limit, steps)
         stretch = self._stretch(b, state.ranks)
         return Plan(steps, stretch, "spec_decode", None, extra_blocks)
 

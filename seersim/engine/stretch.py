@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import bisect
 import math
+from collections.abc import Callable
 
 import numpy as np
 
@@ -164,3 +165,19 @@ class HeadStretch:
         if elapsed_s < self.head_s or k_max <= 0:
             return 0
         return 1 + self.tail.steps_done_by(elapsed_s - self.head_s, k_max - 1)
+
+
+def steps_within(blocks_at: Callable[[int], np.ndarray], limit: np.ndarray, steps: int) -> int:
+    """The longest stretch of at most `steps` iterations whose KV fits: the largest k
+    with `blocks_at(k)` ≤ `limit` on every DP rank, by bisection (blocks grow with k;
+    one iteration always fits, its blocks being allocated already)."""
+    if steps <= 1 or not bool((blocks_at(steps) > limit).any()):
+        return steps
+    lo, hi = 1, steps  # blocks_at(lo) fits, blocks_at(hi) does not
+    while hi - lo > 1:
+        mid = (lo + hi) // 2
+        if bool((blocks_at(mid) > limit).any()):
+            hi = mid
+        else:
+            lo = mid
+    return lo
