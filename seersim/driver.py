@@ -50,7 +50,7 @@ class Driver:
     `stop_after_groups` (partial rollout): the step ends once this many groups have
     fully finished; the backend then aborts what still runs. `prefix_caching`: the
     instances share a group's prompt blocks between its requests, so a reservation
-    counts them once per instance (and DP rank) and group.
+    counts them once per DP rank and group.
 
     A chunked policy's chunks are reserved and sent to a DP rank of the instance
     (`policies.base.dispatch_ranks`, the rule `Loads` checks room with), so no rank
@@ -75,22 +75,20 @@ class Driver:
         self.groups = GroupProgress(t.group_id)
         n = backend.num_instances
         self._in_flight = np.zeros(n, np.int64)
-        self._reserved = np.zeros(n, np.int64)
-        self._reservation = np.zeros(t.n, np.int64)  # each in-flight chunk's blocks beyond its shared prompt
+        self._reservation = np.zeros(t.n, np.int64)  # each routed in-flight chunk's blocks beyond its shared prompt
         self._routes_ranks = policy.chunked
         dp = backend.dp_ranks
         rank_total = np.repeat(backend.kv_total_blocks[:, None] // dp, dp, axis=1)
         self._rank_total = _ro(rank_total)
         self._rank_reserved = np.zeros((n, dp), np.int64)
         self._rank = np.full(t.n, -1, np.int64)  # the DP rank each in-flight chunk was sent to
-        # per group: full prompt blocks its requests share (the shortest prompt's), and
-        # its chunks in flight on each instance (the prompt is reserved where > 0)
+        # per group: full prompt blocks its requests share (the shortest prompt's), and its
+        # chunks in flight on each (instance, rank) (the prompt is reserved where > 0)
         self._shared_prompt = np.zeros(int(t.group_id.max()) + 1 if t.n else 0, np.int64)
         if prefix_caching and t.n:
             self._shared_prompt[:] = t.input_tokens.max() // backend.block_size
             np.minimum.at(self._shared_prompt, t.group_id, t.input_tokens // backend.block_size)
-        self._group_in_flight: dict[int, np.ndarray] = {}
-        self._group_rank_in_flight: dict[int, np.ndarray] = {}  # the same per (instance, rank), chunks sent to a rank
+        self._group_rank_in_flight: dict[int, np.ndarray] = {}
         self._reservation_rule = policy.cfg.kv_reservation
         self._chunks_returned = 0
         self._chunk_tokens_returned = 0
@@ -99,7 +97,6 @@ class Driver:
         self._remaining = t.n
         # read-only views handed to policies (the arrays are never reallocated)
         self._ro_in_flight = _ro(self._in_flight)
-        self._ro_reserved = _ro(self._reserved)
         self._ro_rank_reserved = _ro(self._rank_reserved)
         self._ro_group_id = _ro(t.group_id)
         self._ro_input = _ro(t.input_tokens)
@@ -131,14 +128,6 @@ class Driver:
     @property
     def in_flight(self) -> np.ndarray:
         return self._ro_in_flight
-
-    @property
-    def reserved_blocks(self) -> np.ndarray:
-        return self._ro_reserved
-
-    def group_in_flight(self, group_id: int) -> np.ndarray:
-        counts = self._group_in_flight.get(group_id)
-        return _ro(counts) if counts is not None else np.zeros(self.backend.num_instances, np.int64)
 
     @property
     def rank_total_blocks(self) -> np.ndarray:
@@ -246,18 +235,13 @@ class Driver:
         t.state[rid] = IN_FLIGHT
         t.instance[rid] = iid
         t.chunks[rid] += 1
-        group = int(t.group_id[rid])
-        shared = int(self._shared_prompt[group])
-        own = chunk_blocks(self, rid, d.max_new_tokens, self._reservation_rule) - shared
-        counts = self._group_in_flight.setdefault(group, np.zeros(self.backend.num_instances, np.int64))
-        if counts[iid] == 0:
-            self._reserved[iid] += shared
-        counts[iid] += 1
-        self._reservation[rid] = own
-        self._reserved[iid] += own
         self._in_flight[iid] += 1
         rank = int(dispatch_ranks(self, self._rank_reserved, rid)[iid]) if self._routes_ranks else -1
         if rank >= 0:
+            group = int(t.group_id[rid])
+            shared = int(self._shared_prompt[group])
+            own = chunk_blocks(self, rid, d.max_new_tokens, self._reservation_rule) - shared
+            self._reservation[rid] = own
             rank_counts = self._group_rank_in_flight.setdefault(group, np.zeros(self._rank_reserved.shape, np.int64))
             if rank_counts[iid, rank] == 0:
                 self._rank_reserved[iid, rank] += shared
@@ -276,20 +260,15 @@ class Driver:
         self._chunk_tokens_returned += generated_tokens - int(t.generated[request_id])
         t.generated[request_id] = generated_tokens
         self._in_flight[instance_id] -= 1
-        self._reserved[instance_id] -= self._reservation[request_id]
-        group = int(t.group_id[request_id])
-        counts = self._group_in_flight[group]
-        counts[instance_id] -= 1
-        if counts[instance_id] == 0:
-            self._reserved[instance_id] -= self._shared_prompt[group]
         rank = int(self._rank[request_id])
         if rank >= 0:
+            group = int(t.group_id[request_id])
             self._rank_reserved[instance_id, rank] -= self._reservation[request_id]
             rank_counts = self._group_rank_in_flight[group]
             rank_counts[instance_id, rank] -= 1
             if rank_counts[instance_id, rank] == 0:
                 self._rank_reserved[instance_id, rank] -= self._shared_prompt[group]
-        self._reservation[request_id] = 0
+            self._reservation[request_id] = 0
         if finished:
             t.state[request_id] = DONE
             t.finish_s[request_id] = self.backend.now_s

@@ -66,7 +66,7 @@ def test_reservations_count_a_shared_prompt_once_per_instance_and_group():
             held.add((iid, int(view.group_id[rid])))
         for iid, group in held:
             expected[iid] += view.shared_prompt_blocks(group)
-        np.testing.assert_array_equal(view.reserved_blocks, expected)
+        np.testing.assert_array_equal(view.rank_reserved_blocks.sum(axis=1), expected)  # one rank per instance
         checked.append(len(held) < len(in_flight))  # some instance holds siblings at once
         out = decide(view)
         for d in out:
@@ -85,7 +85,7 @@ def test_reservations_count_a_shared_prompt_once_per_instance_and_group():
     driver.run()
     assert any(checked), "siblings never shared an instance: the test checks nothing"
     assert int(driver.shared_prompt_blocks(0)) == int(wl.requests[0].input_tokens) // sc.engine.block_size_tokens
-    np.testing.assert_array_equal(driver.reserved_blocks, 0)
+    np.testing.assert_array_equal(driver.rank_reserved_blocks, 0)
 
 
 def test_without_prefix_caching_nothing_is_shared():

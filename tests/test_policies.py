@@ -151,7 +151,7 @@ def test_policies_only_see_a_read_only_view():
             if seen:
                 return []
             seen["ok"] = True
-            for attr in ("in_flight", "reserved_blocks", "rank_reserved_blocks", "rank_total_blocks", "kv_total_blocks", "group_id", "input_tokens", "generated_tokens"):
+            for attr in ("in_flight", "rank_reserved_blocks", "rank_total_blocks", "kv_total_blocks", "group_id", "input_tokens", "generated_tokens"):
                 arr = getattr(view, attr)
                 with pytest.raises(ValueError):
                     arr[0] = 123

@@ -54,14 +54,6 @@ class ClusterView(Protocol):
         """Chunks dispatched to each instance and not yet returned (incl. KV in transit)."""
         ...
     @property
-    def reserved_blocks(self) -> np.ndarray:
-        """Blocks each instance reserves for its in-flight chunks (`chunk_blocks`), each
-        group's shared prompt counted once per instance (`shared_prompt_blocks`)."""
-        ...
-    def group_in_flight(self, group_id: int) -> np.ndarray:
-        """Chunks of this group in flight on each instance."""
-        ...
-    @property
     def rank_total_blocks(self) -> np.ndarray:
         """KV blocks of each DP attention rank of each instance, shape (instances, ranks);
         each rank has its own KV cache (one rank without DP attention)."""
@@ -69,7 +61,9 @@ class ClusterView(Protocol):
     @property
     def rank_reserved_blocks(self) -> np.ndarray:
         """Blocks reserved on each rank of each instance by the in-flight chunks sent to
-        it (`dispatch_ranks`), a group's shared prompt counted once per rank holding it."""
+        it (`dispatch_ranks`; chunked policies only): each chunk's `chunk_blocks` beyond
+        its group's shared prompt, plus that prompt (`shared_prompt_blocks`) once per
+        rank holding the group."""
         ...
     def group_rank_in_flight(self, group_id: int) -> np.ndarray:
         """Chunks of this group in flight on each rank of each instance (instances, ranks)."""
