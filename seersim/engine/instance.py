@@ -811,10 +811,7 @@ class Instance:
         b.computed += advance
         b.tokens += emit
         b.left -= emit
-        if not self._fresh_decoders:
-            # a prefill left with exactly one prompt token computes it as a decode
-            # step, which emits the first token (recorded by the decode path)
-            self._fresh_decoders = bool(((b.tokens - b.computed == 1) & (b.tokens == table.input_tokens[b.rid])).any())
+        self._note_fresh_decoders()
         emitted = int(emit.sum())
         st = self.stats
         st.prefill_tokens += int(np.where(decoding, 0, new - emit).sum())
@@ -828,22 +825,27 @@ class Instance:
     def _advance_prefill(self, new: np.ndarray, steps: int) -> None:
         """Apply `steps` identical mixed iterations of a prefill plan: prefills advance by
         `new` tokens each (none completes), scheduled decodes emit one token each."""
-        b, table = self.batch, self.table
+        b = self.batch
         decoding = ((b.tokens - b.computed) == 1) & (new > 0)
         dec = decoding.astype(np.int64)
         b.computed += steps * new
         b.tokens += steps * dec
         b.left -= steps * dec
         self._grow_blocks(b.computed)
-        if not self._fresh_decoders:
-            # a prefill left with exactly one prompt token computes it as a decode step
-            self._fresh_decoders = bool(((b.tokens - b.computed == 1) & (b.tokens == table.input_tokens[b.rid])).any())
+        self._note_fresh_decoders()
         emitted = int(dec.sum())
         st = self.stats
         st.prefill_tokens += steps * int(new[~decoding].sum())
         st.emitted_tokens += steps * emitted
         st.verified_tokens += steps * int(new.sum())
         self._share_new_prompts(b.computed - new)  # a prompt crossed in the last iteration
+
+    def _note_fresh_decoders(self) -> None:
+        """A prefill left with exactly one prompt token computes it as a decode step,
+        which emits the first token (recorded by the decode path: `_fresh_first_tokens`)."""
+        if not self._fresh_decoders:
+            b = self.batch
+            self._fresh_decoders = bool(((b.tokens - b.computed == 1) & (b.tokens == self.table.input_tokens[b.rid])).any())
 
     def _fresh_first_tokens(self, first_step_end_s: float) -> None:
         """Sequences whose prompt is computed but for one token (fully cached at
