@@ -20,6 +20,7 @@ from pathlib import Path
 
 from seersim.config import Scenario, with_overrides
 from seersim.errors import TraceError
+from seersim.profile.steplog import usable_kv_tokens
 
 _V1 = re.compile(r"(?:GPU|CPU) KV cache size:\s*([\d,]+)\s*tokens")
 _V0 = re.compile(r"#\s*(?:GPU|cuda) blocks:\s*([\d,]+)", re.IGNORECASE)
@@ -52,13 +53,13 @@ def measured_tokens_per_engine(path: str | Path, block_size: int) -> tuple[int, 
         raise TraceError(f"{p}: no kv_cache_tokens or num_gpu_blocks field")
     found = _V1.findall(text)
     if found:
-        return int(found[-1].replace(",", "")) - block_size, "log 'KV cache size' less the null block"
+        return usable_kv_tokens(int(found[-1].replace(",", "")), block_size), "log 'KV cache size' less the null block"
     m = _METRIC.search(text)
     if m:
         labels = dict(_LABEL.findall(m.group(1)))
         if labels.get("num_gpu_blocks", "None") not in ("", "None"):
             bs = int(labels.get("block_size", block_size))
-            return (int(labels["num_gpu_blocks"]) - 1) * bs, "metrics cache_config_info less the null block"
+            return usable_kv_tokens(int(labels["num_gpu_blocks"]) * bs, bs), "metrics cache_config_info less the null block"
     found = _V0.findall(text)
     if found:
         return int(found[-1].replace(",", "")) * block_size, "log '# GPU blocks'"
