@@ -18,10 +18,10 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_valida
 
 from seersim.errors import ScenarioError, SpecError
 from seersim.fields import (
-    MAX_CAPACITY_TOKENS,
     MAX_GPUS_PER_INSTANCE,
     Bytes,
     BytesPerS,
+    CapacityTokens,
     Count,
     Fraction,
     GPUs,
@@ -109,7 +109,7 @@ class EngineConfig(_Strict):
     max_num_batched_tokens: Tokens = 8192
     gpu_memory_utilization: Fraction = 0.9
     activation_reserve_bytes_per_gpu: NonNegBytes = Field(2e9, description="activations, CUDA graphs, workspace")
-    kv_capacity_tokens: Tokens | None = Field(None, le=MAX_CAPACITY_TOKENS, description="override KV capacity (what-if); default from memory")
+    kv_capacity_tokens: CapacityTokens | None = Field(None, description="override KV capacity (what-if); default from memory")
     prefix_caching: bool = True
     mode: Literal["fast_forward", "step_by_step"] = "fast_forward"
     speculation: SpeculationConfig = SpeculationConfig()

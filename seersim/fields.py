@@ -57,6 +57,8 @@ Tokens = Annotated[int, _Num, Field(ge=1, le=MAX_TOKENS)]
 NonNegTokens = Annotated[int, _Num, Field(ge=0, le=MAX_TOKENS)]
 TokenAmount = Annotated[float, _Num, Field(gt=0, le=MAX_TOKENS)]
 """A (mean) token length, fractional allowed."""
+CapacityTokens = Annotated[int, _Num, Field(ge=1, le=MAX_CAPACITY_TOKENS)]
+"""An instance's KV capacity: a 32-GPU instance holds more than any one sequence."""
 GPUs = Annotated[int, _Num, Field(ge=1, le=MAX_GPUS_PER_INSTANCE)]
 Seconds = Annotated[float, _Num, Field(ge=0, le=MAX_SECONDS)]
 Bytes = Annotated[float, _Num, Field(gt=0, le=MAX_BYTES)]

@@ -317,3 +317,12 @@ def test_the_ends_of_every_range_run_or_refuse_cleanly():
                 seersim.simulate(sc, policy="seer")
             except SeersimError:
                 pass
+
+
+def test_kv_capacity_override_takes_a_whole_dp_instance():
+    """A 32-GPU Kimi-K2 instance holds ~12M tokens of KV (more than any one sequence's
+    10M-token bound): the what-if override must accept it, and still refuse a typo."""
+    sc = seersim.load_scenario(SMALL_YAML, **{"engine.kv_capacity_tokens": 24_198_144})
+    assert sc.engine.kv_capacity_tokens == 24_198_144
+    with pytest.raises(ScenarioError, match=r"engine\.kv_capacity_tokens"):
+        seersim.load_scenario(SMALL_YAML, **{"engine.kv_capacity_tokens": 10**11})
