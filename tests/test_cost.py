@@ -168,6 +168,28 @@ def test_kimi_small_batch_reads_fewer_expert_bytes():
     assert all(b > a for a, b in zip(touched, touched[1:]))
 
 
+def test_expert_parallel_step_waits_for_the_busiest_rank(monkeypatch):
+    """Issue 11: the slowest EP rank carries 1.46x the mean routed-expert load at 8 tokens
+    per rank on Kimi-K2's EP32; the imbalance fades as batches grow, and a model without
+    EP (or without experts) has none."""
+    from seersim.cost.curves import routed_experts_s
+    from seersim.cost.calibration import load_calibration, shipped_calibration
+
+    kimi = get_model("kimi-k2")
+    assert kimi.ep_load_factor(8, 32) == pytest.approx(1.46, abs=0.01)
+    factors = [kimi.ep_load_factor(t, 32) for t in (1, 8, 64, 512, 4096)]
+    assert all(b < a for a, b in zip(factors, factors[1:])) and factors[-1] < 1.03
+    assert kimi.ep_load_factor(8, 1) == 1.0
+    assert get_model("qwen2.5-7b").ep_load_factor(8, 8) == 1.0
+    gpu = get_gpu("h800")
+    curves = load_calibration(shipped_calibration(gpu.calibration)).curves
+    busiest = {t: routed_experts_s(curves, gpu, kimi, t, 1, 32) for t in (8.0, 2048.0)}
+    monkeypatch.setattr("seersim.specs.model.EP_ROUTING_SKEW", 0.0)  # every rank at the mean
+    mean = {t: routed_experts_s(curves, gpu, kimi, t, 1, 32) for t in (8.0, 2048.0)}
+    assert busiest[2048.0] > 1.01 * mean[2048.0]  # compute-bound: the extra rows cost time
+    assert busiest[8.0] >= mean[8.0]  # weight-read bound: the same experts are read
+
+
 def test_dense_model_touches_no_experts():
     assert get_model("qwen2.5-7b").distinct_experts_touched(100) == 0.0
 

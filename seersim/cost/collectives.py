@@ -19,9 +19,11 @@ def tp_message_bytes(model: ModelSpec, tokens_per_rank: float) -> float:
 
 
 def ep_all_to_all_s(model: ModelSpec, par: Parallelism, gpu: GPUSpec, tokens_per_rank: float, latency_s: float) -> float:
-    """Dispatch + combine all-to-alls of every MoE layer (each token to its top-k experts)."""
+    """Dispatch + combine all-to-alls of every MoE layer (each token to its top-k experts),
+    as long as the busiest receiver takes (`ModelSpec.ep_load_factor` times the mean)."""
     if par.ep <= 1 or not model.is_moe:
         return 0.0
-    sent = tokens_per_rank / par.tp * model.experts_per_token * model.hidden_size * ACTIVATION_BYTES
-    a2a = sent * (par.ep - 1) / par.ep / link_bytes_per_s(gpu, par.gpus)
+    received = tokens_per_rank / par.tp * model.experts_per_token * model.hidden_size * ACTIVATION_BYTES
+    received *= model.ep_load_factor(tokens_per_rank / par.tp, par.ep)
+    a2a = received * (par.ep - 1) / par.ep / link_bytes_per_s(gpu, par.gpus)
     return 2 * model.num_moe_layers * (latency_s + a2a)

@@ -131,15 +131,17 @@ def dense_layer_s(curves: KernelCurves, gpu: GPUSpec, model: ModelSpec, tp: int,
 
 
 def routed_experts_s(curves: KernelCurves, gpu: GPUSpec, model: ModelSpec, tokens: float, tp: int, ep: int) -> float:
-    """One MoE layer's routed experts on one rank: one fused launch, each touched expert's
-    weights read once. An EP group sees its ep ranks' tokens and holds E/ep experts each;
+    """One MoE layer's routed experts on the slowest rank: one fused launch, each touched
+    expert's weights read once. An EP group sees its ep ranks' tokens and holds E/ep
+    experts each, the busiest rank `ModelSpec.ep_load_factor` times the mean rows;
     without EP every expert is split over the tp ranks."""
     w = model.weight_bytes_per_param
     touched = model.distinct_experts_touched(int(round(tokens * ep))) / ep
     if touched <= 0:
         return 0.0
     width = model.moe_intermediate_size // (tp if ep == 1 else 1)
-    rows = tokens * model.experts_per_token / touched  # token rows per touched expert
+    # token rows per touched expert on the busiest rank
+    rows = tokens * model.experts_per_token * model.ep_load_factor(tokens, ep) / touched
     up = curves.gemm_scalar_s(gpu, rows, model.hidden_size, 2 * width, w) - curves.gemm_latency_s
     down = curves.gemm_scalar_s(gpu, rows, width, model.hidden_size, w) - curves.gemm_latency_s
     return 2 * curves.gemm_latency_s + touched * (up + down)

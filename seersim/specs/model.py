@@ -7,11 +7,18 @@ catalog's tests check the derived totals against the model cards.
 
 from __future__ import annotations
 
+import math
 from typing import Literal, NamedTuple
 
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 
 from seersim.fields import Count, NonNegCount, Real
+
+
+# Issue 11's audit of a DP32/EP32 Kimi-K2 instance: the slowest GPU's routed-expert time is
+# 1.46x the mean at 8 tokens per rank; uniform random routing gives 1.33x there
+# (`ModelSpec.ep_load_factor`), so real routing spreads 0.46 / 0.33 = 1.39x wider.
+EP_ROUTING_SKEW = 1.39
 
 
 class LinearShape(NamedTuple):
@@ -229,3 +236,18 @@ class ModelSpec(BaseModel):
             return 0.0
         e, k = self.num_experts, self.experts_per_token
         return e * (1.0 - (1.0 - k / e) ** tokens)
+
+    def ep_load_factor(self, tokens_per_rank: float, ep: int) -> float:
+        """Slowest EP rank's routed-expert load over the mean, for one MoE layer.
+
+        Each rank receives ~Poisson(λ = tokens_per_rank·k) expert assignments (every
+        rank of the EP group sends its tokens' top-k); the expected maximum over `ep`
+        ranks is ≈ λ + √(2λ·ln ep) (Gaussian extreme value), times EP_ROUTING_SKEW for
+        routing less uniform than random. The step waits for that rank's expert GEMMs
+        and all-to-all, so small per-rank batches pay most (2.3x at 1 token per rank
+        on Kimi-K2's EP32, 1.46x at 8, 1.03x at 2,048).
+        """
+        if not self.is_moe or ep <= 1 or tokens_per_rank <= 0:
+            return 1.0
+        lam = tokens_per_rank * self.experts_per_token
+        return min(float(ep), 1.0 + EP_ROUTING_SKEW * math.sqrt(2.0 * math.log(ep) / lam))
