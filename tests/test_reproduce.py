@@ -48,3 +48,28 @@ def test_reproduce_missing_scenarios_dir_is_a_clear_error(tmp_path):
     result = CliRunner().invoke(app, ["reproduce", "--scenarios-dir", str(tmp_path / "nope")])
     assert result.exit_code == 2
     assert "not found" in result.stderr
+
+
+def test_reproduce_sensitivity_changes_one_assumption_at_a_time(tmp_path):
+    from seersim.studies.reproduce import SENSITIVITY, TOLERANCE
+
+    sdir = _stand_ins(tmp_path / "sc")
+    out = tmp_path / "repro.md"
+    args = ["reproduce", "--scenarios-dir", str(sdir), "--no-chunks", "--sensitivity", "--json", "--out", str(out)]
+    result = CliRunner().invoke(app, args)
+    assert result.exit_code == 0, result.output
+    data = json.loads(result.stdout)
+    rows = data["sensitivity"]
+    assert len(rows) == len(PAPER) * (1 + len(SENSITIVITY))
+    cells = ("divided", "context_aware", "seer", "tail_reduction")
+    for name, paper in PAPER.items():
+        mine = {r["assumption"]: r for r in rows if r["model"] == name}
+        shipped = {r["metric"]: r["seersim"] for r in data["table4"] if r["model"] == name}
+        assert mine["as shipped"]["seer"] == shipped["speedup seer"]
+        for r in mine.values():
+            assert r["within_10pp"] == sum(abs(r[c] - paper[c]) <= TOLERANCE for c in cells)
+        # a wider length spread changes the work, so the speedups move
+        assert mine["output σ 0.6"]["seer"] != mine["as shipped"]["seer"]
+        assert mine["output σ 0.6"]["shipped"] == "1"  # small.yaml's own σ
+    md = out.read_text()
+    assert "## Assumptions" in md and md.count("| fp8 KV cache (2) |") == len(PAPER)

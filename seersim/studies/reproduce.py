@@ -2,13 +2,16 @@
 
 `seersim reproduce` runs baseline, divided, context_aware and seer on the Moonlight,
 Qwen2-VL-72B and Kimi-K2 scenarios (identical work per scenario) and writes the
-table of paper vs seersim speedups and Seer's tail reduction.
+table of paper vs seersim speedups and Seer's tail reduction; optionally how the
+speedups move with chunk size and with each assumption the paper does not give.
 """
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import pandas as pd
 
@@ -26,12 +29,22 @@ STEPS = ("divided", "context_aware", "seer")
 TOLERANCE = 0.10  # "within ±10 percentage points": |ratio − paper ratio| ≤ 0.10
 CHUNKS = (2048, 8192, 32768)  # DESIGN §6: publish how results move with 2K / 8K / 32K chunks
 CHUNK_POLICIES = ("divided", "context_aware")
+# The paper scenarios' "assumed" values, one changed at a time: how far Table 4 moves
+# with each says how much of the gap to the paper can rest on it (scenario -> overrides).
+SENSITIVITY: dict[str, Callable[[Scenario], dict[str, Any]]] = {
+    "output σ 0.6": lambda sc: {"workload.output_tokens.sigma": 0.6},
+    "output σ 1.0": lambda sc: {"workload.output_tokens.sigma": 1.0},
+    "group corr 0.7": lambda sc: {"workload.output_tokens.intra_group_corr": 0.7},
+    "prompts x2": lambda sc: {"workload.input_tokens.mean": 2 * sc.workload.input_tokens.mean},
+    "fp8 KV cache": lambda sc: {"model.kv_bytes_per_element": 1},
+}
 
 
 @dataclass
 class Reproduction:
     table4: pd.DataFrame  # model, metric, paper, seersim, diff, within_10pp
     chunks: pd.DataFrame | None  # model, policy, chunk_tokens, speedup, tail_reduction
+    sensitivity: pd.DataFrame | None = None  # model, assumption, divided, context_aware, seer, tail_reduction, within_10pp
 
 
 def reproduce(
@@ -42,15 +55,21 @@ def reproduce(
     chunks: bool = False,
     executor: Executor = "local",
     address: str | None = None,
+    sensitivity: bool = False,
 ) -> Reproduction:
-    """Table 4 (and, with `chunks`, the chunk-size table) from one batch of runner tasks."""
+    """Table 4 (and, with `chunks`, the chunk-size table; with `sensitivity`, Table 4 under
+    each of `SENSITIVITY`'s changed assumptions, one seed) from one batch of runner tasks."""
     studies: list[tuple[str, Scenario, tuple[str, ...]]] = []
+    shipped: dict[str, Scenario] = {}
     for name in PAPER:
-        sc = load_scenario(scenarios_dir / f"{name}.yaml")
+        sc = shipped[name] = load_scenario(scenarios_dir / f"{name}.yaml")
         studies.append((f"{name}/table4/", sc, ("baseline", *STEPS)))
         if chunks:
             for chunk in CHUNKS:
                 studies.append((f"{name}/chunk{chunk}/", with_overrides(sc, **{"policy.chunk_tokens": chunk}), ("baseline", *CHUNK_POLICIES)))
+        if sensitivity:
+            for label, overrides in SENSITIVITY.items():
+                studies.append((f"{name}/sens {label}/", with_overrides(sc, **overrides(sc)), ("baseline", *STEPS)))
     seed_lists = {prefix: [sc.seed + i for i in range(seeds if prefix.endswith("table4/") else 1)] for prefix, sc, _ in studies}
     tasks = [t for prefix, sc, pols in studies for t in compare_tasks(sc, list(pols), seed_lists[prefix], prefix, keep=False)]
     outcomes = run_all(tasks, jobs=jobs, executor=executor, address=address, progress=progress)
@@ -60,12 +79,9 @@ def reproduce(
     }
     rows = []
     for name, paper in PAPER.items():
-        table = tables[f"{name}/table4/"]
-        for step in STEPS:
-            ours = float(table.loc[step, "speedup_vs_baseline"])
-            rows.append({"model": name, "metric": f"speedup {step}", "paper": paper[step], "seersim": ours})
-        ours_tail = float(table.loc["seer", "tail_reduction_vs_baseline"])
-        rows.append({"model": name, "metric": "tail reduction seer", "paper": paper["tail_reduction"], "seersim": ours_tail})
+        for metric, ours in _cells(tables[f"{name}/table4/"]).items():
+            label = "tail reduction seer" if metric == "tail_reduction" else f"speedup {metric}"
+            rows.append({"model": name, "metric": label, "paper": paper[metric], "seersim": ours})
     df = pd.DataFrame(rows)
     df["diff"] = df["seersim"] - df["paper"]
     df["within_10pp"] = df["diff"].abs() <= TOLERANCE
@@ -81,7 +97,32 @@ def reproduce(
         for pol in CHUNK_POLICIES
         for chunk in (CHUNKS if chunks else ())
     ]
-    return Reproduction(df, pd.DataFrame(chunk_rows) if chunks else None)
+    sens_rows = []
+    for name, paper in PAPER.items():
+        for label in ("as shipped", *SENSITIVITY) if sensitivity else ():
+            cells = _cells(tables[f"{name}/table4/" if label == "as shipped" else f"{name}/sens {label}/"])
+            hits = sum(abs(v - paper[k]) <= TOLERANCE for k, v in cells.items())
+            was = "" if label == "as shipped" else _shipped_values(shipped[name], SENSITIVITY[label](shipped[name]))
+            sens_rows.append({"model": name, "assumption": label, "shipped": was, **cells, "within_10pp": hits})
+    return Reproduction(df, pd.DataFrame(chunk_rows) if chunks else None, pd.DataFrame(sens_rows) if sensitivity else None)
+
+
+def _shipped_values(sc: Scenario, overrides: dict[str, Any]) -> str:
+    """The scenario's own values of the fields `overrides` changes, e.g. '0.8'."""
+    values = []
+    for dotted in overrides:
+        node: Any = sc.model_dump()
+        for part in dotted.split("."):
+            node = node[part]
+        values.append(f"{node:g}" if isinstance(node, float) else str(node))
+    return ", ".join(values)
+
+
+def _cells(table: pd.DataFrame) -> dict[str, float]:
+    """Table 4's cells of one model from its comparison table (indexed by policy)."""
+    cells = {step: float(table.loc[step, "speedup_vs_baseline"]) for step in STEPS}
+    cells["tail_reduction"] = float(table.loc["seer", "tail_reduction_vs_baseline"])
+    return cells
 
 
 def chunk_markdown(df: pd.DataFrame) -> str:
@@ -103,4 +144,21 @@ def to_markdown(df: pd.DataFrame) -> str:
             f"| {r.model} | {r.metric} | {fmt.format(r.paper)} | {fmt.format(r.seersim)} | {r.diff:+.2f} | "
             f"{'yes' if r.within_10pp else 'no'} |"
         )
+    return "\n".join(lines) + "\n"
+
+
+def sensitivity_markdown(df: pd.DataFrame) -> str:
+    lines = [
+        "| model | assumption changed (shipped) | divided | context_aware | seer | tail reduction | within ±10 pp |",
+        "|---|---|---|---|---|---|---|",
+    ]
+    for model, g in df.groupby("model", sort=False):
+        p = PAPER[model]
+        lines.append(f"| {model} | *paper* | {p['divided']:.2f}x | {p['context_aware']:.2f}x | {p['seer']:.2f}x | {p['tail_reduction']:.0%} | |")
+        for r in g.itertuples():
+            label = f"{r.assumption} ({r.shipped})" if r.shipped else r.assumption
+            lines.append(
+                f"| {model} | {label} | {r.divided:.2f}x | {r.context_aware:.2f}x | {r.seer:.2f}x | "
+                f"{r.tail_reduction:.0%} | {r.within_10pp} of 4 |"
+            )
     return "\n".join(lines) + "\n"
