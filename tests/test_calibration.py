@@ -125,8 +125,8 @@ def test_mla_kv_is_replicated_under_tp():
     """Issue 11 fix 3: Moonlight at tp=2 held 3.47M KV tokens; its latent is on both ranks."""
     m = get_model("moonlight-16b-a3b")
     assert m.kv_bytes_per_token_stored(2) == 2 * m.kv_bytes_per_token
-    tokens = {tp: kv_capacity_blocks(seersim.load_scenario("scenarios/moonlight.yaml", **{"cluster.parallelism.tp": tp})) * 16
-              for tp in (1, 2)}
+    scenarios = {tp: seersim.load_scenario("scenarios/moonlight.yaml", **{"cluster.parallelism.tp": tp}) for tp in (1, 2)}
+    tokens = {tp: kv_capacity_blocks(sc) * sc.engine.block_size_tokens for tp, sc in scenarios.items()}
     assert 1.6e6 < tokens[2] < 1.8e6, tokens
     assert tokens[2] < 1.5 * tokens[1]
 
