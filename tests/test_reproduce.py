@@ -32,11 +32,12 @@ def test_reproduce_writes_paper_vs_seersim_table(tmp_path):
         assert f"| {name} | speedup seer | {paper['seer']:.2f}x |" in md
         assert f"| {name} | tail reduction seer | {paper['tail_reduction']:.0%} |" in md
     assert md.count("| yes |") + md.count("| no |") == 4 * len(PAPER)
+    assert f"`seersim reproduce --out {out} --seeds 3 --no-chunks`" in md  # the command that regenerates it
 
 
 def test_reproduce_json_includes_chunk_sizes(tmp_path):
     sdir = _stand_ins(tmp_path / "sc")
-    result = CliRunner().invoke(app, ["reproduce", "--scenarios-dir", str(sdir), "--json"])
+    result = CliRunner().invoke(app, ["reproduce", "--scenarios-dir", str(sdir), "--json", "--seeds", "1"])
     assert result.exit_code == 0, result.output
     data = json.loads(result.stdout)
     assert {r["chunk_tokens"] for r in data["chunks"]} == set(CHUNKS)
@@ -55,7 +56,7 @@ def test_reproduce_sensitivity_changes_one_assumption_at_a_time(tmp_path):
 
     sdir = _stand_ins(tmp_path / "sc")
     out = tmp_path / "repro.md"
-    args = ["reproduce", "--scenarios-dir", str(sdir), "--no-chunks", "--sensitivity", "--json", "--out", str(out)]
+    args = ["reproduce", "--scenarios-dir", str(sdir), "--no-chunks", "--sensitivity", "--json", "--out", str(out), "--seeds", "1"]
     result = CliRunner().invoke(app, args)
     assert result.exit_code == 0, result.output
     data = json.loads(result.stdout)
