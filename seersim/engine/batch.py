@@ -38,7 +38,7 @@ class RunningBatch:
     column in place (`b.left -= k`, `b.acc[:] = ...`), never rebind it.
     """
 
-    __slots__ = ("_m", *_COLUMNS)
+    __slots__ = ("_m", "_rank_counts", *_COLUMNS)
 
     rid: np.ndarray
     computed: np.ndarray
@@ -58,6 +58,7 @@ class RunningBatch:
 
     def _set(self, m: np.ndarray) -> None:
         self._m = m
+        self._rank_counts: np.ndarray | None = None
         (
             self.rid,
             self.computed,
@@ -83,6 +84,16 @@ class RunningBatch:
     def extend(self, rows: list[tuple[int, ...]]) -> None:
         """Append sequences, each a tuple in column order."""
         self._set(np.concatenate((self._m, np.array(rows, dtype=np.int64).T), axis=1))
+
+    def rank_counts(self, dp: int) -> np.ndarray:
+        """Sequences per DP rank (length dp; read-only, kept until the batch is reshaped:
+        a sequence's rank never changes)."""
+        counts = self._rank_counts
+        if counts is None:
+            counts = np.bincount(self.rank, minlength=dp) if dp > 1 else np.array([len(self)], np.int64)
+            counts.flags.writeable = False
+            self._rank_counts = counts
+        return counts
 
     def row(self, i: int) -> list[int]:
         """Sequence i's columns as Python ints, in column order (rid, computed, ...)."""

@@ -107,31 +107,34 @@ class DPRanks:
         caller then plans one iteration)."""
         cost, dp = self.cost, self.dp
         n_all, t_all = int(seqs.sum()), int(tokens.sum())
+        busy = np.flatnonzero(seqs)
+        e1s, des = dp * extra_pairs[busy], dp * extra_growth[busy]
+        if not des.any() and (e1s == e1s[0]).all():
+            groups = {(int(e1s[0]), 0): busy}  # every busy rank has the same prefill pairs
+        else:  # ranks with the same pairs and growth share the cost model's lines
+            by_key: dict[tuple[int, int], list[int]] = {}
+            for r, key in zip(busy.tolist(), zip(e1s.tolist(), des.tolist())):
+                by_key.setdefault(key, []).append(r)
+            groups = {key: np.asarray(rs) for key, rs in by_key.items()}
         a_k: list[np.ndarray] = []
         b_k: list[np.ndarray] = []
-        calls: dict[tuple[int, int], tuple[np.ndarray, np.ndarray, np.ndarray]] = {}
-        for r in np.flatnonzero(seqs).tolist():
-            e1, de = dp * int(extra_pairs[r]), dp * int(extra_growth[r])
-            key = (e1, de)
-            if key not in calls:
-                first = cost.step_lines(n_all, t_all, e1, 1.0)
-                a1, slopes = np.asarray(first.intercepts_s), np.asarray(first.slopes_s)
-                da = np.zeros_like(a1)
-                if de:
-                    second = cost.step_lines(n_all, t_all, e1 + de, 1.0)
-                    last = cost.step_lines(n_all, t_all, e1 + (steps - 1) * de, 1.0)
-                    if second.slopes_s != first.slopes_s or last.slopes_s != first.slopes_s:
-                        return None
-                    da = np.asarray(second.intercepts_s) - a1
-                    a_last = np.asarray(last.intercepts_s)
-                    if not np.allclose(a1 + da * (steps - 1), a_last, rtol=1e-12, atol=0.0):
-                        return None
-                calls[key] = (a1, da, slopes)
-            a1, da, slopes = calls[key]
-            c1, dc = dp * float(context[r]), dp * float(growth[r])
-            slope = da + slopes * dc
-            a_k.append(a1 + slopes * c1 - slope)  # so that k = 1 is the first iteration
-            b_k.append(slope)
+        for (e1, de), rs in groups.items():
+            first = cost.step_lines(n_all, t_all, e1, 1.0)
+            a1, slopes = first.intercepts_s, first.slopes_s
+            da: tuple[float, ...] | list[float] = (0.0,) * len(a1)
+            if de:
+                second = cost.step_lines(n_all, t_all, e1 + de, 1.0)
+                last = cost.step_lines(n_all, t_all, e1 + (steps - 1) * de, 1.0)
+                if second.slopes_s != slopes or last.slopes_s != slopes:
+                    return None
+                da = [y - x for x, y in zip(a1, second.intercepts_s)]
+                if not all(abs(x + d * (steps - 1) - y) <= 1e-12 * abs(y) for x, d, y in zip(a1, da, last.intercepts_s)):
+                    return None
+            # per line (rows) and rank (columns): the line at k = 1 is the first iteration
+            b_col = np.asarray(slopes)[:, None]
+            slope = np.asarray(da)[:, None] + b_col * (dp * growth[rs].astype(np.float64))
+            a_k.append((np.asarray(a1)[:, None] + b_col * (dp * context[rs].astype(np.float64)) - slope).ravel())
+            b_k.append(slope.ravel())
         return LinearStretch(_envelope(np.concatenate(a_k), np.concatenate(b_k)), 0, 1)
 
     def step_s(self, seqs, tokens, extra_pairs, queries, context) -> float:

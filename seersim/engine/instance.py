@@ -148,20 +148,31 @@ class Instance:
 
     @property
     def kv_used_blocks(self) -> int:
-        return self.kvs[0].used_blocks if self.ranks.dp == 1 else sum(kv.used_blocks for kv in self.kvs)
+        return self.kvs[0].used_blocks if self.ranks.dp == 1 else sum([kv.used_blocks for kv in self.kvs])
 
     @property
     def kv_cached_blocks(self) -> int:
-        return self.kvs[0].cached_blocks if self.ranks.dp == 1 else sum(kv.cached_blocks for kv in self.kvs)
+        return self.kvs[0].cached_blocks if self.ranks.dp == 1 else sum([kv.cached_blocks for kv in self.kvs])
 
     def cached_prefix_blocks(self, request_id: int) -> int:
         """Blocks of the request's prefix cached here, on the rank holding the most of it."""
         group, p_blocks = int(self.table.group_id[request_id]), int(self.prompt_blocks[request_id])
         if self.ranks.dp == 1:
             return sum(self.kvs[0].prefix_blocks(request_id, group, p_blocks))
-        where = self.kvs[0].directory
-        ranks = where.get(request_id, set()) | where.get(prompt_key(group), set()) if p_blocks else where.get(request_id, ())
-        return max((sum(self.kvs[r].prefix_blocks(request_id, group, p_blocks)) for r in ranks), default=0)
+        # (the directory lists every rank that ever stored a key: the request's own
+        # context is a hit only on those ranks, elsewhere only the prompt's present part)
+        kvs, where = self.kvs, self.kvs[0].directory
+        own_ranks = where.get(request_id, ())
+        best = max((sum(kvs[r].prefix_blocks(request_id, group, p_blocks)) for r in own_ranks), default=0)
+        if p_blocks and best < p_blocks:
+            for r in where.get(prompt_key(group), ()):
+                if r not in own_ranks:
+                    present = kvs[r].prompt_blocks_present(group)
+                    if present > best:
+                        best = min(present, p_blocks)
+                        if best == p_blocks:
+                            break
+        return best
 
     def check_kv(self, idle: bool = False) -> None:
         for kv in self.kvs:
@@ -262,7 +273,7 @@ class Instance:
         """Whether the rest of the stretch's allocations may evict a cached block on some rank."""
         uncached_free = np.array([kv.total_blocks - kv.used_blocks - kv.cached_blocks for kv in self.kvs])
         # cheap bound first: each sequence needs at most one block per bs iterations (+1)
-        seqs = self.ranks.per_rank(self.batch.rank)
+        seqs = self.batch.rank_counts(self.ranks.dp)
         growth = int(plan.new.max()) if plan.kind == "prefill" else 1 + self._max_gamma()
         if bool((seqs * ((plan.steps // self.bs + 2) * growth) <= uncached_free).all()):
             return False
@@ -298,9 +309,9 @@ class Instance:
 
     def _allocate(self, per_rank: np.ndarray) -> None:
         """Allocate `per_rank[r]` blocks in rank r's KV cache."""
-        for r, blocks in enumerate(per_rank.tolist()):
+        for kv, blocks in zip(self.kvs, per_rank.tolist()):
             if blocks:
-                self.kvs[r].allocate(blocks)
+                kv.allocate(blocks)
 
     def _free_blocks(self) -> np.ndarray:
         """Blocks each rank may still allocate (free + evictable cached)."""
@@ -370,7 +381,7 @@ class Instance:
         iteration can head a decode stretch (a KV-saturated instance preempts, decodes
         until its blocks run out, and preempts again)."""
         b = self.batch
-        seqs = self.ranks.per_rank(b.rank)
+        seqs = b.rank_counts(self.ranks.dp)
         budgets = self._rank_budget - seqs  # (the tail needs every sequence decoding next)
         for r in np.flatnonzero(self._preempted).tolist():
             if self.queues[r] and seqs[r] < self._rank_max_seqs and budgets[r] > 0:
@@ -449,7 +460,7 @@ class Instance:
         """Iterations of a plain decode batch from `computed` tokens per sequence (each
         rank's context grows by its sequence count per iteration)."""
         R, rank = self.ranks, self.batch.rank
-        seqs = R.per_rank(rank)
+        seqs = self.batch.rank_counts(R.dp)
         return R.stretch(seqs, seqs, np.zeros(R.dp), np.ones(R.dp), R.per_rank(rank, computed), seqs)
 
     def mixed_step_s(self, new: np.ndarray) -> float:
@@ -480,10 +491,10 @@ class Instance:
             fail_step = int(np.partition(first, r)[r]) + q * bs
         else:
             limit = self.stretch_block_limit()
-            rank = self.batch.rank
-            counts = np.bincount(rank, minlength=self.ranks.dp)
+            counts = self.batch.rank_counts(self.ranks.dp)
             busy = np.flatnonzero(counts)
-            by_rank = first[np.lexsort((first, rank))]  # offsets sorted within each rank
+            span = 2 * bs + 1  # offsets lie in 1..2·bs: sort by (rank, offset) in one key
+            by_rank = np.sort(self.batch.rank * span + first) % span  # offsets sorted within each rank
             q, r = np.divmod(limit[busy], counts[busy])
             fail_step = int((by_rank[(np.cumsum(counts) - counts)[busy] + r] + q * bs).min())
         steps = min(int(left.min()), fail_step - 1)
@@ -536,18 +547,21 @@ class Instance:
                 new = np.minimum(need, np.maximum(self._rank_budget - self._rank_before(need), 0))
                 add = np.maximum(_ceil_div(b.computed + new, bs) - b.shared - b.blocks, 0)
             if dp == 1:  # (the same, without per-rank arrays)
-                short = _RANK_0 if int(add.sum()) > self.kvs[0].free_blocks else _NO_RANK
+                add_blocks = int(add.sum())
+                short = _RANK_0 if add_blocks > self.kvs[0].free_blocks else _NO_RANK
             else:
-                short = np.flatnonzero(ranks.per_rank(b.rank, add) > self._free_blocks())
+                add_blocks = ranks.per_rank(b.rank, add)
+                short = np.flatnonzero(add_blocks > self._free_blocks())
             if len(short):
                 keep = self._preempt_from_the_back(short, add)
                 b.keep(keep)
                 new, add = new[keep], add[keep]
                 preempted[short] = True
+                add_blocks = int(add.sum()) if dp == 1 else ranks.per_rank(b.rank, add)
             if dp == 1:
-                self.kvs[0].allocate(int(add.sum()))
+                self.kvs[0].allocate(add_blocks)
             else:
-                self._allocate(ranks.per_rank(b.rank, add))
+                self._allocate(add_blocks)
             b.blocks += add
         else:
             new = np.zeros(0, np.int64)
@@ -556,7 +570,7 @@ class Instance:
             admitted = budget_blocked = False
         else:
             rank_budget = self._rank_budget - ranks.per_rank(b.rank, new)
-            rank_room = self._rank_max_seqs - ranks.per_rank(b.rank)
+            rank_room = self._rank_max_seqs - b.rank_counts(dp)
             waiting = np.array([len(q) > 0 for q in queues])
             # no admission on a rank that preempted in this iteration
             admissible = waiting & ~preempted & (rank_budget > 0) & (rank_room > 0)
