@@ -146,17 +146,23 @@ class DPRanks:
         # iteration time rises with a rank's prefill pairs and its context (the cost model
         # prices more attention work as slower): among ranks with the same queries only
         # those that no other rank beats in both can be the slowest
-        by_queries: dict[float, list[tuple[int, int]]] = {}
-        for s, e, q, c in zip(seqs.tolist(), extra_pairs.tolist(), queries.tolist(), context.tolist()):
-            if s:
-                by_queries.setdefault(float(q), []).append((int(e), c))
+        busy = np.flatnonzero(seqs)
+        q_busy = queries[busy]
+        if (q_busy == q_busy[0]).all():
+            by_queries = {float(q_busy[0]): busy}
+        else:
+            by_queries = {}
+            for r, q in zip(busy.tolist(), q_busy.tolist()):
+                by_queries.setdefault(float(q), []).append(r)
         slowest_s = 0.0
         for q, ranks in by_queries.items():
-            best_c = -1
-            for e, c in sorted(ranks, reverse=True):  # pairs descending, then context descending
-                if c > best_c:
-                    best_c = c
-                    slowest_s = max(slowest_s, cost.step_lines(n_all, t_all, dp * e, q).at(dp * float(c)))
+            e, c = extra_pairs[ranks], context[ranks]
+            order = np.lexsort((c, e))[::-1]  # pairs descending, then context descending
+            c_sorted = c[order]
+            best_before = np.concatenate(([-1], np.maximum.accumulate(c_sorted)[:-1]))
+            front = order[c_sorted > best_before]
+            for e_r, c_r in zip(e[front].tolist(), c[front].tolist()):
+                slowest_s = max(slowest_s, cost.step_lines(n_all, t_all, dp * int(e_r), q).at(dp * float(c_r)))
         return slowest_s
 
 

@@ -117,6 +117,7 @@ class Instance:
         # stands, free blocks have not grown and the budget has not shrunk (`_admit`)
         self._kv_blocked: list[tuple[int, int, int, int] | None] = [None] * dp
         self._preempted = np.zeros(dp, bool)
+        self._rank_total = np.array([kv.total_blocks for kv in kvs], np.int64)
         self.batch = RunningBatch()
         self._wake: simpy.Event | None = None
         self._interruptible = False
@@ -140,7 +141,7 @@ class Instance:
     def num_waiting(self) -> int:
         if self.ranks.dp == 1:
             return len(self.queues[0])
-        return len(self._arrivals) + sum(len(q) for q in self.queues)
+        return len(self._arrivals) + sum(map(len, self.queues))
 
     @property
     def kv_total_blocks(self) -> int:
@@ -317,7 +318,7 @@ class Instance:
         """Blocks each rank may still allocate (free + evictable cached)."""
         if self.ranks.dp == 1:
             return np.array((self.kvs[0].free_blocks,), np.int64)
-        return np.array([kv.free_blocks for kv in self.kvs], np.int64)
+        return self._rank_total - np.array([kv.used_blocks for kv in self.kvs], np.int64)
 
     def _max_gamma(self) -> int:
         """Largest per-iteration draft width in the batch (0 without speculation)."""
@@ -468,7 +469,12 @@ class Instance:
         chunks attend to their earlier tokens and to each other causally)."""
         scheduled = new > 0
         c, k = self.batch.computed[scheduled], new[scheduled]
-        rank, R = self.batch.rank[scheduled], self.ranks
+        R = self.ranks
+        if R.dp == 1:  # (DPRanks.step_s of one rank, without per-rank arrays)
+            context_tokens = int((c + k).sum())
+            pairs = int((k * c + k * (k + 1) // 2).sum())
+            return R.cost.step_lines(len(k), int(k.sum()), pairs - context_tokens, 1.0).at(float(context_tokens))
+        rank = self.batch.rank[scheduled]
         context = R.per_rank(rank, c + k)
         pairs = R.per_rank(rank, k * c + k * (k + 1) // 2)
         return R.step_s(R.per_rank(rank), R.per_rank(rank, k), pairs - context, np.ones(R.dp), context)
@@ -544,7 +550,7 @@ class Instance:
                 new = need
                 add = (b.computed % bs == 0).astype(np.int64)
             else:
-                new = np.minimum(need, np.maximum(self._rank_budget - self._rank_before(need), 0))
+                new = self._budget_cut(need)
                 add = np.maximum(_ceil_div(b.computed + new, bs) - b.shared - b.blocks, 0)
             if dp == 1:  # (the same, without per-rank arrays)
                 add_blocks = int(add.sum())
@@ -571,7 +577,7 @@ class Instance:
         else:
             rank_budget = self._rank_budget - ranks.per_rank(b.rank, new)
             rank_room = self._rank_max_seqs - b.rank_counts(dp)
-            waiting = np.array([len(q) > 0 for q in queues])
+            waiting = np.array(list(map(len, queues))) > 0
             # no admission on a rank that preempted in this iteration
             admissible = waiting & ~preempted & (rank_budget > 0) & (rank_room > 0)
             admitted = False
@@ -580,11 +586,18 @@ class Instance:
                 if admitted_new:
                     new = np.concatenate((new, np.asarray(admitted_new, np.int64)))
                     admitted = True
-                    waiting = np.array([len(q) > 0 for q in queues])
+                    waiting = np.array(list(map(len, queues))) > 0
             # admission stopped by the token budget (which frees up next iteration)
             budget_blocked = bool((waiting & (rank_room > 0) & (rank_budget <= 0)).any())
         any_preempted = bool(preempted.any())
         return (new if len(b) else None), admitted or any_preempted, any_preempted, budget_blocked
+
+    def _budget_cut(self, need: np.ndarray) -> np.ndarray:
+        """Tokens each running sequence gets: what it needs, cut to what its rank's token
+        budget leaves after the sequences before it on that rank."""
+        if self.ranks.dp > 1 and bool((self.ranks.per_rank(self.batch.rank, need) <= self._rank_budget).all()):
+            return need  # every rank's sequences fit its budget
+        return np.minimum(need, np.maximum(self._rank_budget - self._rank_before(need), 0))
 
     def _rank_before(self, need: np.ndarray) -> np.ndarray:
         """Tokens the sequences before each one on its DP rank need (each rank fills its
@@ -701,7 +714,7 @@ class Instance:
                     blocked is not None
                     and blocked[0] == rid
                     and blocked[1] == kv.version
-                    and kv.free_blocks <= blocked[2]
+                    and kv.total_blocks - kv.used_blocks <= blocked[2]  # (free blocks)
                     and budget >= blocked[3]
                 ):
                     break  # still short of KV (see stretch_block_limit: need + hit falls no faster than free)
