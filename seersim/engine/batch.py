@@ -17,7 +17,10 @@ if TYPE_CHECKING:
 #: Accumulator units per token of speculative emission (`acc`, `tau_q` columns).
 Q = 1 << 20
 
-_COLUMNS = ("rid", "computed", "tokens", "left", "shared", "blocks", "group", "acc", "gamma", "tau_q", "draft", "rank")
+_COLUMNS = (
+    "rid", "computed", "tokens", "left", "shared", "blocks", "group", "acc", "gamma", "tau_q", "draft", "rank", "prompt",
+    "shareable",
+)
 
 
 class RunningBatch:
@@ -31,9 +34,12 @@ class RunningBatch:
     - acc, tau_q: speculative emission accumulator and τ·Q (units of 1/Q token);
       draft: its draft length per path for the current epoch; gamma: the draft slots
       it verifies this iteration (paths · min(draft, left − 1); 0 without speculation).
-    - rank: the DP attention rank it lives on (`engine/dp.py`; 0 without DP).
+    - rank: the DP attention rank it lives on (`engine/dp.py`; 0 without DP);
+    - prompt: its prompt tokens; shareable: the prompt tokens (whole blocks) it would
+      publish as its group's shared prompt (0 without prefix caching). Both are copies
+      of the request table's, kept here so per-iteration passes need no gather.
 
-    Storage is one 12 × n matrix, so masking the batch is one numpy operation; the
+    Storage is one 14 × n matrix, so masking the batch is one numpy operation; the
     columns are views of its rows, refreshed whenever the batch is reshaped. Update a
     column in place (`b.left -= k`, `b.acc[:] = ...`), never rebind it.
     """
@@ -52,6 +58,8 @@ class RunningBatch:
     tau_q: np.ndarray
     draft: np.ndarray
     rank: np.ndarray
+    prompt: np.ndarray
+    shareable: np.ndarray
 
     def __init__(self) -> None:
         self._set(np.zeros((len(_COLUMNS), 0), np.int64))
@@ -72,6 +80,8 @@ class RunningBatch:
             self.tau_q,
             self.draft,
             self.rank,
+            self.prompt,
+            self.shareable,
         ) = m
 
     def __len__(self) -> int:

@@ -423,14 +423,14 @@ class Instance:
         if not prefilling.any() or self._fresh_decoders:
             return None
         decoding = (new > 0) & (need == 1)
-        if bool((decoding & (b.tokens == table.input_tokens[b.rid])).any()):
+        if bool((decoding & (b.tokens == b.prompt)).any()):
             return None  # a first token is due: recorded by the single-iteration path
         c = new[prefilling]
         steps = int(((need[prefilling] - 1) // c).min())  # no prefill completes
         if decoding.any():
             steps = min(steps, int(b.left[decoding].min()))
         if steps > 1 and self.cfg.prefix_caching:
-            p = self.prompt_blocks[b.rid] * self.bs
+            p = b.shareable
             crossing = prefilling & (b.shared == 0) & (p > 0) & (b.computed < p)
             if crossing.any():
                 steps = min(steps, int(_ceil_div(p[crossing] - b.computed[crossing], new[crossing]).min()))
@@ -513,7 +513,7 @@ class Instance:
         if not self.cfg.prefix_caching:
             return False
         b = self.batch
-        p = self.prompt_blocks[b.rid] * self.bs
+        p = b.shareable
         return bool(((b.shared == 0) & (p > 0) & (b.computed < p) & (b.computed + new >= p)).any())
 
     def stretch_block_limit(self) -> np.ndarray:
@@ -635,18 +635,25 @@ class Instance:
         largest with free + blocks freed by preempting m.. ≥ blocks needed by ..m-1.
         A group's shared prompt is freed with its lowest-index holder.
         """
+        # Scanned from the back: blocks still missing with sequences ..m-1 kept is
+        # Σ add[..m-1] − free − (blocks freed by preempting m..), falling as m falls.
         b = self.batch
-        freed = b.blocks[idx]
-        shared = b.shared[idx]
-        holders = np.flatnonzero(shared > 0)
-        if len(holders):
-            _, first = np.unique(b.group[idx][holders], return_index=True)
-            h = holders[first]
-            freed[h] += shared[h]
-        suffix_freed = np.concatenate((np.cumsum(freed[::-1])[::-1], [0]))  # freed by preempting m..
-        prefix_add = np.concatenate(([0], np.cumsum(add)))  # needed by ..m-1
-        ok = free_blocks + suffix_freed - prefix_add >= 0
-        return int(np.flatnonzero(ok)[-1]) if ok.any() else 0
+        blocks, shared, group = b.blocks, b.shared, b.group
+        m = len(idx)
+        short = int(add.sum()) - free_blocks
+        first_holder: dict[int, int] = {}
+        while short > 0:
+            m -= 1
+            i = int(idx[m])
+            short -= int(add[m]) + int(blocks[i])
+            held = int(shared[i])
+            if held:
+                g = int(group[i])
+                if g not in first_holder:
+                    first_holder[g] = int(idx[np.flatnonzero((group[idx] == g) & (shared[idx] > 0))[0]])
+                if first_holder[g] == i:
+                    short -= held
+        return m
 
     def _context_blocks(self, rids: np.ndarray) -> np.ndarray:
         """KV blocks of requests' contexts (prompt + tokens generated so far)."""
@@ -732,8 +739,11 @@ class Instance:
                 if own_hit:
                     kv.take_cached(rid)
                 kv.allocate(need_blocks)
-                rows.append((rid, hit, tokens, left, shared, private + own_hit + need_blocks, group, *spec_cols, rank))
-                if new == 1 and tokens == table.input_tokens[rid]:
+                prompt = int(table.input_tokens[rid])
+                rows.append(
+                    (rid, hit, tokens, left, shared, private + own_hit + need_blocks, group, *spec_cols, rank, prompt, p_blocks * self.bs)
+                )
+                if new == 1 and tokens == prompt:
                     self._fresh_decoders = True
                 news.append(new)
                 budget -= new
@@ -762,7 +772,7 @@ class Instance:
     def _release(self, i: int, cache: bool) -> None:
         """Free sequence i's KV; with `cache`, keep its full blocks hashed for a later prefix hit."""
         bs = self.bs
-        rid, computed, _, _, shared, blocks, group, *_, rank = self.batch.row(i)
+        rid, computed, _, _, shared, blocks, group, *_, rank, _, _ = self.batch.row(i)
         kv = self.kvs[rank]
         p_blocks = int(self.prompt_blocks[rid])
         if shared:
@@ -834,7 +844,7 @@ class Instance:
             spec_emit = self.spec.mixed_emission(b, speculating, new)  # drafts cut by the budget accept less
             emit = np.where(speculating, spec_emit, emit)
             advance = np.where(speculating, spec_emit, new)
-        self._record_first_tokens((emit > 0) & (b.tokens == table.input_tokens[b.rid]), end_s)
+        self._record_first_tokens((emit > 0) & (b.tokens == b.prompt), end_s)
         b.computed += advance
         b.tokens += emit
         b.left -= emit
@@ -872,7 +882,7 @@ class Instance:
         which emits the first token (recorded by the decode path: `_fresh_first_tokens`)."""
         if not self._fresh_decoders:
             b = self.batch
-            self._fresh_decoders = bool(((b.tokens - b.computed == 1) & (b.tokens == self.table.input_tokens[b.rid])).any())
+            self._fresh_decoders = bool(((b.tokens - b.computed == 1) & (b.tokens == b.prompt)).any())
 
     def _fresh_first_tokens(self, first_step_end_s: float) -> None:
         """Sequences whose prompt is computed but for one token (fully cached at
@@ -881,7 +891,7 @@ class Instance:
         if self._fresh_decoders:
             self._fresh_decoders = False
             b = self.batch
-            self._record_first_tokens(b.tokens == self.table.input_tokens[b.rid], first_step_end_s)
+            self._record_first_tokens(b.tokens == b.prompt, first_step_end_s)
 
     def _grow_blocks(self, slots: np.ndarray) -> None:
         """Hold blocks for `slots` tokens per sequence (the stretch's early allocations included)."""
@@ -932,7 +942,7 @@ class Instance:
         if not self.cfg.prefix_caching:
             return
         b = self.batch
-        p = self.prompt_blocks[b.rid] * self.bs
+        p = b.shareable
         crossed = (b.shared == 0) & (p > 0) & (b.computed >= p) & (before < p)
         for i in np.flatnonzero(crossed):
             group, kv = int(b.group[i]), self.kvs[int(b.rank[i])]
