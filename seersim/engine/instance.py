@@ -156,14 +156,22 @@ class Instance:
         return self.kvs[0].cached_blocks if self.ranks.dp == 1 else sum([kv.cached_blocks for kv in self.kvs])
 
     def cached_prefix_blocks(self, request_id: int) -> int:
-        """Blocks of the request's prefix cached here, on the rank holding the most of it."""
+        """Blocks of the request's prefix cached here, on the rank holding the most of it,
+        exactly as step by step: the current stretch's allocations so far are settled
+        first (`settle_kv`) where they could evict part of a hit."""
         group, p_blocks = int(self.table.group_id[request_id]), int(self.prompt_blocks[request_id])
         if self.ranks.dp == 1:
+            if not self.kvs[0].may_hit(request_id, group, p_blocks):
+                return 0  # (settling only evicts: nothing to find either way)
+            self.settle_kv()
             return sum(self.kvs[0].prefix_blocks(request_id, group, p_blocks))
         # (the directory lists every rank that ever stored a key: the request's own
         # context is a hit only on those ranks, elsewhere only the prompt's present part)
         kvs, where = self.kvs, self.kvs[0].directory
         own_ranks = where.get(request_id, ())
+        if not any(kvs[r].may_hit(request_id, group, p_blocks) for r in (where.get(prompt_key(group), ()) if p_blocks else own_ranks)):
+            return 0
+        self.settle_kv()
         best = max((sum(kvs[r].prefix_blocks(request_id, group, p_blocks)) for r in own_ranks), default=0)
         if p_blocks and best < p_blocks:
             for r in where.get(prompt_key(group), ()):

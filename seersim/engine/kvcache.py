@@ -105,6 +105,14 @@ class KVCache:
                 return present, 0
         return prompt_blocks, self._cached.get(request_id, 0)
 
+    def may_hit(self, request_id: int, group_id: int, prompt_blocks: int) -> bool:
+        """Whether `prefix_blocks` could find anything, without applying the pending
+        evictions (they only remove): the prompt, when the request has one (its own
+        entry is a hit only behind it), else its own entry is present."""
+        if prompt_blocks:
+            return group_id in self._prompt_refs or prompt_key(group_id) in self._cached
+        return request_id in self._cached
+
     def _eviction_order(self) -> Iterator[tuple[int, int]]:
         """(key, blocks) of the cached entries in the order their blocks are evicted."""
         self._settle()
