@@ -74,23 +74,20 @@ class DPRanks:
             return _shift(lines, overhead_s), float(c0[0]), float(rate[0])
         n_all, t_all = int(seqs.sum()), int(tokens.sum())
         busy = np.flatnonzero(seqs)
-        a_k, b_k = [], []
         e_busy, q_busy = extra_pairs[busy], queries[busy]
         if not e_busy.any() and (q_busy == q_busy[0]).all():
-            groups = [(0, float(q_busy[0]), busy)]  # a decode: one call of the cost model
+            keys = [(0, float(q_busy[0]))]  # a decode: one call of the cost model
+            which = np.zeros(len(busy), np.intp)
         else:  # ranks with the same prefill pairs and queries share one call
-            by_key: dict[tuple, list[int]] = {}
-            for r, key in zip(busy.tolist(), zip(e_busy.tolist(), q_busy.tolist())):
-                by_key.setdefault(key, []).append(r)
-            groups = [(e, q, np.asarray(rs)) for (e, q), rs in by_key.items()]
-        for e, q, rs in groups:
-            rs = _pareto(rs, c0, rate)
-            lr = cost.step_lines(n_all, t_all, dp * int(e), float(q))
-            a = np.asarray(lr.intercepts_s)[:, None]
-            b = np.asarray(lr.slopes_s)[:, None]
-            a_k.append((a + overhead_s + b * dp * c0[rs].astype(np.float64)).ravel())
-            b_k.append((b * dp * rate[rs].astype(np.float64)).ravel())
-        return _envelope(np.concatenate(a_k), np.concatenate(b_k)), 0.0, 1.0
+            index: dict[tuple[int, float], int] = {}
+            which = np.array([index.setdefault(key, len(index)) for key in zip(e_busy.tolist(), q_busy.tolist())], np.intp)
+            keys = list(index)
+        per_key = [cost.step_lines(n_all, t_all, dp * int(e), float(q)) for e, q in keys]
+        a = np.array([lr.intercepts_s for lr in per_key])[which]  # busy ranks × cost lines
+        b = np.array([lr.slopes_s for lr in per_key])[which]
+        a_k = a + overhead_s + b * dp * c0[busy].astype(np.float64)[:, None]
+        b_k = b * dp * rate[busy].astype(np.float64)[:, None]
+        return _envelope(a_k.ravel(), b_k.ravel()), 0.0, 1.0
 
     def stretch(self, *args, overhead_s: float = 0.0) -> LinearStretch:
         """A `LinearStretch` over the lines of `lines(*args)`."""
@@ -172,17 +169,11 @@ def _shift(lines: StepLines, overhead_s: float) -> StepLines:
     return StepLines(tuple(a + overhead_s for a in lines.intercepts_s), lines.slopes_s)
 
 
-def _pareto(rs: np.ndarray, c0: np.ndarray, rate: np.ndarray) -> np.ndarray:
-    """The ranks of `rs` that no other rank of `rs` beats in both context and growth
-    (with the same cost-model lines, only those can be the slowest)."""
-    order = rs[np.lexsort((-rate[rs], -c0[rs]))]  # context descending, then growth descending
-    r = rate[order]
-    best_before = np.concatenate(([-np.inf], np.maximum.accumulate(r)[:-1]))
-    return order[r > best_before]
-
-
 def _envelope(intercepts: np.ndarray, slopes: np.ndarray) -> StepLines:
-    """The lines of the upper envelope of a + b·k over k ≥ 1, in order of slope."""
+    """The lines of the upper envelope of a + b·k over k ≥ 1, in order of slope.
+
+    A function of the set of lines only: a line that another beats in both intercept
+    and slope never survives the first pass, nor changes what else does."""
     # drop every line that a steeper (or equally steep) line beats at k = 1
     order = np.lexsort((-intercepts, -slopes))
     a, b = intercepts[order], slopes[order]
