@@ -280,7 +280,7 @@ class Instance:
 
     def _may_evict(self, plan: Plan) -> bool:
         """Whether the rest of the stretch's allocations may evict a cached block on some rank."""
-        uncached_free = np.array([kv.total_blocks - kv.used_blocks - kv.cached_blocks for kv in self.kvs])
+        uncached_free = np.array([kv.uncached_free_blocks for kv in self.kvs])
         # cheap bound first: each sequence needs at most one block per bs iterations (+1)
         seqs = self.batch.rank_counts(self.ranks.dp)
         growth = int(plan.new.max()) if plan.kind == "prefill" else 1 + self._max_gamma()
@@ -580,7 +580,7 @@ class Instance:
         else:
             new = np.zeros(0, np.int64)
         queues = self.queues
-        if dp == 1 and not queues[0]:
+        if not any(queues):
             admitted = budget_blocked = False
         else:
             rank_budget = self._rank_budget - ranks.per_rank(b.rank, new)
@@ -719,9 +719,10 @@ class Instance:
         rows: list[tuple[int, ...]] = []
         news: list[int] = []
         spec_cols = self.spec.admit() if self.spec is not None else (0, 0, 0, 0)
+        budgets, rooms = rank_budget.tolist(), rank_room.tolist()
         for rank in ranks.tolist():
             kv, queue = self.kvs[rank], self.queues[rank]
-            budget, room = int(rank_budget[rank]), int(rank_room[rank])
+            budget, room = budgets[rank], rooms[rank]
             blocked = self._kv_blocked[rank]
             while queue and budget > 0 and room > 0:
                 rid, left = queue[0]
@@ -756,7 +757,8 @@ class Instance:
                 news.append(new)
                 budget -= new
                 room -= 1
-            rank_budget[rank], rank_room[rank] = budget, room
+            if room != rooms[rank]:
+                rank_budget[rank], rank_room[rank] = budget, room
         if rows:
             self.batch.extend(rows)
         return news

@@ -83,6 +83,12 @@ class KVCache:
         room = self.total_blocks - self.used_blocks
         return self._cached_blocks if self._cached_blocks <= room else room
 
+    @property
+    def uncached_free_blocks(self) -> int:
+        """Blocks an allocation may take without evicting a cached one."""
+        room = self.total_blocks - self.used_blocks - self._cached_blocks
+        return room if room > 0 else 0
+
     def cached(self, key: int) -> int:
         self._settle()
         return self._cached.get(key, 0)
