@@ -603,7 +603,10 @@ class Instance:
     def _budget_cut(self, need: np.ndarray) -> np.ndarray:
         """Tokens each running sequence gets: what it needs, cut to what its rank's token
         budget leaves after the sequences before it on that rank."""
-        if self.ranks.dp > 1 and bool((self.ranks.per_rank(self.batch.rank, need) <= self._rank_budget).all()):
+        if self.ranks.dp == 1:
+            if int(need.sum()) <= self._rank_budget:
+                return need  # every sequence fits the budget
+        elif bool((self.ranks.per_rank(self.batch.rank, need) <= self._rank_budget).all()):
             return need  # every rank's sequences fit its budget
         return np.minimum(need, np.maximum(self._rank_budget - self._rank_before(need), 0))
 
