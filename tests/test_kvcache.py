@@ -360,19 +360,30 @@ def test_prefix_semantics():
     kv.check()
 
 
+def test_eviction_is_applied_lazily_and_exactly():
+    """An allocation evicts when the entries are next read; two allocations evict as one would."""
+    kv = KVCache(10, 16)
+    kv.allocate(6)
+    kv.release_to_cache(1, 3)
+    kv.release_to_cache(2, 3)
+    kv.allocate(7)  # 4 uncached free blocks, then the 3 of entry 1 (least recently cached)
+    assert kv.cached_blocks == 3 and kv._cached_blocks == 6  # counted, not yet applied
+    kv.allocate(1)  # and one of entry 2
+    assert kv.cached_blocks == 2
+    assert kv.cached(1) == 0 and kv.cached(2) == 2 and kv._cached_blocks == 2
+    kv.check()
+
+
 def test_check_detects_broken_invariants():
     kv = KVCache(10, 16)
     kv.allocate(3)
     kv.release_to_cache(1, 2)
     kv.check()
-    kv.cached_blocks += 1  # bookkeeping out of sync with the entries
+    kv._cached_blocks += 1  # bookkeeping out of sync with the entries
     with pytest.raises(AssertionError):
         kv.check()
-    kv.cached_blocks -= 1
+    kv._cached_blocks -= 1
     kv.used_blocks = 11
-    with pytest.raises(AssertionError):
-        kv.check()
-    kv.used_blocks = 9  # used + cached > total
     with pytest.raises(AssertionError):
         kv.check()
     kv.used_blocks = 1

@@ -79,7 +79,7 @@ def test_cut_drafts_accept_by_the_drafts_verified():
     spec = SpecDecoder(cfg, GroupProgress(np.zeros(3, np.int64)), cost=None, token_budget=2048)
     spec._tau_q = np.arange(9, dtype=np.int64)[None, :] * Q + Q  # τ(γ) = 1 + γ, recognisable
     b = RunningBatch()
-    b.extend([(i, 100, 101, 50, 0, 7, 0, 0, 8, 9 * Q, 8, 0) for i in range(3)])  # decodes with 8 drafts
+    b.extend([(i, 100, 101, 50, 0, 7, 0, 0, 8, 9 * Q, 8, 0, 100, 0) for i in range(3)])  # decodes with 8 drafts
     got = spec.scheduled_tau_q(b, np.array([9, 4, 0]))
     assert got.tolist() == [9 * Q, 4 * Q, 1 * Q]
 

@@ -17,7 +17,10 @@ if TYPE_CHECKING:
 #: Accumulator units per token of speculative emission (`acc`, `tau_q` columns).
 Q = 1 << 20
 
-_COLUMNS = ("rid", "computed", "tokens", "left", "shared", "blocks", "group", "acc", "gamma", "tau_q", "draft", "rank")
+_COLUMNS = (
+    "rid", "computed", "tokens", "left", "shared", "blocks", "group", "acc", "gamma", "tau_q", "draft", "rank", "prompt",
+    "shareable",
+)
 
 
 class RunningBatch:
@@ -31,14 +34,17 @@ class RunningBatch:
     - acc, tau_q: speculative emission accumulator and τ·Q (units of 1/Q token);
       draft: its draft length per path for the current epoch; gamma: the draft slots
       it verifies this iteration (paths · min(draft, left − 1); 0 without speculation).
-    - rank: the DP attention rank it lives on (`engine/dp.py`; 0 without DP).
+    - rank: the DP attention rank it lives on (`engine/dp.py`; 0 without DP);
+    - prompt: its prompt tokens; shareable: the prompt tokens (whole blocks) it would
+      publish as its group's shared prompt (0 without prefix caching). Both are copies
+      of the request table's, kept here so per-iteration passes need no gather.
 
-    Storage is one 12 × n matrix, so masking the batch is one numpy operation; the
+    Storage is one 14 × n matrix, so masking the batch is one numpy operation; the
     columns are views of its rows, refreshed whenever the batch is reshaped. Update a
     column in place (`b.left -= k`, `b.acc[:] = ...`), never rebind it.
     """
 
-    __slots__ = ("_m", *_COLUMNS)
+    __slots__ = ("_m", "_rank_counts", *_COLUMNS)
 
     rid: np.ndarray
     computed: np.ndarray
@@ -52,12 +58,15 @@ class RunningBatch:
     tau_q: np.ndarray
     draft: np.ndarray
     rank: np.ndarray
+    prompt: np.ndarray
+    shareable: np.ndarray
 
     def __init__(self) -> None:
         self._set(np.zeros((len(_COLUMNS), 0), np.int64))
 
     def _set(self, m: np.ndarray) -> None:
         self._m = m
+        self._rank_counts: np.ndarray | None = None
         (
             self.rid,
             self.computed,
@@ -71,6 +80,8 @@ class RunningBatch:
             self.tau_q,
             self.draft,
             self.rank,
+            self.prompt,
+            self.shareable,
         ) = m
 
     def __len__(self) -> int:
@@ -83,6 +94,16 @@ class RunningBatch:
     def extend(self, rows: list[tuple[int, ...]]) -> None:
         """Append sequences, each a tuple in column order."""
         self._set(np.concatenate((self._m, np.array(rows, dtype=np.int64).T), axis=1))
+
+    def rank_counts(self, dp: int) -> np.ndarray:
+        """Sequences per DP rank (length dp; read-only, kept until the batch is reshaped:
+        a sequence's rank never changes)."""
+        counts = self._rank_counts
+        if counts is None:
+            counts = np.bincount(self.rank, minlength=dp) if dp > 1 else np.array([len(self)], np.int64)
+            counts.flags.writeable = False
+            self._rank_counts = counts
+        return counts
 
     def row(self, i: int) -> list[int]:
         """Sequence i's columns as Python ints, in column order (rid, computed, ...)."""

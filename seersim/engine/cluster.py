@@ -186,8 +186,7 @@ class SimBackend:
         out = {}
         for i in instance_ids:
             inst = self.instances[i]
-            inst.settle_kv()
-            blocks = inst.cached_prefix_blocks(request_id)
+            blocks = inst.cached_prefix_blocks(request_id)  # (settles the stretch's KV where it matters)
             if blocks:
                 out[i] = blocks * self._bs
         return out

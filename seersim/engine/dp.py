@@ -74,23 +74,20 @@ class DPRanks:
             return _shift(lines, overhead_s), float(c0[0]), float(rate[0])
         n_all, t_all = int(seqs.sum()), int(tokens.sum())
         busy = np.flatnonzero(seqs)
-        a_k, b_k = [], []
         e_busy, q_busy = extra_pairs[busy], queries[busy]
         if not e_busy.any() and (q_busy == q_busy[0]).all():
-            groups = [(0, float(q_busy[0]), busy)]  # a decode: one call of the cost model
+            keys = [(0, float(q_busy[0]))]  # a decode: one call of the cost model
+            which = np.zeros(len(busy), np.intp)
         else:  # ranks with the same prefill pairs and queries share one call
-            by_key: dict[tuple, list[int]] = {}
-            for r, key in zip(busy.tolist(), zip(e_busy.tolist(), q_busy.tolist())):
-                by_key.setdefault(key, []).append(r)
-            groups = [(e, q, np.asarray(rs)) for (e, q), rs in by_key.items()]
-        for e, q, rs in groups:
-            rs = _pareto(rs, c0, rate)
-            lr = cost.step_lines(n_all, t_all, dp * int(e), float(q))
-            a = np.asarray(lr.intercepts_s)[:, None]
-            b = np.asarray(lr.slopes_s)[:, None]
-            a_k.append((a + overhead_s + b * dp * c0[rs].astype(np.float64)).ravel())
-            b_k.append((b * dp * rate[rs].astype(np.float64)).ravel())
-        return _envelope(np.concatenate(a_k), np.concatenate(b_k)), 0.0, 1.0
+            index: dict[tuple[int, float], int] = {}
+            which = np.array([index.setdefault(key, len(index)) for key in zip(e_busy.tolist(), q_busy.tolist())], np.intp)
+            keys = list(index)
+        per_key = [cost.step_lines(n_all, t_all, dp * int(e), float(q)) for e, q in keys]
+        a = np.array([lr.intercepts_s for lr in per_key])[which]  # busy ranks × cost lines
+        b = np.array([lr.slopes_s for lr in per_key])[which]
+        a_k = a + overhead_s + b * dp * c0[busy].astype(np.float64)[:, None]
+        b_k = b * dp * rate[busy].astype(np.float64)[:, None]
+        return _envelope(a_k.ravel(), b_k.ravel()), 0.0, 1.0
 
     def stretch(self, *args, overhead_s: float = 0.0) -> LinearStretch:
         """A `LinearStretch` over the lines of `lines(*args)`."""
@@ -107,31 +104,34 @@ class DPRanks:
         caller then plans one iteration)."""
         cost, dp = self.cost, self.dp
         n_all, t_all = int(seqs.sum()), int(tokens.sum())
+        busy = np.flatnonzero(seqs)
+        e1s, des = dp * extra_pairs[busy], dp * extra_growth[busy]
+        if not des.any() and (e1s == e1s[0]).all():
+            groups = {(int(e1s[0]), 0): busy}  # every busy rank has the same prefill pairs
+        else:  # ranks with the same pairs and growth share the cost model's lines
+            by_key: dict[tuple[int, int], list[int]] = {}
+            for r, key in zip(busy.tolist(), zip(e1s.tolist(), des.tolist())):
+                by_key.setdefault(key, []).append(r)
+            groups = {key: np.asarray(rs) for key, rs in by_key.items()}
         a_k: list[np.ndarray] = []
         b_k: list[np.ndarray] = []
-        calls: dict[tuple[int, int], tuple[np.ndarray, np.ndarray, np.ndarray]] = {}
-        for r in np.flatnonzero(seqs).tolist():
-            e1, de = dp * int(extra_pairs[r]), dp * int(extra_growth[r])
-            key = (e1, de)
-            if key not in calls:
-                first = cost.step_lines(n_all, t_all, e1, 1.0)
-                a1, slopes = np.asarray(first.intercepts_s), np.asarray(first.slopes_s)
-                da = np.zeros_like(a1)
-                if de:
-                    second = cost.step_lines(n_all, t_all, e1 + de, 1.0)
-                    last = cost.step_lines(n_all, t_all, e1 + (steps - 1) * de, 1.0)
-                    if second.slopes_s != first.slopes_s or last.slopes_s != first.slopes_s:
-                        return None
-                    da = np.asarray(second.intercepts_s) - a1
-                    a_last = np.asarray(last.intercepts_s)
-                    if not np.allclose(a1 + da * (steps - 1), a_last, rtol=1e-12, atol=0.0):
-                        return None
-                calls[key] = (a1, da, slopes)
-            a1, da, slopes = calls[key]
-            c1, dc = dp * float(context[r]), dp * float(growth[r])
-            slope = da + slopes * dc
-            a_k.append(a1 + slopes * c1 - slope)  # so that k = 1 is the first iteration
-            b_k.append(slope)
+        for (e1, de), rs in groups.items():
+            first = cost.step_lines(n_all, t_all, e1, 1.0)
+            a1, slopes = first.intercepts_s, first.slopes_s
+            da: tuple[float, ...] | list[float] = (0.0,) * len(a1)
+            if de:
+                second = cost.step_lines(n_all, t_all, e1 + de, 1.0)
+                last = cost.step_lines(n_all, t_all, e1 + (steps - 1) * de, 1.0)
+                if second.slopes_s != slopes or last.slopes_s != slopes:
+                    return None
+                da = [y - x for x, y in zip(a1, second.intercepts_s)]
+                if not all(abs(x + d * (steps - 1) - y) <= 1e-12 * abs(y) for x, d, y in zip(a1, da, last.intercepts_s)):
+                    return None
+            # per line (rows) and rank (columns): the line at k = 1 is the first iteration
+            b_col = np.asarray(slopes)[:, None]
+            slope = np.asarray(da)[:, None] + b_col * (dp * growth[rs].astype(np.float64))
+            a_k.append((np.asarray(a1)[:, None] + b_col * (dp * context[rs].astype(np.float64)) - slope).ravel())
+            b_k.append(slope.ravel())
         return LinearStretch(_envelope(np.concatenate(a_k), np.concatenate(b_k)), 0, 1)
 
     def step_s(self, seqs, tokens, extra_pairs, queries, context) -> float:
@@ -143,17 +143,23 @@ class DPRanks:
         # iteration time rises with a rank's prefill pairs and its context (the cost model
         # prices more attention work as slower): among ranks with the same queries only
         # those that no other rank beats in both can be the slowest
-        by_queries: dict[float, list[tuple[int, int]]] = {}
-        for s, e, q, c in zip(seqs.tolist(), extra_pairs.tolist(), queries.tolist(), context.tolist()):
-            if s:
-                by_queries.setdefault(float(q), []).append((int(e), c))
+        busy = np.flatnonzero(seqs)
+        q_busy = queries[busy]
+        if (q_busy == q_busy[0]).all():
+            by_queries = {float(q_busy[0]): busy}
+        else:
+            by_queries = {}
+            for r, q in zip(busy.tolist(), q_busy.tolist()):
+                by_queries.setdefault(float(q), []).append(r)
         slowest_s = 0.0
         for q, ranks in by_queries.items():
-            best_c = -1
-            for e, c in sorted(ranks, reverse=True):  # pairs descending, then context descending
-                if c > best_c:
-                    best_c = c
-                    slowest_s = max(slowest_s, cost.step_lines(n_all, t_all, dp * e, q).at(dp * float(c)))
+            e, c = extra_pairs[ranks], context[ranks]
+            order = np.lexsort((c, e))[::-1]  # pairs descending, then context descending
+            c_sorted = c[order]
+            best_before = np.concatenate(([-1], np.maximum.accumulate(c_sorted)[:-1]))
+            front = order[c_sorted > best_before]
+            for e_r, c_r in zip(e[front].tolist(), c[front].tolist()):
+                slowest_s = max(slowest_s, cost.step_lines(n_all, t_all, dp * int(e_r), q).at(dp * float(c_r)))
         return slowest_s
 
 
@@ -163,17 +169,11 @@ def _shift(lines: StepLines, overhead_s: float) -> StepLines:
     return StepLines(tuple(a + overhead_s for a in lines.intercepts_s), lines.slopes_s)
 
 
-def _pareto(rs: np.ndarray, c0: np.ndarray, rate: np.ndarray) -> np.ndarray:
-    """The ranks of `rs` that no other rank of `rs` beats in both context and growth
-    (with the same cost-model lines, only those can be the slowest)."""
-    order = rs[np.lexsort((-rate[rs], -c0[rs]))]  # context descending, then growth descending
-    r = rate[order]
-    best_before = np.concatenate(([-np.inf], np.maximum.accumulate(r)[:-1]))
-    return order[r > best_before]
-
-
 def _envelope(intercepts: np.ndarray, slopes: np.ndarray) -> StepLines:
-    """The lines of the upper envelope of a + b·k over k ≥ 1, in order of slope."""
+    """The lines of the upper envelope of a + b·k over k ≥ 1, in order of slope.
+
+    A function of the set of lines only: a line that another beats in both intercept
+    and slope never survives the first pass, nor changes what else does."""
     # drop every line that a steeper (or equally steep) line beats at k = 1
     order = np.lexsort((-intercepts, -slopes))
     a, b = intercepts[order], slopes[order]

@@ -117,6 +117,7 @@ class Instance:
         # stands, free blocks have not grown and the budget has not shrunk (`_admit`)
         self._kv_blocked: list[tuple[int, int, int, int] | None] = [None] * dp
         self._preempted = np.zeros(dp, bool)
+        self._rank_total = np.array([kv.total_blocks for kv in kvs], np.int64)
         self.batch = RunningBatch()
         self._wake: simpy.Event | None = None
         self._interruptible = False
@@ -140,7 +141,7 @@ class Instance:
     def num_waiting(self) -> int:
         if self.ranks.dp == 1:
             return len(self.queues[0])
-        return len(self._arrivals) + sum(len(q) for q in self.queues)
+        return len(self._arrivals) + sum(map(len, self.queues))
 
     @property
     def kv_total_blocks(self) -> int:
@@ -148,20 +149,39 @@ class Instance:
 
     @property
     def kv_used_blocks(self) -> int:
-        return self.kvs[0].used_blocks if self.ranks.dp == 1 else sum(kv.used_blocks for kv in self.kvs)
+        return self.kvs[0].used_blocks if self.ranks.dp == 1 else sum([kv.used_blocks for kv in self.kvs])
 
     @property
     def kv_cached_blocks(self) -> int:
-        return self.kvs[0].cached_blocks if self.ranks.dp == 1 else sum(kv.cached_blocks for kv in self.kvs)
+        return self.kvs[0].cached_blocks if self.ranks.dp == 1 else sum([kv.cached_blocks for kv in self.kvs])
 
     def cached_prefix_blocks(self, request_id: int) -> int:
-        """Blocks of the request's prefix cached here, on the rank holding the most of it."""
+        """Blocks of the request's prefix cached here, on the rank holding the most of it,
+        exactly as step by step: the current stretch's allocations so far are settled
+        first (`settle_kv`) where they could evict part of a hit."""
         group, p_blocks = int(self.table.group_id[request_id]), int(self.prompt_blocks[request_id])
         if self.ranks.dp == 1:
+            if not self.kvs[0].may_hit(request_id, group, p_blocks):
+                return 0  # (settling only evicts: nothing to find either way)
+            self.settle_kv()
             return sum(self.kvs[0].prefix_blocks(request_id, group, p_blocks))
-        where = self.kvs[0].directory
-        ranks = where.get(request_id, set()) | where.get(prompt_key(group), set()) if p_blocks else where.get(request_id, ())
-        return max((sum(self.kvs[r].prefix_blocks(request_id, group, p_blocks)) for r in ranks), default=0)
+        # (the directory lists every rank that ever stored a key: the request's own
+        # context is a hit only on those ranks, elsewhere only the prompt's present part)
+        kvs, where = self.kvs, self.kvs[0].directory
+        own_ranks = where.get(request_id, ())
+        if not any(kvs[r].may_hit(request_id, group, p_blocks) for r in (where.get(prompt_key(group), ()) if p_blocks else own_ranks)):
+            return 0
+        self.settle_kv()
+        best = max((sum(kvs[r].prefix_blocks(request_id, group, p_blocks)) for r in own_ranks), default=0)
+        if p_blocks and best < p_blocks:
+            for r in where.get(prompt_key(group), ()):
+                if r not in own_ranks:
+                    present = kvs[r].prompt_blocks_present(group)
+                    if present > best:
+                        best = min(present, p_blocks)
+                        if best == p_blocks:
+                            break
+        return best
 
     def check_kv(self, idle: bool = False) -> None:
         for kv in self.kvs:
@@ -260,9 +280,9 @@ class Instance:
 
     def _may_evict(self, plan: Plan) -> bool:
         """Whether the rest of the stretch's allocations may evict a cached block on some rank."""
-        uncached_free = np.array([kv.total_blocks - kv.used_blocks - kv.cached_blocks for kv in self.kvs])
+        uncached_free = np.array([kv.uncached_free_blocks for kv in self.kvs])
         # cheap bound first: each sequence needs at most one block per bs iterations (+1)
-        seqs = self.ranks.per_rank(self.batch.rank)
+        seqs = self.batch.rank_counts(self.ranks.dp)
         growth = int(plan.new.max()) if plan.kind == "prefill" else 1 + self._max_gamma()
         if bool((seqs * ((plan.steps // self.bs + 2) * growth) <= uncached_free).all()):
             return False
@@ -298,15 +318,15 @@ class Instance:
 
     def _allocate(self, per_rank: np.ndarray) -> None:
         """Allocate `per_rank[r]` blocks in rank r's KV cache."""
-        for r, blocks in enumerate(per_rank.tolist()):
+        for kv, blocks in zip(self.kvs, per_rank.tolist()):
             if blocks:
-                self.kvs[r].allocate(blocks)
+                kv.allocate(blocks)
 
     def _free_blocks(self) -> np.ndarray:
         """Blocks each rank may still allocate (free + evictable cached)."""
         if self.ranks.dp == 1:
             return np.array((self.kvs[0].free_blocks,), np.int64)
-        return np.array([kv.free_blocks for kv in self.kvs], np.int64)
+        return self._rank_total - np.array([kv.used_blocks for kv in self.kvs], np.int64)
 
     def _max_gamma(self) -> int:
         """Largest per-iteration draft width in the batch (0 without speculation)."""
@@ -370,7 +390,7 @@ class Instance:
         iteration can head a decode stretch (a KV-saturated instance preempts, decodes
         until its blocks run out, and preempts again)."""
         b = self.batch
-        seqs = self.ranks.per_rank(b.rank)
+        seqs = b.rank_counts(self.ranks.dp)
         budgets = self._rank_budget - seqs  # (the tail needs every sequence decoding next)
         for r in np.flatnonzero(self._preempted).tolist():
             if self.queues[r] and seqs[r] < self._rank_max_seqs and budgets[r] > 0:
@@ -411,14 +431,14 @@ class Instance:
         if not prefilling.any() or self._fresh_decoders:
             return None
         decoding = (new > 0) & (need == 1)
-        if bool((decoding & (b.tokens == table.input_tokens[b.rid])).any()):
+        if bool((decoding & (b.tokens == b.prompt)).any()):
             return None  # a first token is due: recorded by the single-iteration path
         c = new[prefilling]
         steps = int(((need[prefilling] - 1) // c).min())  # no prefill completes
         if decoding.any():
             steps = min(steps, int(b.left[decoding].min()))
         if steps > 1 and self.cfg.prefix_caching:
-            p = self.prompt_blocks[b.rid] * self.bs
+            p = b.shareable
             crossing = prefilling & (b.shared == 0) & (p > 0) & (b.computed < p)
             if crossing.any():
                 steps = min(steps, int(_ceil_div(p[crossing] - b.computed[crossing], new[crossing]).min()))
@@ -449,7 +469,7 @@ class Instance:
         """Iterations of a plain decode batch from `computed` tokens per sequence (each
         rank's context grows by its sequence count per iteration)."""
         R, rank = self.ranks, self.batch.rank
-        seqs = R.per_rank(rank)
+        seqs = self.batch.rank_counts(R.dp)
         return R.stretch(seqs, seqs, np.zeros(R.dp), np.ones(R.dp), R.per_rank(rank, computed), seqs)
 
     def mixed_step_s(self, new: np.ndarray) -> float:
@@ -457,7 +477,12 @@ class Instance:
         chunks attend to their earlier tokens and to each other causally)."""
         scheduled = new > 0
         c, k = self.batch.computed[scheduled], new[scheduled]
-        rank, R = self.batch.rank[scheduled], self.ranks
+        R = self.ranks
+        if R.dp == 1:  # (DPRanks.step_s of one rank, without per-rank arrays)
+            context_tokens = int((c + k).sum())
+            pairs = int((k * c + k * (k + 1) // 2).sum())
+            return R.cost.step_lines(len(k), int(k.sum()), pairs - context_tokens, 1.0).at(float(context_tokens))
+        rank = self.batch.rank[scheduled]
         context = R.per_rank(rank, c + k)
         pairs = R.per_rank(rank, k * c + k * (k + 1) // 2)
         return R.step_s(R.per_rank(rank), R.per_rank(rank, k), pairs - context, np.ones(R.dp), context)
@@ -480,10 +505,10 @@ class Instance:
             fail_step = int(np.partition(first, r)[r]) + q * bs
         else:
             limit = self.stretch_block_limit()
-            rank = self.batch.rank
-            counts = np.bincount(rank, minlength=self.ranks.dp)
+            counts = self.batch.rank_counts(self.ranks.dp)
             busy = np.flatnonzero(counts)
-            by_rank = first[np.lexsort((first, rank))]  # offsets sorted within each rank
+            span = 2 * bs + 1  # offsets lie in 1..2·bs: sort by (rank, offset) in one key
+            by_rank = np.sort(self.batch.rank * span + first) % span  # offsets sorted within each rank
             q, r = np.divmod(limit[busy], counts[busy])
             fail_step = int((by_rank[(np.cumsum(counts) - counts)[busy] + r] + q * bs).min())
         steps = min(int(left.min()), fail_step - 1)
@@ -496,7 +521,7 @@ class Instance:
         if not self.cfg.prefix_caching:
             return False
         b = self.batch
-        p = self.prompt_blocks[b.rid] * self.bs
+        p = b.shareable
         return bool(((b.shared == 0) & (p > 0) & (b.computed < p) & (b.computed + new >= p)).any())
 
     def stretch_block_limit(self) -> np.ndarray:
@@ -533,31 +558,34 @@ class Instance:
                 new = need
                 add = (b.computed % bs == 0).astype(np.int64)
             else:
-                new = np.minimum(need, np.maximum(self._rank_budget - self._rank_before(need), 0))
+                new = self._budget_cut(need)
                 add = np.maximum(_ceil_div(b.computed + new, bs) - b.shared - b.blocks, 0)
             if dp == 1:  # (the same, without per-rank arrays)
-                short = _RANK_0 if int(add.sum()) > self.kvs[0].free_blocks else _NO_RANK
+                add_blocks = int(add.sum())
+                short = _RANK_0 if add_blocks > self.kvs[0].free_blocks else _NO_RANK
             else:
-                short = np.flatnonzero(ranks.per_rank(b.rank, add) > self._free_blocks())
+                add_blocks = ranks.per_rank(b.rank, add)
+                short = np.flatnonzero(add_blocks > self._free_blocks())
             if len(short):
                 keep = self._preempt_from_the_back(short, add)
                 b.keep(keep)
                 new, add = new[keep], add[keep]
                 preempted[short] = True
+                add_blocks = int(add.sum()) if dp == 1 else ranks.per_rank(b.rank, add)
             if dp == 1:
-                self.kvs[0].allocate(int(add.sum()))
+                self.kvs[0].allocate(add_blocks)
             else:
-                self._allocate(ranks.per_rank(b.rank, add))
+                self._allocate(add_blocks)
             b.blocks += add
         else:
             new = np.zeros(0, np.int64)
         queues = self.queues
-        if dp == 1 and not queues[0]:
+        if not any(queues):
             admitted = budget_blocked = False
         else:
             rank_budget = self._rank_budget - ranks.per_rank(b.rank, new)
-            rank_room = self._rank_max_seqs - ranks.per_rank(b.rank)
-            waiting = np.array([len(q) > 0 for q in queues])
+            rank_room = self._rank_max_seqs - b.rank_counts(dp)
+            waiting = np.array(list(map(len, queues))) > 0
             # no admission on a rank that preempted in this iteration
             admissible = waiting & ~preempted & (rank_budget > 0) & (rank_room > 0)
             admitted = False
@@ -566,11 +594,21 @@ class Instance:
                 if admitted_new:
                     new = np.concatenate((new, np.asarray(admitted_new, np.int64)))
                     admitted = True
-                    waiting = np.array([len(q) > 0 for q in queues])
+                    waiting = np.array(list(map(len, queues))) > 0
             # admission stopped by the token budget (which frees up next iteration)
             budget_blocked = bool((waiting & (rank_room > 0) & (rank_budget <= 0)).any())
         any_preempted = bool(preempted.any())
         return (new if len(b) else None), admitted or any_preempted, any_preempted, budget_blocked
+
+    def _budget_cut(self, need: np.ndarray) -> np.ndarray:
+        """Tokens each running sequence gets: what it needs, cut to what its rank's token
+        budget leaves after the sequences before it on that rank."""
+        if self.ranks.dp == 1:
+            if int(need.sum()) <= self._rank_budget:
+                return need  # every sequence fits the budget
+        elif bool((self.ranks.per_rank(self.batch.rank, need) <= self._rank_budget).all()):
+            return need  # every rank's sequences fit its budget
+        return np.minimum(need, np.maximum(self._rank_budget - self._rank_before(need), 0))
 
     def _rank_before(self, need: np.ndarray) -> np.ndarray:
         """Tokens the sequences before each one on its DP rank need (each rank fills its
@@ -608,18 +646,25 @@ class Instance:
         largest with free + blocks freed by preempting m.. ≥ blocks needed by ..m-1.
         A group's shared prompt is freed with its lowest-index holder.
         """
+        # Scanned from the back: blocks still missing with sequences ..m-1 kept is
+        # Σ add[..m-1] − free − (blocks freed by preempting m..), falling as m falls.
         b = self.batch
-        freed = b.blocks[idx]
-        shared = b.shared[idx]
-        holders = np.flatnonzero(shared > 0)
-        if len(holders):
-            _, first = np.unique(b.group[idx][holders], return_index=True)
-            h = holders[first]
-            freed[h] += shared[h]
-        suffix_freed = np.concatenate((np.cumsum(freed[::-1])[::-1], [0]))  # freed by preempting m..
-        prefix_add = np.concatenate(([0], np.cumsum(add)))  # needed by ..m-1
-        ok = free_blocks + suffix_freed - prefix_add >= 0
-        return int(np.flatnonzero(ok)[-1]) if ok.any() else 0
+        blocks, shared, group = b.blocks, b.shared, b.group
+        m = len(idx)
+        short = int(add.sum()) - free_blocks
+        first_holder: dict[int, int] = {}
+        while short > 0:
+            m -= 1
+            i = int(idx[m])
+            short -= int(add[m]) + int(blocks[i])
+            held = int(shared[i])
+            if held:
+                g = int(group[i])
+                if g not in first_holder:
+                    first_holder[g] = int(idx[np.flatnonzero((group[idx] == g) & (shared[idx] > 0))[0]])
+                if first_holder[g] == i:
+                    short -= held
+        return m
 
     def _context_blocks(self, rids: np.ndarray) -> np.ndarray:
         """KV blocks of requests' contexts (prompt + tokens generated so far)."""
@@ -677,9 +722,10 @@ class Instance:
         rows: list[tuple[int, ...]] = []
         news: list[int] = []
         spec_cols = self.spec.admit() if self.spec is not None else (0, 0, 0, 0)
+        budgets, rooms = rank_budget.tolist(), rank_room.tolist()
         for rank in ranks.tolist():
             kv, queue = self.kvs[rank], self.queues[rank]
-            budget, room = int(rank_budget[rank]), int(rank_room[rank])
+            budget, room = budgets[rank], rooms[rank]
             blocked = self._kv_blocked[rank]
             while queue and budget > 0 and room > 0:
                 rid, left = queue[0]
@@ -687,7 +733,7 @@ class Instance:
                     blocked is not None
                     and blocked[0] == rid
                     and blocked[1] == kv.version
-                    and kv.free_blocks <= blocked[2]
+                    and kv.total_blocks - kv.used_blocks <= blocked[2]  # (free blocks)
                     and budget >= blocked[3]
                 ):
                     break  # still short of KV (see stretch_block_limit: need + hit falls no faster than free)
@@ -705,13 +751,17 @@ class Instance:
                 if own_hit:
                     kv.take_cached(rid)
                 kv.allocate(need_blocks)
-                rows.append((rid, hit, tokens, left, shared, private + own_hit + need_blocks, group, *spec_cols, rank))
-                if new == 1 and tokens == table.input_tokens[rid]:
+                prompt = int(table.input_tokens[rid])
+                rows.append(
+                    (rid, hit, tokens, left, shared, private + own_hit + need_blocks, group, *spec_cols, rank, prompt, p_blocks * self.bs)
+                )
+                if new == 1 and tokens == prompt:
                     self._fresh_decoders = True
                 news.append(new)
                 budget -= new
                 room -= 1
-            rank_budget[rank], rank_room[rank] = budget, room
+            if room != rooms[rank]:
+                rank_budget[rank], rank_room[rank] = budget, room
         if rows:
             self.batch.extend(rows)
         return news
@@ -735,7 +785,7 @@ class Instance:
     def _release(self, i: int, cache: bool) -> None:
         """Free sequence i's KV; with `cache`, keep its full blocks hashed for a later prefix hit."""
         bs = self.bs
-        rid, computed, _, _, shared, blocks, group, *_, rank = self.batch.row(i)
+        rid, computed, _, _, shared, blocks, group, *_, rank, _, _ = self.batch.row(i)
         kv = self.kvs[rank]
         p_blocks = int(self.prompt_blocks[rid])
         if shared:
@@ -807,7 +857,7 @@ class Instance:
             spec_emit = self.spec.mixed_emission(b, speculating, new)  # drafts cut by the budget accept less
             emit = np.where(speculating, spec_emit, emit)
             advance = np.where(speculating, spec_emit, new)
-        self._record_first_tokens((emit > 0) & (b.tokens == table.input_tokens[b.rid]), end_s)
+        self._record_first_tokens((emit > 0) & (b.tokens == b.prompt), end_s)
         b.computed += advance
         b.tokens += emit
         b.left -= emit
@@ -845,7 +895,7 @@ class Instance:
         which emits the first token (recorded by the decode path: `_fresh_first_tokens`)."""
         if not self._fresh_decoders:
             b = self.batch
-            self._fresh_decoders = bool(((b.tokens - b.computed == 1) & (b.tokens == self.table.input_tokens[b.rid])).any())
+            self._fresh_decoders = bool(((b.tokens - b.computed == 1) & (b.tokens == b.prompt)).any())
 
     def _fresh_first_tokens(self, first_step_end_s: float) -> None:
         """Sequences whose prompt is computed but for one token (fully cached at
@@ -854,7 +904,7 @@ class Instance:
         if self._fresh_decoders:
             self._fresh_decoders = False
             b = self.batch
-            self._record_first_tokens(b.tokens == self.table.input_tokens[b.rid], first_step_end_s)
+            self._record_first_tokens(b.tokens == b.prompt, first_step_end_s)
 
     def _grow_blocks(self, slots: np.ndarray) -> None:
         """Hold blocks for `slots` tokens per sequence (the stretch's early allocations included)."""
@@ -905,7 +955,7 @@ class Instance:
         if not self.cfg.prefix_caching:
             return
         b = self.batch
-        p = self.prompt_blocks[b.rid] * self.bs
+        p = b.shareable
         crossed = (b.shared == 0) & (p > 0) & (b.computed >= p) & (before < p)
         for i in np.flatnonzero(crossed):
             group, kv = int(b.group[i]), self.kvs[int(b.rank[i])]

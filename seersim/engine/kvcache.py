@@ -5,6 +5,13 @@ while any sibling runs), *cached* (freed but still hashed: evictable, hit by a l
 prefix lookup, as vLLM keeps freed blocks' hashes) or free. Cached blocks count as
 free for allocation: allocating evicts cached blocks one at a time.
 
+Eviction is applied lazily: an allocation only counts its blocks as used, and the
+blocks it would have evicted are evicted when the cache's entries are next read or
+changed. Evicting a then b blocks in eviction order is evicting a + b (a partly
+evicted entry keeps its place), so this is exact, and the engine's hot path (every
+rank allocating every stretch) touches no entry. `cached_blocks` counts what is left
+after the pending evictions.
+
 Cache entries are keyed by int: a request's own context beyond its prompt under
 key = request id (>= 0), a group's shared prompt under key = -1 - group id. An own
 entry *depends on* its group's prompt entry (its parent): block hashes chain, so a
@@ -35,7 +42,7 @@ class KVCache:
         "total_blocks",
         "block_size",
         "used_blocks",
-        "cached_blocks",
+        "_cached_blocks",
         "_cached",
         "_parent",
         "_children",
@@ -51,7 +58,7 @@ class KVCache:
         self.total_blocks = total_blocks
         self.block_size = block_size
         self.used_blocks = 0
-        self.cached_blocks = 0
+        self._cached_blocks = 0  # hashed blocks before the pending evictions (`_settle`)
         self._cached: OrderedDict[int, int] = OrderedDict()  # key -> blocks, least recently cached first
         self._parent: dict[int, int] = {}  # cached own entry -> its prompt's key
         self._children: dict[int, dict[int, None]] = {}  # prompt key -> cached dependents, in recency order
@@ -70,12 +77,26 @@ class KVCache:
         """Blocks an allocation may take (free + evictable cached)."""
         return self.total_blocks - self.used_blocks
 
+    @property
+    def cached_blocks(self) -> int:
+        """Cached blocks, after the evictions the allocations so far imply."""
+        room = self.total_blocks - self.used_blocks
+        return self._cached_blocks if self._cached_blocks <= room else room
+
+    @property
+    def uncached_free_blocks(self) -> int:
+        """Blocks an allocation may take without evicting a cached one."""
+        room = self.total_blocks - self.used_blocks - self._cached_blocks
+        return room if room > 0 else 0
+
     def cached(self, key: int) -> int:
+        self._settle()
         return self._cached.get(key, 0)
 
     def prompt_blocks_present(self, group_id: int) -> int:
         """Blocks of the group's prompt a lookup finds: all of it while in use, else
         what is left of its cached entry (a prefix of it after partial eviction)."""
+        self._settle()
         if group_id in self._prompt_refs:
             return self._prompt_refs[group_id][1]
         return self._cached.get(prompt_key(group_id), 0)
@@ -83,14 +104,24 @@ class KVCache:
     def prefix_blocks(self, request_id: int, group_id: int, prompt_blocks: int) -> tuple[int, int]:
         """(prompt blocks, own blocks) a request would hit here: the prompt's present
         prefix, and its own entry only when the whole prompt is present."""
+        self._settle()
         if prompt_blocks:
             present = min(self.prompt_blocks_present(group_id), prompt_blocks)
             if present < prompt_blocks:
                 return present, 0
         return prompt_blocks, self._cached.get(request_id, 0)
 
+    def may_hit(self, request_id: int, group_id: int, prompt_blocks: int) -> bool:
+        """Whether `prefix_blocks` could find anything, without applying the pending
+        evictions (they only remove): the prompt, when the request has one (its own
+        entry is a hit only behind it), else its own entry is present."""
+        if prompt_blocks:
+            return group_id in self._prompt_refs or prompt_key(group_id) in self._cached
+        return request_id in self._cached
+
     def _eviction_order(self) -> Iterator[tuple[int, int]]:
         """(key, blocks) of the cached entries in the order their blocks are evicted."""
+        self._settle()
         seen: set[int] = set()
         for key, blocks in self._cached.items():
             if key in seen:
@@ -105,9 +136,10 @@ class KVCache:
 
     def blocks_before_eviction_of(self, keys: tuple[int, ...]) -> int:
         """Blocks allocatable before any block of `keys`' cached entries is evicted."""
+        self._settle()
         if not any(k in self._cached for k in keys):
             return self.free_blocks
-        room = self.total_blocks - self.used_blocks - self.cached_blocks
+        room = self.total_blocks - self.used_blocks - self._cached_blocks
         for key, blocks in self._eviction_order():
             if key in keys:
                 return room
@@ -116,16 +148,21 @@ class KVCache:
 
     # ---- mutations -------------------------------------------------------------------
     def allocate(self, blocks: int) -> None:
-        if blocks < 0 or blocks > self.free_blocks:
+        """Take `blocks` free blocks; the cached blocks this evicts go at the next `_settle`."""
+        if blocks < 0 or blocks > self.total_blocks - self.used_blocks:
             raise AssertionError(f"allocate({blocks}) with {self.free_blocks} free")
         self.used_blocks += blocks
-        excess = self.used_blocks + self.cached_blocks - self.total_blocks
+
+    def _settle(self) -> None:
+        """Apply the evictions the allocations since the last call imply."""
+        excess = self.used_blocks + self._cached_blocks - self.total_blocks
         if excess > 0:
             self._evict(excess)
 
     def release(self, blocks: int) -> None:
         if blocks < 0 or blocks > self.used_blocks:
             raise AssertionError(f"release({blocks}) with {self.used_blocks} used")
+        self._settle()
         self.used_blocks -= blocks
         self.version += 1
 
@@ -139,7 +176,7 @@ class KVCache:
         old = self._cached.pop(key, 0)
         if old:
             self._unlink(key)
-        self.cached_blocks += blocks - old
+        self._cached_blocks += blocks - old
         self._cached[key] = blocks
         if self.directory is not None:
             self.directory.setdefault(key, set()).add(self.rank)
@@ -154,27 +191,30 @@ class KVCache:
 
         Taking a prompt entry leaves its dependents cached: the caller takes the whole
         prompt into use (they stay usable), or a partial one (which has none)."""
+        self._settle()
         blocks = self._cached.pop(key, 0)
         if blocks:
             self._unlink(key)
-            self.cached_blocks -= blocks
+            self._cached_blocks -= blocks
             self.used_blocks += blocks
         self.version += 1
         return blocks
 
     def drop_cached(self, key: int) -> None:
         """Forget an entry (its blocks become free), with the dependents it would strand."""
+        self._settle()
         self.version += 1
         for child in list(self._children.get(key, ())):
             self.drop_cached(child)
         blocks = self._cached.pop(key, 0)
         if blocks:
             self._unlink(key)
-            self.cached_blocks -= blocks
+            self._cached_blocks -= blocks
 
     def acquire_prompt(self, group_id: int) -> bool:
         """Reference the group's shared prompt if present whole (in use or cached).
         (A partly evicted prompt is a prefix hit the caller takes with `take_cached`.)"""
+        self._settle()
         self.version += 1
         if group_id in self._prompt_refs:
             refs, blocks = self._prompt_refs[group_id]
@@ -191,12 +231,13 @@ class KVCache:
         a cached copy of it (whole or partial) is a duplicate and is freed — its
         dependents stay, extending the shared copy."""
         assert group_id not in self._prompt_refs
+        self._settle()
         self.version += 1
         key = prompt_key(group_id)
         if self.directory is not None:
             self.directory.setdefault(key, set()).add(self.rank)
         old = self._cached.pop(key, 0)
-        self.cached_blocks -= old
+        self._cached_blocks -= old
         self._prompt_refs[group_id] = (1, blocks)
 
     def release_prompt(self, group_id: int) -> None:
@@ -249,7 +290,7 @@ class KVCache:
                 key = next(iter(deps))  # an own entry: it has no dependents itself
             held = cached[key]
             take = held if held < blocks else blocks
-            self.cached_blocks -= take
+            self._cached_blocks -= take
             blocks -= take
             if take < held:
                 cached[key] = held - take  # keeps its recency: it still holds the entry's head
@@ -261,7 +302,9 @@ class KVCache:
         """Assert the block invariants (used by tests and at the end of a run, when
         `idle`: nothing runs, so no block may still be in use)."""
         assert 0 <= self.used_blocks <= self.total_blocks, (self.used_blocks, self.total_blocks)
-        assert self.cached_blocks == sum(self._cached.values())
+        assert self._cached_blocks == sum(self._cached.values())
+        self._settle()
+        assert self._cached_blocks == sum(self._cached.values())
         assert all(b > 0 for b in self._cached.values())
         assert self.used_blocks + self.cached_blocks <= self.total_blocks
         shared = sum(b for _, b in self._prompt_refs.values())
