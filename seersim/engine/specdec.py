@@ -37,6 +37,8 @@ the others (β[j] = α^j, the probability that the j-th draft token is accepted)
 
 from __future__ import annotations
 
+import bisect
+
 import numpy as np
 
 from seersim.calibrate.acceptance import load_acceptance, tau
@@ -49,6 +51,9 @@ from seersim.requests import GroupProgress
 
 MAX_DRAFT = 8
 PRIORITY_LAMBDA = 2.0
+# Most pieces of one stretch across draft-cap changes (bounds its planning work; a
+# stretch may end at any piece boundary, where a cap change would have ended it).
+MAX_SEGMENTS = 16
 
 # Paper Table 2 (the shipped default calibration, seersim/calibrate/data/): mean accepted
 # length incl. bonus, by finished references n, per draft paths.
@@ -64,6 +69,53 @@ def alpha_for_tau(tau_value: float, gamma: int) -> float:
     from scipy import optimize  # only runs with speculation need it (start-up time)
 
     return float(optimize.brentq(lambda a: float(tau(a, gamma)) - tau_value, 0.0, 1.0 - 1e-12, xtol=1e-14))
+
+
+def _first_emitting(tokens: np.ndarray, acc: np.ndarray, tau_q: np.ndarray) -> np.ndarray:
+    """Per sequence, the first iteration after which it has emitted `tokens` (ceil((tokens·Q −
+    acc) / τ·Q)); `tokens` is overwritten."""
+    tokens *= Q
+    tokens -= acc
+    tokens += tau_q - 1
+    tokens //= tau_q
+    return tokens
+
+
+class SegmentedStretch:
+    """Consecutive `LinearStretch` pieces of one stretch: piece i runs from iteration
+    starts[i] (the first is 1) to the next piece's start − 1."""
+
+    __slots__ = ("_starts", "_parts", "_before")
+
+    def __init__(self, parts: list[tuple[int, LinearStretch]]) -> None:
+        self._starts = [first for first, _ in parts]
+        self._parts = [part for _, part in parts]
+        self._before = [0.0]  # time of the iterations before each piece
+        for i in range(1, len(parts)):
+            self._before.append(self._before[-1] + self._parts[i - 1].cumulative(self._starts[i] - self._starts[i - 1]))
+
+    def cumulative(self, k: int) -> float:
+        """Total time of iterations 1..k."""
+        if k <= 0:
+            return 0.0
+        i = bisect.bisect_right(self._starts, k) - 1
+        return self._before[i] + self._parts[i].cumulative(k - self._starts[i] + 1)
+
+    def steps_done_by(self, elapsed_s: float, k_max: int) -> int:
+        """Whole iterations (≤ k_max) finished within `elapsed_s`, agreeing exactly with `cumulative`."""
+        if k_max <= 0 or self.cumulative(1) > elapsed_s:
+            return 0
+        if self.cumulative(k_max) <= elapsed_s:
+            return k_max
+        i = max(bisect.bisect_right(self._before, elapsed_s) - 1, 0)
+        first = self._starts[i]
+        span = (self._starts[i + 1] if i + 1 < len(self._starts) else k_max + 1) - first
+        k = min(first - 1 + self._parts[i].steps_done_by(elapsed_s - self._before[i], span), k_max)
+        while k < k_max and self.cumulative(k + 1) <= elapsed_s:
+            k += 1
+        while k > 0 and self.cumulative(k) > elapsed_s:
+            k -= 1
+        return k
 
 
 class AcceptanceModel:
@@ -118,6 +170,8 @@ class SpecDecoder:
         self._split_memo: dict[tuple, tuple[int, int]] = {}  # _split_budget's answers
         self._verify_lines: dict[tuple[int, int], StepLines] = {}  # (seqs, verified) -> dp = 1 lines
         self._max_emit_tokens = 1  # most tokens one iteration may emit per sequence (KV bound)
+        # the current stretch's cumulative verified tokens per iteration, when its drafts change
+        self._verified_cum: np.ndarray | None = None
 
     @staticmethod
     def max_draft_tokens(cfg: SpeculationConfig) -> int:
@@ -302,13 +356,15 @@ class SpecDecoder:
         pending += b.gamma
         return bool((new == pending).all())
 
-    def _stretch(self, b: RunningBatch, ranks: DPRanks) -> LinearStretch:
-        """The epoch's speculative iterations from now: each rank verifies its sequences'
-        drafts over its expected context (the epoch's context model, per rank)."""
+    def _stretch(self, b: RunningBatch, ranks: DPRanks, verified: np.ndarray | None = None, first: int = 1) -> LinearStretch:
+        """The epoch's speculative iterations from the stretch's iteration `first` on: each
+        rank verifies its sequences' drafts (`verified` tokens per rank, default: the
+        batch's now) over its expected context (the epoch's context model, per rank)."""
+        step = self.epoch_step + first - 1  # epoch iterations done before it
         if ranks.dp == 1:  # the same as below, in scalars, with the lines memoised
             seqs = len(b)
-            verified = seqs + int(b.gamma.sum())
-            key = (seqs, verified)
+            tokens = seqs + int(b.gamma.sum()) if verified is None else int(verified[0])
+            key = (seqs, tokens)
             lines = self._verify_lines.get(key)
             if lines is None:
                 if len(self._verify_lines) >= 4096:
@@ -316,30 +372,35 @@ class SpecDecoder:
                 one = np.ones(1)
                 lines = self._verify_lines[key] = ranks.lines(
                     np.array([seqs]),
-                    np.array([verified]),
+                    np.array([tokens]),
                     np.zeros(1),
-                    one * (verified / max(seqs, 1)),
+                    one * (tokens / max(seqs, 1)),
                     one,
                     one,
-                    overhead_s=self.cfg.draft_overhead_s if verified > seqs else 0.0,
+                    overhead_s=self.cfg.draft_overhead_s if tokens > seqs else 0.0,
                 )[0]
             rate = float(self.epoch_rate[0])
-            return LinearStretch(lines, float(self.epoch_base_context[0]) + rate * (self.epoch_step - 1), rate)
+            return LinearStretch(lines, float(self.epoch_base_context[0]) + rate * (step - 1), rate)
         seqs = ranks.per_rank(b.rank)
-        verified = ranks.per_rank(b.rank, 1 + b.gamma)
+        if verified is None:
+            verified = ranks.per_rank(b.rank, 1 + b.gamma)
         queries = verified / np.maximum(seqs, 1)
-        c0 = self.epoch_base_context + self.epoch_rate * (self.epoch_step - 1)
-        overhead = self.cfg.draft_overhead_s if bool((b.gamma > 0).any()) else 0.0
+        c0 = self.epoch_base_context + self.epoch_rate * (step - 1)
+        overhead = self.cfg.draft_overhead_s if int(verified.sum()) > len(b) else 0.0
         return ranks.stretch(seqs, verified, np.zeros(ranks.dp), queries, c0, self.epoch_rate, overhead_s=overhead)
 
     def _plan_decode(self, state: EngineState) -> Plan:
         """A pure speculative-decode stretch, in closed form (O(n log K), no per-step loop).
 
-        Sequence i emits cum_i(k) = (acc_i + k·τ_i) // Q tokens after k iterations.
+        Sequence i emits cum_i(k) = (acc_i + k·τ_i) // Q tokens after k iterations. It
+        ends at the epoch's end, where a chunk fills, or where KV runs out. Where a
+        sequence's draft cap min(draft, left − 1) changes the stretch goes on (one
+        draft path, `_capped_segments`) in segments of constant verified tokens.
         """
         b, bs, ranks = state.batch, state.block_size, state.ranks
         acc, tq, rank = b.acc, b.tau_q, b.rank
         computed, gamma, blocks, shared = b.computed, b.gamma, b.blocks, b.shared
+        self._verified_cum = None
 
         def extra_blocks(k: int) -> np.ndarray:
             """Blocks per rank iterations 1..k need beyond those held: iteration k needs
@@ -349,24 +410,89 @@ class SpecDecoder:
             need = -(-(computed + 1 + gamma + (acc + (k - 1) * tq) // Q) // bs)
             return ranks.per_rank(rank, np.maximum(need - blocks - shared, 0))
 
-        steps = 1
-        if state.fast_forward and self.epoch_left > 1:
-            # A chunk ends at the first iteration where some sequence reaches its limit,
-            # and the draft cap min(draft, left − 1) must stay the same throughout: it
-            # changes at the first iteration where emitted-so-far ≥ max(left − draft, 1).
-            # Without drafts that threshold is the chunk's own, and it is never later.
-            left = b.left
-            threshold = left - b.draft
-            np.maximum(threshold, 1, out=threshold)
-            np.minimum(threshold, left, out=threshold)
-            threshold *= Q
-            threshold -= acc
-            threshold += tq - 1
-            threshold //= tq  # ceil((threshold·Q − acc) / τ·Q)
-            steps = max(1, min(self.epoch_left, int(threshold.min())))
-            if steps > 1 and not self._blocks_surely_fit(b, ranks, steps, state.stretch_block_limit(), bs):
-                steps = steps_within(extra_blocks, state.stretch_block_limit(), steps)
+        if not state.fast_forward or self.epoch_left <= 1:
+            return Plan(1, self._stretch(b, ranks), "spec_decode", None, extra_blocks)
+        # The draft cap min(draft, left − 1) changes at the first iteration where
+        # emitted-so-far ≥ max(left − draft, 1); without drafts that threshold is the
+        # chunk's own end, and it is never later than it.
+        left = b.left
+        threshold = left - b.draft
+        np.maximum(threshold, 1, out=threshold)
+        np.minimum(threshold, left, out=threshold)
+        cap_reach = _first_emitting(threshold, acc, tq)
+        steps = max(1, min(self.epoch_left, int(cap_reach.min())))
+        segments = None
+        if steps < self.epoch_left and self.cfg.paths == 1:
+            last = max(1, min(self.epoch_left, int(_first_emitting(left.copy(), acc, tq).min())))
+            if steps < last and self._budget_left(b, ranks):
+                segments, last = self._capped_segments(b, ranks, cap_reach, last)
+                blocks_fn = self._capped_blocks_fn(b, ranks, bs)
+                steps = last
+                if not self._blocks_surely_fit(b, ranks, steps, state.stretch_block_limit(), bs):
+                    steps = steps_within(blocks_fn, state.stretch_block_limit(), steps)
+                starts, per_segment = segments
+                kept = sum(1 for first in starts if first <= steps)
+                if kept > 1:
+                    parts = [(first, self._stretch(b, ranks, v, first)) for first, v in zip(starts[:kept], per_segment)]
+                    return Plan(steps, SegmentedStretch(parts), "spec_decode", None, blocks_fn)
+                self._verified_cum = None
+                return Plan(steps, self._stretch(b, ranks), "spec_decode", None, blocks_fn)
+        if steps > 1 and not self._blocks_surely_fit(b, ranks, steps, state.stretch_block_limit(), bs):
+            steps = steps_within(extra_blocks, state.stretch_block_limit(), steps)
         return Plan(steps, self._stretch(b, ranks), "spec_decode", None, extra_blocks)
+
+    def _budget_left(self, b: RunningBatch, ranks: DPRanks) -> bool:
+        """Whether every rank's iteration leaves some of its token budget unused. Then a
+        waiting head was held back by `max_num_seqs` or KV, not by the budget, and stays
+        so while drafts shrink (a larger budget only needs more blocks to admit it)."""
+        rank_budget = self.token_budget // ranks.dp
+        if ranks.dp == 1:
+            return len(b) + int(b.gamma.sum()) < rank_budget
+        return bool((ranks.per_rank(b.rank, 1 + b.gamma) < rank_budget).all())
+
+    def _capped_segments(
+        self, b: RunningBatch, ranks: DPRanks, cap_reach: np.ndarray, last: int
+    ) -> tuple[tuple[list[int], list[np.ndarray]], int]:
+        """Iterations 1..last split where some rank's verified tokens change (a draft cap
+        falls): (first iterations, verified tokens per rank of each), at most
+        MAX_SEGMENTS of them (`last` is cut to fit), and the cumulative verified tokens
+        per iteration (kept for `verified_tokens`)."""
+        moving = np.flatnonzero(cap_reach < last)
+        k = np.arange(last)  # iterations done before iteration 1..last
+        emitted = (b.acc[moving, None] + k[None, :] * b.tau_q[moving, None]) // Q
+        drafts = np.clip(b.left[moving, None] - emitted - 1, 0, b.draft[moving, None])
+        drafts -= drafts[:, :1].copy()  # change from iteration 1 (≤ 0)
+        if ranks.dp == 1:
+            per_step = (len(b) + int(b.gamma.sum()) + drafts.sum(axis=0))[None, :]
+        else:
+            change = np.zeros((ranks.dp, last), np.int64)
+            np.add.at(change, b.rank[moving], drafts)
+            per_step = ranks.per_rank(b.rank, 1 + b.gamma)[:, None] + change
+        starts = (np.flatnonzero((per_step[:, 1:] != per_step[:, :-1]).any(axis=0)) + 2).tolist()
+        if len(starts) >= MAX_SEGMENTS:
+            last = starts[MAX_SEGMENTS - 1] - 1
+            starts = starts[: MAX_SEGMENTS - 1]
+        starts = [1, *starts]
+        total = per_step[:, :last].sum(axis=0)
+        self._verified_cum = np.concatenate(([0], np.cumsum(total)))
+        return (starts, [per_step[:, first - 1] for first in starts]), last
+
+    @staticmethod
+    def _capped_blocks_fn(b: RunningBatch, ranks: DPRanks, bs: int):
+        """blocks_fn of a stretch over draft-cap changes (one path): iteration k needs
+        slots for computed + e + 1 + min(draft, left − e − 1), e emitted before it, which
+        never falls as e grows (so the last iteration needs the most)."""
+        acc, tq, rank, left, draft = b.acc, b.tau_q, b.rank, b.left, b.draft
+        computed, blocks, shared = b.computed, b.blocks, b.shared
+
+        def extra_blocks(k: int) -> np.ndarray:
+            if k <= 1:
+                return np.zeros(ranks.dp, np.int64)
+            emitted = (acc + (k - 1) * tq) // Q
+            slots = computed + 1 + emitted + np.minimum(draft, np.maximum(left - emitted - 1, 0))
+            return ranks.per_rank(rank, np.maximum(-(-slots // bs) - blocks - shared, 0))
+
+        return extra_blocks
 
     def _blocks_surely_fit(self, b: RunningBatch, ranks: DPRanks, steps: int, limit: np.ndarray, bs: int) -> bool:
         """A cheap sufficient test that `steps` iterations' blocks fit each rank's limit.
@@ -390,11 +516,19 @@ class SpecDecoder:
         self._iterations_done(1)
         return emit
 
-    @staticmethod
-    def slots_at(b: RunningBatch, steps: int) -> np.ndarray:
+    def slots_at(self, b: RunningBatch, steps: int) -> np.ndarray:
         """KV slots each sequence needs in the last of `steps` speculative iterations
         (the most any of them needs): computed + emitted before it + 1 + drafts."""
-        return b.computed + 1 + b.gamma + (b.acc + (steps - 1) * b.tau_q) // Q
+        emitted = (b.acc + (steps - 1) * b.tau_q) // Q
+        if self._verified_cum is None:
+            return b.computed + 1 + b.gamma + emitted
+        return b.computed + 1 + emitted + np.minimum(b.draft, np.maximum(b.left - emitted - 1, 0))
+
+    def verified_tokens(self, b: RunningBatch, steps: int) -> int:
+        """Tokens `steps` speculative iterations verify (each sequence 1 + its drafts)."""
+        if self._verified_cum is None:
+            return steps * int((1 + b.gamma).sum())
+        return int(self._verified_cum[steps])
 
     @staticmethod
     def emitted(b: RunningBatch, steps: int) -> np.ndarray:
