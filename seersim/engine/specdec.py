@@ -87,6 +87,11 @@ class SegmentedStretch:
 
     __slots__ = ("_starts", "_parts", "_before")
 
+    @property
+    def first_steps(self) -> list[int]:
+        """Each piece's first iteration."""
+        return list(self._starts)
+
     def __init__(self, parts: list[tuple[int, LinearStretch]]) -> None:
         self._starts = [first for first, _ in parts]
         self._parts = [part for _, part in parts]
@@ -356,7 +361,14 @@ class SpecDecoder:
         pending += b.gamma
         return bool((new == pending).all())
 
-    def _stretch(self, b: RunningBatch, ranks: DPRanks, verified: np.ndarray | None = None, first: int = 1) -> LinearStretch:
+    def _stretch(
+        self,
+        b: RunningBatch,
+        ranks: DPRanks,
+        verified: np.ndarray | None = None,
+        first: int = 1,
+        seqs: np.ndarray | None = None,
+    ) -> LinearStretch:
         """The epoch's speculative iterations from the stretch's iteration `first` on: each
         rank verifies its sequences' drafts (`verified` tokens per rank, default: the
         batch's now) over its expected context (the epoch's context model, per rank)."""
@@ -381,7 +393,8 @@ class SpecDecoder:
                 )[0]
             rate = float(self.epoch_rate[0])
             return LinearStretch(lines, float(self.epoch_base_context[0]) + rate * (step - 1), rate)
-        seqs = ranks.per_rank(b.rank)
+        if seqs is None:
+            seqs = ranks.per_rank(b.rank)
         if verified is None:
             verified = ranks.per_rank(b.rank, 1 + b.gamma)
         queries = verified / np.maximum(seqs, 1)
@@ -421,61 +434,65 @@ class SpecDecoder:
         np.minimum(threshold, left, out=threshold)
         cap_reach = _first_emitting(threshold, acc, tq)
         steps = max(1, min(self.epoch_left, int(cap_reach.min())))
-        segments = None
         if steps < self.epoch_left and self.cfg.paths == 1:
             last = max(1, min(self.epoch_left, int(_first_emitting(left.copy(), acc, tq).min())))
-            if steps < last and self._budget_left(b, ranks):
-                segments, last = self._capped_segments(b, ranks, cap_reach, last)
-                blocks_fn = self._capped_blocks_fn(b, ranks, bs)
-                steps = last
-                if not self._blocks_surely_fit(b, ranks, steps, state.stretch_block_limit(), bs):
-                    steps = steps_within(blocks_fn, state.stretch_block_limit(), steps)
-                starts, per_segment = segments
-                kept = sum(1 for first in starts if first <= steps)
-                if kept > 1:
-                    parts = [(first, self._stretch(b, ranks, v, first)) for first, v in zip(starts[:kept], per_segment)]
-                    return Plan(steps, SegmentedStretch(parts), "spec_decode", None, blocks_fn)
-                self._verified_cum = None
-                return Plan(steps, self._stretch(b, ranks), "spec_decode", None, blocks_fn)
+            if steps < last:
+                verified = self._verified_if_budget_left(b, ranks)
+                if verified is not None:
+                    return self._plan_across_caps(state, cap_reach, last, verified)
         if steps > 1 and not self._blocks_surely_fit(b, ranks, steps, state.stretch_block_limit(), bs):
             steps = steps_within(extra_blocks, state.stretch_block_limit(), steps)
         return Plan(steps, self._stretch(b, ranks), "spec_decode", None, extra_blocks)
 
-    def _budget_left(self, b: RunningBatch, ranks: DPRanks) -> bool:
-        """Whether every rank's iteration leaves some of its token budget unused. Then a
-        waiting head was held back by `max_num_seqs` or KV, not by the budget, and stays
-        so while drafts shrink (a larger budget only needs more blocks to admit it)."""
+    def _verified_if_budget_left(self, b: RunningBatch, ranks: DPRanks) -> np.ndarray | None:
+        """Tokens each rank verifies per iteration now, if every rank leaves some of its
+        token budget unused (else None). Then a waiting head was held back by
+        `max_num_seqs` or KV, not by the budget, and stays so while drafts shrink (a
+        larger budget only needs more blocks to admit it)."""
         rank_budget = self.token_budget // ranks.dp
         if ranks.dp == 1:
-            return len(b) + int(b.gamma.sum()) < rank_budget
-        return bool((ranks.per_rank(b.rank, 1 + b.gamma) < rank_budget).all())
-
-    def _capped_segments(
-        self, b: RunningBatch, ranks: DPRanks, cap_reach: np.ndarray, last: int
-    ) -> tuple[tuple[list[int], list[np.ndarray]], int]:
-        """Iterations 1..last split where some rank's verified tokens change (a draft cap
-        falls): (first iterations, verified tokens per rank of each), at most
-        MAX_SEGMENTS of them (`last` is cut to fit), and the cumulative verified tokens
-        per iteration (kept for `verified_tokens`)."""
-        moving = np.flatnonzero(cap_reach < last)
-        k = np.arange(last)  # iterations done before iteration 1..last
-        emitted = (b.acc[moving, None] + k[None, :] * b.tau_q[moving, None]) // Q
-        drafts = np.clip(b.left[moving, None] - emitted - 1, 0, b.draft[moving, None])
-        drafts -= drafts[:, :1].copy()  # change from iteration 1 (≤ 0)
-        if ranks.dp == 1:
-            per_step = (len(b) + int(b.gamma.sum()) + drafts.sum(axis=0))[None, :]
+            verified = np.array([len(b) + int(b.gamma.sum())])
         else:
-            change = np.zeros((ranks.dp, last), np.int64)
-            np.add.at(change, b.rank[moving], drafts)
-            per_step = ranks.per_rank(b.rank, 1 + b.gamma)[:, None] + change
-        starts = (np.flatnonzero((per_step[:, 1:] != per_step[:, :-1]).any(axis=0)) + 2).tolist()
+            verified = ranks.per_rank(b.rank, 1 + b.gamma)
+        return verified if bool((verified < rank_budget).all()) else None
+
+    def _plan_across_caps(self, state: EngineState, cap_reach: np.ndarray, last: int, verified: np.ndarray) -> Plan:
+        """A stretch of up to `last` iterations (one draft path) over draft-cap changes:
+        pieces of constant verified tokens per rank, at most MAX_SEGMENTS of them.
+
+        `cap_reach`: per sequence, the iterations before its cap changes; `verified`:
+        tokens each rank verifies in iteration 1. Keeps the cumulative verified tokens
+        per iteration for `verified_tokens`."""
+        b, bs, ranks = state.batch, state.block_size, state.ranks
+        moving = np.flatnonzero(cap_reach < last)  # sequences whose cap falls within the stretch
+        emitted = (b.acc[moving, None] + np.arange(last)[None, :] * b.tau_q[moving, None]) // Q
+        drafts = np.maximum(b.left[moving, None] - emitted - 1, 0)
+        np.minimum(drafts, b.draft[moving, None], out=drafts)
+        # drafts only fall, so a rank's verified tokens change exactly where one of its sequences' does
+        starts = (np.flatnonzero((drafts[:, 1:] != drafts[:, :-1]).any(axis=0)) + 2).tolist()
         if len(starts) >= MAX_SEGMENTS:
             last = starts[MAX_SEGMENTS - 1] - 1
             starts = starts[: MAX_SEGMENTS - 1]
-        starts = [1, *starts]
-        total = per_step[:, :last].sum(axis=0)
+        drafts -= drafts[:, :1].copy()  # change since iteration 1
+        total = int(verified.sum()) + drafts[:, :last].sum(axis=0)
         self._verified_cum = np.concatenate(([0], np.cumsum(total)))
-        return (starts, [per_step[:, first - 1] for first in starts]), last
+        blocks_fn = self._capped_blocks_fn(b, ranks, bs)
+        steps = last
+        if not self._blocks_surely_fit(b, ranks, steps, state.stretch_block_limit(), bs):
+            steps = steps_within(blocks_fn, state.stretch_block_limit(), steps)
+        starts = [1] + [first for first in starts if first <= steps]
+        if len(starts) == 1:
+            self._verified_cum = None  # the drafts stay as they are throughout
+            return Plan(steps, self._stretch(b, ranks, verified), "spec_decode", None, blocks_fn)
+        seqs = ranks.per_rank(b.rank) if ranks.dp > 1 else None
+        owners = b.rank[moving].tolist()
+        parts = []
+        for first in starts:
+            piece = verified.copy()
+            for owner, change in zip(owners, drafts[:, first - 1].tolist()):
+                piece[owner] += change
+            parts.append((first, self._stretch(b, ranks, piece, first, seqs)))
+        return Plan(steps, SegmentedStretch(parts), "spec_decode", None, blocks_fn)
 
     @staticmethod
     def _capped_blocks_fn(b: RunningBatch, ranks: DPRanks, bs: int):
