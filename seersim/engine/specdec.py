@@ -87,11 +87,6 @@ class SegmentedStretch:
 
     __slots__ = ("_starts", "_parts", "_before")
 
-    @property
-    def first_steps(self) -> list[int]:
-        """Each piece's first iteration."""
-        return list(self._starts)
-
     def __init__(self, parts: list[tuple[int, LinearStretch]]) -> None:
         self._starts = [first for first, _ in parts]
         self._parts = [part for _, part in parts]
@@ -408,7 +403,7 @@ class SpecDecoder:
         Sequence i emits cum_i(k) = (acc_i + k·τ_i) // Q tokens after k iterations. It
         ends at the epoch's end, where a chunk fills, or where KV runs out. Where a
         sequence's draft cap min(draft, left − 1) changes the stretch goes on (one
-        draft path, `_capped_segments`) in segments of constant verified tokens.
+        draft path, `_plan_across_caps`) in pieces of constant verified tokens.
         """
         b, bs, ranks = state.batch, state.block_size, state.ranks
         acc, tq, rank = b.acc, b.tau_q, b.rank
