@@ -938,7 +938,7 @@ class Instance:
         # blocks for the last iteration's slots (the most any iteration needed)
         self._grow_blocks(spec.slots_at(b, steps))
         emitted = spec.emitted(b, steps)
-        verified = steps * int((1 + b.gamma).sum())
+        verified = spec.verified_tokens(b, steps)
         spec.advance(b, steps)
         b.computed += emitted
         b.tokens += emitted

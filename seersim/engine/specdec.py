@@ -37,6 +37,8 @@ the others (β[j] = α^j, the probability that the j-th draft token is accepted)
 
 from __future__ import annotations
 
+import bisect
+
 import numpy as np
 
 from seersim.calibrate.acceptance import load_acceptance, tau
@@ -49,6 +51,9 @@ from seersim.requests import GroupProgress
 
 MAX_DRAFT = 8
 PRIORITY_LAMBDA = 2.0
+# Most pieces of one stretch across draft-cap changes (bounds its planning work; a
+# stretch may end at any piece boundary, where a cap change would have ended it).
+MAX_SEGMENTS = 16
 
 # Paper Table 2 (the shipped default calibration, seersim/calibrate/data/): mean accepted
 # length incl. bonus, by finished references n, per draft paths.
@@ -64,6 +69,53 @@ def alpha_for_tau(tau_value: float, gamma: int) -> float:
     from scipy import optimize  # only runs with speculation need it (start-up time)
 
     return float(optimize.brentq(lambda a: float(tau(a, gamma)) - tau_value, 0.0, 1.0 - 1e-12, xtol=1e-14))
+
+
+def _first_emitting(tokens: np.ndarray, acc: np.ndarray, tau_q: np.ndarray) -> np.ndarray:
+    """Per sequence, the first iteration after which it has emitted `tokens` (ceil((tokens·Q −
+    acc) / τ·Q)); `tokens` is overwritten."""
+    tokens *= Q
+    tokens -= acc
+    tokens += tau_q - 1
+    tokens //= tau_q
+    return tokens
+
+
+class SegmentedStretch:
+    """Consecutive `LinearStretch` pieces of one stretch: piece i runs from iteration
+    starts[i] (the first is 1) to the next piece's start − 1."""
+
+    __slots__ = ("_starts", "_parts", "_before")
+
+    def __init__(self, parts: list[tuple[int, LinearStretch]]) -> None:
+        self._starts = [first for first, _ in parts]
+        self._parts = [part for _, part in parts]
+        self._before = [0.0]  # time of the iterations before each piece
+        for i in range(1, len(parts)):
+            self._before.append(self._before[-1] + self._parts[i - 1].cumulative(self._starts[i] - self._starts[i - 1]))
+
+    def cumulative(self, k: int) -> float:
+        """Total time of iterations 1..k."""
+        if k <= 0:
+            return 0.0
+        i = bisect.bisect_right(self._starts, k) - 1
+        return self._before[i] + self._parts[i].cumulative(k - self._starts[i] + 1)
+
+    def steps_done_by(self, elapsed_s: float, k_max: int) -> int:
+        """Whole iterations (≤ k_max) finished within `elapsed_s`, agreeing exactly with `cumulative`."""
+        if k_max <= 0 or self.cumulative(1) > elapsed_s:
+            return 0
+        if self.cumulative(k_max) <= elapsed_s:
+            return k_max
+        i = max(bisect.bisect_right(self._before, elapsed_s) - 1, 0)
+        first = self._starts[i]
+        span = (self._starts[i + 1] if i + 1 < len(self._starts) else k_max + 1) - first
+        k = min(first - 1 + self._parts[i].steps_done_by(elapsed_s - self._before[i], span), k_max)
+        while k < k_max and self.cumulative(k + 1) <= elapsed_s:
+            k += 1
+        while k > 0 and self.cumulative(k) > elapsed_s:
+            k -= 1
+        return k
 
 
 class AcceptanceModel:
@@ -113,6 +165,13 @@ class SpecDecoder:
         self.epoch_step = 0
         self.epoch_base_context = np.zeros(1)  # per DP rank
         self.epoch_rate = np.zeros(1)
+        # memos of pure functions of their keys (speed only: same numbers either way)
+        self._gamma_lines: dict[int, list[tuple[StepLines, int, float]]] = {}  # batch -> per γ
+        self._split_memo: dict[tuple, tuple[int, int]] = {}  # _split_budget's answers
+        self._verify_lines: dict[tuple[int, int], StepLines] = {}  # (seqs, verified) -> dp = 1 lines
+        self._max_emit_tokens = 1  # most tokens one iteration may emit per sequence (KV bound)
+        # the current stretch's cumulative verified tokens per iteration, when its drafts change
+        self._verified_cum: np.ndarray | None = None
 
     @staticmethod
     def max_draft_tokens(cfg: SpeculationConfig) -> int:
@@ -141,35 +200,49 @@ class SpecDecoder:
         self.epoch_left = self.cfg.reevaluate_steps
         if self._alpha is None:
             self._alpha, self._tau_q = self.model.tables(self.groups.max_group_size)
+            self._max_emit_tokens = -(-max(int(self._tau_q.max()), Q) // Q)
         decoding = b.tokens - b.computed == 1
+        probe = self.groups.is_probe(b.rid)
+        refs = self.groups.finished_siblings(b.rid) if self.grouped else None
         if not self.grouped:
             self.epoch_gamma = (self.cfg.draft_tokens, self.cfg.draft_tokens)
-        elif decoding.any():
-            rids = b.rid[decoding]
-            refs = self.groups.finished_siblings(rids)
-            self.epoch_gamma = self._adaptive_gamma(b, self._alpha[refs], self.groups.is_probe(rids))
-        else:
+        elif not decoding.any():
             self.epoch_gamma = (0, 0)
-        self._assign(b, state.ranks)
-
-    def _assign(self, b: RunningBatch, ranks: DPRanks) -> None:
-        """Give every decoding sequence its epoch draft length and τ (from its group's
-        finished references now), and restart the epoch's context model."""
-        rids = b.rid
-        decoding = b.tokens - b.computed == 1
-        g_probe, g_other = self.epoch_gamma
-        gamma = np.where(self.groups.is_probe(rids), g_probe, g_other) * decoding
-        if self.grouped:
-            refs = self.groups.finished_siblings(rids)
+        elif decoding.all():
+            self.epoch_gamma = self._adaptive_gamma(b, self._alpha[refs], probe)
         else:
-            refs = np.zeros(len(rids), np.int64)
+            self.epoch_gamma = self._adaptive_gamma(b, self._alpha[refs[decoding]], probe[decoding])
+        self._assign(b, state.ranks, decoding, probe, refs)
+
+    def _assign(
+        self,
+        b: RunningBatch,
+        ranks: DPRanks,
+        decoding: np.ndarray | None = None,
+        probe: np.ndarray | None = None,
+        refs: np.ndarray | None = None,
+    ) -> None:
+        """Give every decoding sequence its epoch draft length and τ (from its group's
+        finished references now), and restart the epoch's context model. `decoding`,
+        `probe`, `refs`: the batch's, when the caller has them already."""
+        if decoding is None:
+            decoding = b.tokens - b.computed == 1
+            probe = self.groups.is_probe(b.rid)
+            refs = self.groups.finished_siblings(b.rid) if self.grouped else None
+        g_probe, g_other = self.epoch_gamma
+        gamma = np.where(probe, g_probe, g_other) if g_probe != g_other else np.full(len(b), g_other, np.int64)
+        gamma *= decoding
         b.draft[:] = gamma
-        b.tau_q[:] = self._tau_q[refs, gamma]
+        b.tau_q[:] = self._tau_q[refs, gamma] if refs is not None else self._tau_q[0, gamma]
         self._cap(b)
         self._rebase = False
         self.epoch_step = 0
-        self.epoch_base_context = ranks.per_rank(b.rank, b.computed + 1 + b.gamma).astype(np.float64)
-        self.epoch_rate = np.bincount(b.rank, weights=b.tau_q, minlength=ranks.dp) / Q
+        if ranks.dp == 1:
+            self.epoch_base_context = np.array([float(int(b.computed.sum()) + len(b) + int(b.gamma.sum()))])
+            self.epoch_rate = np.array([int(b.tau_q.sum()) / Q])
+        else:
+            self.epoch_base_context = ranks.per_rank(b.rank, b.computed + 1 + b.gamma).astype(np.float64)
+            self.epoch_rate = np.bincount(b.rank, weights=b.tau_q, minlength=ranks.dp) / Q
 
     @staticmethod
     def _verify_tokens(b: RunningBatch) -> int:
@@ -193,12 +266,27 @@ class SpecDecoder:
     def _cap(self, b: RunningBatch) -> None:
         """Draft slots this iteration: paths · min(draft, left − 1). Drafting past the
         chunk's last token is useless, so it neither holds KV nor costs verification."""
-        b.gamma[:] = self.cfg.paths * np.minimum(b.draft, np.maximum(b.left - 1, 0))
+        room = b.left - 1
+        np.maximum(room, 0, out=room)
+        np.minimum(b.draft, room, out=b.gamma)
+        if self.cfg.paths != 1:
+            b.gamma *= self.cfg.paths
 
-    def _iteration_s(self, batch: int, gamma: int, context: int) -> float:
-        width = 1 + self.cfg.paths * gamma
-        lines = self.cost.step_lines(batch, batch * width, 0, float(width))
-        return lines.at(context + batch * (width - 1)) + (self.cfg.draft_overhead_s if gamma else 0.0)
+    def _iteration_lines(self, batch: int) -> list[tuple[StepLines, int, float]]:
+        """Per draft length γ = 0..8: the cost model's lines of an iteration of `batch`
+        sequences verifying γ drafts each, the context its draft queries add, and the
+        draft-building overhead (memoised per batch size)."""
+        per_gamma = self._gamma_lines.get(batch)
+        if per_gamma is None:
+            if len(self._gamma_lines) >= 4096:
+                self._gamma_lines.clear()
+            per_gamma = []
+            for gamma in range(MAX_DRAFT + 1):
+                width = 1 + self.cfg.paths * gamma
+                lines = self.cost.step_lines(batch, batch * width, 0, float(width))
+                per_gamma.append((lines, batch * (width - 1), self.cfg.draft_overhead_s if gamma else 0.0))
+            self._gamma_lines[batch] = per_gamma
+        return per_gamma
 
     def _adaptive_gamma(self, b: RunningBatch, alpha: np.ndarray, probe: np.ndarray) -> tuple[int, int]:
         """(γ for probes, γ for the others) of a batch with these acceptances."""
@@ -207,9 +295,13 @@ class SpecDecoder:
         a_mean = float(alpha.sum()) / batch
         # drafts the step's token budget cannot verify are not worth building
         cap = min(MAX_DRAFT, (self.token_budget // batch - 1) // self.cfg.paths)
-        taus = [sum(a_mean**j for j in range(g + 1)) for g in range(cap + 1)]
-        per_token = [self._iteration_s(batch, g, context) / taus[g] for g in range(cap + 1)]
-        best = int(np.argmin(per_token))
+        # time per accepted token: iteration time / τ(γ), τ(γ) = Σ_{j ≤ γ} a_mean^j
+        best, best_s, tau_g = -1, 0.0, 0
+        for g, (lines, extra, overhead_s) in enumerate(self._iteration_lines(batch)[: cap + 1]):
+            tau_g += a_mean**g
+            per_token_s = (lines.at(context + extra) + overhead_s) / tau_g
+            if best < 0 or per_token_s < best_s:  # the first minimum
+                best, best_s = g, per_token_s
         n_h = int(probe.sum())
         n_l = batch - n_h
         budget = best * batch
@@ -219,6 +311,17 @@ class SpecDecoder:
             return best, best
         a_h = float(alpha[probe].sum()) / n_h
         a_l = float(alpha[~probe].sum()) / n_l if n_l else 0.0
+        key = (budget, n_h, n_l, a_h, a_l)
+        split = self._split_memo.get(key)
+        if split is None:
+            if len(self._split_memo) >= 65536:
+                self._split_memo.clear()
+            split = self._split_memo[key] = self._split_budget(budget, n_h, n_l, a_h, a_l)
+        return split
+
+    @staticmethod
+    def _split_budget(budget: int, n_h: int, n_l: int, a_h: float, a_l: float) -> tuple[int, int]:
+        """Algorithm 1's split of Γ* = `budget` draft tokens between n_h probes and n_l others."""
         g_h, g_l = 1, 0
         budget -= n_h
         while True:
@@ -237,56 +340,182 @@ class SpecDecoder:
     # ------------------------------------------------------------------ planning
     def plan(self, state: EngineState, new: np.ndarray, changed: bool, preempted: bool) -> Plan:
         b = state.batch
-        full = new == b.tokens - b.computed + b.gamma
-        if changed or preempted or not bool(((b.tokens - b.computed == 1) & full).all()):
+        if changed or preempted or not self._all_full_decodes(b, new):
             # A mixed iteration. Draft lengths stay until the epoch ends (sequences that
             # joined decode without drafts); the context model restarts from the new batch.
             self._rebase = True
             return Plan(1, TabulatedStretch.single(state.mixed_step_s(new)), "mixed", new)
         return self._plan_decode(state)
 
-    def _stretch(self, b: RunningBatch, ranks: DPRanks) -> LinearStretch:
-        """The epoch's speculative iterations from now: each rank verifies its sequences'
-        drafts over its expected context (the epoch's context model, per rank)."""
-        seqs = ranks.per_rank(b.rank)
-        verified = ranks.per_rank(b.rank, 1 + b.gamma)
+    @staticmethod
+    def _all_full_decodes(b: RunningBatch, new: np.ndarray) -> bool:
+        """Whether every sequence decodes and was scheduled its token and all its drafts."""
+        pending = b.tokens - b.computed
+        if not bool((pending == 1).all()):
+            return False
+        pending += b.gamma
+        return bool((new == pending).all())
+
+    def _stretch(
+        self,
+        b: RunningBatch,
+        ranks: DPRanks,
+        verified: np.ndarray | None = None,
+        first: int = 1,
+        seqs: np.ndarray | None = None,
+    ) -> LinearStretch:
+        """The epoch's speculative iterations from the stretch's iteration `first` on: each
+        rank verifies its sequences' drafts (`verified` tokens per rank, default: the
+        batch's now) over its expected context (the epoch's context model, per rank)."""
+        step = self.epoch_step + first - 1  # epoch iterations done before it
+        if ranks.dp == 1:  # the same as below, in scalars, with the lines memoised
+            seqs = len(b)
+            tokens = seqs + int(b.gamma.sum()) if verified is None else int(verified[0])
+            key = (seqs, tokens)
+            lines = self._verify_lines.get(key)
+            if lines is None:
+                if len(self._verify_lines) >= 4096:
+                    self._verify_lines.clear()
+                one = np.ones(1)
+                lines = self._verify_lines[key] = ranks.lines(
+                    np.array([seqs]),
+                    np.array([tokens]),
+                    np.zeros(1),
+                    one * (tokens / max(seqs, 1)),
+                    one,
+                    one,
+                    overhead_s=self.cfg.draft_overhead_s if tokens > seqs else 0.0,
+                )[0]
+            rate = float(self.epoch_rate[0])
+            return LinearStretch(lines, float(self.epoch_base_context[0]) + rate * (step - 1), rate)
+        if seqs is None:
+            seqs = ranks.per_rank(b.rank)
+        if verified is None:
+            verified = ranks.per_rank(b.rank, 1 + b.gamma)
         queries = verified / np.maximum(seqs, 1)
-        c0 = self.epoch_base_context + self.epoch_rate * (self.epoch_step - 1)
-        overhead = self.cfg.draft_overhead_s if bool((b.gamma > 0).any()) else 0.0
+        c0 = self.epoch_base_context + self.epoch_rate * (step - 1)
+        overhead = self.cfg.draft_overhead_s if int(verified.sum()) > len(b) else 0.0
         return ranks.stretch(seqs, verified, np.zeros(ranks.dp), queries, c0, self.epoch_rate, overhead_s=overhead)
 
     def _plan_decode(self, state: EngineState) -> Plan:
         """A pure speculative-decode stretch, in closed form (O(n log K), no per-step loop).
 
-        Sequence i emits cum_i(k) = (acc_i + k·τ_i) // Q tokens after k iterations.
+        Sequence i emits cum_i(k) = (acc_i + k·τ_i) // Q tokens after k iterations. It
+        ends at the epoch's end, where a chunk fills, or where KV runs out. Where a
+        sequence's draft cap min(draft, left − 1) changes the stretch goes on (one
+        draft path, `_plan_across_caps`) in pieces of constant verified tokens.
         """
-        b, bs = state.batch, state.block_size
-        acc, tq, left = b.acc, b.tau_q, b.left
-        horizon = self.epoch_left if state.fast_forward else 1
-        # a chunk ends at the first iteration where some sequence reaches its limit
-        reach = -(-(left * Q - acc) // tq)
-        # ... and the draft cap min(draft, left − 1) must stay the same throughout: it
-        # changes at the first iteration where emitted-so-far ≥ max(left − draft, 1)
-        drafting = b.draft > 0
-        if drafting.any():
-            threshold = np.maximum(left[drafting] - b.draft[drafting], 1)
-            reach = np.minimum(reach.min(), -(-(threshold * Q - acc[drafting]) // tq[drafting]))
-        steps = max(1, min(horizon, int(reach.min())))
-        # KV: iteration k needs slots for computed + emitted before it + 1 + γ (step 1 is allocated)
-        base = b.computed + 1 + b.gamma
-        held = b.blocks + b.shared
-        ranks, rank = state.ranks, b.rank
-        limit = state.stretch_block_limit()  # per DP rank
+        b, bs, ranks = state.batch, state.block_size, state.ranks
+        acc, tq, rank = b.acc, b.tau_q, b.rank
+        computed, gamma, blocks, shared = b.computed, b.gamma, b.blocks, b.shared
+        self._verified_cum = None
+
+        def extra_blocks(k: int) -> np.ndarray:
+            """Blocks per rank iterations 1..k need beyond those held: iteration k needs
+            slots for computed + emitted before it + 1 + γ (step 1's are allocated)."""
+            if k <= 1:
+                return np.zeros(ranks.dp, np.int64)
+            need = -(-(computed + 1 + gamma + (acc + (k - 1) * tq) // Q) // bs)
+            return ranks.per_rank(rank, np.maximum(need - blocks - shared, 0))
+
+        if not state.fast_forward or self.epoch_left <= 1:
+            return Plan(1, self._stretch(b, ranks), "spec_decode", None, extra_blocks)
+        # The draft cap min(draft, left − 1) changes at the first iteration where
+        # emitted-so-far ≥ max(left − draft, 1); without drafts that threshold is the
+        # chunk's own end, and it is never later than it.
+        left = b.left
+        threshold = left - b.draft
+        np.maximum(threshold, 1, out=threshold)
+        np.minimum(threshold, left, out=threshold)
+        cap_reach = _first_emitting(threshold, acc, tq)
+        steps = max(1, min(self.epoch_left, int(cap_reach.min())))
+        if steps < self.epoch_left and self.cfg.paths == 1:
+            last = max(1, min(self.epoch_left, int(_first_emitting(left.copy(), acc, tq).min())))
+            if steps < last:
+                verified = self._verified_if_budget_left(b, ranks)
+                if verified is not None:
+                    return self._plan_across_caps(state, cap_reach, last, verified)
+        if steps > 1 and not self._blocks_surely_fit(b, ranks, steps, state.stretch_block_limit(), bs):
+            steps = steps_within(extra_blocks, state.stretch_block_limit(), steps)
+        return Plan(steps, self._stretch(b, ranks), "spec_decode", None, extra_blocks)
+
+    def _verified_if_budget_left(self, b: RunningBatch, ranks: DPRanks) -> np.ndarray | None:
+        """Tokens each rank verifies per iteration now, if every rank leaves some of its
+        token budget unused (else None). Then a waiting head was held back by
+        `max_num_seqs` or KV, not by the budget, and stays so while drafts shrink (a
+        larger budget only needs more blocks to admit it)."""
+        rank_budget = self.token_budget // ranks.dp
+        if ranks.dp == 1:
+            verified = np.array([len(b) + int(b.gamma.sum())])
+        else:
+            verified = ranks.per_rank(b.rank, 1 + b.gamma)
+        return verified if bool((verified < rank_budget).all()) else None
+
+    def _plan_across_caps(self, state: EngineState, cap_reach: np.ndarray, last: int, verified: np.ndarray) -> Plan:
+        """A stretch of up to `last` iterations (one draft path) over draft-cap changes:
+        pieces of constant verified tokens per rank, at most MAX_SEGMENTS of them.
+
+        `cap_reach`: per sequence, the iterations before its cap changes; `verified`:
+        tokens each rank verifies in iteration 1. Keeps the cumulative verified tokens
+        per iteration for `verified_tokens`."""
+        b, bs, ranks = state.batch, state.block_size, state.ranks
+        moving = np.flatnonzero(cap_reach < last)  # sequences whose cap falls within the stretch
+        emitted = (b.acc[moving, None] + np.arange(last)[None, :] * b.tau_q[moving, None]) // Q
+        drafts = np.maximum(b.left[moving, None] - emitted - 1, 0)
+        np.minimum(drafts, b.draft[moving, None], out=drafts)
+        # drafts only fall, so a rank's verified tokens change exactly where one of its sequences' does
+        starts = (np.flatnonzero((drafts[:, 1:] != drafts[:, :-1]).any(axis=0)) + 2).tolist()
+        if len(starts) >= MAX_SEGMENTS:
+            last = starts[MAX_SEGMENTS - 1] - 1
+            starts = starts[: MAX_SEGMENTS - 1]
+        drafts -= drafts[:, :1].copy()  # change since iteration 1
+        total = int(verified.sum()) + drafts[:, :last].sum(axis=0)
+        self._verified_cum = np.concatenate(([0], np.cumsum(total)))
+        blocks_fn = self._capped_blocks_fn(b, ranks, bs)
+        steps = last
+        if not self._blocks_surely_fit(b, ranks, steps, state.stretch_block_limit(), bs):
+            steps = steps_within(blocks_fn, state.stretch_block_limit(), steps)
+        starts = [1] + [first for first in starts if first <= steps]
+        if len(starts) == 1:
+            self._verified_cum = None  # the drafts stay as they are throughout
+            return Plan(steps, self._stretch(b, ranks, verified), "spec_decode", None, blocks_fn)
+        seqs = ranks.per_rank(b.rank) if ranks.dp > 1 else None
+        owners = b.rank[moving].tolist()
+        parts = []
+        for first in starts:
+            piece = verified.copy()
+            for owner, change in zip(owners, drafts[:, first - 1].tolist()):
+                piece[owner] += change
+            parts.append((first, self._stretch(b, ranks, piece, first, seqs)))
+        return Plan(steps, SegmentedStretch(parts), "spec_decode", None, blocks_fn)
+
+    @staticmethod
+    def _capped_blocks_fn(b: RunningBatch, ranks: DPRanks, bs: int):
+        """blocks_fn of a stretch over draft-cap changes (one path): iteration k needs
+        slots for computed + e + 1 + min(draft, left − e − 1), e emitted before it, which
+        never falls as e grows (so the last iteration needs the most)."""
+        acc, tq, rank, left, draft = b.acc, b.tau_q, b.rank, b.left, b.draft
+        computed, blocks, shared = b.computed, b.blocks, b.shared
 
         def extra_blocks(k: int) -> np.ndarray:
             if k <= 1:
                 return np.zeros(ranks.dp, np.int64)
-            need = -(-(base + (acc + (k - 1) * tq) // Q) // bs)
-            return ranks.per_rank(rank, np.maximum(need - held, 0))
+            emitted = (acc + (k - 1) * tq) // Q
+            slots = computed + 1 + emitted + np.minimum(draft, np.maximum(left - emitted - 1, 0))
+            return ranks.per_rank(rank, np.maximum(-(-slots // bs) - blocks - shared, 0))
 
-        steps = steps_within(extra_blocks, limit, steps)
-        stretch = self._stretch(b, state.ranks)
-        return Plan(steps, stretch, "spec_decode", None, extra_blocks)
+        return extra_blocks
+
+    def _blocks_surely_fit(self, b: RunningBatch, ranks: DPRanks, steps: int, limit: np.ndarray, bs: int) -> bool:
+        """A cheap sufficient test that `steps` iterations' blocks fit each rank's limit.
+
+        Iteration 1's blocks are held, so a sequence needs at most ⌈e/bs⌉ ≤ e//bs + 1
+        more for the e tokens it emits before iteration `steps`, and e < 1 + (steps − 1)·T
+        with T the most tokens an iteration emits."""
+        per_seq = (1 + (steps - 1) * self._max_emit_tokens) // bs + 1
+        if ranks.dp == 1:
+            return len(b) * per_seq <= int(limit[0])
+        return bool((ranks.per_rank(b.rank) * per_seq <= limit).all())
 
     # ------------------------------------------------------------------ emissions
     def mixed_emission(self, b: RunningBatch, speculating: np.ndarray, new: np.ndarray) -> np.ndarray:
@@ -299,11 +528,19 @@ class SpecDecoder:
         self._iterations_done(1)
         return emit
 
-    @staticmethod
-    def slots_at(b: RunningBatch, steps: int) -> np.ndarray:
+    def slots_at(self, b: RunningBatch, steps: int) -> np.ndarray:
         """KV slots each sequence needs in the last of `steps` speculative iterations
         (the most any of them needs): computed + emitted before it + 1 + drafts."""
-        return b.computed + 1 + b.gamma + (b.acc + (steps - 1) * b.tau_q) // Q
+        emitted = (b.acc + (steps - 1) * b.tau_q) // Q
+        if self._verified_cum is None:
+            return b.computed + 1 + b.gamma + emitted
+        return b.computed + 1 + emitted + np.minimum(b.draft, np.maximum(b.left - emitted - 1, 0))
+
+    def verified_tokens(self, b: RunningBatch, steps: int) -> int:
+        """Tokens `steps` speculative iterations verify (each sequence 1 + its drafts)."""
+        if self._verified_cum is None:
+            return steps * int((1 + b.gamma).sum())
+        return int(self._verified_cum[steps])
 
     @staticmethod
     def emitted(b: RunningBatch, steps: int) -> np.ndarray:
