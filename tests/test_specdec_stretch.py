@@ -16,7 +16,7 @@ from test_fast_forward import SMALL, _assert_equivalent, _both
 def _record_pieces(monkeypatch) -> dict[str, int]:
     """Count speculative plans made of several pieces, and those a dispatch interrupted."""
     from seersim.engine.instance import Instance
-    from seersim.engine.specdec import SegmentedStretch
+    from seersim.engine.stretch import SegmentedStretch
 
     seen = {"segmented": 0, "interrupted": 0}
     original = Instance._advance
@@ -75,7 +75,7 @@ def test_full_token_budget_ends_at_the_cap_change(monkeypatch):
 def test_segmented_stretch_inverts_its_sum():
     """steps_done_by agrees exactly with cumulative, inside and at the ends of every piece."""
     from seersim.cost.base import StepLines
-    from seersim.engine.specdec import SegmentedStretch
+    from seersim.engine.stretch import SegmentedStretch
     from seersim.engine.stretch import LinearStretch
 
     parts = [

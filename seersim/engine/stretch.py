@@ -167,6 +167,43 @@ class HeadStretch:
         return 1 + self.tail.steps_done_by(elapsed_s - self.head_s, k_max - 1)
 
 
+class SegmentedStretch:
+    """Consecutive `LinearStretch` pieces of one stretch: piece i runs from iteration
+    starts[i] (the first is 1) to the next piece's start − 1."""
+
+    __slots__ = ("_starts", "_parts", "_before")
+
+    def __init__(self, parts: list[tuple[int, LinearStretch]]) -> None:
+        self._starts = [first for first, _ in parts]
+        self._parts = [part for _, part in parts]
+        self._before = [0.0]  # time of the iterations before each piece
+        for i in range(1, len(parts)):
+            self._before.append(self._before[-1] + self._parts[i - 1].cumulative(self._starts[i] - self._starts[i - 1]))
+
+    def cumulative(self, k: int) -> float:
+        """Total time of iterations 1..k."""
+        if k <= 0:
+            return 0.0
+        i = bisect.bisect_right(self._starts, k) - 1
+        return self._before[i] + self._parts[i].cumulative(k - self._starts[i] + 1)
+
+    def steps_done_by(self, elapsed_s: float, k_max: int) -> int:
+        """Whole iterations (≤ k_max) finished within `elapsed_s`, agreeing exactly with `cumulative`."""
+        if k_max <= 0 or self.cumulative(1) > elapsed_s:
+            return 0
+        if self.cumulative(k_max) <= elapsed_s:
+            return k_max
+        i = max(bisect.bisect_right(self._before, elapsed_s) - 1, 0)
+        first = self._starts[i]
+        span = (self._starts[i + 1] if i + 1 < len(self._starts) else k_max + 1) - first
+        k = min(first - 1 + self._parts[i].steps_done_by(elapsed_s - self._before[i], span), k_max)
+        while k < k_max and self.cumulative(k + 1) <= elapsed_s:
+            k += 1
+        while k > 0 and self.cumulative(k) > elapsed_s:
+            k -= 1
+        return k
+
+
 def steps_within(blocks_at: Callable[[int], np.ndarray], limit: np.ndarray, steps: int) -> int:
     """The longest stretch of at most `steps` iterations whose KV fits: the largest k
     with `blocks_at(k)` ≤ `limit` on every DP rank, by bisection (blocks grow with k;
