@@ -32,8 +32,8 @@ CHUNK_POLICIES = ("divided", "context_aware")
 # The paper scenarios' "assumed" values, one changed at a time: how far Table 4 moves
 # with each says how much of the gap to the paper can rest on it (scenario -> overrides).
 SENSITIVITY: dict[str, Callable[[Scenario], dict[str, Any]]] = {
-    "output σ 0.6": lambda sc: {"workload.output_tokens.sigma": 0.6},
-    "output σ 1.0": lambda sc: {"workload.output_tokens.sigma": 1.0},
+    "output σ − 0.2": lambda sc: {"workload.output_tokens.sigma": round(sc.workload.output_tokens.sigma - 0.2, 6)},
+    "output σ + 0.2": lambda sc: {"workload.output_tokens.sigma": round(sc.workload.output_tokens.sigma + 0.2, 6)},
     "group corr 0.7": lambda sc: {"workload.output_tokens.intra_group_corr": 0.7},
     "prompts x2": lambda sc: {"workload.input_tokens.mean": 2 * sc.workload.input_tokens.mean},
     "fp8 KV cache": lambda sc: {"model.kv_bytes_per_element": 1},
