@@ -209,7 +209,7 @@ def reproduce(
     if rep.chunks is not None:
         md += (
             "\n## Chunk size\n\nSpeedup over the baseline (and tail change) of the chunked policies with "
-            "2K / 8K / 32K-token chunks (DESIGN §6; the paper gives no chunk size, seersim's default is 8K):\n\n"
+            "2K / 8K / 32K-token chunks (seed 0 only; DESIGN §6; the paper gives no chunk size, seersim's default is 8K):\n\n"
             + chunk_markdown(rep.chunks)
         )
     if rep.sensitivity is not None:
