@@ -74,3 +74,12 @@ def test_reproduce_sensitivity_changes_one_assumption_at_a_time(tmp_path):
         assert mine["output σ − 0.2"]["shipped"] == "1"  # small.yaml's own σ
     md = out.read_text()
     assert "## Assumptions" in md and md.count("| fp8 KV cache (2) |") == len(PAPER)
+
+
+def test_reproduce_sensitivity_on_a_replayed_trace_is_a_clear_error(tmp_path):
+    sdir = _stand_ins(tmp_path / "sc")
+    replay = (REPO / "scenarios" / "small-replay.yaml").read_text().replace("../traces/", str(REPO / "traces") + "/")
+    (sdir / "moonlight.yaml").write_text(replay)
+    result = CliRunner().invoke(app, ["reproduce", "--scenarios-dir", str(sdir), "--no-chunks", "--sensitivity", "--seeds", "1"])
+    assert result.exit_code == 2
+    assert "moonlight.yaml" in result.stderr and "synthetic" in result.stderr and "Traceback" not in result.output

@@ -16,6 +16,7 @@ from typing import Any
 import pandas as pd
 
 from seersim.config import Scenario, load_scenario, with_overrides
+from seersim.errors import ScenarioError
 from seersim.studies.compare import comparison_from, compare_tasks
 from seersim.studies.runner import Executor, Progress, run_all
 
@@ -44,7 +45,7 @@ SENSITIVITY: dict[str, Callable[[Scenario], dict[str, Any]]] = {
 class Reproduction:
     table4: pd.DataFrame  # model, metric, paper, seersim, diff, within_10pp
     chunks: pd.DataFrame | None  # model, policy, chunk_tokens, speedup, tail_reduction
-    sensitivity: pd.DataFrame | None = None  # model, assumption, divided, context_aware, seer, tail_reduction, within_10pp
+    sensitivity: pd.DataFrame | None = None  # model, assumption, shipped, divided, context_aware, seer, tail_reduction, within_10pp
 
 
 def reproduce(
@@ -68,6 +69,8 @@ def reproduce(
             for chunk in CHUNKS:
                 studies.append((f"{name}/chunk{chunk}/", with_overrides(sc, **{"policy.chunk_tokens": chunk}), ("baseline", *CHUNK_POLICIES)))
         if sensitivity:
+            if sc.workload.kind != "synthetic":
+                raise ScenarioError(f"{name}.yaml: --sensitivity changes the length distribution, so it needs a synthetic workload")
             for label, overrides in SENSITIVITY.items():
                 studies.append((f"{name}/sens {label}/", with_overrides(sc, **overrides(sc)), ("baseline", *STEPS)))
     # Table 4 and its assumption variants over `seeds` seeds (one step's ratio moves by
