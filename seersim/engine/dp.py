@@ -79,9 +79,7 @@ class DPRanks:
             keys = [(0, float(q_busy[0]))]  # a decode: one call of the cost model
             which = np.zeros(len(busy), np.intp)
         else:  # ranks with the same prefill pairs and queries share one call
-            index: dict[tuple[int, float], int] = {}
-            which = np.array([index.setdefault(key, len(index)) for key in zip(e_busy.tolist(), q_busy.tolist())], np.intp)
-            keys = list(index)
+            keys, which = _key_index(e_busy, q_busy)
         per_key = [cost.step_lines(n_all, t_all, dp * int(e), float(q)) for e, q in keys]
         a = np.array([lr.intercepts_s for lr in per_key])[which]  # busy ranks × cost lines
         b = np.array([lr.slopes_s for lr in per_key])[which]
@@ -109,10 +107,8 @@ class DPRanks:
         if not des.any() and (e1s == e1s[0]).all():
             groups = {(int(e1s[0]), 0): busy}  # every busy rank has the same prefill pairs
         else:  # ranks with the same pairs and growth share the cost model's lines
-            by_key: dict[tuple[int, int], list[int]] = {}
-            for r, key in zip(busy.tolist(), zip(e1s.tolist(), des.tolist())):
-                by_key.setdefault(key, []).append(r)
-            groups = {key: np.asarray(rs) for key, rs in by_key.items()}
+            keys, which = _key_index(e1s, des)
+            groups = {key: busy[which == i] for i, key in enumerate(keys)}
         a_k: list[np.ndarray] = []
         b_k: list[np.ndarray] = []
         for (e1, de), rs in groups.items():
@@ -161,6 +157,14 @@ class DPRanks:
             for e_r, c_r in zip(e[front].tolist(), c[front].tolist()):
                 slowest_s = max(slowest_s, cost.step_lines(n_all, t_all, dp * int(e_r), q).at(dp * float(c_r)))
         return slowest_s
+
+
+def _key_index(first: np.ndarray, second: np.ndarray) -> tuple[list[tuple], np.ndarray]:
+    """The distinct (first, second) pairs in order of first appearance, and each
+    element's index among them (ranks with equal keys share one cost-model call)."""
+    index: dict[tuple, int] = {}
+    which = np.array([index.setdefault(key, len(index)) for key in zip(first.tolist(), second.tolist())], np.intp)
+    return list(index), which
 
 
 def _shift(lines: StepLines, overhead_s: float) -> StepLines:

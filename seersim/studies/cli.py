@@ -190,7 +190,7 @@ def reproduce(
     chunks: Annotated[bool, typer.Option("--chunks/--no-chunks", help="add the 2K/8K/32K chunk-size table")] = True,
     sensitivity: Annotated[
         bool,
-        typer.Option("--sensitivity", help="add Table 4 under each assumption the paper does not give, changed one at a time (5x the runs)"),
+        typer.Option("--sensitivity", help="add Table 4 under each assumption the paper does not give, changed one at a time (6x the Table 4 runs)"),
     ] = False,
     overwrite: Annotated[bool, typer.Option("--overwrite", help="replace an existing --out file")] = False,
     json_: JsonOpt = False,

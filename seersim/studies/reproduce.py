@@ -32,9 +32,13 @@ CHUNKS = (2048, 8192, 32768)  # DESIGN §6: publish how results move with 2K / 8
 CHUNK_POLICIES = ("divided", "context_aware")
 # The paper scenarios' "assumed" values, one changed at a time: how far Table 4 moves
 # with each says how much of the gap to the paper can rest on it (scenario -> overrides).
+def _sigma_shifted(delta: float) -> Callable[[Scenario], dict[str, Any]]:
+    return lambda sc: {"workload.output_tokens.sigma": round(sc.workload.output_tokens.sigma + delta, 6)}
+
+
 SENSITIVITY: dict[str, Callable[[Scenario], dict[str, Any]]] = {
-    "output σ − 0.2": lambda sc: {"workload.output_tokens.sigma": round(sc.workload.output_tokens.sigma - 0.2, 6)},
-    "output σ + 0.2": lambda sc: {"workload.output_tokens.sigma": round(sc.workload.output_tokens.sigma + 0.2, 6)},
+    "output σ − 0.2": _sigma_shifted(-0.2),
+    "output σ + 0.2": _sigma_shifted(+0.2),
     "group corr 0.7": lambda sc: {"workload.output_tokens.intra_group_corr": 0.7},
     "prompts x2": lambda sc: {"workload.input_tokens.mean": 2 * sc.workload.input_tokens.mean},
     "fp8 KV cache": lambda sc: {"model.kv_bytes_per_element": 1},
@@ -117,8 +121,9 @@ def reproduce(
 def _shipped_values(sc: Scenario, overrides: dict[str, Any]) -> str:
     """The scenario's own values of the fields `overrides` changes, e.g. '0.8'."""
     values = []
+    data = sc.model_dump()
     for dotted in overrides:
-        node: Any = sc.model_dump()
+        node: Any = data
         for part in dotted.split("."):
             node = node[part]
         values.append(f"{node:g}" if isinstance(node, float) else str(node))
