@@ -15,7 +15,7 @@ from __future__ import annotations
 import math
 from abc import ABC, abstractmethod
 from dataclasses import dataclass
-from typing import ClassVar, Protocol
+from typing import Callable, ClassVar, Protocol
 
 import numpy as np
 
@@ -61,7 +61,7 @@ class ClusterView(Protocol):
     @property
     def rank_reserved_blocks(self) -> np.ndarray:
         """Blocks reserved on each rank of each instance by the in-flight chunks sent to
-        it (`dispatch_ranks`; chunked policies only): each chunk's `chunk_blocks` beyond
+        it (`RankReservations`; chunked policies only): each chunk's `chunk_blocks` beyond
         its group's shared prompt, plus that prompt (`shared_prompt_blocks`) once per
         rank holding the group."""
         ...
@@ -136,11 +136,79 @@ class Policy(ABC):
 
 @dataclass(frozen=True, slots=True)
 class Projection:
-    """Where a chunk would run on each instance — the DP rank `dispatch_ranks` picks —
-    and the KV blocks it would reserve on that rank."""
+    """Where a chunk would run on each instance — the DP rank `RankReservations.ranks`
+    picks — and the KV blocks it would reserve on that rank; `chunk_blocks` and
+    `shared_blocks` are its `chunk_blocks` and its group's shared prompt."""
 
     ranks: np.ndarray
     blocks: np.ndarray
+    group: int
+    chunk_blocks: int
+    shared_blocks: int
+
+
+class RankReservations:
+    """KV blocks reserved on each DP rank of each instance by the chunks in flight: the one
+    copy of the rule by which the driver books chunks and `Loads` checks room, so a chunk
+    that fits in `Loads` fits on the rank the driver sends it to.
+
+    A chunk runs on the rank holding its request's own earlier context on that instance
+    (as the engine's affinity: elsewhere it would recompute all of it), else on the rank
+    with the most unreserved blocks, lowest index first (`ranks`). It reserves its
+    `chunk_blocks` there, of which its group's shared prompt only where no sibling's chunk
+    on that rank holds it yet (prefix caching shares it: once per rank and group,
+    `blocks`). A Seer-like global scheduler routes each chunk to its rank (vLLM takes a
+    target data-parallel rank per request), so its reservation and its KV land together.
+
+    `group_counts(group)` gives the chunks of a group not booked here yet (the driver:
+    none; `Loads`: those the driver booked); a group is copied on its first booking.
+    """
+
+    def __init__(
+        self, total_blocks: np.ndarray, reserved_blocks: np.ndarray, group_counts: Callable[[int], np.ndarray]
+    ) -> None:
+        self.total = total_blocks
+        self.free = total_blocks - reserved_blocks  # unreserved blocks (instances, ranks)
+        self.free_rank = self.free.argmax(axis=1)  # per instance, kept up to date by _take
+        self._initial_counts = group_counts
+        self._counts: dict[int, np.ndarray] = {}  # group -> its chunks booked on each (instance, rank)
+
+    @property
+    def reserved(self) -> np.ndarray:
+        return self.total - self.free
+
+    def ranks(self, own_ranks: np.ndarray) -> np.ndarray:
+        """The rank a chunk runs on at each instance, given the rank of the request's own
+        earlier chunk there (-1 where none: `ClusterView.affinity_ranks`)."""
+        return np.where(own_ranks >= 0, own_ranks, self.free_rank)
+
+    def group_counts(self, group: int) -> np.ndarray:
+        """Chunks of the group in flight on each (instance, rank)."""
+        counts = self._counts.get(group)
+        return self._initial_counts(group) if counts is None else counts
+
+    @staticmethod
+    def blocks(chunk_blocks: int, shared_blocks: int, siblings: np.ndarray | int) -> np.ndarray | int:
+        """Blocks a chunk adds to its rank's reservation beside `siblings` chunks of its group
+        on that rank: its own blocks, plus the shared prompt if it is the first there."""
+        return chunk_blocks - shared_blocks * (siblings > 0)
+
+    def book(self, instance_id: int, rank: int, group: int, chunk_blocks: int, shared_blocks: int) -> None:
+        counts = self._counts.get(group)
+        if counts is None:
+            counts = self._counts[group] = self._initial_counts(group).copy()
+        self._take(instance_id, rank, self.blocks(chunk_blocks, shared_blocks, int(counts[instance_id, rank])))
+        counts[instance_id, rank] += 1
+
+    def release(self, instance_id: int, rank: int, group: int, chunk_blocks: int, shared_blocks: int) -> None:
+        counts = self._counts[group]
+        counts[instance_id, rank] -= 1
+        self._take(instance_id, rank, -self.blocks(chunk_blocks, shared_blocks, int(counts[instance_id, rank])))
+
+    def _take(self, instance_id: int, rank: int, blocks: int) -> None:
+        row = self.free[instance_id]
+        row[rank] -= blocks
+        self.free_rank[instance_id] = row.argmax()
 
 
 class Loads:
@@ -149,55 +217,40 @@ class Loads:
 
     KV room is checked per DP rank: each rank has its own KV cache and preempts on its
     own, so an instance has room for a chunk when the rank it would run on has. The
-    driver sends each chunk to that rank (the same `dispatch_ranks` on the same
-    reservations), so a chunk that fits here never makes its rank preempt."""
+    driver books each chunk on that rank by the same `RankReservations` rule, so a chunk
+    that fits here never makes its rank preempt."""
 
     def __init__(self, view: ClusterView, cfg: PolicyConfig) -> None:
         self.view = view
         self.rule = cfg.kv_reservation
         self.in_flight = view.in_flight.astype(np.int64).copy()
-        self.rank_reserved = view.rank_reserved_blocks.astype(np.int64).copy()
-        self.rank_total = view.rank_total_blocks
+        self.max_num_seqs = view.max_num_seqs
+        self.ranks = RankReservations(view.rank_total_blocks, view.rank_reserved_blocks, view.group_rank_in_flight)
         self._rows = np.arange(len(self.in_flight))
-        self._group_added: dict[int, np.ndarray] = {}  # group -> chunks this decide added per (instance, rank)
 
     def projected_blocks(self, request_id: int, max_new_tokens: int) -> Projection:
         """The rank the chunk would run on at each instance and the blocks it would add to
         that rank's reservation: its own context and growth, plus its group's shared
         prompt where no sibling on that rank already holds it."""
-        group = int(self.view.group_id[request_id])
-        total = chunk_blocks(self.view, request_id, max_new_tokens, self.rule)
-        shared = self.view.shared_prompt_blocks(group)
-        ranks = dispatch_ranks(self.view, self.rank_reserved, request_id)
-        held = self.view.group_rank_in_flight(group) + self._group_added.get(group, 0)
-        return Projection(ranks, np.where(held[self._rows, ranks] > 0, total - shared, total))
+        view = self.view
+        group = int(view.group_id[request_id])
+        total = chunk_blocks(view, request_id, max_new_tokens, self.rule)
+        shared = view.shared_prompt_blocks(group)
+        ranks = self.ranks.ranks(view.affinity_ranks(request_id))
+        siblings = self.ranks.group_counts(group)[self._rows, ranks]
+        return Projection(ranks, self.ranks.blocks(total, shared, siblings), group, total, shared)
 
     def headroom(self, p: Projection) -> np.ndarray:
         """Unreserved blocks of the rank the chunk would run on, on each instance."""
-        return self.rank_total[self._rows, p.ranks] - self.rank_reserved[self._rows, p.ranks]
+        return self.ranks.free[self._rows, p.ranks]
 
     def has_room(self, p: Projection) -> np.ndarray:
         """Instances where the chunk fits on its rank beside every in-flight chunk's reservation."""
-        return (p.blocks <= self.headroom(p)) & (self.in_flight < self.view.max_num_seqs)
+        return (p.blocks <= self.headroom(p)) & (self.in_flight < self.max_num_seqs)
 
     def add(self, instance_id: int, request_id: int, p: Projection) -> None:
-        rank = int(p.ranks[instance_id])
         self.in_flight[instance_id] += 1
-        self.rank_reserved[instance_id, rank] += p.blocks[instance_id]
-        group = int(self.view.group_id[request_id])
-        added = self._group_added.setdefault(group, np.zeros(self.rank_reserved.shape, np.int64))
-        added[instance_id, rank] += 1
-
-
-def dispatch_ranks(view: ClusterView, rank_reserved: np.ndarray, request_id: int) -> np.ndarray:
-    """The DP rank a chunk of the request runs on at each instance, given the ranks'
-    reserved blocks: the rank holding its own earlier context there (as the engine's
-    affinity: elsewhere it would recompute all of it), else the rank with the most
-    unreserved blocks, lowest index first. A Seer-like global scheduler routes each
-    chunk to its rank (vLLM takes a target data-parallel rank per request), so its
-    reservation and its KV land on the same rank."""
-    own = view.affinity_ranks(request_id)
-    return np.where(own >= 0, own, np.argmax(view.rank_total_blocks - rank_reserved, axis=1))
+        self.ranks.book(instance_id, int(p.ranks[instance_id]), p.group, p.chunk_blocks, p.shared_blocks)
 
 
 def chunk_blocks(view: ClusterView, request_id: int, max_new_tokens: int, rule: KVReservation) -> int:
