@@ -16,7 +16,8 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Callable, Iterator
+from types import MappingProxyType
+from typing import TYPE_CHECKING, Callable, Iterable, Iterator, Mapping
 
 import numpy as np
 
@@ -91,7 +92,9 @@ class Driver:
         self._reservation_rule = policy.cfg.kv_reservation
         self._chunks_returned = 0
         self._chunk_tokens_returned = 0
-        self._ran_on: list[list[int]] = [[] for _ in range(t.n)]  # instances each request's chunks ran on
+        # per request: instance -> its context at the end of its last chunk there (at the
+        # chunk's limit while it runs): a bound on what the instance caches of it
+        self._ran_on: list[dict[int, int]] = [{} for _ in range(t.n)]
         # the rank of each instance each request's last chunk there ran on (-1: none sent;
         # int32: requests × instances can be large)
         self._affinity = np.full((t.n, n), -1, np.int32)
@@ -179,8 +182,11 @@ class Driver:
     def finished_lengths(self, group_id: int) -> list[int]:
         return self._finished_by_group.get(group_id, [])
 
-    def cached_tokens(self, request_id: int) -> dict[int, int]:
-        return self.backend.cached_tokens(request_id, self._ran_on[request_id])
+    def cached_tokens(self, request_id: int, instance_ids: Iterable[int] | None = None) -> dict[int, int]:
+        return self.backend.cached_tokens(request_id, self._ran_on[request_id] if instance_ids is None else instance_ids)
+
+    def cached_tokens_bound(self, request_id: int) -> Mapping[int, int]:
+        return MappingProxyType(self._ran_on[request_id])
 
     def pool_tokens(self, request_id: int) -> int:
         return self.backend.pool_tokens(request_id)
@@ -243,8 +249,7 @@ class Driver:
             self._ranks.book(iid, rank, group, blocks, int(self._shared_prompt[group]))
         self._rank[rid] = rank
         self._affinity[rid, iid] = rank
-        if iid not in self._ran_on[rid]:
-            self._ran_on[rid].append(iid)
+        self._ran_on[rid][iid] = int(t.input_tokens[rid] + t.generated[rid]) + d.max_new_tokens
         # the chunk ends at its limit or at the request's true end (EOS; forced live)
         tokens = min(d.max_new_tokens, int(t.output_tokens[rid] - t.generated[rid]))
         self.backend.submit(iid, rid, tokens, d.pull_kv, rank if rank >= 0 else None)
@@ -255,6 +260,7 @@ class Driver:
         self._chunks_returned += 1
         self._chunk_tokens_returned += generated_tokens - int(t.generated[request_id])
         t.generated[request_id] = generated_tokens
+        self._ran_on[request_id][instance_id] = int(t.input_tokens[request_id]) + generated_tokens
         self._in_flight[instance_id] -= 1
         rank = int(self._rank[request_id])
         if rank >= 0:

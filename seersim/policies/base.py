@@ -15,7 +15,7 @@ from __future__ import annotations
 import math
 from abc import ABC, abstractmethod
 from dataclasses import dataclass
-from typing import Callable, ClassVar, Protocol
+from typing import Callable, ClassVar, Iterable, Mapping, Protocol
 
 import numpy as np
 
@@ -94,8 +94,15 @@ class ClusterView(Protocol):
     def finished_lengths(self, group_id: int) -> list[int]:
         """Output lengths of the group's finished responses (observable: they ended)."""
         ...
-    def cached_tokens(self, request_id: int) -> dict[int, int]:
-        """Instance id -> tokens of this request's prefix cached there."""
+    def cached_tokens(self, request_id: int, instance_ids: Iterable[int] | None = None) -> dict[int, int]:
+        """Instance id -> tokens of this request's prefix cached there, on `instance_ids`
+        (default: every instance it ran on); instances caching nothing are left out."""
+        ...
+    def cached_tokens_bound(self, request_id: int) -> Mapping[int, int]:
+        """Instance id -> what `cached_tokens` there can be at most, for every instance the
+        request ran on: its context when its last chunk there ended (at the chunk's limit
+        while it runs). A policy looks up only the instances whose bound can matter: each
+        lookup reads an engine's KV cache."""
         ...
     def pool_tokens(self, request_id: int) -> int:
         """Tokens of this request's KV held in the global pool."""
@@ -295,19 +302,63 @@ def place_chunk(view: ClusterView, loads: Loads, request_id: int, max_new: int, 
     room = loads.has_room(blocks)
     if not room.any():
         return None
-    cached = view.cached_tokens(request_id)
-    best = max(cached.values(), default=0)
+    prefix = CachedPrefix(view, request_id)
     target = -1
-    if loads.in_flight.max() - loads.in_flight.min() <= cfg.imbalance_threshold and best > 0:
-        # longest cached prefix among instances with room; ties by load, then id
-        options = [(-tok, loads.in_flight[i], i) for i, tok in cached.items() if room[i] and tok > 0]
-        if options:
-            target = min(options)[2]
+    if loads.in_flight.max() - loads.in_flight.min() <= cfg.imbalance_threshold:
+        target = prefix.longest(room, loads.in_flight)
     if target < 0:
         candidates = np.flatnonzero(room)
         # fewest in-flight chunks; ties by the most KV headroom (of the rank it would run on), then id
         target = int(candidates[np.lexsort((-loads.headroom(blocks)[candidates], loads.in_flight[candidates]))[0]])
-    gap = best - cached.get(target, 0)
-    pull = gap > cfg.migrate_margin_tokens and view.pool_tokens(request_id) > cached.get(target, 0)
+    # pull when the longest cached prefix exceeds the target's by more than the margin
+    local = prefix.on(target)
+    pull = view.pool_tokens(request_id) > local and prefix.longest_exceeds(local + cfg.migrate_margin_tokens)
     loads.add(target, request_id, blocks)
     return Dispatch(request_id, target, max_new, pull)
+
+
+class CachedPrefix:
+    """A request's cached prefix on the instances it ran on, looked up lazily.
+
+    Each lookup reads (and first settles) an engine's KV cache, and a placement usually
+    needs only the instance its last chunk ran on: the others are visited in descending
+    order of `cached_tokens_bound`, and only while their bound can still change the
+    answer, which is therefore the one a lookup of every instance gives."""
+
+    def __init__(self, view: ClusterView, request_id: int) -> None:
+        self.view, self.request_id = view, request_id
+        self._bound = view.cached_tokens_bound(request_id)
+        self._by_bound = sorted(self._bound, key=self._bound.__getitem__, reverse=True)
+        self._tokens: dict[int, int] = {}
+
+    def on(self, instance_id: int) -> int:
+        """Tokens of the prefix cached on the instance (0 where the request never ran)."""
+        tokens = self._tokens.get(instance_id)
+        if tokens is None:
+            tokens = 0
+            if instance_id in self._bound:
+                tokens = self.view.cached_tokens(self.request_id, (instance_id,)).get(instance_id, 0)
+            self._tokens[instance_id] = tokens
+        return tokens
+
+    def longest(self, room: np.ndarray, in_flight: np.ndarray) -> int:
+        """The instance with room caching the longest prefix (ties by load, then id); -1
+        when none with room caches any."""
+        best: tuple[int, int, int] | None = None
+        for i in self._by_bound:
+            if best is not None and self._bound[i] < -best[0]:
+                break  # it and the rest cache less than the best so far
+            if room[i]:
+                tokens = self.on(i)
+                if tokens > 0 and (best is None or (-tokens, in_flight[i], i) < best):
+                    best = (-tokens, in_flight[i], i)
+        return -1 if best is None else best[2]
+
+    def longest_exceeds(self, tokens: int) -> bool:
+        """Whether some instance caches more than `tokens` of the prefix."""
+        for i in self._by_bound:
+            if self._bound[i] <= tokens:
+                return False
+            if self.on(i) > tokens:
+                return True
+        return False
