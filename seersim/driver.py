@@ -103,6 +103,7 @@ class Driver:
         # read-only views handed to policies (the arrays are never reallocated)
         self._ro_in_flight = _ro(self._in_flight)
         self._ro_affinity = _ro(self._affinity)
+        self._ro_rank_reserved = _ro(self._ranks.reserved)
         self._ro_group_id = _ro(t.group_id)
         self._ro_input = _ro(t.input_tokens)
         self._ro_generated = _ro(t.generated)
@@ -140,7 +141,7 @@ class Driver:
 
     @property
     def rank_reserved_blocks(self) -> np.ndarray:
-        return _ro(self._ranks.reserved)
+        return self._ro_rank_reserved
 
     def group_rank_in_flight(self, group_id: int) -> np.ndarray:
         return _ro(self._ranks.group_counts(group_id))

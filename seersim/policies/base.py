@@ -175,14 +175,11 @@ class RankReservations:
         self, total_blocks: np.ndarray, reserved_blocks: np.ndarray, group_counts: Callable[[int], np.ndarray]
     ) -> None:
         self.total = total_blocks
-        self.free = total_blocks - reserved_blocks  # unreserved blocks (instances, ranks)
+        self.reserved = reserved_blocks.copy()  # (instances, ranks)
+        self.free = total_blocks - reserved_blocks  # unreserved blocks
         self.free_rank = self.free.argmax(axis=1)  # per instance, kept up to date by _take
         self._initial_counts = group_counts
         self._counts: dict[int, np.ndarray] = {}  # group -> its chunks booked on each (instance, rank)
-
-    @property
-    def reserved(self) -> np.ndarray:
-        return self.total - self.free
 
     def ranks(self, own_ranks: np.ndarray) -> np.ndarray:
         """The rank a chunk runs on at each instance, given the rank of the request's own
@@ -196,9 +193,12 @@ class RankReservations:
 
     @staticmethod
     def blocks(chunk_blocks: int, shared_blocks: int, siblings: np.ndarray | int) -> np.ndarray | int:
-        """Blocks a chunk adds to its rank's reservation beside `siblings` chunks of its group
-        on that rank: its own blocks, plus the shared prompt if it is the first there."""
-        return chunk_blocks - shared_blocks * (siblings > 0)
+        """Blocks a chunk adds to its rank's reservation beside `siblings` (>= 0) chunks of its
+        group on that rank (an array: on each instance's rank): its own blocks, plus the
+        shared prompt if it is the first there."""
+        if isinstance(siblings, np.ndarray):
+            return np.where(siblings, chunk_blocks - shared_blocks, chunk_blocks)
+        return chunk_blocks - shared_blocks if siblings else chunk_blocks
 
     def book(self, instance_id: int, rank: int, group: int, chunk_blocks: int, shared_blocks: int) -> None:
         counts = self._counts.get(group)
@@ -213,6 +213,7 @@ class RankReservations:
         self._take(instance_id, rank, -self.blocks(chunk_blocks, shared_blocks, int(counts[instance_id, rank])))
 
     def _take(self, instance_id: int, rank: int, blocks: int) -> None:
+        self.reserved[instance_id, rank] += blocks
         row = self.free[instance_id]
         row[rank] -= blocks
         self.free_rank[instance_id] = row.argmax()
@@ -230,10 +231,20 @@ class Loads:
     def __init__(self, view: ClusterView, cfg: PolicyConfig) -> None:
         self.view = view
         self.rule = cfg.kv_reservation
-        self.in_flight = view.in_flight.astype(np.int64).copy()
+        self.in_flight = view.in_flight.astype(np.int64)
         self.max_num_seqs = view.max_num_seqs
+        self._seq_room = self.in_flight < self.max_num_seqs
         self.ranks = RankReservations(view.rank_total_blocks, view.rank_reserved_blocks, view.group_rank_in_flight)
         self._rows = np.arange(len(self.in_flight))
+        # the in-flight spread, kept by `add`: the least load and how many instances have it, the most
+        loads = self.in_flight.tolist()  # (Python's min/max beat numpy's on a few dozen values)
+        self._least, self._most = min(loads), max(loads)
+        self._at_least = loads.count(self._least)
+
+    @property
+    def spread(self) -> int:
+        """Most minus least in-flight chunks on an instance."""
+        return self._most - self._least
 
     def projected_blocks(self, request_id: int, max_new_tokens: int) -> Projection:
         """The rank the chunk would run on at each instance and the blocks it would add to
@@ -253,10 +264,18 @@ class Loads:
 
     def has_room(self, p: Projection) -> np.ndarray:
         """Instances where the chunk fits on its rank beside every in-flight chunk's reservation."""
-        return (p.blocks <= self.headroom(p)) & (self.in_flight < self.max_num_seqs)
+        return (p.blocks <= self.headroom(p)) & self._seq_room
 
     def add(self, instance_id: int, request_id: int, p: Projection) -> None:
         self.in_flight[instance_id] += 1
+        load = int(self.in_flight[instance_id])
+        self._seq_room[instance_id] = load < self.max_num_seqs
+        self._most = max(self._most, load)
+        if load - 1 == self._least:
+            self._at_least -= 1
+            if not self._at_least:  # it was the last at the least: all now have more
+                self._least = load
+                self._at_least = self.in_flight.tolist().count(load)
         self.ranks.book(instance_id, int(p.ranks[instance_id]), p.group, p.chunk_blocks, p.shared_blocks)
 
 
@@ -304,7 +323,7 @@ def place_chunk(view: ClusterView, loads: Loads, request_id: int, max_new: int, 
         return None
     prefix = CachedPrefix(view, request_id)
     target = -1
-    if loads.in_flight.max() - loads.in_flight.min() <= cfg.imbalance_threshold:
+    if loads.spread <= cfg.imbalance_threshold:
         target = prefix.longest(room, loads.in_flight)
     if target < 0:
         candidates = np.flatnonzero(room)
