@@ -243,7 +243,7 @@ class Driver:
         self._in_flight[iid] += 1
         rank = -1
         if self._routes_ranks:
-            rank = int(self._ranks.ranks(self._affinity[rid])[iid])
+            rank = self._ranks.rank(iid, int(self._affinity[rid, iid]))
             group = int(t.group_id[rid])
             blocks = chunk_blocks(self, rid, d.max_new_tokens, self._reservation_rule)
             self._chunk_blocks[rid] = blocks

@@ -186,6 +186,10 @@ class RankReservations:
         earlier chunk there (-1 where none: `ClusterView.affinity_ranks`)."""
         return np.where(own_ranks >= 0, own_ranks, self.free_rank)
 
+    def rank(self, instance_id: int, own_rank: int) -> int:
+        """`ranks` at one instance."""
+        return own_rank if own_rank >= 0 else int(self.free_rank[instance_id])
+
     def group_counts(self, group: int) -> np.ndarray:
         """Chunks of the group in flight on each (instance, rank)."""
         counts = self._counts.get(group)
@@ -329,9 +333,7 @@ def place_chunk(view: ClusterView, loads: Loads, request_id: int, max_new: int, 
         candidates = np.flatnonzero(room)
         # fewest in-flight chunks; ties by the most KV headroom (of the rank it would run on), then id
         target = int(candidates[np.lexsort((-loads.headroom(blocks)[candidates], loads.in_flight[candidates]))[0]])
-    # pull when the longest cached prefix exceeds the target's by more than the margin
-    local = prefix.on(target)
-    pull = view.pool_tokens(request_id) > local and prefix.longest_exceeds(local + cfg.migrate_margin_tokens)
+    pull = prefix.pull_pays(target, view.pool_tokens(request_id), cfg.migrate_margin_tokens)
     loads.add(target, request_id, blocks)
     return Dispatch(request_id, target, max_new, pull)
 
@@ -372,6 +374,13 @@ class CachedPrefix:
                 if tokens > 0 and (best is None or (-tokens, in_flight[i], i) < best):
                     best = (-tokens, in_flight[i], i)
         return -1 if best is None else best[2]
+
+    def pull_pays(self, instance_id: int, pooled_tokens: int, margin_tokens: int) -> bool:
+        """Whether a chunk on the instance pulls its missing KV: the pool holds more of the
+        request than the instance caches, and some instance caches more than
+        `margin_tokens` beyond it (else it recomputes what it lacks)."""
+        local = self.on(instance_id)
+        return pooled_tokens > local and self.longest_exceeds(local + margin_tokens)
 
     def longest_exceeds(self, tokens: int) -> bool:
         """Whether some instance caches more than `tokens` of the prefix."""
