@@ -184,7 +184,8 @@ class Driver:
         return self._finished_by_group.get(group_id, [])
 
     def cached_tokens(self, request_id: int, instance_ids: Iterable[int] | None = None) -> dict[int, int]:
-        return self.backend.cached_tokens(request_id, self._ran_on[request_id] if instance_ids is None else instance_ids)
+        ids = self._ran_on[request_id] if instance_ids is None else instance_ids
+        return self.backend.cached_tokens(request_id, ids)
 
     def cached_tokens_bound(self, request_id: int) -> Mapping[int, int]:
         return MappingProxyType(self._ran_on[request_id])

@@ -238,7 +238,9 @@ class Loads:
         self.in_flight = view.in_flight.astype(np.int64)
         self.max_num_seqs = view.max_num_seqs
         self._seq_room = self.in_flight < self.max_num_seqs
-        self.ranks = RankReservations(view.rank_total_blocks, view.rank_reserved_blocks, view.group_rank_in_flight)
+        self.reservations = RankReservations(
+            view.rank_total_blocks, view.rank_reserved_blocks, view.group_rank_in_flight
+        )
         self._rows = np.arange(len(self.in_flight))
         # the in-flight spread, kept by `add`: the least load and how many instances have it, the most
         loads = self.in_flight.tolist()  # (Python's min/max beat numpy's on a few dozen values)
@@ -258,13 +260,13 @@ class Loads:
         group = int(view.group_id[request_id])
         total = chunk_blocks(view, request_id, max_new_tokens, self.rule)
         shared = view.shared_prompt_blocks(group)
-        ranks = self.ranks.ranks(view.affinity_ranks(request_id))
-        siblings = self.ranks.group_counts(group)[self._rows, ranks]
-        return Projection(ranks, self.ranks.blocks(total, shared, siblings), group, total, shared)
+        ranks = self.reservations.ranks(view.affinity_ranks(request_id))
+        siblings = self.reservations.group_counts(group)[self._rows, ranks]
+        return Projection(ranks, self.reservations.blocks(total, shared, siblings), group, total, shared)
 
     def headroom(self, p: Projection) -> np.ndarray:
         """Unreserved blocks of the rank the chunk would run on, on each instance."""
-        return self.ranks.free[self._rows, p.ranks]
+        return self.reservations.free[self._rows, p.ranks]
 
     def has_room(self, p: Projection) -> np.ndarray:
         """Instances where the chunk fits on its rank beside every in-flight chunk's reservation."""
@@ -280,7 +282,7 @@ class Loads:
             if not self._at_least:  # it was the last at the least: all now have more
                 self._least = load
                 self._at_least = self.in_flight.tolist().count(load)
-        self.ranks.book(instance_id, int(p.ranks[instance_id]), p.group, p.chunk_blocks, p.shared_blocks)
+        self.reservations.book(instance_id, int(p.ranks[instance_id]), p.group, p.chunk_blocks, p.shared_blocks)
 
 
 def chunk_blocks(view: ClusterView, request_id: int, max_new_tokens: int, rule: KVReservation) -> int:
