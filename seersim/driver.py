@@ -16,7 +16,8 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Callable, Iterator
+from types import MappingProxyType
+from typing import TYPE_CHECKING, Callable, Iterable, Iterator, Mapping
 
 import numpy as np
 
@@ -24,7 +25,7 @@ from seersim.backends.base import INSTANCE_COLUMNS, TIMELINE_COLUMNS, Backend, B
 from seersim.config import Scenario, SyntheticWorkload
 from seersim.errors import PolicyError, SimulationError
 from seersim.policies import Dispatch, Policy, make_policy
-from seersim.policies.base import chunk_blocks, dispatch_ranks
+from seersim.policies.base import RankReservations, chunk_blocks
 from seersim.requests import DONE, IN_FLIGHT, PENDING, GroupProgress, RequestTable
 from seersim.workload import Request, Workload, build_workload, generate_synthetic
 
@@ -53,7 +54,7 @@ class Driver:
     counts them once per DP rank and group.
 
     A chunked policy's chunks are reserved and sent to a DP rank of the instance
-    (`policies.base.dispatch_ranks`, the rule `Loads` checks room with), so no rank
+    (`policies.base.RankReservations`, the rule `Loads` checks room with), so no rank
     over-commits its own KV; a whole-request policy (baseline) sends no rank and the
     instance balances its ranks itself (`Instance._pick_rank`).
     """
@@ -75,29 +76,34 @@ class Driver:
         self.groups = GroupProgress(t.group_id)
         n = backend.num_instances
         self._in_flight = np.zeros(n, np.int64)
-        self._reservation = np.zeros(t.n, np.int64)  # each routed in-flight chunk's blocks beyond its shared prompt
         self._routes_ranks = policy.chunked
         dp = backend.dp_ranks
         rank_total = np.repeat(backend.kv_total_blocks[:, None] // dp, dp, axis=1)
         self._rank_total = _ro(rank_total)
-        self._rank_reserved = np.zeros((n, dp), np.int64)
+        self._no_group_chunks = _ro(np.zeros((n, dp), np.int64))
+        self._ranks = RankReservations(rank_total, np.zeros((n, dp), np.int64), lambda group: self._no_group_chunks)
         self._rank = np.full(t.n, -1, np.int64)  # the DP rank each in-flight chunk was sent to
-        # per group: full prompt blocks its requests share (the shortest prompt's), and its
-        # chunks in flight on each (instance, rank) (the prompt is reserved where > 0)
+        self._chunk_blocks = np.zeros(t.n, np.int64)  # each routed in-flight chunk's `chunk_blocks`
+        # per group: full prompt blocks its requests share (the shortest prompt's)
         self._shared_prompt = np.zeros(int(t.group_id.max()) + 1 if t.n else 0, np.int64)
         if prefix_caching and t.n:
             self._shared_prompt[:] = t.input_tokens.max() // backend.block_size
             np.minimum.at(self._shared_prompt, t.group_id, t.input_tokens // backend.block_size)
-        self._group_rank_in_flight: dict[int, np.ndarray] = {}
         self._reservation_rule = policy.cfg.kv_reservation
         self._chunks_returned = 0
         self._chunk_tokens_returned = 0
-        self._ran_on: list[dict[int, int]] = [{} for _ in range(t.n)]  # instance -> rank of its last chunk there (-1: none sent)
+        # per request: instance -> its context at the end of its last chunk there (at the
+        # chunk's limit while it runs): a bound on what the instance caches of it
+        self._ran_on: list[dict[int, int]] = [{} for _ in range(t.n)]
+        # the rank of each instance each request's last chunk there ran on (-1: none sent;
+        # int32: requests × instances can be large)
+        self._affinity = np.full((t.n, n), -1, np.int32)
         self._finished_by_group: dict[int, list[int]] = {}
         self._remaining = t.n
         # read-only views handed to policies (the arrays are never reallocated)
         self._ro_in_flight = _ro(self._in_flight)
-        self._ro_rank_reserved = _ro(self._rank_reserved)
+        self._ro_affinity = _ro(self._affinity)
+        self._ro_rank_reserved = _ro(self._ranks.reserved)
         self._ro_group_id = _ro(t.group_id)
         self._ro_input = _ro(t.input_tokens)
         self._ro_generated = _ro(t.generated)
@@ -138,14 +144,10 @@ class Driver:
         return self._ro_rank_reserved
 
     def group_rank_in_flight(self, group_id: int) -> np.ndarray:
-        counts = self._group_rank_in_flight.get(group_id)
-        return _ro(counts) if counts is not None else np.zeros(self._rank_reserved.shape, np.int64)
+        return _ro(self._ranks.group_counts(group_id))
 
     def affinity_ranks(self, request_id: int) -> np.ndarray:
-        ranks = np.full(self.backend.num_instances, -1, np.int64)
-        for iid, rank in self._ran_on[request_id].items():
-            ranks[iid] = rank
-        return ranks
+        return self._ro_affinity[request_id]
 
     def shared_prompt_blocks(self, group_id: int) -> int:
         return int(self._shared_prompt[group_id])
@@ -181,8 +183,12 @@ class Driver:
     def finished_lengths(self, group_id: int) -> list[int]:
         return self._finished_by_group.get(group_id, [])
 
-    def cached_tokens(self, request_id: int) -> dict[int, int]:
-        return self.backend.cached_tokens(request_id, self._ran_on[request_id])
+    def cached_tokens(self, request_id: int, instance_ids: Iterable[int] | None = None) -> dict[int, int]:
+        ids = self._ran_on[request_id] if instance_ids is None else instance_ids
+        return self.backend.cached_tokens(request_id, ids)
+
+    def cached_tokens_bound(self, request_id: int) -> Mapping[int, int]:
+        return MappingProxyType(self._ran_on[request_id])
 
     def pool_tokens(self, request_id: int) -> int:
         return self.backend.pool_tokens(request_id)
@@ -236,19 +242,16 @@ class Driver:
         t.instance[rid] = iid
         t.chunks[rid] += 1
         self._in_flight[iid] += 1
-        rank = int(dispatch_ranks(self, self._rank_reserved, rid)[iid]) if self._routes_ranks else -1
-        if rank >= 0:
+        rank = -1
+        if self._routes_ranks:
+            rank = self._ranks.rank(iid, int(self._affinity[rid, iid]))
             group = int(t.group_id[rid])
-            shared = int(self._shared_prompt[group])
-            own = chunk_blocks(self, rid, d.max_new_tokens, self._reservation_rule) - shared
-            self._reservation[rid] = own
-            rank_counts = self._group_rank_in_flight.setdefault(group, np.zeros(self._rank_reserved.shape, np.int64))
-            if rank_counts[iid, rank] == 0:
-                self._rank_reserved[iid, rank] += shared
-            rank_counts[iid, rank] += 1
-            self._rank_reserved[iid, rank] += own
+            blocks = chunk_blocks(self, rid, d.max_new_tokens, self._reservation_rule)
+            self._chunk_blocks[rid] = blocks
+            self._ranks.book(iid, rank, group, blocks, int(self._shared_prompt[group]))
         self._rank[rid] = rank
-        self._ran_on[rid][iid] = rank
+        self._affinity[rid, iid] = rank
+        self._ran_on[rid][iid] = int(t.input_tokens[rid] + t.generated[rid]) + d.max_new_tokens
         # the chunk ends at its limit or at the request's true end (EOS; forced live)
         tokens = min(d.max_new_tokens, int(t.output_tokens[rid] - t.generated[rid]))
         self.backend.submit(iid, rid, tokens, d.pull_kv, rank if rank >= 0 else None)
@@ -259,16 +262,13 @@ class Driver:
         self._chunks_returned += 1
         self._chunk_tokens_returned += generated_tokens - int(t.generated[request_id])
         t.generated[request_id] = generated_tokens
+        self._ran_on[request_id][instance_id] = int(t.input_tokens[request_id]) + generated_tokens
         self._in_flight[instance_id] -= 1
         rank = int(self._rank[request_id])
         if rank >= 0:
             group = int(t.group_id[request_id])
-            self._rank_reserved[instance_id, rank] -= self._reservation[request_id]
-            rank_counts = self._group_rank_in_flight[group]
-            rank_counts[instance_id, rank] -= 1
-            if rank_counts[instance_id, rank] == 0:
-                self._rank_reserved[instance_id, rank] -= self._shared_prompt[group]
-            self._reservation[request_id] = 0
+            blocks = int(self._chunk_blocks[request_id])
+            self._ranks.release(instance_id, rank, group, blocks, int(self._shared_prompt[group]))
         if finished:
             t.state[request_id] = DONE
             t.finish_s[request_id] = self.backend.now_s

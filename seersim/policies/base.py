@@ -15,7 +15,7 @@ from __future__ import annotations
 import math
 from abc import ABC, abstractmethod
 from dataclasses import dataclass
-from typing import ClassVar, Protocol
+from typing import Callable, ClassVar, Iterable, Mapping, Protocol
 
 import numpy as np
 
@@ -61,7 +61,7 @@ class ClusterView(Protocol):
     @property
     def rank_reserved_blocks(self) -> np.ndarray:
         """Blocks reserved on each rank of each instance by the in-flight chunks sent to
-        it (`dispatch_ranks`; chunked policies only): each chunk's `chunk_blocks` beyond
+        it (`RankReservations`; chunked policies only): each chunk's `chunk_blocks` beyond
         its group's shared prompt, plus that prompt (`shared_prompt_blocks`) once per
         rank holding the group."""
         ...
@@ -94,8 +94,15 @@ class ClusterView(Protocol):
     def finished_lengths(self, group_id: int) -> list[int]:
         """Output lengths of the group's finished responses (observable: they ended)."""
         ...
-    def cached_tokens(self, request_id: int) -> dict[int, int]:
-        """Instance id -> tokens of this request's prefix cached there."""
+    def cached_tokens(self, request_id: int, instance_ids: Iterable[int] | None = None) -> dict[int, int]:
+        """Instance id -> tokens of this request's prefix cached there, on `instance_ids`
+        (default: every instance it ran on); instances caching nothing are left out."""
+        ...
+    def cached_tokens_bound(self, request_id: int) -> Mapping[int, int]:
+        """Instance id -> what `cached_tokens` there can be at most, for every instance the
+        request ran on: its context when its last chunk there ended (at the chunk's limit
+        while it runs). A policy looks up only the instances whose bound can matter: each
+        lookup reads an engine's KV cache."""
         ...
     def pool_tokens(self, request_id: int) -> int:
         """Tokens of this request's KV held in the global pool."""
@@ -136,11 +143,84 @@ class Policy(ABC):
 
 @dataclass(frozen=True, slots=True)
 class Projection:
-    """Where a chunk would run on each instance — the DP rank `dispatch_ranks` picks —
-    and the KV blocks it would reserve on that rank."""
+    """Where a chunk would run on each instance — the DP rank `RankReservations.ranks`
+    picks — and the KV blocks it would reserve on that rank; `chunk_blocks` and
+    `shared_blocks` are its `chunk_blocks` and its group's shared prompt."""
 
     ranks: np.ndarray
     blocks: np.ndarray
+    group: int
+    chunk_blocks: int
+    shared_blocks: int
+
+
+class RankReservations:
+    """KV blocks reserved on each DP rank of each instance by the chunks in flight: the one
+    copy of the rule by which the driver books chunks and `Loads` checks room, so a chunk
+    that fits in `Loads` fits on the rank the driver sends it to.
+
+    A chunk runs on the rank holding its request's own earlier context on that instance
+    (as the engine's affinity: elsewhere it would recompute all of it), else on the rank
+    with the most unreserved blocks, lowest index first (`ranks`). It reserves its
+    `chunk_blocks` there, of which its group's shared prompt only where no sibling's chunk
+    on that rank holds it yet (prefix caching shares it: once per rank and group,
+    `blocks`). A Seer-like global scheduler routes each chunk to its rank (vLLM takes a
+    target data-parallel rank per request), so its reservation and its KV land together.
+
+    `group_counts(group)` gives the chunks of a group not booked here yet (the driver:
+    none; `Loads`: those the driver booked); a group is copied on its first booking.
+    """
+
+    def __init__(
+        self, total_blocks: np.ndarray, reserved_blocks: np.ndarray, group_counts: Callable[[int], np.ndarray]
+    ) -> None:
+        self.total = total_blocks
+        self.reserved = reserved_blocks.copy()  # (instances, ranks)
+        self.free = total_blocks - reserved_blocks  # unreserved blocks
+        self.free_rank = self.free.argmax(axis=1)  # per instance, kept up to date by _take
+        self._initial_counts = group_counts
+        self._counts: dict[int, np.ndarray] = {}  # group -> its chunks booked on each (instance, rank)
+
+    def ranks(self, own_ranks: np.ndarray) -> np.ndarray:
+        """The rank a chunk runs on at each instance, given the rank of the request's own
+        earlier chunk there (-1 where none: `ClusterView.affinity_ranks`)."""
+        return np.where(own_ranks >= 0, own_ranks, self.free_rank)
+
+    def rank(self, instance_id: int, own_rank: int) -> int:
+        """`ranks` at one instance."""
+        return own_rank if own_rank >= 0 else int(self.free_rank[instance_id])
+
+    def group_counts(self, group: int) -> np.ndarray:
+        """Chunks of the group in flight on each (instance, rank)."""
+        counts = self._counts.get(group)
+        return self._initial_counts(group) if counts is None else counts
+
+    @staticmethod
+    def blocks(chunk_blocks: int, shared_blocks: int, siblings: np.ndarray | int) -> np.ndarray | int:
+        """Blocks a chunk adds to its rank's reservation beside `siblings` (>= 0) chunks of its
+        group on that rank (an array: on each instance's rank): its own blocks, plus the
+        shared prompt if it is the first there."""
+        if isinstance(siblings, np.ndarray):
+            return np.where(siblings, chunk_blocks - shared_blocks, chunk_blocks)
+        return chunk_blocks - shared_blocks if siblings else chunk_blocks
+
+    def book(self, instance_id: int, rank: int, group: int, chunk_blocks: int, shared_blocks: int) -> None:
+        counts = self._counts.get(group)
+        if counts is None:
+            counts = self._counts[group] = self._initial_counts(group).copy()
+        self._take(instance_id, rank, self.blocks(chunk_blocks, shared_blocks, int(counts[instance_id, rank])))
+        counts[instance_id, rank] += 1
+
+    def release(self, instance_id: int, rank: int, group: int, chunk_blocks: int, shared_blocks: int) -> None:
+        counts = self._counts[group]
+        counts[instance_id, rank] -= 1
+        self._take(instance_id, rank, -self.blocks(chunk_blocks, shared_blocks, int(counts[instance_id, rank])))
+
+    def _take(self, instance_id: int, rank: int, blocks: int) -> None:
+        self.reserved[instance_id, rank] += blocks
+        row = self.free[instance_id]
+        row[rank] -= blocks
+        self.free_rank[instance_id] = row.argmax()
 
 
 class Loads:
@@ -149,55 +229,60 @@ class Loads:
 
     KV room is checked per DP rank: each rank has its own KV cache and preempts on its
     own, so an instance has room for a chunk when the rank it would run on has. The
-    driver sends each chunk to that rank (the same `dispatch_ranks` on the same
-    reservations), so a chunk that fits here never makes its rank preempt."""
+    driver books each chunk on that rank by the same `RankReservations` rule, so a chunk
+    that fits here never makes its rank preempt."""
 
     def __init__(self, view: ClusterView, cfg: PolicyConfig) -> None:
         self.view = view
         self.rule = cfg.kv_reservation
-        self.in_flight = view.in_flight.astype(np.int64).copy()
-        self.rank_reserved = view.rank_reserved_blocks.astype(np.int64).copy()
-        self.rank_total = view.rank_total_blocks
+        self.in_flight = view.in_flight.astype(np.int64)
+        self.max_num_seqs = view.max_num_seqs
+        self._seq_room = self.in_flight < self.max_num_seqs
+        self.reservations = RankReservations(
+            view.rank_total_blocks, view.rank_reserved_blocks, view.group_rank_in_flight
+        )
         self._rows = np.arange(len(self.in_flight))
-        self._group_added: dict[int, np.ndarray] = {}  # group -> chunks this decide added per (instance, rank)
+        # the in-flight spread, kept by `add`: the least load and how many instances have it, the most
+        loads = self.in_flight.tolist()  # (Python's min/max beat numpy's on a few dozen values)
+        self._least, self._most = min(loads), max(loads)
+        self._at_least = loads.count(self._least)
+
+    @property
+    def spread(self) -> int:
+        """Most minus least in-flight chunks on an instance."""
+        return self._most - self._least
 
     def projected_blocks(self, request_id: int, max_new_tokens: int) -> Projection:
         """The rank the chunk would run on at each instance and the blocks it would add to
         that rank's reservation: its own context and growth, plus its group's shared
         prompt where no sibling on that rank already holds it."""
-        group = int(self.view.group_id[request_id])
-        total = chunk_blocks(self.view, request_id, max_new_tokens, self.rule)
-        shared = self.view.shared_prompt_blocks(group)
-        ranks = dispatch_ranks(self.view, self.rank_reserved, request_id)
-        held = self.view.group_rank_in_flight(group) + self._group_added.get(group, 0)
-        return Projection(ranks, np.where(held[self._rows, ranks] > 0, total - shared, total))
+        view = self.view
+        group = int(view.group_id[request_id])
+        total = chunk_blocks(view, request_id, max_new_tokens, self.rule)
+        shared = view.shared_prompt_blocks(group)
+        ranks = self.reservations.ranks(view.affinity_ranks(request_id))
+        siblings = self.reservations.group_counts(group)[self._rows, ranks]
+        return Projection(ranks, self.reservations.blocks(total, shared, siblings), group, total, shared)
 
     def headroom(self, p: Projection) -> np.ndarray:
         """Unreserved blocks of the rank the chunk would run on, on each instance."""
-        return self.rank_total[self._rows, p.ranks] - self.rank_reserved[self._rows, p.ranks]
+        return self.reservations.free[self._rows, p.ranks]
 
     def has_room(self, p: Projection) -> np.ndarray:
         """Instances where the chunk fits on its rank beside every in-flight chunk's reservation."""
-        return (p.blocks <= self.headroom(p)) & (self.in_flight < self.view.max_num_seqs)
+        return (p.blocks <= self.headroom(p)) & self._seq_room
 
     def add(self, instance_id: int, request_id: int, p: Projection) -> None:
-        rank = int(p.ranks[instance_id])
         self.in_flight[instance_id] += 1
-        self.rank_reserved[instance_id, rank] += p.blocks[instance_id]
-        group = int(self.view.group_id[request_id])
-        added = self._group_added.setdefault(group, np.zeros(self.rank_reserved.shape, np.int64))
-        added[instance_id, rank] += 1
-
-
-def dispatch_ranks(view: ClusterView, rank_reserved: np.ndarray, request_id: int) -> np.ndarray:
-    """The DP rank a chunk of the request runs on at each instance, given the ranks'
-    reserved blocks: the rank holding its own earlier context there (as the engine's
-    affinity: elsewhere it would recompute all of it), else the rank with the most
-    unreserved blocks, lowest index first. A Seer-like global scheduler routes each
-    chunk to its rank (vLLM takes a target data-parallel rank per request), so its
-    reservation and its KV land on the same rank."""
-    own = view.affinity_ranks(request_id)
-    return np.where(own >= 0, own, np.argmax(view.rank_total_blocks - rank_reserved, axis=1))
+        load = int(self.in_flight[instance_id])
+        self._seq_room[instance_id] = load < self.max_num_seqs
+        self._most = max(self._most, load)
+        if load - 1 == self._least:
+            self._at_least -= 1
+            if not self._at_least:  # it was the last at the least: all now have more
+                self._least = load
+                self._at_least = self.in_flight.tolist().count(load)
+        self.reservations.book(instance_id, int(p.ranks[instance_id]), p.group, p.chunk_blocks, p.shared_blocks)
 
 
 def chunk_blocks(view: ClusterView, request_id: int, max_new_tokens: int, rule: KVReservation) -> int:
@@ -242,19 +327,68 @@ def place_chunk(view: ClusterView, loads: Loads, request_id: int, max_new: int, 
     room = loads.has_room(blocks)
     if not room.any():
         return None
-    cached = view.cached_tokens(request_id)
-    best = max(cached.values(), default=0)
+    prefix = CachedPrefix(view, request_id)
     target = -1
-    if loads.in_flight.max() - loads.in_flight.min() <= cfg.imbalance_threshold and best > 0:
-        # longest cached prefix among instances with room; ties by load, then id
-        options = [(-tok, loads.in_flight[i], i) for i, tok in cached.items() if room[i] and tok > 0]
-        if options:
-            target = min(options)[2]
+    if loads.spread <= cfg.imbalance_threshold:
+        target = prefix.longest(room, loads.in_flight)
     if target < 0:
         candidates = np.flatnonzero(room)
         # fewest in-flight chunks; ties by the most KV headroom (of the rank it would run on), then id
         target = int(candidates[np.lexsort((-loads.headroom(blocks)[candidates], loads.in_flight[candidates]))[0]])
-    gap = best - cached.get(target, 0)
-    pull = gap > cfg.migrate_margin_tokens and view.pool_tokens(request_id) > cached.get(target, 0)
+    pull = prefix.pull_pays(target, view.pool_tokens(request_id), cfg.migrate_margin_tokens)
     loads.add(target, request_id, blocks)
     return Dispatch(request_id, target, max_new, pull)
+
+
+class CachedPrefix:
+    """A request's cached prefix on the instances it ran on, looked up lazily.
+
+    Each lookup reads (and first settles) an engine's KV cache, and a placement usually
+    needs only the instance its last chunk ran on: the others are visited in descending
+    order of `cached_tokens_bound`, and only while their bound can still change the
+    answer, which is therefore the one a lookup of every instance gives."""
+
+    def __init__(self, view: ClusterView, request_id: int) -> None:
+        self.view, self.request_id = view, request_id
+        self._bound = view.cached_tokens_bound(request_id)
+        self._by_bound = sorted(self._bound, key=self._bound.__getitem__, reverse=True)
+        self._tokens: dict[int, int] = {}
+
+    def on(self, instance_id: int) -> int:
+        """Tokens of the prefix cached on the instance (0 where the request never ran)."""
+        tokens = self._tokens.get(instance_id)
+        if tokens is None:
+            tokens = 0
+            if instance_id in self._bound:
+                tokens = self.view.cached_tokens(self.request_id, (instance_id,)).get(instance_id, 0)
+            self._tokens[instance_id] = tokens
+        return tokens
+
+    def longest(self, room: np.ndarray, in_flight: np.ndarray) -> int:
+        """The instance with room caching the longest prefix (ties by load, then id); -1
+        when none with room caches any."""
+        best: tuple[int, int, int] | None = None
+        for i in self._by_bound:
+            if best is not None and self._bound[i] < -best[0]:
+                break  # it and the rest cache less than the best so far
+            if room[i]:
+                tokens = self.on(i)
+                if tokens > 0 and (best is None or (-tokens, in_flight[i], i) < best):
+                    best = (-tokens, in_flight[i], i)
+        return -1 if best is None else best[2]
+
+    def pull_pays(self, instance_id: int, pooled_tokens: int, margin_tokens: int) -> bool:
+        """Whether a chunk on the instance pulls its missing KV: the pool holds more of the
+        request than the instance caches, and some instance caches more than
+        `margin_tokens` beyond it (else it recomputes what it lacks)."""
+        local = self.on(instance_id)
+        return pooled_tokens > local and self.longest_exceeds(local + margin_tokens)
+
+    def longest_exceeds(self, tokens: int) -> bool:
+        """Whether some instance caches more than `tokens` of the prefix."""
+        for i in self._by_bound:
+            if self._bound[i] <= tokens:
+                return False
+            if self.on(i) > tokens:
+                return True
+        return False

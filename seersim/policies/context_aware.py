@@ -37,6 +37,8 @@ class ContextAwarePolicy(Policy):
         self._waiting: dict[int, list[int]] = {}  # group -> sorted waiting non-probe ids
         self._estimate: dict[int, int] = {}
         self._is_probe: set[int] = set()
+        # service time per group, kept only for anti-starvation
+        self._starvation_every = cfg.anti_starvation_every
         self._served_s: dict[int, float] = {}
         self._dispatched_at: dict[int, float] = {}
         self._picks = 0
@@ -51,8 +53,9 @@ class ContextAwarePolicy(Policy):
 
     def on_chunk_done(self, view: ClusterView, request_id: int, finished: bool) -> None:
         group = int(view.group_id[request_id])
-        t0 = self._dispatched_at.pop(request_id, view.now_s)
-        self._served_s[group] = self._served_s.get(group, 0.0) + view.now_s - t0
+        if self._starvation_every:
+            now = view.now_s
+            self._served_s[group] = self._served_s.get(group, 0.0) + now - self._dispatched_at.pop(request_id, now)
         if finished:
             lengths = view.finished_lengths(group)
             new_est = max(lengths) if lengths else view.max_tokens
@@ -95,7 +98,7 @@ class ContextAwarePolicy(Policy):
         """The request to serve next and where it comes from ('probe' or 'group')."""
         if self._probe_heap:
             return self._probe_heap[0][1], "probe"
-        every = self.cfg.anti_starvation_every
+        every = self._starvation_every
         group = self._starved_group() if every and (self._picks + 1) % every == 0 else self._top_group()
         if group is None:
             return None
@@ -119,5 +122,6 @@ class ContextAwarePolicy(Policy):
                 group = int(view.group_id[rid])
                 self._waiting[group].pop(0)
                 self._push_group(group)
-            self._dispatched_at[rid] = view.now_s
+            if self._starvation_every:
+                self._dispatched_at[rid] = view.now_s
             out.append(d)
