@@ -226,15 +226,17 @@ class Instance:
             self._current = (plan, start)
             try:
                 yield At(env, plan.stretch.cumulative(steps), self.end_priority)
-            except simpy.Interrupt:
-                # Settle the steps already done; the one in progress completes.
-                steps = min(plan.stretch.steps_done_by(env.now - start, steps) + 1, steps)
+            except simpy.Interrupt as stop:
+                # Settle the steps already done; the one in progress completes (or, for a
+                # sibling finishing, the speculative epoch in progress: `sibling_finished`).
                 while True:
+                    cut = stop.cause if stop.cause is not None else plan.stretch.steps_done_by(env.now - start, steps) + 1
+                    steps = min(cut, steps)
                     try:
                         yield At(env, max(0.0, start + plan.stretch.cumulative(steps) - env.now), self.end_priority)
                         break
-                    except simpy.Interrupt:
-                        continue
+                    except simpy.Interrupt as again:
+                        stop = again
             self._interruptible = False
             self._current = None
             self._count(plan, steps)
@@ -242,6 +244,22 @@ class Instance:
                 # Chunks ended: let the global scheduler's pass at this instant (already
                 # queued) dispatch before this engine schedules its next iteration.
                 yield At(env, 0.0, AFTER_STRETCHES)
+
+    def sibling_finished(self, group: int, priority: float) -> None:
+        """A request of `group` finished on another instance, at an event of `priority`
+        (its stretch end). A speculative stretch running into later epochs whose batch
+        holds the group ends at the first epoch end after the iteration in progress, so
+        the next epoch's drafts see the new finished count, as step by step."""
+        if self._current is None or not self.spec.spans_epochs or not bool((self.batch.group == group).any()):
+            return
+        plan, start = self._current
+        elapsed = self.env.now - start
+        done = plan.stretch.steps_done_by(elapsed, plan.steps)
+        if done and priority < self.end_priority and plan.stretch.cumulative(done) == elapsed:
+            done -= 1  # step by step, that iteration's end at this instant comes after the finish
+        end = self.spec.epoch_end_from(done + 1)
+        if end is not None:
+            self.process.interrupt(end)
 
     def _count(self, plan: Plan, steps: int) -> None:
         """Add `steps` iterations of the plan to the busy time and iteration count."""

@@ -134,6 +134,9 @@ class SpecDecoder:
         self._max_emit_tokens = 1  # most tokens one iteration may emit per sequence (KV bound)
         # the current stretch's cumulative verified tokens per iteration, when its drafts change
         self._verified_cum: np.ndarray | None = None
+        # the current stretch's epoch starts (`_later_epochs`): (last iteration of the
+        # epoch before, the new epoch's context model: base per rank, rate per rank)
+        self._epoch_ends: list[tuple[int, np.ndarray, np.ndarray]] = []
 
     @staticmethod
     def max_draft_tokens(cfg: SpeculationConfig) -> int:
@@ -199,12 +202,23 @@ class SpecDecoder:
         self._cap(b)
         self._rebase = False
         self.epoch_step = 0
+        self.epoch_base_context = self._base_context(b, ranks, b.computed)
+        self.epoch_rate = self._context_rate(b, ranks)
+
+    @staticmethod
+    def _base_context(b: RunningBatch, ranks: DPRanks, computed: np.ndarray) -> np.ndarray:
+        """Per rank, the context an epoch's first iteration attends, its sequences having
+        `computed` tokens each (the epoch's context model starts there)."""
         if ranks.dp == 1:
-            self.epoch_base_context = np.array([float(int(b.computed.sum()) + len(b) + int(b.gamma.sum()))])
-            self.epoch_rate = np.array([int(b.tau_q.sum()) / Q])
-        else:
-            self.epoch_base_context = ranks.per_rank(b.rank, b.computed + 1 + b.gamma).astype(np.float64)
-            self.epoch_rate = np.bincount(b.rank, weights=b.tau_q, minlength=ranks.dp) / Q
+            return np.array([float(int(computed.sum()) + len(b) + int(b.gamma.sum()))])
+        return ranks.per_rank(b.rank, computed + 1 + b.gamma).astype(np.float64)
+
+    @staticmethod
+    def _context_rate(b: RunningBatch, ranks: DPRanks) -> np.ndarray:
+        """Per rank, the epoch's expected context growth per iteration (Σ τ)."""
+        if ranks.dp == 1:
+            return np.array([int(b.tau_q.sum()) / Q])
+        return np.bincount(b.rank, weights=b.tau_q, minlength=ranks.dp) / Q
 
     @staticmethod
     def _verify_tokens(b: RunningBatch) -> int:
@@ -250,10 +264,14 @@ class SpecDecoder:
             self._gamma_lines[batch] = per_gamma
         return per_gamma
 
-    def _adaptive_gamma(self, b: RunningBatch, alpha: np.ndarray, probe: np.ndarray) -> tuple[int, int]:
-        """(γ for probes, γ for the others) of a batch with these acceptances."""
+    def _adaptive_gamma(
+        self, b: RunningBatch, alpha: np.ndarray, probe: np.ndarray, context: int | None = None
+    ) -> tuple[int, int]:
+        """(γ for probes, γ for the others) of a batch with these acceptances, its
+        context being `context` tokens (default: the batch's now)."""
         batch = len(alpha)
-        context = int(b.computed.sum()) + len(b)
+        if context is None:
+            context = int(b.computed.sum()) + len(b)
         a_mean = float(alpha.sum()) / batch
         # drafts the step's token budget cannot verify are not worth building
         cap = min(MAX_DRAFT, (self.token_budget // batch - 1) // self.cfg.paths)
@@ -302,6 +320,7 @@ class SpecDecoder:
     # ------------------------------------------------------------------ planning
     def plan(self, state: EngineState, new: np.ndarray, changed: bool, preempted: bool) -> Plan:
         b = state.batch
+        self._epoch_ends = []
         if changed or preempted or not self._all_full_decodes(b, new):
             # A mixed iteration. Draft lengths stay until the epoch ends (sequences that
             # joined decode without drafts); the context model restarts from the new batch.
@@ -325,11 +344,17 @@ class SpecDecoder:
         verified: np.ndarray | None = None,
         first: int = 1,
         seqs: np.ndarray | None = None,
+        epoch: tuple[np.ndarray, np.ndarray] | None = None,
     ) -> LinearStretch:
         """The epoch's speculative iterations from the stretch's iteration `first` on: each
         rank verifies its sequences' drafts (`verified` tokens per rank, default: the
-        batch's now) over its expected context (the epoch's context model, per rank)."""
-        step = self.epoch_step + first - 1  # epoch iterations done before it
+        batch's now) over its expected context (the epoch's context model, per rank).
+        `epoch`: the context model (base, rate) of a later epoch that starts at `first`."""
+        if epoch is None:
+            base, rate_per_rank = self.epoch_base_context, self.epoch_rate
+            step = self.epoch_step + first - 1  # epoch iterations done before it
+        else:
+            (base, rate_per_rank), step = epoch, 0
         if ranks.dp == 1:  # the same as below, in scalars, with the lines memoised
             seqs = len(b)
             tokens = seqs + int(b.gamma.sum()) if verified is None else int(verified[0])
@@ -348,16 +373,16 @@ class SpecDecoder:
                     one,
                     overhead_s=self.cfg.draft_overhead_s if tokens > seqs else 0.0,
                 )[0]
-            rate = float(self.epoch_rate[0])
-            return LinearStretch(lines, float(self.epoch_base_context[0]) + rate * (step - 1), rate)
+            rate = float(rate_per_rank[0])
+            return LinearStretch(lines, float(base[0]) + rate * (step - 1), rate)
         if seqs is None:
             seqs = ranks.per_rank(b.rank)
         if verified is None:
             verified = ranks.per_rank(b.rank, 1 + b.gamma)
         queries = verified / np.maximum(seqs, 1)
-        c0 = self.epoch_base_context + self.epoch_rate * (step - 1)
+        c0 = base + rate_per_rank * (step - 1)
         overhead = self.cfg.draft_overhead_s if int(verified.sum()) > len(b) else 0.0
-        return ranks.stretch(seqs, verified, np.zeros(ranks.dp), queries, c0, self.epoch_rate, overhead_s=overhead)
+        return ranks.stretch(seqs, verified, np.zeros(ranks.dp), queries, c0, rate_per_rank, overhead_s=overhead)
 
     def _plan_decode(self, state: EngineState) -> Plan:
         """A pure speculative-decode stretch, in closed form (O(n log K), no per-step loop).
@@ -380,7 +405,7 @@ class SpecDecoder:
             need = -(-(computed + 1 + gamma + (acc + (k - 1) * tq) // Q) // bs)
             return ranks.per_rank(rank, np.maximum(need - blocks - shared, 0))
 
-        if not state.fast_forward or self.epoch_left <= 1:
+        if not state.fast_forward:
             return Plan(1, self._stretch(b, ranks), "spec_decode", None, extra_blocks)
         # The draft cap min(draft, left − 1) changes at the first iteration where
         # emitted-so-far ≥ max(left − draft, 1); without drafts that threshold is the
@@ -390,16 +415,72 @@ class SpecDecoder:
         np.maximum(threshold, 1, out=threshold)
         np.minimum(threshold, left, out=threshold)
         cap_reach = _first_emitting(threshold, acc, tq)
-        steps = max(1, min(self.epoch_left, int(cap_reach.min())))
+        cap_min = int(cap_reach.min())
+        steps = max(1, min(self.epoch_left, cap_min))
         if steps < self.epoch_left and self.cfg.paths == 1:
             last = max(1, min(self.epoch_left, int(_first_emitting(left.copy(), acc, tq).min())))
             if steps < last:
                 verified = self._verified_if_budget_left(b, ranks)
                 if verified is not None:
                     return self._plan_across_caps(state, cap_reach, last, verified)
+        if steps == self.epoch_left < cap_min:
+            steps = self._later_epochs(b, ranks, steps, cap_min)
         if steps > 1 and not self._blocks_surely_fit(b, ranks, steps, state.stretch_block_limit(), bs):
             steps = steps_within(extra_blocks, state.stretch_block_limit(), steps)
+        if self._epoch_ends:
+            ends = self._epoch_ends = [e for e in self._epoch_ends if e[0] < steps]
+            if ends:
+                parts = [(1, self._stretch(b, ranks))]
+                parts += [(end + 1, self._stretch(b, ranks, epoch=(base, rate))) for end, base, rate in ends]
+                return Plan(steps, SegmentedStretch(parts), "spec_decode", None, extra_blocks)
         return Plan(steps, self._stretch(b, ranks), "spec_decode", None, extra_blocks)
+
+    def _later_epochs(self, b: RunningBatch, ranks: DPRanks, steps: int, cap_min: int) -> int:
+        """How far a stretch whose epoch ends after `steps` iterations, with no draft cap
+        changing before iteration `cap_min` + 1, may run on through later epochs.
+
+        An epoch start re-chooses the drafts (`begin_iteration`): from the batch, its
+        context and its groups' finished siblings. The batch is fixed in a stretch and
+        its context is known at each epoch start, so the stretch goes on while the
+        drafts each start would assign are the ones the batch has: then the emissions
+        (acc + k·τ) // Q, the KV slots and the token budget run on unchanged, and only
+        the context model restarts (a new piece of the stretch's time, kept in
+        `_epoch_ends` for `advance`). A sibling finishing elsewhere in the meantime
+        ends the stretch at the next epoch end (`epoch_end_from`), so each epoch start
+        sees the finished counts step-by-step simulation would. Returns the steps."""
+        refs = self.groups.finished_siblings(b.rid) if self.grouped else None
+        probe = self.groups.is_probe(b.rid)
+        g_probe, g_other = self.epoch_gamma
+        draft = np.where(probe, g_probe, g_other) if g_probe != g_other else g_other
+        if not bool((b.draft == draft).all()):
+            return steps
+        if not bool((b.tau_q == (self._tau_q[refs, b.draft] if refs is not None else self._tau_q[0, b.draft])).all()):
+            return steps  # a sibling finished since the drafts were assigned
+        alpha = self._alpha[refs] if refs is not None else None
+        rate = self._context_rate(b, ranks)
+        ends = self._epoch_ends
+        computed, acc, tq = b.computed, b.acc, b.tau_q
+        while steps < cap_min and len(ends) < MAX_SEGMENTS - 1:
+            at_start = computed + (acc + steps * tq) // Q  # no chunk fills before cap_min
+            if alpha is not None and self._adaptive_gamma(b, alpha, probe, int(at_start.sum()) + len(b)) != self.epoch_gamma:
+                break
+            ends.append((steps, self._base_context(b, ranks, at_start), rate))
+            steps = min(steps + self.cfg.reevaluate_steps, cap_min)
+        return steps
+
+    def epoch_end_from(self, k: int) -> int | None:
+        """The current stretch's first epoch end at or after its iteration `k` (None if
+        no epoch of it starts after iteration k): where it must end when a sibling
+        finishes during iteration k, so that the next epoch sees the new count."""
+        for end, _, _ in self._epoch_ends:
+            if end >= k:
+                return end
+        return None
+
+    @property
+    def spans_epochs(self) -> bool:
+        """Whether the current stretch runs into later epochs (see `_later_epochs`)."""
+        return bool(self._epoch_ends)
 
     def _verified_if_budget_left(self, b: RunningBatch, ranks: DPRanks) -> np.ndarray | None:
         """Tokens each rank verifies per iteration now, if every rank leaves some of its
@@ -510,8 +591,15 @@ class SpecDecoder:
         return np.minimum((b.acc + steps * b.tau_q) // Q, b.left)
 
     def advance(self, b: RunningBatch, steps: int) -> None:
-        """`steps` speculative iterations ran: advance accumulators and the epoch."""
+        """`steps` speculative iterations ran: advance accumulators and the epoch (the
+        last epoch the stretch started, with its context model)."""
         b.acc[:] = (b.acc + steps * b.tau_q) % Q
+        started = [e for e in self._epoch_ends if e[0] < steps]
+        self._epoch_ends = []
+        if started:
+            end, self.epoch_base_context, self.epoch_rate = started[-1]
+            self.epoch_left, self.epoch_step = self.cfg.reevaluate_steps, 0
+            steps -= end
         self._iterations_done(steps)
 
     def _iterations_done(self, steps: int) -> None:
