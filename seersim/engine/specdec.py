@@ -37,6 +37,8 @@ the others (β[j] = α^j, the probability that the j-th draft token is accepted)
 
 from __future__ import annotations
 
+from collections.abc import Callable
+from itertools import accumulate
 
 import numpy as np
 
@@ -137,6 +139,9 @@ class SpecDecoder:
         # the current stretch's epoch starts (`_later_epochs`): (last iteration of the
         # epoch before, the new epoch's context model: base per rank, rate per rank)
         self._epoch_ends: list[tuple[int, np.ndarray, np.ndarray]] = []
+        # later epochs a stretch plans ahead: halved when finished siblings cut stretches
+        # short (their pieces were planned in vain), doubled when one runs through them
+        self._epochs_ahead = MAX_SEGMENTS - 1
 
     @staticmethod
     def max_draft_tokens(cfg: SpeculationConfig) -> int:
@@ -264,40 +269,48 @@ class SpecDecoder:
             self._gamma_lines[batch] = per_gamma
         return per_gamma
 
-    def _adaptive_gamma(
-        self, b: RunningBatch, alpha: np.ndarray, probe: np.ndarray, context: int | None = None
-    ) -> tuple[int, int]:
-        """(γ for probes, γ for the others) of a batch with these acceptances, its
-        context being `context` tokens (default: the batch's now)."""
+    def _adaptive_gamma(self, b: RunningBatch, alpha: np.ndarray, probe: np.ndarray) -> tuple[int, int]:
+        """(γ for probes, γ for the others) of a batch with these acceptances, now."""
+        return self._gamma_choice(alpha, probe)(int(b.computed.sum()) + len(b))
+
+    def _gamma_choice(self, alpha: np.ndarray, probe: np.ndarray) -> Callable[[int], tuple[int, int]]:
+        """Algorithm 1 for a batch with these acceptances, as a function of its context
+        tokens: (γ for probes, γ for the others). The batch's statistics are taken once,
+        for the epoch starts a stretch plans ahead (`_later_epochs`)."""
         batch = len(alpha)
-        if context is None:
-            context = int(b.computed.sum()) + len(b)
         a_mean = float(alpha.sum()) / batch
         # drafts the step's token budget cannot verify are not worth building
         cap = min(MAX_DRAFT, (self.token_budget // batch - 1) // self.cfg.paths)
-        # time per accepted token: iteration time / τ(γ), τ(γ) = Σ_{j ≤ γ} a_mean^j
-        best, best_s, tau_g = -1, 0.0, 0
-        for g, (lines, extra, overhead_s) in enumerate(self._iteration_lines(batch)[: cap + 1]):
-            tau_g += a_mean**g
-            per_token_s = (lines.at(context + extra) + overhead_s) / tau_g
-            if best < 0 or per_token_s < best_s:  # the first minimum
-                best, best_s = g, per_token_s
+        per_gamma = self._iteration_lines(batch)[: cap + 1]
+        # τ(γ) = Σ_{j ≤ γ} a_mean^j
+        tau_g = list(accumulate(a_mean**g for g in range(len(per_gamma))))
         n_h = int(probe.sum())
         n_l = batch - n_h
-        budget = best * batch
-        if best == 0 or budget < n_h:
-            return 0, 0
-        if n_h == 0:
-            return best, best
-        a_h = float(alpha[probe].sum()) / n_h
+        a_h = float(alpha[probe].sum()) / n_h if n_h else 0.0
         a_l = float(alpha[~probe].sum()) / n_l if n_l else 0.0
-        key = (budget, n_h, n_l, a_h, a_l)
-        split = self._split_memo.get(key)
-        if split is None:
-            if len(self._split_memo) >= 65536:
-                self._split_memo.clear()
-            split = self._split_memo[key] = self._split_budget(budget, n_h, n_l, a_h, a_l)
-        return split
+        memo = self._split_memo
+
+        def choose(context: int) -> tuple[int, int]:
+            # time per accepted token: iteration time / τ(γ)
+            best, best_s = -1, 0.0
+            for g, (lines, extra, overhead_s) in enumerate(per_gamma):
+                per_token_s = (lines.at(context + extra) + overhead_s) / tau_g[g]
+                if best < 0 or per_token_s < best_s:  # the first minimum
+                    best, best_s = g, per_token_s
+            budget = best * batch
+            if best == 0 or budget < n_h:
+                return 0, 0
+            if n_h == 0:
+                return best, best
+            key = (budget, n_h, n_l, a_h, a_l)
+            split = memo.get(key)
+            if split is None:
+                if len(memo) >= 65536:
+                    memo.clear()
+                split = memo[key] = self._split_budget(budget, n_h, n_l, a_h, a_l)
+            return split
+
+        return choose
 
     @staticmethod
     def _split_budget(budget: int, n_h: int, n_l: int, a_h: float, a_l: float) -> tuple[int, int]:
@@ -456,13 +469,13 @@ class SpecDecoder:
             return steps
         if not bool((b.tau_q == (self._tau_q[refs, b.draft] if refs is not None else self._tau_q[0, b.draft])).all()):
             return steps  # a sibling finished since the drafts were assigned
-        alpha = self._alpha[refs] if refs is not None else None
+        choose = self._gamma_choice(self._alpha[refs], probe) if refs is not None else None
         rate = self._context_rate(b, ranks)
         ends = self._epoch_ends
         computed, acc, tq = b.computed, b.acc, b.tau_q
-        while steps < cap_min and len(ends) < MAX_SEGMENTS - 1:
+        while steps < cap_min and len(ends) < self._epochs_ahead:
             at_start = computed + (acc + steps * tq) // Q  # no chunk fills before cap_min
-            if alpha is not None and self._adaptive_gamma(b, alpha, probe, int(at_start.sum()) + len(b)) != self.epoch_gamma:
+            if choose is not None and choose(int(at_start.sum()) + len(b)) != self.epoch_gamma:
                 break
             ends.append((steps, self._base_context(b, ranks, at_start), rate))
             steps = min(steps + self.cfg.reevaluate_steps, cap_min)
@@ -523,12 +536,10 @@ class SpecDecoder:
             self._verified_cum = None  # the drafts stay as they are throughout
             return Plan(steps, self._stretch(b, ranks, verified), "spec_decode", None, blocks_fn)
         seqs = ranks.per_rank(b.rank) if ranks.dp > 1 else None
-        owners = b.rank[moving].tolist()
+        owners = b.rank[moving]
         parts = []
         for first in starts:
-            piece = verified.copy()
-            for owner, change in zip(owners, drafts[:, first - 1].tolist()):
-                piece[owner] += change
+            piece = verified + ranks.per_rank(owners, drafts[:, first - 1])
             parts.append((first, self._stretch(b, ranks, piece, first, seqs)))
         return Plan(steps, SegmentedStretch(parts), "spec_decode", None, blocks_fn)
 
@@ -594,8 +605,14 @@ class SpecDecoder:
         """`steps` speculative iterations ran: advance accumulators and the epoch (the
         last epoch the stretch started, with its context model)."""
         b.acc[:] = (b.acc + steps * b.tau_q) % Q
-        started = [e for e in self._epoch_ends if e[0] < steps]
+        planned = self._epoch_ends
+        started = [e for e in planned if e[0] < steps]
         self._epoch_ends = []
+        if planned:
+            if len(started) == len(planned):
+                self._epochs_ahead = min(2 * self._epochs_ahead, MAX_SEGMENTS - 1)
+            else:
+                self._epochs_ahead = max(1, self._epochs_ahead // 2)
         if started:
             end, self.epoch_base_context, self.epoch_rate = started[-1]
             self.epoch_left, self.epoch_step = self.cfg.reevaluate_steps, 0
