@@ -389,7 +389,7 @@ class SpecDecoder:
             rate = float(rate_per_rank[0])
             return LinearStretch(lines, float(base[0]) + rate * (step - 1), rate)
         if seqs is None:
-            seqs = ranks.per_rank(b.rank)
+            seqs = b.rank_counts(ranks.dp)
         if verified is None:
             verified = ranks.per_rank(b.rank, 1 + b.gamma)
         queries = verified / np.maximum(seqs, 1)
@@ -535,7 +535,7 @@ class SpecDecoder:
         if len(starts) == 1:
             self._verified_cum = None  # the drafts stay as they are throughout
             return Plan(steps, self._stretch(b, ranks, verified), "spec_decode", None, blocks_fn)
-        seqs = ranks.per_rank(b.rank) if ranks.dp > 1 else None
+        seqs = b.rank_counts(ranks.dp) if ranks.dp > 1 else None
         owners = b.rank[moving]
         parts = []
         for first in starts:
@@ -569,7 +569,7 @@ class SpecDecoder:
         per_seq = (1 + (steps - 1) * self._max_emit_tokens) // bs + 1
         if ranks.dp == 1:
             return len(b) * per_seq <= int(limit[0])
-        return bool((ranks.per_rank(b.rank) * per_seq <= limit).all())
+        return bool((b.rank_counts(ranks.dp) * per_seq <= limit).all())
 
     # ------------------------------------------------------------------ emissions
     def mixed_emission(self, b: RunningBatch, speculating: np.ndarray, new: np.ndarray) -> np.ndarray:
