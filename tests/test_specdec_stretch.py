@@ -26,7 +26,7 @@ def _record_pieces(monkeypatch) -> dict[str, int]:
         if isinstance(plan.stretch, SegmentedStretch):
             if self.spec.spans_epochs:
                 seen["epochs"] += 1
-                seen["epochs_interrupted"] += steps < plan.steps and self.spec.epoch_end_from(steps) != steps
+                seen["epochs_interrupted"] += steps < plan.steps and steps not in self.spec.epoch_ends
             else:
                 seen["segmented"] += 1
                 seen["interrupted"] += steps < plan.steps
@@ -55,26 +55,25 @@ def test_stretch_across_epochs(monkeypatch, over):
     finishing on another instance ends one at its next epoch end, a dispatch inside
     a later epoch."""
     from seersim.engine.instance import Instance
-    from seersim.engine.specdec import SpecDecoder
 
     seen = _record_pieces(monkeypatch)
-    cuts = {"n": 0, "in_sibling_finished": False}
-    end_from, sibling_finished = SpecDecoder.epoch_end_from, Instance.sibling_finished
+    cuts = {"n": 0}
+    sibling_finished = Instance.sibling_finished
 
-    def recording_end(self, k):
-        end = end_from(self, k)
-        cuts["n"] += cuts["in_sibling_finished"] and end is not None
-        return end
+    def recording(self, group, priority):
+        interrupts = self.process.interrupt
 
-    def recording_sibling(self, group, priority):
-        cuts["in_sibling_finished"] = True
+        def counting(cause):
+            cuts["n"] += 1
+            interrupts(cause)
+
+        self.process.interrupt = counting
         try:
             sibling_finished(self, group, priority)
         finally:
-            cuts["in_sibling_finished"] = False
+            del self.process.interrupt
 
-    monkeypatch.setattr(SpecDecoder, "epoch_end_from", recording_end)
-    monkeypatch.setattr(Instance, "sibling_finished", recording_sibling)
+    monkeypatch.setattr(Instance, "sibling_finished", recording)
     over = {
         **SEER,
         "cluster.instances": 3,

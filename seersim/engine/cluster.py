@@ -179,7 +179,7 @@ class SimBackend:
             # its siblings' acceptance rises: stretches across speculative epochs end early
             group, priority = int(t.group_id[request_id]), self.instances[instance_id].end_priority
             for inst in self.instances:
-                if inst.id != instance_id:
+                if inst.spans_epochs and inst.id != instance_id:
                     inst.sibling_finished(group, priority)
 
     # ------------------------------------------------------------------ observation

@@ -122,6 +122,7 @@ class Instance:
         self._wake: simpy.Event | None = None
         self._interruptible = False
         self._current: tuple[Plan, float] | None = None  # the stretch in progress and its start
+        self.spans_epochs = False  # it is speculative and runs into later epochs (`sibling_finished`)
         self._kv_pre = np.zeros(dp, np.int64)  # blocks per rank of that stretch allocated early by settle_kv()
         # a sequence will emit its first token in a decode iteration (its prompt was
         # fully cached at admission, or a prefill left exactly one prompt token)
@@ -224,6 +225,7 @@ class Instance:
             steps = plan.steps
             self._interruptible = steps > 1
             self._current = (plan, start)
+            self.spans_epochs = plan.kind == "spec_decode" and self.spec.spans_epochs
             try:
                 yield At(env, plan.stretch.cumulative(steps), self.end_priority)
             except simpy.Interrupt as stop:
@@ -239,6 +241,7 @@ class Instance:
                         stop = again
             self._interruptible = False
             self._current = None
+            self.spans_epochs = False
             self._count(plan, steps)
             if self._advance(plan, steps, start):
                 # Chunks ended: let the global scheduler's pass at this instant (already
@@ -248,18 +251,21 @@ class Instance:
     def sibling_finished(self, group: int, priority: float) -> None:
         """A request of `group` finished on another instance, at an event of `priority`
         (its stretch end). A speculative stretch running into later epochs whose batch
-        holds the group ends at the first epoch end after the iteration in progress, so
-        the next epoch's drafts see the new finished count, as step by step."""
-        if self._current is None or not self.spec.spans_epochs or not bool((self.batch.group == group).any()):
+        holds the group ends at the first epoch end not yet reached, so the next epoch's
+        drafts see the new finished count, as step by step (an epoch end at this very
+        instant is reached if its event, step by step, comes first). Later finishes can
+        only cut it there again: it stops listening."""
+        if not bool((self.batch.group == group).any()):
             return
         plan, start = self._current
         elapsed = self.env.now - start
-        done = plan.stretch.steps_done_by(elapsed, plan.steps)
-        if done and priority < self.end_priority and plan.stretch.cumulative(done) == elapsed:
-            done -= 1  # step by step, that iteration's end at this instant comes after the finish
-        end = self.spec.epoch_end_from(done + 1)
-        if end is not None:
-            self.process.interrupt(end)
+        for end in self.spec.epoch_ends:
+            end_s = plan.stretch.cumulative(end)
+            if end_s > elapsed or (end_s == elapsed and priority < self.end_priority):
+                self.spans_epochs = False
+                self.process.interrupt(end)
+                return
+        self.spans_epochs = False  # every epoch it planned has started
 
     def _count(self, plan: Plan, steps: int) -> None:
         """Add `steps` iterations of the plan to the busy time and iteration count."""
@@ -315,6 +321,7 @@ class Instance:
             plan, start = self._current
             done = plan.stretch.steps_done_by(self.env.now - start, plan.steps)
             self._current = None
+            self.spans_epochs = False
             self._undo_pre()  # _advance re-allocates the completed iterations' blocks
             if done:
                 self._count(plan, done)

@@ -459,7 +459,7 @@ class SpecDecoder:
         (acc + k·τ) // Q, the KV slots and the token budget run on unchanged, and only
         the context model restarts (a new piece of the stretch's time, kept in
         `_epoch_ends` for `advance`). A sibling finishing elsewhere in the meantime
-        ends the stretch at the next epoch end (`epoch_end_from`), so each epoch start
+        ends the stretch at the next epoch end (`Instance.sibling_finished`), so each epoch start
         sees the finished counts step-by-step simulation would. Returns the steps."""
         refs = self.groups.finished_siblings(b.rid) if self.grouped else None
         probe = self.groups.is_probe(b.rid)
@@ -481,14 +481,11 @@ class SpecDecoder:
             steps = min(steps + self.cfg.reevaluate_steps, cap_min)
         return steps
 
-    def epoch_end_from(self, k: int) -> int | None:
-        """The current stretch's first epoch end at or after its iteration `k` (None if
-        no epoch of it starts after iteration k): where it must end when a sibling
-        finishes during iteration k, so that the next epoch sees the new count."""
-        for end, _, _ in self._epoch_ends:
-            if end >= k:
-                return end
-        return None
+    @property
+    def epoch_ends(self) -> list[int]:
+        """The current stretch's epoch ends before its last iteration (see `_later_epochs`):
+        where it must end when a sibling finishes before them."""
+        return [end for end, _, _ in self._epoch_ends]
 
     @property
     def spans_epochs(self) -> bool:
