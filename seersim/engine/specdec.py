@@ -140,7 +140,8 @@ class SpecDecoder:
         # epoch before, the new epoch's context model: base per rank, rate per rank)
         self._epoch_ends: list[tuple[int, np.ndarray, np.ndarray]] = []
         # later epochs a stretch plans ahead: halved when finished siblings cut stretches
-        # short (their pieces were planned in vain), doubled when one runs through them
+        # short (their pieces were planned in vain), doubled when one runs through them;
+        # 0 (after one epoch planned in vain twice running): skip one look-ahead
         self._epochs_ahead = MAX_SEGMENTS - 1
 
     @staticmethod
@@ -437,7 +438,10 @@ class SpecDecoder:
                 if verified is not None:
                     return self._plan_across_caps(state, cap_reach, last, verified)
         if steps == self.epoch_left < cap_min:
-            steps = self._later_epochs(b, ranks, steps, cap_min)
+            if self._epochs_ahead:
+                steps = self._later_epochs(b, ranks, steps, cap_min)
+            else:
+                self._epochs_ahead = 1
         if steps > 1 and not self._blocks_surely_fit(b, ranks, steps, state.stretch_block_limit(), bs):
             steps = steps_within(extra_blocks, state.stretch_block_limit(), steps)
         if self._epoch_ends:
@@ -608,8 +612,10 @@ class SpecDecoder:
         if planned:
             if len(started) == len(planned):
                 self._epochs_ahead = min(2 * self._epochs_ahead, MAX_SEGMENTS - 1)
-            else:
+            elif started or self._epochs_ahead > 1:
                 self._epochs_ahead = max(1, self._epochs_ahead // 2)
+            else:
+                self._epochs_ahead = 0  # wasted again: skip the next epoch end's look-ahead
         if started:
             end, self.epoch_base_context, self.epoch_rate = started[-1]
             self.epoch_left, self.epoch_step = self.cfg.reevaluate_steps, 0
