@@ -14,17 +14,22 @@ from test_fast_forward import SMALL, _assert_equivalent, _both
 
 
 def _record_pieces(monkeypatch) -> dict[str, int]:
-    """Count speculative plans made of several pieces, and those a dispatch interrupted."""
+    """Count speculative plans made of pieces across draft-cap changes, those a dispatch
+    interrupted, and plans running into later epochs (their pieces are epochs)."""
     from seersim.engine.instance import Instance
     from seersim.engine.stretch import SegmentedStretch
 
-    seen = {"segmented": 0, "interrupted": 0}
+    seen = {"segmented": 0, "interrupted": 0, "epochs": 0, "epochs_interrupted": 0}
     original = Instance._advance
 
     def recording(self, plan, steps, start):
         if isinstance(plan.stretch, SegmentedStretch):
-            seen["segmented"] += 1
-            seen["interrupted"] += steps < plan.steps
+            if self.spec.spans_epochs:
+                seen["epochs"] += 1
+                seen["epochs_interrupted"] += steps < plan.steps and steps not in self.spec.epoch_ends
+            else:
+                seen["segmented"] += 1
+                seen["interrupted"] += steps < plan.steps
         return original(self, plan, steps, start)
 
     monkeypatch.setattr(Instance, "_advance", recording)
@@ -41,6 +46,46 @@ def test_stretch_across_cap_changes(monkeypatch, over):
     ff, sbs = _both("seer", **{**SEER, **over})
     assert seen["segmented"] > 0, "scenario must plan stretches across draft-cap changes"
     assert seen["interrupted"] > 0, "scenario must interrupt such a stretch"
+    _assert_equivalent(ff, sbs)
+
+
+@pytest.mark.parametrize("over", [{}, {"cluster.parallelism.dp": 2}], ids=["dp1", "dp2"])
+def test_stretch_across_epochs(monkeypatch, over):
+    """Short epochs: stretches run on through epoch starts whose drafts stay; a sibling
+    finishing on another instance ends one at its next epoch end, a dispatch inside
+    a later epoch."""
+    from seersim.engine.instance import Instance
+
+    seen = _record_pieces(monkeypatch)
+    cuts = {"n": 0}
+    sibling_finished = Instance.sibling_finished
+
+    def recording(self, group, priority):
+        interrupts = self.process.interrupt
+
+        def counting(cause):
+            cuts["n"] += 1
+            interrupts(cause)
+
+        self.process.interrupt = counting
+        try:
+            sibling_finished(self, group, priority)
+        finally:
+            del self.process.interrupt
+
+    monkeypatch.setattr(Instance, "sibling_finished", recording)
+    over = {
+        **SEER,
+        "cluster.instances": 3,
+        "engine.max_num_seqs": 16,
+        "policy.chunk_tokens": 256,
+        "engine.speculation.reevaluate_steps": 4,
+        **over,
+    }
+    ff, sbs = _both("seer", **over)
+    assert seen["epochs"] > 0, "scenario must plan stretches across epochs"
+    assert cuts["n"] > 0, "scenario must end such a stretch early for a finished sibling"
+    assert seen["epochs_interrupted"] > 0, "scenario must interrupt such a stretch for a dispatch"
     _assert_equivalent(ff, sbs)
 
 

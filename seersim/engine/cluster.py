@@ -175,6 +175,12 @@ class SimBackend:
         else:
             self.pool.store(request_id, int(t.input_tokens[request_id] + t.generated[request_id]))
         self.listener.chunk_done(instance_id, request_id, int(t.generated[request_id]), finished)
+        if finished and self.scenario.engine.speculation.mode == "grouped_adaptive":
+            # its siblings' acceptance rises: stretches across speculative epochs end early
+            group, priority = int(t.group_id[request_id]), self.instances[instance_id].end_priority
+            for inst in self.instances:
+                if inst.spans_epochs and inst.id != instance_id:
+                    inst.sibling_finished(group, priority)
 
     # ------------------------------------------------------------------ observation
     def kv_used_blocks(self) -> np.ndarray:

@@ -122,6 +122,7 @@ class Instance:
         self._wake: simpy.Event | None = None
         self._interruptible = False
         self._current: tuple[Plan, float] | None = None  # the stretch in progress and its start
+        self.spans_epochs = False  # it is speculative and runs into later epochs (`sibling_finished`)
         self._kv_pre = np.zeros(dp, np.int64)  # blocks per rank of that stretch allocated early by settle_kv()
         # a sequence will emit its first token in a decode iteration (its prompt was
         # fully cached at admission, or a prefill left exactly one prompt token)
@@ -224,24 +225,47 @@ class Instance:
             steps = plan.steps
             self._interruptible = steps > 1
             self._current = (plan, start)
+            self.spans_epochs = plan.kind == "spec_decode" and self.spec.spans_epochs
             try:
                 yield At(env, plan.stretch.cumulative(steps), self.end_priority)
-            except simpy.Interrupt:
-                # Settle the steps already done; the one in progress completes.
-                steps = min(plan.stretch.steps_done_by(env.now - start, steps) + 1, steps)
+            except simpy.Interrupt as stop:
+                # Settle the steps already done; the one in progress completes (or, for a
+                # sibling finishing, the speculative epoch in progress: `sibling_finished`).
                 while True:
+                    cut = stop.cause if stop.cause is not None else plan.stretch.steps_done_by(env.now - start, steps) + 1
+                    steps = min(cut, steps)
                     try:
                         yield At(env, max(0.0, start + plan.stretch.cumulative(steps) - env.now), self.end_priority)
                         break
-                    except simpy.Interrupt:
-                        continue
+                    except simpy.Interrupt as again:
+                        stop = again
             self._interruptible = False
             self._current = None
+            self.spans_epochs = False
             self._count(plan, steps)
             if self._advance(plan, steps, start):
                 # Chunks ended: let the global scheduler's pass at this instant (already
                 # queued) dispatch before this engine schedules its next iteration.
                 yield At(env, 0.0, AFTER_STRETCHES)
+
+    def sibling_finished(self, group: int, priority: float) -> None:
+        """A request of `group` finished on another instance, at an event of `priority`
+        (its stretch end). A speculative stretch running into later epochs whose batch
+        holds the group ends at the first epoch end not yet reached, so the next epoch's
+        drafts see the new finished count, as step by step (an epoch end at this very
+        instant is reached if its event, step by step, comes first). Later finishes can
+        only cut it there again: it stops listening."""
+        if not bool((self.batch.group == group).any()):
+            return
+        plan, start = self._current
+        elapsed = self.env.now - start
+        for end in self.spec.epoch_ends:
+            end_s = plan.stretch.cumulative(end)
+            if end_s > elapsed or (end_s == elapsed and priority < self.end_priority):
+                self.spans_epochs = False
+                self.process.interrupt(end)
+                return
+        self.spans_epochs = False  # every epoch it planned has started
 
     def _count(self, plan: Plan, steps: int) -> None:
         """Add `steps` iterations of the plan to the busy time and iteration count."""
@@ -297,6 +321,7 @@ class Instance:
             plan, start = self._current
             done = plan.stretch.steps_done_by(self.env.now - start, plan.steps)
             self._current = None
+            self.spans_epochs = False
             self._undo_pre()  # _advance re-allocates the completed iterations' blocks
             if done:
                 self._count(plan, done)

@@ -37,6 +37,8 @@ the others (β[j] = α^j, the probability that the j-th draft token is accepted)
 
 from __future__ import annotations
 
+from collections.abc import Callable
+from itertools import accumulate
 
 import numpy as np
 
@@ -134,6 +136,13 @@ class SpecDecoder:
         self._max_emit_tokens = 1  # most tokens one iteration may emit per sequence (KV bound)
         # the current stretch's cumulative verified tokens per iteration, when its drafts change
         self._verified_cum: np.ndarray | None = None
+        # the current stretch's epoch starts (`_later_epochs`): (last iteration of the
+        # epoch before, the new epoch's context model: base per rank, rate per rank)
+        self._epoch_ends: list[tuple[int, np.ndarray, np.ndarray]] = []
+        # later epochs a stretch plans ahead: halved when finished siblings cut stretches
+        # short (their pieces were planned in vain), doubled when one runs through them;
+        # 0 (after one epoch planned in vain twice running): skip one look-ahead
+        self._epochs_ahead = MAX_SEGMENTS - 1
 
     @staticmethod
     def max_draft_tokens(cfg: SpeculationConfig) -> int:
@@ -199,12 +208,23 @@ class SpecDecoder:
         self._cap(b)
         self._rebase = False
         self.epoch_step = 0
+        self.epoch_base_context = self._base_context(b, ranks, b.computed)
+        self.epoch_rate = self._context_rate(b, ranks)
+
+    @staticmethod
+    def _base_context(b: RunningBatch, ranks: DPRanks, computed: np.ndarray) -> np.ndarray:
+        """Per rank, the context an epoch's first iteration attends, its sequences having
+        `computed` tokens each (the epoch's context model starts there)."""
         if ranks.dp == 1:
-            self.epoch_base_context = np.array([float(int(b.computed.sum()) + len(b) + int(b.gamma.sum()))])
-            self.epoch_rate = np.array([int(b.tau_q.sum()) / Q])
-        else:
-            self.epoch_base_context = ranks.per_rank(b.rank, b.computed + 1 + b.gamma).astype(np.float64)
-            self.epoch_rate = np.bincount(b.rank, weights=b.tau_q, minlength=ranks.dp) / Q
+            return np.array([float(int(computed.sum()) + len(b) + int(b.gamma.sum()))])
+        return ranks.per_rank(b.rank, computed + 1 + b.gamma).astype(np.float64)
+
+    @staticmethod
+    def _context_rate(b: RunningBatch, ranks: DPRanks) -> np.ndarray:
+        """Per rank, the epoch's expected context growth per iteration (Σ τ)."""
+        if ranks.dp == 1:
+            return np.array([int(b.tau_q.sum()) / Q])
+        return np.bincount(b.rank, weights=b.tau_q, minlength=ranks.dp) / Q
 
     @staticmethod
     def _verify_tokens(b: RunningBatch) -> int:
@@ -251,35 +271,47 @@ class SpecDecoder:
         return per_gamma
 
     def _adaptive_gamma(self, b: RunningBatch, alpha: np.ndarray, probe: np.ndarray) -> tuple[int, int]:
-        """(γ for probes, γ for the others) of a batch with these acceptances."""
+        """(γ for probes, γ for the others) of a batch with these acceptances, now."""
+        return self._gamma_choice(alpha, probe)(int(b.computed.sum()) + len(b))
+
+    def _gamma_choice(self, alpha: np.ndarray, probe: np.ndarray) -> Callable[[int], tuple[int, int]]:
+        """Algorithm 1 for a batch with these acceptances, as a function of its context
+        tokens: (γ for probes, γ for the others). The batch's statistics are taken once,
+        for the epoch starts a stretch plans ahead (`_later_epochs`)."""
         batch = len(alpha)
-        context = int(b.computed.sum()) + len(b)
         a_mean = float(alpha.sum()) / batch
         # drafts the step's token budget cannot verify are not worth building
         cap = min(MAX_DRAFT, (self.token_budget // batch - 1) // self.cfg.paths)
-        # time per accepted token: iteration time / τ(γ), τ(γ) = Σ_{j ≤ γ} a_mean^j
-        best, best_s, tau_g = -1, 0.0, 0
-        for g, (lines, extra, overhead_s) in enumerate(self._iteration_lines(batch)[: cap + 1]):
-            tau_g += a_mean**g
-            per_token_s = (lines.at(context + extra) + overhead_s) / tau_g
-            if best < 0 or per_token_s < best_s:  # the first minimum
-                best, best_s = g, per_token_s
+        per_gamma = self._iteration_lines(batch)[: cap + 1]
+        # τ(γ) = Σ_{j ≤ γ} a_mean^j
+        tau_g = list(accumulate(a_mean**g for g in range(len(per_gamma))))
         n_h = int(probe.sum())
         n_l = batch - n_h
-        budget = best * batch
-        if best == 0 or budget < n_h:
-            return 0, 0
-        if n_h == 0:
-            return best, best
-        a_h = float(alpha[probe].sum()) / n_h
+        a_h = float(alpha[probe].sum()) / n_h if n_h else 0.0
         a_l = float(alpha[~probe].sum()) / n_l if n_l else 0.0
-        key = (budget, n_h, n_l, a_h, a_l)
-        split = self._split_memo.get(key)
-        if split is None:
-            if len(self._split_memo) >= 65536:
-                self._split_memo.clear()
-            split = self._split_memo[key] = self._split_budget(budget, n_h, n_l, a_h, a_l)
-        return split
+        memo = self._split_memo
+
+        def choose(context: int) -> tuple[int, int]:
+            # time per accepted token: iteration time / τ(γ)
+            best, best_s = -1, 0.0
+            for g, (lines, extra, overhead_s) in enumerate(per_gamma):
+                per_token_s = (lines.at(context + extra) + overhead_s) / tau_g[g]
+                if best < 0 or per_token_s < best_s:  # the first minimum
+                    best, best_s = g, per_token_s
+            budget = best * batch
+            if best == 0 or budget < n_h:
+                return 0, 0
+            if n_h == 0:
+                return best, best
+            key = (budget, n_h, n_l, a_h, a_l)
+            split = memo.get(key)
+            if split is None:
+                if len(memo) >= 65536:
+                    memo.clear()
+                split = memo[key] = self._split_budget(budget, n_h, n_l, a_h, a_l)
+            return split
+
+        return choose
 
     @staticmethod
     def _split_budget(budget: int, n_h: int, n_l: int, a_h: float, a_l: float) -> tuple[int, int]:
@@ -302,6 +334,7 @@ class SpecDecoder:
     # ------------------------------------------------------------------ planning
     def plan(self, state: EngineState, new: np.ndarray, changed: bool, preempted: bool) -> Plan:
         b = state.batch
+        self._epoch_ends = []
         if changed or preempted or not self._all_full_decodes(b, new):
             # A mixed iteration. Draft lengths stay until the epoch ends (sequences that
             # joined decode without drafts); the context model restarts from the new batch.
@@ -325,11 +358,17 @@ class SpecDecoder:
         verified: np.ndarray | None = None,
         first: int = 1,
         seqs: np.ndarray | None = None,
+        epoch: tuple[np.ndarray, np.ndarray] | None = None,
     ) -> LinearStretch:
         """The epoch's speculative iterations from the stretch's iteration `first` on: each
         rank verifies its sequences' drafts (`verified` tokens per rank, default: the
-        batch's now) over its expected context (the epoch's context model, per rank)."""
-        step = self.epoch_step + first - 1  # epoch iterations done before it
+        batch's now) over its expected context (the epoch's context model, per rank).
+        `epoch`: the context model (base, rate) of a later epoch that starts at `first`."""
+        if epoch is None:
+            base, rate_per_rank = self.epoch_base_context, self.epoch_rate
+            step = self.epoch_step + first - 1  # epoch iterations done before it
+        else:
+            (base, rate_per_rank), step = epoch, 0
         if ranks.dp == 1:  # the same as below, in scalars, with the lines memoised
             seqs = len(b)
             tokens = seqs + int(b.gamma.sum()) if verified is None else int(verified[0])
@@ -348,16 +387,16 @@ class SpecDecoder:
                     one,
                     overhead_s=self.cfg.draft_overhead_s if tokens > seqs else 0.0,
                 )[0]
-            rate = float(self.epoch_rate[0])
-            return LinearStretch(lines, float(self.epoch_base_context[0]) + rate * (step - 1), rate)
+            rate = float(rate_per_rank[0])
+            return LinearStretch(lines, float(base[0]) + rate * (step - 1), rate)
         if seqs is None:
-            seqs = ranks.per_rank(b.rank)
+            seqs = b.rank_counts(ranks.dp)
         if verified is None:
             verified = ranks.per_rank(b.rank, 1 + b.gamma)
         queries = verified / np.maximum(seqs, 1)
-        c0 = self.epoch_base_context + self.epoch_rate * (step - 1)
+        c0 = base + rate_per_rank * (step - 1)
         overhead = self.cfg.draft_overhead_s if int(verified.sum()) > len(b) else 0.0
-        return ranks.stretch(seqs, verified, np.zeros(ranks.dp), queries, c0, self.epoch_rate, overhead_s=overhead)
+        return ranks.stretch(seqs, verified, np.zeros(ranks.dp), queries, c0, rate_per_rank, overhead_s=overhead)
 
     def _plan_decode(self, state: EngineState) -> Plan:
         """A pure speculative-decode stretch, in closed form (O(n log K), no per-step loop).
@@ -380,7 +419,7 @@ class SpecDecoder:
             need = -(-(computed + 1 + gamma + (acc + (k - 1) * tq) // Q) // bs)
             return ranks.per_rank(rank, np.maximum(need - blocks - shared, 0))
 
-        if not state.fast_forward or self.epoch_left <= 1:
+        if not state.fast_forward:
             return Plan(1, self._stretch(b, ranks), "spec_decode", None, extra_blocks)
         # The draft cap min(draft, left − 1) changes at the first iteration where
         # emitted-so-far ≥ max(left − draft, 1); without drafts that threshold is the
@@ -390,16 +429,72 @@ class SpecDecoder:
         np.maximum(threshold, 1, out=threshold)
         np.minimum(threshold, left, out=threshold)
         cap_reach = _first_emitting(threshold, acc, tq)
-        steps = max(1, min(self.epoch_left, int(cap_reach.min())))
+        cap_min = int(cap_reach.min())
+        steps = max(1, min(self.epoch_left, cap_min))
         if steps < self.epoch_left and self.cfg.paths == 1:
             last = max(1, min(self.epoch_left, int(_first_emitting(left.copy(), acc, tq).min())))
             if steps < last:
                 verified = self._verified_if_budget_left(b, ranks)
                 if verified is not None:
                     return self._plan_across_caps(state, cap_reach, last, verified)
+        if steps == self.epoch_left < cap_min:
+            if self._epochs_ahead:
+                steps = self._later_epochs(b, ranks, steps, cap_min)
+            else:
+                self._epochs_ahead = 1
         if steps > 1 and not self._blocks_surely_fit(b, ranks, steps, state.stretch_block_limit(), bs):
             steps = steps_within(extra_blocks, state.stretch_block_limit(), steps)
+        if self._epoch_ends:
+            ends = self._epoch_ends = [e for e in self._epoch_ends if e[0] < steps]
+            if ends:
+                parts = [(1, self._stretch(b, ranks))]
+                parts += [(end + 1, self._stretch(b, ranks, epoch=(base, rate))) for end, base, rate in ends]
+                return Plan(steps, SegmentedStretch(parts), "spec_decode", None, extra_blocks)
         return Plan(steps, self._stretch(b, ranks), "spec_decode", None, extra_blocks)
+
+    def _later_epochs(self, b: RunningBatch, ranks: DPRanks, steps: int, cap_min: int) -> int:
+        """How far a stretch whose epoch ends after `steps` iterations, with no draft cap
+        changing before iteration `cap_min` + 1, may run on through later epochs.
+
+        An epoch start re-chooses the drafts (`begin_iteration`): from the batch, its
+        context and its groups' finished siblings. The batch is fixed in a stretch and
+        its context is known at each epoch start, so the stretch goes on while the
+        drafts each start would assign are the ones the batch has: then the emissions
+        (acc + k·τ) // Q, the KV slots and the token budget run on unchanged, and only
+        the context model restarts (a new piece of the stretch's time, kept in
+        `_epoch_ends` for `advance`). A sibling finishing elsewhere in the meantime
+        ends the stretch at the next epoch end (`Instance.sibling_finished`), so each epoch start
+        sees the finished counts step-by-step simulation would. Returns the steps."""
+        refs = self.groups.finished_siblings(b.rid) if self.grouped else None
+        probe = self.groups.is_probe(b.rid)
+        g_probe, g_other = self.epoch_gamma
+        draft = np.where(probe, g_probe, g_other) if g_probe != g_other else g_other
+        if not bool((b.draft == draft).all()):
+            return steps
+        if not bool((b.tau_q == (self._tau_q[refs, b.draft] if refs is not None else self._tau_q[0, b.draft])).all()):
+            return steps  # a sibling finished since the drafts were assigned
+        choose = self._gamma_choice(self._alpha[refs], probe) if refs is not None else None
+        rate = self._context_rate(b, ranks)
+        ends = self._epoch_ends
+        computed, acc, tq = b.computed, b.acc, b.tau_q
+        while steps < cap_min and len(ends) < self._epochs_ahead:
+            at_start = computed + (acc + steps * tq) // Q  # no chunk fills before cap_min
+            if choose is not None and choose(int(at_start.sum()) + len(b)) != self.epoch_gamma:
+                break
+            ends.append((steps, self._base_context(b, ranks, at_start), rate))
+            steps = min(steps + self.cfg.reevaluate_steps, cap_min)
+        return steps
+
+    @property
+    def epoch_ends(self) -> list[int]:
+        """The current stretch's epoch ends before its last iteration (see `_later_epochs`):
+        where it must end when a sibling finishes before them."""
+        return [end for end, _, _ in self._epoch_ends]
+
+    @property
+    def spans_epochs(self) -> bool:
+        """Whether the current stretch runs into later epochs (see `_later_epochs`)."""
+        return bool(self._epoch_ends)
 
     def _verified_if_budget_left(self, b: RunningBatch, ranks: DPRanks) -> np.ndarray | None:
         """Tokens each rank verifies per iteration now, if every rank leaves some of its
@@ -441,13 +536,11 @@ class SpecDecoder:
         if len(starts) == 1:
             self._verified_cum = None  # the drafts stay as they are throughout
             return Plan(steps, self._stretch(b, ranks, verified), "spec_decode", None, blocks_fn)
-        seqs = ranks.per_rank(b.rank) if ranks.dp > 1 else None
-        owners = b.rank[moving].tolist()
+        seqs = b.rank_counts(ranks.dp) if ranks.dp > 1 else None
+        owners = b.rank[moving]
         parts = []
         for first in starts:
-            piece = verified.copy()
-            for owner, change in zip(owners, drafts[:, first - 1].tolist()):
-                piece[owner] += change
+            piece = verified + ranks.per_rank(owners, drafts[:, first - 1])
             parts.append((first, self._stretch(b, ranks, piece, first, seqs)))
         return Plan(steps, SegmentedStretch(parts), "spec_decode", None, blocks_fn)
 
@@ -477,7 +570,7 @@ class SpecDecoder:
         per_seq = (1 + (steps - 1) * self._max_emit_tokens) // bs + 1
         if ranks.dp == 1:
             return len(b) * per_seq <= int(limit[0])
-        return bool((ranks.per_rank(b.rank) * per_seq <= limit).all())
+        return bool((b.rank_counts(ranks.dp) * per_seq <= limit).all())
 
     # ------------------------------------------------------------------ emissions
     def mixed_emission(self, b: RunningBatch, speculating: np.ndarray, new: np.ndarray) -> np.ndarray:
@@ -510,8 +603,23 @@ class SpecDecoder:
         return np.minimum((b.acc + steps * b.tau_q) // Q, b.left)
 
     def advance(self, b: RunningBatch, steps: int) -> None:
-        """`steps` speculative iterations ran: advance accumulators and the epoch."""
+        """`steps` speculative iterations ran: advance accumulators and the epoch (the
+        last epoch the stretch started, with its context model)."""
         b.acc[:] = (b.acc + steps * b.tau_q) % Q
+        planned = self._epoch_ends
+        started = [e for e in planned if e[0] < steps]
+        self._epoch_ends = []
+        if planned:
+            if len(started) == len(planned):
+                self._epochs_ahead = min(2 * self._epochs_ahead, MAX_SEGMENTS - 1)
+            elif started or self._epochs_ahead > 1:
+                self._epochs_ahead = max(1, self._epochs_ahead // 2)
+            else:
+                self._epochs_ahead = 0  # wasted again: skip the next epoch end's look-ahead
+        if started:
+            end, self.epoch_base_context, self.epoch_rate = started[-1]
+            self.epoch_left, self.epoch_step = self.cfg.reevaluate_steps, 0
+            steps -= end
         self._iterations_done(steps)
 
     def _iterations_done(self, steps: int) -> None:
