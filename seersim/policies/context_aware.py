@@ -38,7 +38,6 @@ class ContextAwarePolicy(Policy):
         self._estimate: dict[int, int] = {}
         self._is_probe: set[int] = set()
         # service time per group, kept only for anti-starvation
-        self._starvation_every = cfg.anti_starvation_every
         self._served_s: dict[int, float] = {}
         self._dispatched_at: dict[int, float] = {}
         self._picks = 0
@@ -53,7 +52,7 @@ class ContextAwarePolicy(Policy):
 
     def on_chunk_done(self, view: ClusterView, request_id: int, finished: bool) -> None:
         group = int(view.group_id[request_id])
-        if self._starvation_every:
+        if self.cfg.anti_starvation_every:
             now = view.now_s
             self._served_s[group] = self._served_s.get(group, 0.0) + now - self._dispatched_at.pop(request_id, now)
         if finished:
@@ -98,7 +97,7 @@ class ContextAwarePolicy(Policy):
         """The request to serve next and where it comes from ('probe' or 'group')."""
         if self._probe_heap:
             return self._probe_heap[0][1], "probe"
-        every = self._starvation_every
+        every = self.cfg.anti_starvation_every
         group = self._starved_group() if every and (self._picks + 1) % every == 0 else self._top_group()
         if group is None:
             return None
@@ -122,6 +121,6 @@ class ContextAwarePolicy(Policy):
                 group = int(view.group_id[rid])
                 self._waiting[group].pop(0)
                 self._push_group(group)
-            if self._starvation_every:
+            if self.cfg.anti_starvation_every:
                 self._dispatched_at[rid] = view.now_s
             out.append(d)
