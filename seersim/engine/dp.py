@@ -30,6 +30,8 @@ exact.
 
 from __future__ import annotations
 
+import math
+
 import numpy as np
 
 from seersim.cost import CostModel, LinearStretch, StepLines
@@ -72,20 +74,24 @@ class DPRanks:
         if dp == 1:
             lines = cost.step_lines(int(seqs[0]), int(tokens[0]), int(extra_pairs[0]), float(queries[0]))
             return _shift(lines, overhead_s), float(c0[0]), float(rate[0])
-        n_all, t_all = int(seqs.sum()), int(tokens.sum())
-        busy = np.flatnonzero(seqs)
-        e_busy, q_busy = extra_pairs[busy], queries[busy]
-        if not e_busy.any() and (q_busy == q_busy[0]).all():
-            keys = [(0, float(q_busy[0]))]  # a decode: one call of the cost model
-            which = np.zeros(len(busy), np.intp)
-        else:  # ranks with the same prefill pairs and queries share one call
-            keys, which = _key_index(e_busy, q_busy)
-        per_key = [cost.step_lines(n_all, t_all, dp * int(e), float(q)) for e, q in keys]
-        a = np.array([lr.intercepts_s for lr in per_key])[which]  # busy ranks × cost lines
-        b = np.array([lr.slopes_s for lr in per_key])[which]
-        a_k = a + overhead_s + b * dp * c0[busy].astype(np.float64)[:, None]
-        b_k = b * dp * rate[busy].astype(np.float64)[:, None]
-        return _envelope(a_k.ravel(), b_k.ravel()), 0.0, 1.0
+        # Ranks with the same prefill pairs and queries share the cost model's lines;
+        # among them a rank whose context and growth another's match or beat has lines
+        # that the other's beat (or equal) everywhere, so only the Pareto front of
+        # (context, growth) can shape the envelope (`_envelope` keeps exactly the same
+        # lines either way: it is a function of the set of undominated lines)
+        seqs_l, c_l, r_l = seqs.tolist(), c0.tolist(), rate.tolist()
+        n_all, t_all = sum(seqs_l), int(tokens.sum())
+        groups = _busy_groups(seqs_l, extra_pairs.tolist(), queries.tolist())
+        candidates: list[tuple[float, float]] = []
+        for (e, q), ranks in groups.items():
+            lr = cost.step_lines(n_all, t_all, dp * int(e), float(q))
+            shifted = [(a + overhead_s, b * dp) for a, b in zip(lr.intercepts_s, lr.slopes_s)]
+            if min(lr.slopes_s) >= 0:
+                ranks = _front(ranks, c_l, r_l)
+            for r in ranks:
+                c, g = float(c_l[r]), float(r_l[r])
+                candidates += [(a + b * c, b * g) for a, b in shifted]
+        return _envelope(candidates), 0.0, 1.0
 
     def stretch(self, *args, overhead_s: float = 0.0) -> LinearStretch:
         """A `LinearStretch` over the lines of `lines(*args)`."""
@@ -128,35 +134,50 @@ class DPRanks:
             slope = np.asarray(da)[:, None] + b_col * (dp * growth[rs].astype(np.float64))
             a_k.append((np.asarray(a1)[:, None] + b_col * (dp * context[rs].astype(np.float64)) - slope).ravel())
             b_k.append(slope.ravel())
-        return LinearStretch(_envelope(np.concatenate(a_k), np.concatenate(b_k)), 0, 1)
+        return LinearStretch(_envelope(list(zip(np.concatenate(a_k).tolist(), np.concatenate(b_k).tolist()))), 0, 1)
 
     def step_s(self, seqs, tokens, extra_pairs, queries, context) -> float:
         """Time of one iteration (per-rank arguments as `lines`, context at that iteration)."""
         cost, dp = self.cost, self.dp
         if dp == 1:
             return cost.step_lines(int(seqs[0]), int(tokens[0]), int(extra_pairs[0]), float(queries[0])).at(float(context[0]))
-        n_all, t_all = int(seqs.sum()), int(tokens.sum())
+        seqs_l, e_l, c_l = seqs.tolist(), extra_pairs.tolist(), context.tolist()
+        n_all, t_all = sum(seqs_l), int(tokens.sum())
         # iteration time rises with a rank's prefill pairs and its context (the cost model
         # prices more attention work as slower): among ranks with the same queries only
         # those that no other rank beats in both can be the slowest
-        busy = np.flatnonzero(seqs)
-        q_busy = queries[busy]
-        if (q_busy == q_busy[0]).all():
-            by_queries = {float(q_busy[0]): busy}
-        else:
-            by_queries = {}
-            for r, q in zip(busy.tolist(), q_busy.tolist()):
+        by_queries: dict[float, list[int]] = {}
+        for r, q in enumerate(queries.tolist()):
+            if seqs_l[r]:
                 by_queries.setdefault(float(q), []).append(r)
         slowest_s = 0.0
         for q, ranks in by_queries.items():
-            e, c = extra_pairs[ranks], context[ranks]
-            order = np.lexsort((c, e))[::-1]  # pairs descending, then context descending
-            c_sorted = c[order]
-            best_before = np.concatenate(([-1], np.maximum.accumulate(c_sorted)[:-1]))
-            front = order[c_sorted > best_before]
-            for e_r, c_r in zip(e[front].tolist(), c[front].tolist()):
-                slowest_s = max(slowest_s, cost.step_lines(n_all, t_all, dp * int(e_r), q).at(dp * float(c_r)))
+            for r in _front(ranks, e_l, c_l):
+                slowest_s = max(slowest_s, cost.step_lines(n_all, t_all, dp * int(e_l[r]), q).at(dp * float(c_l[r])))
         return slowest_s
+
+
+def _busy_groups(seqs: list[int], first: list, second: list) -> dict[tuple, list[int]]:
+    """The ranks with sequences, grouped by their (first, second) values (ranks with
+    equal keys share one cost-model call), in order of first appearance."""
+    groups: dict[tuple, list[int]] = {}
+    for r, n in enumerate(seqs):
+        if n:
+            groups.setdefault((first[r], second[r]), []).append(r)
+    return groups
+
+
+def _front(ranks: list[int], x: list, y: list) -> list[int]:
+    """The ranks that no other rank matches or beats in both x and y (one of equal ones)."""
+    if len(ranks) == 1:
+        return ranks
+    front: list[int] = []
+    best_y = None
+    for r in sorted(ranks, key=lambda r: (x[r], y[r]), reverse=True):
+        if best_y is None or y[r] > best_y:
+            front.append(r)
+            best_y = y[r]
+    return front
 
 
 def _key_index(first: np.ndarray, second: np.ndarray) -> tuple[list[tuple], np.ndarray]:
@@ -173,22 +194,26 @@ def _shift(lines: StepLines, overhead_s: float) -> StepLines:
     return StepLines(tuple(a + overhead_s for a in lines.intercepts_s), lines.slopes_s)
 
 
-def _envelope(intercepts: np.ndarray, slopes: np.ndarray) -> StepLines:
-    """The lines of the upper envelope of a + b·k over k ≥ 1, in order of slope.
+def _envelope(lines: list[tuple[float, float]]) -> StepLines:
+    """The lines (intercept a, slope b) of the upper envelope of a + b·k over k ≥ 1, in
+    order of slope.
 
     A function of the set of lines only: a line that another beats in both intercept
     and slope never survives the first pass, nor changes what else does."""
     # drop every line that a steeper (or equally steep) line beats at k = 1
-    order = np.lexsort((-intercepts, -slopes))
-    a, b = intercepts[order], slopes[order]
-    at1 = a + b
-    prev_best = np.concatenate(([-np.inf], np.maximum.accumulate(at1)[:-1]))
-    keep = at1 > prev_best
-    a, b = a[keep][::-1], b[keep][::-1]  # slopes increasing, values at k = 1 decreasing
-    # upper hull: drop a line the lines beside it beat everywhere
+    lines.sort(key=lambda ab: (ab[1], ab[0]), reverse=True)
+    kept: list[tuple[float, float]] = []
+    best = -math.inf
+    for a, b in lines:
+        at1 = a + b
+        if at1 > best:
+            kept.append((a, b))
+            best = at1
+    # slopes increasing, values at k = 1 decreasing; upper hull: drop a line the lines
+    # beside it beat everywhere
     hull_a: list[float] = []
     hull_b: list[float] = []
-    for ai, bi in zip(a.tolist(), b.tolist()):
+    for ai, bi in reversed(kept):
         while len(hull_a) >= 2:
             a1, b1, a2, b2 = hull_a[-2], hull_b[-2], hull_a[-1], hull_b[-1]
             # line 2 is useless if line i overtakes line 1 no later than line 2 does
