@@ -79,18 +79,21 @@ class DPRanks:
         # that the other's beat (or equal) everywhere, so only the Pareto front of
         # (context, growth) can shape the envelope (`_envelope` keeps exactly the same
         # lines either way: it is a function of the set of undominated lines)
-        seqs_l, c_l, r_l = seqs.tolist(), c0.tolist(), rate.tolist()
+        seqs_l = seqs.tolist()
         n_all, t_all = sum(seqs_l), int(tokens.sum())
-        groups = _busy_groups(seqs_l, extra_pairs.tolist(), queries.tolist())
-        candidates: list[tuple[float, float]] = []
-        for (e, q), ranks in groups.items():
+        groups: dict[tuple, list[tuple]] = {}
+        for n, e, q, c, g in zip(seqs_l, extra_pairs.tolist(), queries.tolist(), c0.tolist(), rate.tolist()):
+            if n:
+                groups.setdefault((e, q), []).append((c, g))
+        candidates: list[tuple[float, float]] = []  # (slope, intercept) per line
+        for (e, q), points in groups.items():
             lr = cost.step_lines(n_all, t_all, dp * int(e), float(q))
             shifted = [(a + overhead_s, b * dp) for a, b in zip(lr.intercepts_s, lr.slopes_s)]
-            if min(lr.slopes_s) >= 0:
-                ranks = _front(ranks, c_l, r_l)
-            for r in ranks:
-                c, g = float(c_l[r]), float(r_l[r])
-                candidates += [(a + b * c, b * g) for a, b in shifted]
+            if len(points) > 1 and min(lr.slopes_s) >= 0:
+                points = _front(points)
+            for c, g in points:
+                c, g = float(c), float(g)
+                candidates += [(b * g, a + b * c) for a, b in shifted]
         return _envelope(candidates), 0.0, 1.0
 
     def stretch(self, *args, overhead_s: float = 0.0) -> LinearStretch:
@@ -134,50 +137,33 @@ class DPRanks:
             slope = np.asarray(da)[:, None] + b_col * (dp * growth[rs].astype(np.float64))
             a_k.append((np.asarray(a1)[:, None] + b_col * (dp * context[rs].astype(np.float64)) - slope).ravel())
             b_k.append(slope.ravel())
-        return LinearStretch(_envelope(list(zip(np.concatenate(a_k).tolist(), np.concatenate(b_k).tolist()))), 0, 1)
+        intercepts, slopes = np.concatenate(a_k), np.concatenate(b_k)
+        # (many lines: numpy drops those a steeper line beats at k = 1, as `_envelope` would)
+        order = np.lexsort((-intercepts, -slopes))
+        a, b = intercepts[order], slopes[order]
+        at1 = a + b
+        keep = at1 > np.concatenate(([-np.inf], np.maximum.accumulate(at1)[:-1]))
+        return LinearStretch(_envelope(list(zip(b[keep].tolist(), a[keep].tolist()))), 0, 1)
 
     def step_s(self, seqs, tokens, extra_pairs, queries, context) -> float:
         """Time of one iteration (per-rank arguments as `lines`, context at that iteration)."""
         cost, dp = self.cost, self.dp
         if dp == 1:
             return cost.step_lines(int(seqs[0]), int(tokens[0]), int(extra_pairs[0]), float(queries[0])).at(float(context[0]))
-        seqs_l, e_l, c_l = seqs.tolist(), extra_pairs.tolist(), context.tolist()
+        seqs_l = seqs.tolist()
         n_all, t_all = sum(seqs_l), int(tokens.sum())
         # iteration time rises with a rank's prefill pairs and its context (the cost model
         # prices more attention work as slower): among ranks with the same queries only
         # those that no other rank beats in both can be the slowest
-        by_queries: dict[float, list[int]] = {}
-        for r, q in enumerate(queries.tolist()):
-            if seqs_l[r]:
-                by_queries.setdefault(float(q), []).append(r)
+        by_queries: dict[float, list[tuple]] = {}
+        for n, q, e, c in zip(seqs_l, queries.tolist(), extra_pairs.tolist(), context.tolist()):
+            if n:
+                by_queries.setdefault(float(q), []).append((e, c))
         slowest_s = 0.0
-        for q, ranks in by_queries.items():
-            for r in _front(ranks, e_l, c_l):
-                slowest_s = max(slowest_s, cost.step_lines(n_all, t_all, dp * int(e_l[r]), q).at(dp * float(c_l[r])))
+        for q, points in by_queries.items():
+            for e, c in _front(points):
+                slowest_s = max(slowest_s, cost.step_lines(n_all, t_all, dp * int(e), q).at(dp * float(c)))
         return slowest_s
-
-
-def _busy_groups(seqs: list[int], first: list, second: list) -> dict[tuple, list[int]]:
-    """The ranks with sequences, grouped by their (first, second) values (ranks with
-    equal keys share one cost-model call), in order of first appearance."""
-    groups: dict[tuple, list[int]] = {}
-    for r, n in enumerate(seqs):
-        if n:
-            groups.setdefault((first[r], second[r]), []).append(r)
-    return groups
-
-
-def _front(ranks: list[int], x: list, y: list) -> list[int]:
-    """The ranks that no other rank matches or beats in both x and y (one of equal ones)."""
-    if len(ranks) == 1:
-        return ranks
-    front: list[int] = []
-    best_y = None
-    for r in sorted(ranks, key=lambda r: (x[r], y[r]), reverse=True):
-        if best_y is None or y[r] > best_y:
-            front.append(r)
-            best_y = y[r]
-    return front
 
 
 def _key_index(first: np.ndarray, second: np.ndarray) -> tuple[list[tuple], np.ndarray]:
@@ -188,6 +174,17 @@ def _key_index(first: np.ndarray, second: np.ndarray) -> tuple[list[tuple], np.n
     return list(index), which
 
 
+def _front(points: list[tuple]) -> list[tuple]:
+    """The (x, y) points that no other point matches or beats in both (one of equal ones)."""
+    if len(points) == 1:
+        return points
+    front: list[tuple] = []
+    for x, y in sorted(points, reverse=True):
+        if not front or y > front[-1][1]:
+            front.append((x, y))
+    return front
+
+
 def _shift(lines: StepLines, overhead_s: float) -> StepLines:
     if not overhead_s:
         return lines
@@ -195,16 +192,15 @@ def _shift(lines: StepLines, overhead_s: float) -> StepLines:
 
 
 def _envelope(lines: list[tuple[float, float]]) -> StepLines:
-    """The lines (intercept a, slope b) of the upper envelope of a + b·k over k ≥ 1, in
-    order of slope.
+    """The lines a + b·k, given as (b, a), of the upper envelope over k ≥ 1, in order of slope.
 
     A function of the set of lines only: a line that another beats in both intercept
     and slope never survives the first pass, nor changes what else does."""
     # drop every line that a steeper (or equally steep) line beats at k = 1
-    lines.sort(key=lambda ab: (ab[1], ab[0]), reverse=True)
+    lines.sort(reverse=True)
     kept: list[tuple[float, float]] = []
     best = -math.inf
-    for a, b in lines:
+    for b, a in lines:
         at1 = a + b
         if at1 > best:
             kept.append((a, b))
