@@ -40,7 +40,7 @@ from seersim.cost import CostModel
 from seersim.engine.batch import Plan, RunningBatch
 from seersim.engine.dp import DPRanks
 from seersim.engine.events import AFTER_STRETCHES, At
-from seersim.engine.kvcache import KVCache, prompt_key
+from seersim.engine.kvcache import KVCache, allocate_ranks, free_blocks_ranks, prompt_key, used_and_cached_blocks
 from seersim.engine.specdec import SpecDecoder
 from seersim.engine.stretch import HeadStretch, LinearStretch, TabulatedStretch, steps_within
 from seersim.errors import SimulationError
@@ -117,7 +117,6 @@ class Instance:
         # stands, free blocks have not grown and the budget has not shrunk (`_admit`)
         self._kv_blocked: list[tuple[int, int, int, int] | None] = [None] * dp
         self._preempted = np.zeros(dp, bool)
-        self._rank_total = np.array([kv.total_blocks for kv in kvs], np.int64)
         self.batch = RunningBatch()
         self._wake: simpy.Event | None = None
         self._interruptible = False
@@ -150,11 +149,11 @@ class Instance:
 
     @property
     def kv_used_blocks(self) -> int:
-        return self.kvs[0].used_blocks if self.ranks.dp == 1 else sum([kv.used_blocks for kv in self.kvs])
+        return self.kvs[0].used_blocks if self.ranks.dp == 1 else used_and_cached_blocks(self.kvs)[0]
 
     @property
     def kv_cached_blocks(self) -> int:
-        return self.kvs[0].cached_blocks if self.ranks.dp == 1 else sum([kv.cached_blocks for kv in self.kvs])
+        return self.kvs[0].cached_blocks if self.ranks.dp == 1 else used_and_cached_blocks(self.kvs)[1]
 
     def cached_prefix_blocks(self, request_id: int) -> int:
         """Blocks of the request's prefix cached here, on the rank holding the most of it,
@@ -343,15 +342,13 @@ class Instance:
 
     def _allocate(self, per_rank: np.ndarray) -> None:
         """Allocate `per_rank[r]` blocks in rank r's KV cache."""
-        for kv, blocks in zip(self.kvs, per_rank.tolist()):
-            if blocks:
-                kv.allocate(blocks)
+        allocate_ranks(self.kvs, per_rank.tolist())
 
     def _free_blocks(self) -> np.ndarray:
         """Blocks each rank may still allocate (free + evictable cached)."""
         if self.ranks.dp == 1:
             return np.array((self.kvs[0].free_blocks,), np.int64)
-        return self._rank_total - np.array([kv.used_blocks for kv in self.kvs], np.int64)
+        return np.array(free_blocks_ranks(self.kvs), np.int64)
 
     def _max_gamma(self) -> int:
         """Largest per-iteration draft width in the batch (0 without speculation)."""
@@ -519,24 +516,34 @@ class Instance:
         """
         bs = self.bs
         n = len(computed)
-        # Step j writes token computed+j; it needs a block when (computed + j - 1) % bs == 0.
-        first = (-computed) % bs + 1
-        if allocated:
-            first[first < 2] += bs
-        # Demands repeat every bs steps, one per sequence, so a rank's (free+1)-th demand
-        # falls in period q at the r-th smallest offset of its sequences.
+        steps = int(left.min())
+        # Step j writes token computed+j; it needs a block when (computed + j - 1) % bs == 0,
+        # so a sequence demands at most steps // bs + 1 blocks in steps 1..steps: when each
+        # rank has that many per sequence, its blocks outlast the chunks
+        per_seq = steps // bs + 1
         if self.ranks.dp == 1:
-            q, r = divmod(self.kvs[0].free_blocks, n)
-            fail_step = int(np.partition(first, r)[r]) + q * bs
+            free = self.kvs[0].free_blocks
+            short = n * per_seq > free
         else:
             limit = self.stretch_block_limit()
             counts = self.batch.rank_counts(self.ranks.dp)
-            busy = np.flatnonzero(counts)
-            span = 2 * bs + 1  # offsets lie in 1..2·bs: sort by (rank, offset) in one key
-            by_rank = np.sort(self.batch.rank * span + first) % span  # offsets sorted within each rank
-            q, r = np.divmod(limit[busy], counts[busy])
-            fail_step = int((by_rank[(np.cumsum(counts) - counts)[busy] + r] + q * bs).min())
-        steps = min(int(left.min()), fail_step - 1)
+            short = not bool((counts * per_seq <= limit).all())
+        if short:
+            first = (-computed) % bs + 1
+            if allocated:
+                first[first < 2] += bs
+            # Demands repeat every bs steps, one per sequence, so a rank's (free+1)-th
+            # demand falls in period q at the r-th smallest offset of its sequences.
+            if self.ranks.dp == 1:
+                q, r = divmod(free, n)
+                fail_step = int(np.partition(first, r)[r]) + q * bs
+            else:
+                busy = np.flatnonzero(counts)
+                span = 2 * bs + 1  # offsets lie in 1..2·bs: sort by (rank, offset) in one key
+                by_rank = np.sort(self.batch.rank * span + first) % span  # offsets sorted within each rank
+                q, r = np.divmod(limit[busy], counts[busy])
+                fail_step = int((by_rank[(np.cumsum(counts) - counts)[busy] + r] + q * bs).min())
+            steps = min(steps, fail_step - 1)
         return max(1, steps) if allocated else max(0, steps)
 
     def _publishes_prompt(self, new: np.ndarray) -> bool:
@@ -691,8 +698,9 @@ class Instance:
                     short -= held
         return m
 
-    def _context_blocks(self, rids: np.ndarray) -> np.ndarray:
-        """KV blocks of requests' contexts (prompt + tokens generated so far)."""
+    def _context_blocks(self, rids: np.ndarray | int) -> np.ndarray:
+        """KV blocks of requests' contexts (prompt + tokens generated so far); of one
+        request's, given its id."""
         t = self.table
         return _ceil_div(t.input_tokens[rids] + t.generated[rids], self.bs)
 
@@ -736,7 +744,7 @@ class Instance:
             rid, left, rank = self._arrivals.popleft()
             r = self._pick_rank(rid, load) if rank is None else rank
             self.queues[r].append((rid, left))
-            load[r] += int(self._context_blocks(np.array([rid]))[0])
+            load[r] += int(self._context_blocks(rid))
 
     def _admit(self, ranks: np.ndarray, rank_budget: np.ndarray, rank_room: np.ndarray) -> list[int]:
         """Admit each rank's waiting requests in order while its token budget, sequence
@@ -1007,7 +1015,11 @@ class Instance:
 
     # ------------------------------------------------------------------ records
     def _sample(self) -> None:
-        self.samples.append((self.env.now, len(self.batch), self.num_waiting, self.kv_used_blocks, self.kv_cached_blocks))
+        if self.ranks.dp == 1:
+            used, cached = self.kvs[0].used_blocks, self.kvs[0].cached_blocks
+        else:
+            used, cached = used_and_cached_blocks(self.kvs)
+        self.samples.append((self.env.now, len(self.batch), self.num_waiting, used, cached))
 
     def insert_pulled_kv(
         self, request_id: int, group_id: int, prompt_blocks: int, own_blocks: int, rank: int | None = None
