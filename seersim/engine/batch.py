@@ -17,6 +17,23 @@ if TYPE_CHECKING:
 #: Accumulator units per token of speculative emission (`acc`, `tau_q` columns).
 Q = 1 << 20
 
+
+def any_of(mask: np.ndarray) -> bool:
+    """mask.any() without numpy's Python-level method wrapper (4x the cost on the engine's
+    small arrays, asked several times per stretch)."""
+    return np.count_nonzero(mask) > 0
+
+
+def all_of(mask: np.ndarray) -> bool:
+    """mask.all(), as `any_of`."""
+    return np.count_nonzero(mask) == mask.size
+
+
+def indices_of(mask: np.ndarray) -> np.ndarray:
+    """np.flatnonzero of a 1-d array, without its Python-level wrappers."""
+    return mask.nonzero()[0]
+
+
 _COLUMNS = (
     "rid", "computed", "tokens", "left", "shared", "blocks", "group", "acc", "gamma", "tau_q", "draft", "rank", "prompt",
     "shareable",

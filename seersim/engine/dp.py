@@ -35,6 +35,7 @@ import math
 import numpy as np
 
 from seersim.cost import CostModel, LinearStretch, StepLines
+from seersim.engine.batch import all_of, any_of, indices_of
 
 
 class DPRanks:
@@ -111,9 +112,9 @@ class DPRanks:
         caller then plans one iteration)."""
         cost, dp = self.cost, self.dp
         n_all, t_all = int(seqs.sum()), int(tokens.sum())
-        busy = np.flatnonzero(seqs)
+        busy = indices_of(seqs)
         e1s, des = dp * extra_pairs[busy], dp * extra_growth[busy]
-        if not des.any() and (e1s == e1s[0]).all():
+        if not any_of(des) and all_of(e1s == e1s[0]):
             groups = {(int(e1s[0]), 0): busy}  # every busy rank has the same prefill pairs
         else:  # ranks with the same pairs and growth share the cost model's lines
             keys, which = _key_index(e1s, des)

@@ -37,7 +37,7 @@ import simpy
 
 from seersim.config import EngineConfig
 from seersim.cost import CostModel
-from seersim.engine.batch import Plan, RunningBatch
+from seersim.engine.batch import Plan, RunningBatch, all_of, any_of, indices_of
 from seersim.engine.dp import DPRanks
 from seersim.engine.events import AFTER_STRETCHES, At
 from seersim.engine.kvcache import KVCache, allocate_ranks, free_blocks_ranks, prompt_key, used_and_cached_blocks
@@ -254,7 +254,7 @@ class Instance:
         drafts see the new finished count, as step by step (an epoch end at this very
         instant is reached if its event, step by step, comes first). Later finishes can
         only cut it there again: it stops listening."""
-        if not bool((self.batch.group == group).any()):
+        if not any_of(self.batch.group == group):
             return
         plan, start = self._current
         elapsed = self.env.now - start
@@ -297,7 +297,7 @@ class Instance:
         plan.settled_steps = k
         target = plan.blocks_fn(k)
         more = target - self._kv_pre
-        if bool((more > 0).any()):
+        if any_of(more > 0):
             self._allocate(np.maximum(more, 0))
             self._kv_pre = np.maximum(target, self._kv_pre)
 
@@ -307,11 +307,11 @@ class Instance:
         # cheap bound first: each sequence needs at most one block per bs iterations (+1)
         seqs = self.batch.rank_counts(self.ranks.dp)
         growth = int(plan.new.max()) if plan.kind == "prefill" else 1 + self._max_gamma()
-        if bool((seqs * ((plan.steps // self.bs + 2) * growth) <= uncached_free).all()):
+        if all_of(seqs * ((plan.steps // self.bs + 2) * growth) <= uncached_free):
             return False
         if plan.total_blocks is None:
             plan.total_blocks = plan.blocks_fn(plan.steps)
-        return not bool((plan.total_blocks - self._kv_pre <= uncached_free).all())
+        return not all_of(plan.total_blocks - self._kv_pre <= uncached_free)
 
     def abort(self) -> None:
         """The RL step ended early (partial rollout): keep the iterations completed so far,
@@ -358,7 +358,7 @@ class Instance:
         """Blocks per rank of the ending stretch that settle_kv() allocated early (then reset;
         read the result, never write it)."""
         pre = self._kv_pre
-        if pre.any():
+        if any_of(pre):
             self._kv_pre = np.zeros(self.ranks.dp, np.int64)
         return pre
 
@@ -379,7 +379,7 @@ class Instance:
         # Pure decode (every sequence takes one token, no preemption): the batch stays the
         # same until a chunk ends or blocks run out; admission cannot become possible
         # later in the stretch (free blocks only shrink), so it may follow an admission.
-        if not preempted and bool((new == 1).all()):
+        if not preempted and all_of(new == 1):
             stretch = self._decode_stretch(computed)
             steps = self._pure_steps(computed, b.left, allocated=True) if self.fast_forward else 1
             return Plan(steps, stretch, "decode", new, self._decode_blocks_fn(computed, 0))
@@ -395,7 +395,7 @@ class Instance:
         if self.fast_forward and not budget_blocked and (not preempted or self._preempted_ranks_stay_blocked()):
             need = b.tokens - computed
             after_left = b.left - 1
-            if bool((new == need).all()) and int(after_left.min()) > 0 and not self._publishes_prompt(new):
+            if all_of(new == need) and int(after_left.min()) > 0 and not self._publishes_prompt(new):
                 tail = self._pure_steps(computed + new, after_left, allocated=False)
         if tail:
             stretch = HeadStretch(head_s, self._decode_stretch(computed + new))
@@ -414,7 +414,7 @@ class Instance:
         b = self.batch
         seqs = b.rank_counts(self.ranks.dp)
         budgets = self._rank_budget - seqs  # (the tail needs every sequence decoding next)
-        for r in np.flatnonzero(self._preempted).tolist():
+        for r in indices_of(self._preempted).tolist():
             if self.queues[r] and seqs[r] < self._rank_max_seqs and budgets[r] > 0:
                 rid = self.queues[r][0][0]
                 if self._admission_need(self.kvs[r], rid, int(budgets[r]))[-1]:
@@ -450,19 +450,19 @@ class Instance:
         b, table = self.batch, self.table
         need = b.tokens - b.computed
         prefilling = (new > 0) & (need > 1)
-        if not prefilling.any() or self._fresh_decoders:
+        if not any_of(prefilling) or self._fresh_decoders:
             return None
         decoding = (new > 0) & (need == 1)
-        if bool((decoding & (b.tokens == b.prompt)).any()):
+        if any_of(decoding & (b.tokens == b.prompt)):
             return None  # a first token is due: recorded by the single-iteration path
         c = new[prefilling]
         steps = int(((need[prefilling] - 1) // c).min())  # no prefill completes
-        if decoding.any():
+        if any_of(decoding):
             steps = min(steps, int(b.left[decoding].min()))
         if steps > 1 and self.cfg.prefix_caching:
             p = b.shareable
             crossing = prefilling & (b.shared == 0) & (p > 0) & (b.computed < p)
-            if crossing.any():
+            if any_of(crossing):
                 steps = min(steps, int(_ceil_div(p[crossing] - b.computed[crossing], new[crossing]).min()))
         if steps <= 1:
             return None
@@ -527,7 +527,7 @@ class Instance:
         else:
             limit = self.stretch_block_limit()
             counts = self.batch.rank_counts(self.ranks.dp)
-            short = not bool((counts * per_seq <= limit).all())
+            short = not all_of(counts * per_seq <= limit)
         if short:
             first = (-computed) % bs + 1
             if allocated:
@@ -538,7 +538,7 @@ class Instance:
                 q, r = divmod(free, n)
                 fail_step = int(np.partition(first, r)[r]) + q * bs
             else:
-                busy = np.flatnonzero(counts)
+                busy = indices_of(counts)
                 span = 2 * bs + 1  # offsets lie in 1..2·bs: sort by (rank, offset) in one key
                 by_rank = np.sort(self.batch.rank * span + first) % span  # offsets sorted within each rank
                 q, r = np.divmod(limit[busy], counts[busy])
@@ -554,7 +554,7 @@ class Instance:
             return False
         b = self.batch
         p = b.shareable
-        return bool(((b.shared == 0) & (p > 0) & (b.computed < p) & (b.computed + new >= p)).any())
+        return any_of((b.shared == 0) & (p > 0) & (b.computed < p) & (b.computed + new >= p))
 
     def stretch_block_limit(self) -> np.ndarray:
         """Blocks per rank a stretch may allocate without changing what the scheduler would admit.
@@ -597,7 +597,7 @@ class Instance:
                 short = _RANK_0 if add_blocks > self.kvs[0].free_blocks else _NO_RANK
             else:
                 add_blocks = ranks.per_rank(b.rank, add)
-                short = np.flatnonzero(add_blocks > self._free_blocks())
+                short = indices_of(add_blocks > self._free_blocks())
             if len(short):
                 keep = self._preempt_from_the_back(short, add)
                 b.keep(keep)
@@ -621,15 +621,15 @@ class Instance:
             # no admission on a rank that preempted in this iteration
             admissible = waiting & ~preempted & (rank_budget > 0) & (rank_room > 0)
             admitted = False
-            if admissible.any():
-                admitted_new = self._admit(np.flatnonzero(admissible), rank_budget, rank_room)
+            if any_of(admissible):
+                admitted_new = self._admit(indices_of(admissible), rank_budget, rank_room)
                 if admitted_new:
                     new = np.concatenate((new, np.asarray(admitted_new, np.int64)))
                     admitted = True
                     waiting = np.array(list(map(len, queues))) > 0
             # admission stopped by the token budget (which frees up next iteration)
-            budget_blocked = bool((waiting & (rank_room > 0) & (rank_budget <= 0)).any())
-        any_preempted = bool(preempted.any())
+            budget_blocked = any_of(waiting & (rank_room > 0) & (rank_budget <= 0))
+        any_preempted = any_of(preempted)
         return (new if len(b) else None), admitted or any_preempted, any_preempted, budget_blocked
 
     def _budget_cut(self, need: np.ndarray) -> np.ndarray:
@@ -638,7 +638,7 @@ class Instance:
         if self.ranks.dp == 1:
             if int(need.sum()) <= self._rank_budget:
                 return need  # every sequence fits the budget
-        elif bool((self.ranks.per_rank(self.batch.rank, need) <= self._rank_budget).all()):
+        elif all_of(self.ranks.per_rank(self.batch.rank, need) <= self._rank_budget):
             return need  # every rank's sequences fit its budget
         return np.minimum(need, np.maximum(self._rank_budget - self._rank_before(need), 0))
 
@@ -663,7 +663,7 @@ class Instance:
         b = self.batch
         keep = np.ones(len(b), bool)
         for r in short.tolist():
-            idx = np.flatnonzero(b.rank == r) if self.ranks.dp > 1 else np.arange(len(b))
+            idx = indices_of(b.rank == r) if self.ranks.dp > 1 else np.arange(len(b))
             cut = self._preemption_cut(idx, add[idx], self.kvs[r].free_blocks)
             victims = idx[cut:]
             for i in victims[::-1].tolist():
@@ -693,7 +693,7 @@ class Instance:
             if held:
                 g = int(group[i])
                 if g not in first_holder:
-                    first_holder[g] = int(idx[np.flatnonzero((group[idx] == g) & (shared[idx] > 0))[0]])
+                    first_holder[g] = int(idx[indices_of((group[idx] == g) & (shared[idx] > 0))[0]])
                 if first_holder[g] == i:
                     short -= held
         return m
@@ -865,13 +865,13 @@ class Instance:
             if steps > 1:
                 self._advance_decode(steps - 1, first_end + plan.stretch.tail.cumulative(1))
         done = self.batch.left <= 0
-        if done.any():
+        if any_of(done):
             self._retire(done)
             return True
         return False
 
     def _record_first_tokens(self, mask: np.ndarray, at_s: float) -> None:
-        if mask.any():
+        if any_of(mask):
             self.table.first_token_s[self.batch.rid[mask]] = at_s
 
     def _advance_mixed(self, new: np.ndarray, end_s: float) -> np.ndarray:
@@ -928,7 +928,7 @@ class Instance:
         which emits the first token (recorded by the decode path: `_fresh_first_tokens`)."""
         if not self._fresh_decoders:
             b = self.batch
-            self._fresh_decoders = bool(((b.tokens - b.computed == 1) & (b.tokens == b.prompt)).any())
+            self._fresh_decoders = any_of((b.tokens - b.computed == 1) & (b.tokens == b.prompt))
 
     def _fresh_first_tokens(self, first_step_end_s: float) -> None:
         """Sequences whose prompt is computed but for one token (fully cached at
@@ -990,7 +990,7 @@ class Instance:
         b = self.batch
         p = b.shareable
         crossed = (b.shared == 0) & (p > 0) & (b.computed >= p) & (before < p)
-        for i in np.flatnonzero(crossed):
+        for i in indices_of(crossed):
             group, kv = int(b.group[i]), self.kvs[int(b.rank[i])]
             if not kv.prompt_refs(group):
                 blocks = int(p[i]) // self.bs
@@ -1000,7 +1000,7 @@ class Instance:
 
     def _retire(self, done: np.ndarray) -> None:
         table, b = self.table, self.batch
-        idx = np.flatnonzero(done)
+        idx = indices_of(done)
         rids = b.rid[idx]
         generated = b.tokens[idx] - table.input_tokens[rids]
         table.generated[rids] = generated
