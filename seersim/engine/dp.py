@@ -35,7 +35,6 @@ import math
 import numpy as np
 
 from seersim.cost import CostModel, LinearStretch, StepLines
-from seersim.engine.batch import all_of, any_of, indices_of
 
 
 class DPRanks:
@@ -111,17 +110,15 @@ class DPRanks:
         contract: pairs are counted, not shaped); checked at k = steps, else None (the
         caller then plans one iteration)."""
         cost, dp = self.cost, self.dp
-        n_all, t_all = int(seqs.sum()), int(tokens.sum())
-        busy = indices_of(seqs)
-        e1s, des = dp * extra_pairs[busy], dp * extra_growth[busy]
-        if not any_of(des) and all_of(e1s == e1s[0]):
-            groups = {(int(e1s[0]), 0): busy}  # every busy rank has the same prefill pairs
-        else:  # ranks with the same pairs and growth share the cost model's lines
-            keys, which = _key_index(e1s, des)
-            groups = {key: busy[which == i] for i, key in enumerate(keys)}
-        a_k: list[np.ndarray] = []
-        b_k: list[np.ndarray] = []
-        for (e1, de), rs in groups.items():
+        seqs_l = seqs.tolist()
+        n_all, t_all = sum(seqs_l), int(tokens.sum())
+        # ranks with the same pairs and growth share the cost model's lines
+        groups: dict[tuple[int, int], list[tuple[int, int]]] = {}
+        for n, e, de, c, g in zip(seqs_l, extra_pairs.tolist(), extra_growth.tolist(), context.tolist(), growth.tolist()):
+            if n:
+                groups.setdefault((dp * e, dp * de), []).append((c, g))
+        candidates: list[tuple[float, float]] = []  # (slope, intercept) per line and rank
+        for (e1, de), points in groups.items():
             first = cost.step_lines(n_all, t_all, e1, 1.0)
             a1, slopes = first.intercepts_s, first.slopes_s
             da: tuple[float, ...] | list[float] = (0.0,) * len(a1)
@@ -133,18 +130,14 @@ class DPRanks:
                 da = [y - x for x, y in zip(a1, second.intercepts_s)]
                 if not all(abs(x + d * (steps - 1) - y) <= 1e-12 * abs(y) for x, d, y in zip(a1, da, last.intercepts_s)):
                     return None
-            # per line (rows) and rank (columns): the line at k = 1 is the first iteration
-            b_col = np.asarray(slopes)[:, None]
-            slope = np.asarray(da)[:, None] + b_col * (dp * growth[rs].astype(np.float64))
-            a_k.append((np.asarray(a1)[:, None] + b_col * (dp * context[rs].astype(np.float64)) - slope).ravel())
-            b_k.append(slope.ravel())
-        intercepts, slopes = np.concatenate(a_k), np.concatenate(b_k)
-        # (many lines: numpy drops those a steeper line beats at k = 1, as `_envelope` would)
-        order = np.lexsort((-intercepts, -slopes))
-        a, b = intercepts[order], slopes[order]
-        at1 = a + b
-        keep = at1 > np.concatenate(([-np.inf], np.maximum.accumulate(at1)[:-1]))
-        return LinearStretch(_envelope(list(zip(b[keep].tolist(), a[keep].tolist()))), 0, 1)
+            # the line at k = 1 is the first iteration
+            lines = list(zip(a1, slopes, da))
+            for c, g in points:
+                dc, dg = dp * float(c), dp * float(g)
+                for a, b, d in lines:
+                    slope = d + b * dg
+                    candidates.append((slope, a + b * dc - slope))
+        return LinearStretch(_envelope(candidates), 0, 1)
 
     def step_s(self, seqs, tokens, extra_pairs, queries, context) -> float:
         """Time of one iteration (per-rank arguments as `lines`, context at that iteration)."""
@@ -165,14 +158,6 @@ class DPRanks:
             for e, c in _front(points):
                 slowest_s = max(slowest_s, cost.step_lines(n_all, t_all, dp * int(e), q).at(dp * float(c)))
         return slowest_s
-
-
-def _key_index(first: np.ndarray, second: np.ndarray) -> tuple[list[tuple], np.ndarray]:
-    """The distinct (first, second) pairs in order of first appearance, and each
-    element's index among them (ranks with equal keys share one cost-model call)."""
-    index: dict[tuple, int] = {}
-    which = np.array([index.setdefault(key, len(index)) for key in zip(first.tolist(), second.tolist())], np.intp)
-    return list(index), which
 
 
 def _front(points: list[tuple]) -> list[tuple]:
