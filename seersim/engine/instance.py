@@ -478,14 +478,25 @@ class Instance:
     def _prefill_stretch(self, new: np.ndarray, steps: int) -> LinearStretch | None:
         """Iterations that each compute `new` tokens per sequence (as `mixed_step_s`),
         with each rank's context and prefill pairs growing linearly."""
+        R = self.ranks
+        rank, k, seqs, growth, context, pairs = self._rank_work(new)
+        extra_growth = R.per_rank(rank, k * k) - growth  # pairs grow by k², context by k
+        return R.growing_stretch(seqs, growth, pairs - context, extra_growth, context, growth, steps)
+
+    def _rank_work(self, new: np.ndarray) -> tuple[np.ndarray, ...]:
+        """An iteration computing `new` tokens per running sequence (dp > 1): the scheduled
+        sequences' ranks and tokens, and per rank their count, tokens, context after the
+        iteration and attention pairs."""
+        b, R = self.batch, self.ranks
         scheduled = new > 0
-        c, k = self.batch.computed[scheduled], new[scheduled]
-        rank, R = self.batch.rank[scheduled], self.ranks
+        if all_of(scheduled):
+            c, k, rank, seqs = b.computed, new, b.rank, b.rank_counts(R.dp)
+        else:
+            c, k, rank = b.computed[scheduled], new[scheduled], b.rank[scheduled]
+            seqs = R.per_rank(rank)
         context = R.per_rank(rank, c + k)
         pairs = R.per_rank(rank, k * c + k * (k + 1) // 2)
-        growth = R.per_rank(rank, k)
-        extra_growth = R.per_rank(rank, k * k) - growth  # pairs grow by k², context by k
-        return R.growing_stretch(R.per_rank(rank), growth, pairs - context, extra_growth, context, growth, steps)
+        return rank, k, seqs, R.per_rank(rank, k), context, pairs
 
     def _decode_stretch(self, computed: np.ndarray) -> LinearStretch:
         """Iterations of a plain decode batch from `computed` tokens per sequence (each
@@ -497,17 +508,15 @@ class Instance:
     def mixed_step_s(self, new: np.ndarray) -> float:
         """Time of one iteration computing `new` tokens per running sequence (prefill
         chunks attend to their earlier tokens and to each other causally)."""
-        scheduled = new > 0
-        c, k = self.batch.computed[scheduled], new[scheduled]
         R = self.ranks
         if R.dp == 1:  # (DPRanks.step_s of one rank, without per-rank arrays)
+            scheduled = new > 0
+            c, k = self.batch.computed[scheduled], new[scheduled]
             context_tokens = int((c + k).sum())
             pairs = int((k * c + k * (k + 1) // 2).sum())
             return R.cost.step_lines(len(k), int(k.sum()), pairs - context_tokens, 1.0).at(float(context_tokens))
-        rank = self.batch.rank[scheduled]
-        context = R.per_rank(rank, c + k)
-        pairs = R.per_rank(rank, k * c + k * (k + 1) // 2)
-        return R.step_s(R.per_rank(rank), R.per_rank(rank, k), pairs - context, np.ones(R.dp), context)
+        _, _, seqs, tokens, context, pairs = self._rank_work(new)
+        return R.step_s(seqs, tokens, pairs - context, np.ones(R.dp), context)
 
     def _pure_steps(self, computed: np.ndarray, left: np.ndarray, allocated: bool) -> int:
         """Pure-decode steps the batch can run unchanged from `computed` tokens each.
@@ -580,6 +589,8 @@ class Instance:
         bs, b, dp, ranks = self.bs, self.batch, self.ranks.dp, self.ranks
         self._preempted = preempted = np.zeros(dp, bool)  # ranks that preempted in this iteration
         n = len(b)
+        short = _NO_RANK
+        decodes = False  # every running sequence decodes one token
         if n:
             need = b.tokens - b.computed
             if self.spec is not None:
@@ -587,7 +598,7 @@ class Instance:
             if self.spec is None and (self._decodes_fit_budget or n <= self._rank_budget) and int(need.sum()) == n:
                 # every sequence decodes one token (the common case): its block holds
                 # ceil(computed/bs) blocks, so it needs a new one exactly at a boundary
-                new = need
+                new, decodes = need, True
                 add = (b.computed % bs == 0).astype(np.int64)
             else:
                 new = self._budget_cut(need)
@@ -612,24 +623,21 @@ class Instance:
         else:
             new = np.zeros(0, np.int64)
         queues = self.queues
-        if not any(queues):
-            admitted = budget_blocked = False
-        else:
-            rank_budget = self._rank_budget - ranks.per_rank(b.rank, new)
-            rank_room = self._rank_max_seqs - b.rank_counts(dp)
-            waiting = np.array(list(map(len, queues))) > 0
-            # no admission on a rank that preempted in this iteration
-            admissible = waiting & ~preempted & (rank_budget > 0) & (rank_room > 0)
-            admitted = False
-            if any_of(admissible):
-                admitted_new = self._admit(indices_of(admissible), rank_budget, rank_room)
+        admitted = budget_blocked = False
+        if any(queues):
+            seqs = b.rank_counts(dp)
+            budgets = (self._rank_budget - (seqs if decodes else ranks.per_rank(b.rank, new))).tolist()
+            rooms = (self._rank_max_seqs - seqs).tolist()
+            stopped = short.tolist()  # no admission on a rank that preempted in this iteration
+            admissible = [r for r, q in enumerate(queues) if q and budgets[r] > 0 and rooms[r] > 0 and r not in stopped]
+            if admissible:
+                admitted_new = self._admit(admissible, budgets, rooms)
                 if admitted_new:
                     new = np.concatenate((new, np.asarray(admitted_new, np.int64)))
                     admitted = True
-                    waiting = np.array(list(map(len, queues))) > 0
             # admission stopped by the token budget (which frees up next iteration)
-            budget_blocked = any_of(waiting & (rank_room > 0) & (rank_budget <= 0))
-        any_preempted = any_of(preempted)
+            budget_blocked = any(q and rooms[r] > 0 and budgets[r] <= 0 for r, q in enumerate(queues))
+        any_preempted = len(short) > 0
         return (new if len(b) else None), admitted or any_preempted, any_preempted, budget_blocked
 
     def _budget_cut(self, need: np.ndarray) -> np.ndarray:
@@ -746,17 +754,16 @@ class Instance:
             self.queues[r].append((rid, left))
             load[r] += int(self._context_blocks(rid))
 
-    def _admit(self, ranks: np.ndarray, rank_budget: np.ndarray, rank_room: np.ndarray) -> list[int]:
+    def _admit(self, ranks: list[int], budgets: list[int], rooms: list[int]) -> list[int]:
         """Admit each rank's waiting requests in order while its token budget, sequence
         slots and KV blocks (after prefix-cache hits on that rank) allow.
 
-        `rank_budget`, `rank_room` are updated in place."""
+        `budgets`, `rooms` (per rank) are updated in place."""
         table = self.table
         rows: list[tuple[int, ...]] = []
         news: list[int] = []
         spec_cols = self.spec.admit() if self.spec is not None else (0, 0, 0, 0)
-        budgets, rooms = rank_budget.tolist(), rank_room.tolist()
-        for rank in ranks.tolist():
+        for rank in ranks:
             kv, queue = self.kvs[rank], self.queues[rank]
             budget, room = budgets[rank], rooms[rank]
             blocked = self._kv_blocked[rank]
@@ -793,8 +800,7 @@ class Instance:
                 news.append(new)
                 budget -= new
                 room -= 1
-            if room != rooms[rank]:
-                rank_budget[rank], rank_room[rank] = budget, room
+            budgets[rank], rooms[rank] = budget, room
         if rows:
             self.batch.extend(rows)
         return news
