@@ -746,13 +746,18 @@ class Instance:
         return int(np.argmin(load))
 
     def _assign_arrivals(self) -> None:
-        """Chunks dispatched since the last boundary join their DP ranks' queues."""
-        load = self._load()
+        """Chunks dispatched since the last boundary join their DP ranks' queues (the
+        ranks' loads are needed, and counted, only once a chunk comes without a rank)."""
+        load = None
         while self._arrivals:
-            rid, left, rank = self._arrivals.popleft()
-            r = self._pick_rank(rid, load) if rank is None else rank
+            rid, left, r = self._arrivals.popleft()
+            if r is None:
+                if load is None:
+                    load = self._load()  # (counts the chunks queued so far in this loop)
+                r = self._pick_rank(rid, load)
             self.queues[r].append((rid, left))
-            load[r] += int(self._context_blocks(rid))
+            if load is not None:
+                load[r] += int(self._context_blocks(rid))
 
     def _admit(self, ranks: list[int], budgets: list[int], rooms: list[int]) -> list[int]:
         """Admit each rank's waiting requests in order while its token budget, sequence
