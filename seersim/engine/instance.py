@@ -890,30 +890,32 @@ class Instance:
         token when they complete; decodes emit one token, or with speculation what their
         accumulator yields (their `new` counts the verified drafts). Returns the
         computed tokens before it."""
-        b, table = self.batch, self.table
+        b, st = self.batch, self.stats
         before = b.computed.copy()
-        decoding = b.tokens - before == 1
-        emit = ((before + new == b.tokens) & (new > 0)).astype(np.int64)
-        advance = new
-        speculating = None
-        if self.spec is not None:
+        emit = (before + new == b.tokens) & (new > 0)  # decodes, and prefills that complete
+        verified = int(new.sum())
+        if self.spec is None:
+            advance = new
+            emitted = int(np.count_nonzero(emit))
+            prefill = verified - emitted  # (a decode computes exactly the token it emits)
+        else:
+            decoding = b.tokens - before == 1
             speculating = decoding & (new > 0)
             spec_emit = self.spec.mixed_emission(b, speculating, new)  # drafts cut by the budget accept less
             emit = np.where(speculating, spec_emit, emit)
             advance = np.where(speculating, spec_emit, new)
+            emitted = int(emit.sum())
+            prefill = int(np.where(decoding, 0, new - emit).sum())
+            st.decode_seq_steps += int(speculating.sum())
+            st.decode_emitted_tokens += int(emit[speculating].sum())
         self._record_first_tokens((emit > 0) & (b.tokens == b.prompt), end_s)
         b.computed += advance
         b.tokens += emit
         b.left -= emit
         self._note_fresh_decoders()
-        emitted = int(emit.sum())
-        st = self.stats
-        st.prefill_tokens += int(np.where(decoding, 0, new - emit).sum())
+        st.prefill_tokens += prefill
         st.emitted_tokens += emitted
-        st.verified_tokens += int(new.sum())
-        if speculating is not None:
-            st.decode_seq_steps += int(speculating.sum())
-            st.decode_emitted_tokens += int(emit[speculating].sum())
+        st.verified_tokens += verified
         return before
 
     def _advance_prefill(self, new: np.ndarray, steps: int) -> None:
