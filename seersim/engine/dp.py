@@ -81,10 +81,7 @@ class DPRanks:
         # lines either way: it is a function of the set of undominated lines)
         seqs_l = seqs.tolist()
         n_all, t_all = sum(seqs_l), int(tokens.sum())
-        groups: dict[tuple, list[tuple]] = {}
-        for n, e, q, c, g in zip(seqs_l, extra_pairs.tolist(), queries.tolist(), c0.tolist(), rate.tolist()):
-            if n:
-                groups.setdefault((e, q), []).append((c, g))
+        groups = _groups(seqs_l, list(zip(extra_pairs.tolist(), queries.tolist())), list(zip(c0.tolist(), rate.tolist())))
         candidates: list[tuple[float, float]] = []  # (slope, intercept) per line
         for (e, q), points in groups.items():
             lr = cost.step_lines(n_all, t_all, dp * int(e), float(q))
@@ -149,15 +146,25 @@ class DPRanks:
         # iteration time rises with a rank's prefill pairs and its context (the cost model
         # prices more attention work as slower): among ranks with the same queries only
         # those that no other rank beats in both can be the slowest
-        by_queries: dict[float, list[tuple]] = {}
-        for n, q, e, c in zip(seqs_l, queries.tolist(), extra_pairs.tolist(), context.tolist()):
-            if n:
-                by_queries.setdefault(float(q), []).append((e, c))
+        by_queries = _groups(seqs_l, queries.tolist(), list(zip(extra_pairs.tolist(), context.tolist())))
         slowest_s = 0.0
         for q, points in by_queries.items():
             for e, c in _front(points):
-                slowest_s = max(slowest_s, cost.step_lines(n_all, t_all, dp * int(e), q).at(dp * float(c)))
+                slowest_s = max(slowest_s, cost.step_lines(n_all, t_all, dp * int(e), float(q)).at(dp * float(c)))
         return slowest_s
+
+
+def _groups(seqs: list[int], keys: list, points: list[tuple]) -> dict:
+    """The busy ranks' points grouped by their keys, in order of first appearance (one
+    group, the common case, without a per-rank dictionary update)."""
+    distinct = {key for n, key in zip(seqs, keys) if n}
+    if len(distinct) == 1:
+        return {distinct.pop(): [point for n, point in zip(seqs, points) if n]}
+    groups: dict = {}
+    for n, key, point in zip(seqs, keys, points):
+        if n:
+            groups.setdefault(key, []).append(point)
+    return groups
 
 
 def _front(points: list[tuple]) -> list[tuple]:
