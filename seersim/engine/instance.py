@@ -447,16 +447,17 @@ class Instance:
         step by step), or a rank runs out of blocks. Context and attention pairs grow
         linearly, so the time is a closed-form sum (`DPRanks.growing_stretch`).
         """
-        b, table = self.batch, self.table
+        b = self.batch
         need = b.tokens - b.computed
         prefilling = (new > 0) & (need > 1)
         if not any_of(prefilling) or self._fresh_decoders:
             return None
+        steps = int(((need[prefilling] - 1) // new[prefilling]).min())  # no prefill completes
+        if steps <= 1:
+            return None
         decoding = (new > 0) & (need == 1)
         if any_of(decoding & (b.tokens == b.prompt)):
             return None  # a first token is due: recorded by the single-iteration path
-        c = new[prefilling]
-        steps = int(((need[prefilling] - 1) // c).min())  # no prefill completes
         if any_of(decoding):
             steps = min(steps, int(b.left[decoding].min()))
         if steps > 1 and self.cfg.prefix_caching:
