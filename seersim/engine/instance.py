@@ -68,8 +68,9 @@ class InstanceStats:
 _RANK_0, _NO_RANK = np.zeros(1, np.int64), np.zeros(0, np.int64)  # rank lists of a one-rank instance
 
 
-def _ceil_div(a: np.ndarray | int, b: int):
-    return -(-a // b)
+def _ceil_div(a: np.ndarray | int, b: np.ndarray | int):
+    """⌈a / b⌉ for integers, b > 0 (two numpy passes over an array a and an int b)."""
+    return (a + (b - 1)) // b
 
 
 class Instance:
@@ -430,7 +431,7 @@ class Instance:
         def blocks(k: int) -> np.ndarray:
             if k <= head:
                 return np.zeros(ranks.dp, np.int64)
-            return ranks.per_rank(rank, np.maximum(-(-(computed + (k - head) * growth) // bs) - held, 0))
+            return ranks.per_rank(rank, np.maximum(_ceil_div(computed + (k - head) * growth, bs) - held, 0))
 
         return blocks
 
