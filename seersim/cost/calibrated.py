@@ -63,6 +63,21 @@ class KernelCurvesCost(CachedStepLines):
 
     def _tokens_s(self, tokens: float, logit_rows: float) -> float:
         """Everything that depends on the iteration's token count, per rank."""
+        layers_s, after_s = self._token_parts(tokens)
+        # (summed in this order: the layers, lm_head, then the rest)
+        total = layers_s + self.curves.gemm_scalar_s(self.gpu, logit_rows / self.par.dp, *self._lm_head, self.model.weight_bytes_per_param)
+        for part in after_s:
+            total += part
+        return total
+
+    def _token_parts(self, tokens: float) -> tuple[float, tuple[float, ...]]:
+        """The layers' time, and the embedding's, TP all-reduces' and EP all-to-alls' (the
+        terms after lm_head), at a token count; memoised: iterations with one token count
+        and different logit rows (prefill chunks beside decodes) share them."""
+        cache = self.__dict__.setdefault("_parts_cache", {})
+        hit = cache.get(tokens)
+        if hit is not None:
+            return hit
         m, c, g, par = self.model, self.curves, self.gpu, self.par
         w = m.weight_bytes_per_param
         t = tokens / par.dp
@@ -72,12 +87,14 @@ class KernelCurvesCost(CachedStepLines):
         total += m.num_layers * sum(c.elementwise_latency_s + b * t / elem_rate for b in self._elem_bytes_per_token)
         if m.is_moe:
             total += m.num_moe_layers * routed_experts_s(c, g, m, t, par.tp, par.ep)
-        total += gemm(g, logit_rows / par.dp, *self._lm_head, w)
-        total += c.elementwise_latency_s + 2 * t * m.hidden_size * ACTIVATION_BYTES / elem_rate  # embedding gather
+        after = [c.elementwise_latency_s + 2 * t * m.hidden_size * ACTIVATION_BYTES / elem_rate]  # embedding gather
         if par.tp > 1:
-            total += 2 * m.num_layers * float(c.all_reduce_s(g, tp_message_bytes(m, t), par.tp))
-        total += ep_all_to_all_s(m, par, g, t, c.all_reduce_latency_s)
-        return total
+            after.append(2 * m.num_layers * float(c.all_reduce_s(g, tp_message_bytes(m, t), par.tp)))
+        after.append(ep_all_to_all_s(m, par, g, t, c.all_reduce_latency_s))
+        if len(cache) >= self._CACHE_SIZE:
+            cache.clear()
+        hit = cache[tokens] = (total, tuple(after))
+        return hit
 
     def _base_s(self, tokens: int, logit_rows: float) -> float:
         """Overhead + token-dependent time, memoised like `step_lines` (a DP-rank iteration

@@ -12,6 +12,7 @@ explicitly and says so in its name).
 
 from __future__ import annotations
 
+import functools
 import math
 from abc import ABC, abstractmethod
 from dataclasses import dataclass
@@ -178,6 +179,8 @@ class RankReservations:
         self.reserved = reserved_blocks.copy()  # (instances, ranks)
         self.free = total_blocks - reserved_blocks  # unreserved blocks
         self.free_rank = self.free.argmax(axis=1)  # per instance, kept up to date by _take
+        #: one rank per instance (no DP attention): every chunk runs on rank 0
+        self.single_rank = self.free.shape[1] == 1
         self._initial_counts = group_counts
         self._counts: dict[int, np.ndarray] = {}  # group -> its chunks booked on each (instance, rank)
 
@@ -220,7 +223,8 @@ class RankReservations:
         self.reserved[instance_id, rank] += blocks
         row = self.free[instance_id]
         row[rank] -= blocks
-        self.free_rank[instance_id] = row.argmax()
+        if not self.single_rank:
+            self.free_rank[instance_id] = row.argmax()
 
 
 class Loads:
@@ -241,7 +245,7 @@ class Loads:
         self.reservations = RankReservations(
             view.rank_total_blocks, view.rank_reserved_blocks, view.group_rank_in_flight
         )
-        self._rows = np.arange(len(self.in_flight))
+        self._rows = _instance_rows(len(self.in_flight))
         # the in-flight spread, kept by `add`: the least load and how many instances have it, the most
         loads = self.in_flight.tolist()  # (Python's min/max beat numpy's on a few dozen values)
         self._least, self._most = min(loads), max(loads)
@@ -256,17 +260,22 @@ class Loads:
         """The rank the chunk would run on at each instance and the blocks it would add to
         that rank's reservation: its own context and growth, plus its group's shared
         prompt where no sibling on that rank already holds it."""
-        view = self.view
+        view, res = self.view, self.reservations
         group = int(view.group_id[request_id])
         total = chunk_blocks(view, request_id, max_new_tokens, self.rule)
         shared = view.shared_prompt_blocks(group)
-        ranks = self.reservations.ranks(view.affinity_ranks(request_id))
-        siblings = self.reservations.group_counts(group)[self._rows, ranks]
-        return Projection(ranks, self.reservations.blocks(total, shared, siblings), group, total, shared)
+        if res.single_rank:  # (the same, without gathering one rank per instance)
+            ranks = _rank_zero(len(self._rows))
+            siblings = res.group_counts(group)[:, 0]
+        else:
+            ranks = res.ranks(view.affinity_ranks(request_id))
+            siblings = res.group_counts(group)[self._rows, ranks]
+        return Projection(ranks, res.blocks(total, shared, siblings), group, total, shared)
 
     def headroom(self, p: Projection) -> np.ndarray:
         """Unreserved blocks of the rank the chunk would run on, on each instance."""
-        return self.reservations.free[self._rows, p.ranks]
+        free = self.reservations.free
+        return free[:, 0] if self.reservations.single_rank else free[self._rows, p.ranks]
 
     def has_room(self, p: Projection) -> np.ndarray:
         """Instances where the chunk fits on its rank beside every in-flight chunk's reservation."""
@@ -283,6 +292,22 @@ class Loads:
                 self._least = load
                 self._at_least = self.in_flight.tolist().count(load)
         self.reservations.book(instance_id, int(p.ranks[instance_id]), p.group, p.chunk_blocks, p.shared_blocks)
+
+
+@functools.cache
+def _instance_rows(n: int) -> np.ndarray:
+    """0..n-1, read-only (Loads gathers one rank per instance with it on every call)."""
+    rows = np.arange(n)
+    rows.flags.writeable = False
+    return rows
+
+
+@functools.cache
+def _rank_zero(n: int) -> np.ndarray:
+    """Rank 0 on each of n instances, read-only (instances without DP attention)."""
+    ranks = np.zeros(n, np.int64)
+    ranks.flags.writeable = False
+    return ranks
 
 
 def chunk_blocks(view: ClusterView, request_id: int, max_new_tokens: int, rule: KVReservation) -> int:
