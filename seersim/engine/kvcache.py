@@ -323,26 +323,21 @@ class KVCache:
 # ---- an instance's DP ranks, one cache each (loops kept tight: the engine calls these
 # every stretch, with 32 ranks on Kimi-K2) ------------------------------------------------
 def allocate_ranks(kvs: list[KVCache], blocks: list[int]) -> None:
-    """`KVCache.allocate(blocks[r])` on each rank r's cache."""
+    """`KVCache.allocate(blocks[r])` on each rank r's cache (ranks taking none skipped)."""
     for kv, n in zip(kvs, blocks):
         if n:
-            if n < 0 or n > kv.total_blocks - kv.used_blocks:
-                raise AssertionError(f"allocate({n}) with {kv.free_blocks} free")
-            kv.used_blocks += n
+            kv.allocate(n)
 
 
 def free_blocks_ranks(kvs: list[KVCache]) -> list[int]:
     """Each rank's `free_blocks`."""
-    return [kv.total_blocks - kv.used_blocks for kv in kvs]
+    return [kv.free_blocks for kv in kvs]
 
 
 def used_and_cached_blocks(kvs: list[KVCache]) -> tuple[int, int]:
     """Σ `used_blocks` and Σ `cached_blocks` over the ranks' caches."""
     used = cached = 0
     for kv in kvs:
-        u = kv.used_blocks
-        room = kv.total_blocks - u
-        c = kv._cached_blocks
-        used += u
-        cached += c if c <= room else room
+        used += kv.used_blocks
+        cached += kv.cached_blocks
     return used, cached
