@@ -132,6 +132,7 @@ class SpecDecoder:
         # memos of pure functions of their keys (speed only: same numbers either way)
         self._gamma_lines: dict[int, list[tuple[StepLines, int, float]]] = {}  # batch -> per γ
         self._split_memo: dict[tuple, tuple[int, int]] = {}  # _split_budget's answers
+        self._choosers: dict[tuple[bytes, bytes], Callable[[int], tuple[int, int]]] = {}  # _gamma_choice's
         self._verify_lines: dict[tuple[int, int], StepLines] = {}  # (seqs, verified) -> dp = 1 lines
         self._max_emit_tokens = 1  # most tokens one iteration may emit per sequence (KV bound)
         # the current stretch's cumulative verified tokens per iteration, when its drafts change
@@ -180,9 +181,9 @@ class SpecDecoder:
         elif not decoding.any():
             self.epoch_gamma = (0, 0)
         elif decoding.all():
-            self.epoch_gamma = self._adaptive_gamma(b, self._alpha[refs], probe)
+            self.epoch_gamma = self._adaptive_gamma(b, refs, probe)
         else:
-            self.epoch_gamma = self._adaptive_gamma(b, self._alpha[refs[decoding]], probe[decoding])
+            self.epoch_gamma = self._adaptive_gamma(b, refs[decoding], probe[decoding])
         self._assign(b, state.ranks, decoding, probe, refs)
 
     def _assign(
@@ -270,14 +271,25 @@ class SpecDecoder:
             self._gamma_lines[batch] = per_gamma
         return per_gamma
 
-    def _adaptive_gamma(self, b: RunningBatch, alpha: np.ndarray, probe: np.ndarray) -> tuple[int, int]:
-        """(γ for probes, γ for the others) of a batch with these acceptances, now."""
-        return self._gamma_choice(alpha, probe)(int(b.computed.sum()) + len(b))
+    def _adaptive_gamma(self, b: RunningBatch, refs: np.ndarray, probe: np.ndarray) -> tuple[int, int]:
+        """(γ for probes, γ for the others) of a batch with these references, now."""
+        return self._gamma_choice(refs, probe)(int(b.computed.sum()) + len(b))
 
-    def _gamma_choice(self, alpha: np.ndarray, probe: np.ndarray) -> Callable[[int], tuple[int, int]]:
-        """Algorithm 1 for a batch with these acceptances, as a function of its context
-        tokens: (γ for probes, γ for the others). The batch's statistics are taken once,
-        for the epoch starts a stretch plans ahead (`_later_epochs`)."""
+    def _gamma_choice(self, refs: np.ndarray, probe: np.ndarray) -> Callable[[int], tuple[int, int]]:
+        """Algorithm 1 for a batch whose sequences have these finished references and
+        probe flags, as a function of its context tokens: (γ for probes, γ for the
+        others). Memoised by the two arrays' contents: a batch's statistics are taken
+        once, for every epoch start while its references stay (`_later_epochs`)."""
+        key = (refs.tobytes(), probe.tobytes())
+        choose = self._choosers.get(key)
+        if choose is None:
+            if len(self._choosers) >= 4096:
+                self._choosers.clear()
+            choose = self._choosers[key] = self._build_choice(self._alpha[refs], probe)
+        return choose
+
+    def _build_choice(self, alpha: np.ndarray, probe: np.ndarray) -> Callable[[int], tuple[int, int]]:
+        """`_gamma_choice` for a batch with these acceptances."""
         batch = len(alpha)
         a_mean = float(alpha.sum()) / batch
         # drafts the step's token budget cannot verify are not worth building
@@ -290,14 +302,24 @@ class SpecDecoder:
         a_h = float(alpha[probe].sum()) / n_h if n_h else 0.0
         a_l = float(alpha[~probe].sum()) / n_l if n_l else 0.0
         memo = self._split_memo
+        # time per accepted token of each γ: iteration time / τ(γ); a roofline's two
+        # lines are evaluated inline (the same arithmetic as `StepLines.at`)
+        if all(len(lines.slopes_s) == 2 for lines, _, _ in per_gamma):
+            rooflines = [(*lines.intercepts_s, *lines.slopes_s, extra, o, t) for (lines, extra, o), t in zip(per_gamma, tau_g)]
+
+            def per_token_s(context: int) -> list[float]:
+                return [
+                    ((x if (x := a0 + b0 * (c := context + e)) > (y := a1 + b1 * c) else y) + o) / t
+                    for a0, a1, b0, b1, e, o, t in rooflines
+                ]
+        else:
+
+            def per_token_s(context: int) -> list[float]:
+                return [(lines.at(context + e) + o) / t for (lines, e, o), t in zip(per_gamma, tau_g)]
 
         def choose(context: int) -> tuple[int, int]:
-            # time per accepted token: iteration time / τ(γ)
-            best, best_s = -1, 0.0
-            for g, (lines, extra, overhead_s) in enumerate(per_gamma):
-                per_token_s = (lines.at(context + extra) + overhead_s) / tau_g[g]
-                if best < 0 or per_token_s < best_s:  # the first minimum
-                    best, best_s = g, per_token_s
+            times = per_token_s(context)
+            best = times.index(min(times))  # the first minimum
             budget = best * batch
             if best == 0 or budget < n_h:
                 return 0, 0
@@ -473,7 +495,7 @@ class SpecDecoder:
             return steps
         if not bool((b.tau_q == (self._tau_q[refs, b.draft] if refs is not None else self._tau_q[0, b.draft])).all()):
             return steps  # a sibling finished since the drafts were assigned
-        choose = self._gamma_choice(self._alpha[refs], probe) if refs is not None else None
+        choose = self._gamma_choice(refs, probe) if refs is not None else None
         rate = self._context_rate(b, ranks)
         ends = self._epoch_ends
         computed, acc, tq = b.computed, b.acc, b.tau_q
