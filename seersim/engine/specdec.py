@@ -209,16 +209,28 @@ class SpecDecoder:
         self._cap(b)
         self._rebase = False
         self.epoch_step = 0
-        self.epoch_base_context = self._base_context(b, ranks, b.computed)
+        self.epoch_base_context = self._base_context(b, ranks, b.computed, self._verified_now(b, ranks))
         self.epoch_rate = self._context_rate(b, ranks)
 
     @staticmethod
-    def _base_context(b: RunningBatch, ranks: DPRanks, computed: np.ndarray) -> np.ndarray:
+    def _base_context(
+        b: RunningBatch, ranks: DPRanks, computed: np.ndarray, verified: np.ndarray, computed_sum: int | None = None
+    ) -> np.ndarray:
         """Per rank, the context an epoch's first iteration attends, its sequences having
-        `computed` tokens each (the epoch's context model starts there)."""
+        `computed` tokens each (the epoch's context model starts there). `verified`:
+        tokens each rank verifies per iteration (`_verified_now`); `computed_sum`: Σ
+        computed, where the caller has it."""
         if ranks.dp == 1:
-            return np.array([float(int(computed.sum()) + len(b) + int(b.gamma.sum()))])
+            total = int(computed.sum()) if computed_sum is None else computed_sum
+            return np.array([float(total + int(verified[0]))])
         return ranks.per_rank(b.rank, computed + 1 + b.gamma).astype(np.float64)
+
+    @staticmethod
+    def _verified_now(b: RunningBatch, ranks: DPRanks) -> np.ndarray:
+        """Tokens each rank verifies per iteration with the batch's draft slots now."""
+        if ranks.dp == 1:
+            return np.array([len(b) + int(b.gamma.sum())])
+        return ranks.per_rank(b.rank, 1 + b.gamma)
 
     @staticmethod
     def _context_rate(b: RunningBatch, ranks: DPRanks) -> np.ndarray:
@@ -377,14 +389,13 @@ class SpecDecoder:
         self,
         b: RunningBatch,
         ranks: DPRanks,
-        verified: np.ndarray | None = None,
+        verified: np.ndarray,
         first: int = 1,
         seqs: np.ndarray | None = None,
         epoch: tuple[np.ndarray, np.ndarray] | None = None,
     ) -> LinearStretch:
         """The epoch's speculative iterations from the stretch's iteration `first` on: each
-        rank verifies its sequences' drafts (`verified` tokens per rank, default: the
-        batch's now) over its expected context (the epoch's context model, per rank).
+        rank verifies its sequences' drafts (`verified` tokens per rank) over its expected context (the epoch's context model, per rank).
         `epoch`: the context model (base, rate) of a later epoch that starts at `first`."""
         if epoch is None:
             base, rate_per_rank = self.epoch_base_context, self.epoch_rate
@@ -393,7 +404,7 @@ class SpecDecoder:
             (base, rate_per_rank), step = epoch, 0
         if ranks.dp == 1:  # the same as below, in scalars, with the lines memoised
             seqs = len(b)
-            tokens = seqs + int(b.gamma.sum()) if verified is None else int(verified[0])
+            tokens = int(verified[0])
             key = (seqs, tokens)
             lines = self._verify_lines.get(key)
             if lines is None:
@@ -413,8 +424,6 @@ class SpecDecoder:
             return LinearStretch(lines, float(base[0]) + rate * (step - 1), rate)
         if seqs is None:
             seqs = b.rank_counts(ranks.dp)
-        if verified is None:
-            verified = ranks.per_rank(b.rank, 1 + b.gamma)
         queries = verified / np.maximum(seqs, 1)
         c0 = base + rate_per_rank * (step - 1)
         overhead = self.cfg.draft_overhead_s if int(verified.sum()) > len(b) else 0.0
@@ -441,8 +450,9 @@ class SpecDecoder:
             need = -(-(computed + 1 + gamma + (acc + (k - 1) * tq) // Q) // bs)
             return ranks.per_rank(rank, np.maximum(need - blocks - shared, 0))
 
+        verified = self._verified_now(b, ranks)
         if not state.fast_forward:
-            return Plan(1, self._stretch(b, ranks), "spec_decode", None, extra_blocks)
+            return Plan(1, self._stretch(b, ranks, verified), "spec_decode", None, extra_blocks)
         # The draft cap min(draft, left − 1) changes at the first iteration where
         # emitted-so-far ≥ max(left − draft, 1); without drafts that threshold is the
         # chunk's own end, and it is never later than it.
@@ -455,13 +465,14 @@ class SpecDecoder:
         steps = max(1, min(self.epoch_left, cap_min))
         if steps < self.epoch_left and self.cfg.paths == 1:
             last = max(1, min(self.epoch_left, int(_first_emitting(left.copy(), acc, tq).min())))
-            if steps < last:
-                verified = self._verified_if_budget_left(b, ranks)
-                if verified is not None:
-                    return self._plan_across_caps(state, cap_reach, last, verified)
+            if steps < last and bool((verified < self.token_budget // ranks.dp).all()):
+                # every rank leaves some of its token budget unused: a waiting head was held
+                # back by `max_num_seqs` or KV, not by the budget, and stays so while drafts
+                # shrink (a larger budget only needs more blocks to admit it)
+                return self._plan_across_caps(state, cap_reach, last, verified)
         if steps == self.epoch_left < cap_min:
             if self._epochs_ahead:
-                steps = self._later_epochs(b, ranks, steps, cap_min)
+                steps = self._later_epochs(b, ranks, steps, cap_min, verified)
             else:
                 self._epochs_ahead = 1
         if steps > 1 and not self._blocks_surely_fit(b, ranks, steps, state.stretch_block_limit(), bs):
@@ -469,12 +480,12 @@ class SpecDecoder:
         if self._epoch_ends:
             ends = self._epoch_ends = [e for e in self._epoch_ends if e[0] < steps]
             if ends:
-                parts = [(1, self._stretch(b, ranks))]
-                parts += [(end + 1, self._stretch(b, ranks, epoch=(base, rate))) for end, base, rate in ends]
+                parts = [(1, self._stretch(b, ranks, verified))]
+                parts += [(end + 1, self._stretch(b, ranks, verified, epoch=(base, rate))) for end, base, rate in ends]
                 return Plan(steps, SegmentedStretch(parts), "spec_decode", None, extra_blocks)
-        return Plan(steps, self._stretch(b, ranks), "spec_decode", None, extra_blocks)
+        return Plan(steps, self._stretch(b, ranks, verified), "spec_decode", None, extra_blocks)
 
-    def _later_epochs(self, b: RunningBatch, ranks: DPRanks, steps: int, cap_min: int) -> int:
+    def _later_epochs(self, b: RunningBatch, ranks: DPRanks, steps: int, cap_min: int, verified: np.ndarray) -> int:
         """How far a stretch whose epoch ends after `steps` iterations, with no draft cap
         changing before iteration `cap_min` + 1, may run on through later epochs.
 
@@ -486,7 +497,8 @@ class SpecDecoder:
         the context model restarts (a new piece of the stretch's time, kept in
         `_epoch_ends` for `advance`). A sibling finishing elsewhere in the meantime
         ends the stretch at the next epoch end (`Instance.sibling_finished`), so each epoch start
-        sees the finished counts step-by-step simulation would. Returns the steps."""
+        sees the finished counts step-by-step simulation would. `verified`: tokens each
+        rank verifies per iteration. Returns the steps."""
         refs = self.groups.finished_siblings(b.rid) if self.grouped else None
         probe = self.groups.is_probe(b.rid)
         g_probe, g_other = self.epoch_gamma
@@ -501,9 +513,10 @@ class SpecDecoder:
         computed, acc, tq = b.computed, b.acc, b.tau_q
         while steps < cap_min and len(ends) < self._epochs_ahead:
             at_start = computed + (acc + steps * tq) // Q  # no chunk fills before cap_min
-            if choose is not None and choose(int(at_start.sum()) + len(b)) != self.epoch_gamma:
+            at_start_sum = int(at_start.sum())
+            if choose is not None and choose(at_start_sum + len(b)) != self.epoch_gamma:
                 break
-            ends.append((steps, self._base_context(b, ranks, at_start), rate))
+            ends.append((steps, self._base_context(b, ranks, at_start, verified, at_start_sum), rate))
             steps = min(steps + self.cfg.reevaluate_steps, cap_min)
         return steps
 
@@ -517,18 +530,6 @@ class SpecDecoder:
     def spans_epochs(self) -> bool:
         """Whether the current stretch runs into later epochs (see `_later_epochs`)."""
         return bool(self._epoch_ends)
-
-    def _verified_if_budget_left(self, b: RunningBatch, ranks: DPRanks) -> np.ndarray | None:
-        """Tokens each rank verifies per iteration now, if every rank leaves some of its
-        token budget unused (else None). Then a waiting head was held back by
-        `max_num_seqs` or KV, not by the budget, and stays so while drafts shrink (a
-        larger budget only needs more blocks to admit it)."""
-        rank_budget = self.token_budget // ranks.dp
-        if ranks.dp == 1:
-            verified = np.array([len(b) + int(b.gamma.sum())])
-        else:
-            verified = ranks.per_rank(b.rank, 1 + b.gamma)
-        return verified if bool((verified < rank_budget).all()) else None
 
     def _plan_across_caps(self, state: EngineState, cap_reach: np.ndarray, last: int, verified: np.ndarray) -> Plan:
         """A stretch of up to `last` iterations (one draft path) over draft-cap changes:
@@ -558,12 +559,14 @@ class SpecDecoder:
         if len(starts) == 1:
             self._verified_cum = None  # the drafts stay as they are throughout
             return Plan(steps, self._stretch(b, ranks, verified), "spec_decode", None, blocks_fn)
-        seqs = b.rank_counts(ranks.dp) if ranks.dp > 1 else None
-        owners = b.rank[moving]
-        parts = []
-        for first in starts:
-            piece = verified + ranks.per_rank(owners, drafts[:, first - 1])
-            parts.append((first, self._stretch(b, ranks, piece, first, seqs)))
+        if ranks.dp == 1:  # a piece verifies its first iteration's total
+            parts = [(first, self._stretch(b, ranks, total[first - 1 : first], first)) for first in starts]
+        else:
+            seqs, owners = b.rank_counts(ranks.dp), b.rank[moving]
+            parts = [
+                (first, self._stretch(b, ranks, verified + ranks.per_rank(owners, drafts[:, first - 1]), first, seqs))
+                for first in starts
+            ]
         return Plan(steps, SegmentedStretch(parts), "spec_decode", None, blocks_fn)
 
     @staticmethod
