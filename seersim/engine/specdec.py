@@ -465,10 +465,7 @@ class SpecDecoder:
         steps = max(1, min(self.epoch_left, cap_min))
         if steps < self.epoch_left and self.cfg.paths == 1:
             last = max(1, min(self.epoch_left, int(_first_emitting(left.copy(), acc, tq).min())))
-            if steps < last and bool((verified < self.token_budget // ranks.dp).all()):
-                # every rank leaves some of its token budget unused: a waiting head was held
-                # back by `max_num_seqs` or KV, not by the budget, and stays so while drafts
-                # shrink (a larger budget only needs more blocks to admit it)
+            if steps < last and self._leaves_budget(verified, ranks):
                 return self._plan_across_caps(state, cap_reach, last, verified)
         if steps == self.epoch_left < cap_min:
             if self._epochs_ahead:
@@ -530,6 +527,13 @@ class SpecDecoder:
     def spans_epochs(self) -> bool:
         """Whether the current stretch runs into later epochs (see `_later_epochs`)."""
         return bool(self._epoch_ends)
+
+    def _leaves_budget(self, verified: np.ndarray, ranks: DPRanks) -> bool:
+        """Whether every rank leaves some of its token budget unused, verifying `verified`
+        tokens per iteration. Then a waiting head was held back by `max_num_seqs` or KV,
+        not by the budget, and stays so while drafts shrink (a larger budget only needs
+        more blocks to admit it)."""
+        return bool((verified < self.token_budget // ranks.dp).all())
 
     def _plan_across_caps(self, state: EngineState, cap_reach: np.ndarray, last: int, verified: np.ndarray) -> Plan:
         """A stretch of up to `last` iterations (one draft path) over draft-cap changes:
