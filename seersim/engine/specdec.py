@@ -130,13 +130,14 @@ class SpecDecoder:
         self.epoch_base_context = np.zeros(1)  # per DP rank
         self.epoch_rate = np.zeros(1)
         # memos of pure functions of their keys (speed only: same numbers either way)
-        self._gamma_lines: dict[int, list[tuple[StepLines, int, float]]] = {}  # batch -> per γ
+        self._gamma_lines: dict[int, tuple] = {}  # batch -> per γ (`_iteration_lines`)
+        self._tau_sums: dict[float, list[float]] = {}  # mean α -> τ per γ
         self._split_memo: dict[tuple, tuple[int, int]] = {}  # _split_budget's answers
         self._choosers: dict[tuple[bytes, bytes], Callable[[int], tuple[int, int]]] = {}  # _gamma_choice's
         self._verify_lines: dict[tuple[int, int], StepLines] = {}  # (seqs, verified) -> dp = 1 lines
         self._max_emit_tokens = 1  # most tokens one iteration may emit per sequence (KV bound)
         # the current stretch's cumulative verified tokens per iteration, when its drafts change
-        self._verified_cum: np.ndarray | None = None
+        self._verified_cum: list[int] | None = None
         # the current stretch's epoch starts (`_later_epochs`): (last iteration of the
         # epoch before, the new epoch's context model: base per rank, rate per rank)
         self._epoch_ends: list[tuple[int, np.ndarray, np.ndarray]] = []
@@ -267,12 +268,14 @@ class SpecDecoder:
         if self.cfg.paths != 1:
             b.gamma *= self.cfg.paths
 
-    def _iteration_lines(self, batch: int) -> list[tuple[StepLines, int, float]]:
+    def _iteration_lines(self, batch: int) -> tuple[list[tuple[StepLines, int, float]], list[tuple[float, ...]] | None]:
         """Per draft length γ = 0..8: the cost model's lines of an iteration of `batch`
         sequences verifying γ drafts each, the context its draft queries add, and the
-        draft-building overhead (memoised per batch size)."""
-        per_gamma = self._gamma_lines.get(batch)
-        if per_gamma is None:
+        draft-building overhead; and, when every γ's lines are a roofline (two lines),
+        their numbers flat (a0, a1, b0, b1, context added, overhead) to evaluate inline.
+        Memoised per batch size."""
+        memo = self._gamma_lines.get(batch)
+        if memo is None:
             if len(self._gamma_lines) >= 4096:
                 self._gamma_lines.clear()
             per_gamma = []
@@ -280,8 +283,11 @@ class SpecDecoder:
                 width = 1 + self.cfg.paths * gamma
                 lines = self.cost.step_lines(batch, batch * width, 0, float(width))
                 per_gamma.append((lines, batch * (width - 1), self.cfg.draft_overhead_s if gamma else 0.0))
-            self._gamma_lines[batch] = per_gamma
-        return per_gamma
+            rooflines = None
+            if all(len(lines.slopes_s) == 2 for lines, _, _ in per_gamma):
+                rooflines = [(*lines.intercepts_s, *lines.slopes_s, extra, o) for lines, extra, o in per_gamma]
+            memo = self._gamma_lines[batch] = (per_gamma, rooflines)
+        return memo
 
     def _adaptive_gamma(self, b: RunningBatch, refs: np.ndarray, probe: np.ndarray) -> tuple[int, int]:
         """(γ for probes, γ for the others) of a batch with these references, now."""
@@ -303,26 +309,33 @@ class SpecDecoder:
     def _build_choice(self, alpha: np.ndarray, probe: np.ndarray) -> Callable[[int], tuple[int, int]]:
         """`_gamma_choice` for a batch with these acceptances."""
         batch = len(alpha)
-        a_mean = float(alpha.sum()) / batch
+        a_mean = float(np.add.reduce(alpha)) / batch  # (ndarray.sum's own reduction)
         # drafts the step's token budget cannot verify are not worth building
         cap = min(MAX_DRAFT, (self.token_budget // batch - 1) // self.cfg.paths)
-        per_gamma = self._iteration_lines(batch)[: cap + 1]
-        # τ(γ) = Σ_{j ≤ γ} a_mean^j
-        tau_g = list(accumulate(a_mean**g for g in range(len(per_gamma))))
-        n_h = int(probe.sum())
+        per_gamma, rooflines = self._iteration_lines(batch)
+        # τ(γ) = Σ_{j ≤ γ} a_mean^j, for γ ≤ cap
+        tau_g = self._tau_sums.get(a_mean)
+        if tau_g is None:
+            if len(self._tau_sums) >= 65536:
+                self._tau_sums.clear()
+            tau_g = self._tau_sums[a_mean] = list(accumulate(a_mean**g for g in range(MAX_DRAFT + 1)))
+        tau_g = tau_g[: cap + 1]
+        n_h = int(np.count_nonzero(probe))
         n_l = batch - n_h
-        a_h = float(alpha[probe].sum()) / n_h if n_h else 0.0
-        a_l = float(alpha[~probe].sum()) / n_l if n_l else 0.0
+        if n_h:
+            a_h = float(np.add.reduce(alpha[probe])) / n_h
+            a_l = float(np.add.reduce(alpha[~probe])) / n_l if n_l else 0.0
+        else:
+            a_h, a_l = 0.0, a_mean  # (the others are the whole batch)
         memo = self._split_memo
         # time per accepted token of each γ: iteration time / τ(γ); a roofline's two
         # lines are evaluated inline (the same arithmetic as `StepLines.at`)
-        if all(len(lines.slopes_s) == 2 for lines, _, _ in per_gamma):
-            rooflines = [(*lines.intercepts_s, *lines.slopes_s, extra, o, t) for (lines, extra, o), t in zip(per_gamma, tau_g)]
+        if rooflines is not None:
 
             def per_token_s(context: int) -> list[float]:
                 return [
                     ((x if (x := a0 + b0 * (c := context + e)) > (y := a1 + b1 * c) else y) + o) / t
-                    for a0, a1, b0, b1, e, o, t in rooflines
+                    for (a0, a1, b0, b1, e, o), t in zip(rooflines, tau_g)
                 ]
         else:
 
@@ -547,14 +560,16 @@ class SpecDecoder:
         emitted = (b.acc[moving, None] + np.arange(last)[None, :] * b.tau_q[moving, None]) // Q
         drafts = np.maximum(b.left[moving, None] - emitted - 1, 0)
         np.minimum(drafts, b.draft[moving, None], out=drafts)
-        # drafts only fall, so a rank's verified tokens change exactly where one of its sequences' does
-        starts = (np.flatnonzero((drafts[:, 1:] != drafts[:, :-1]).any(axis=0)) + 2).tolist()
+        # drafts only fall, so a rank's verified tokens change exactly where one of its
+        # sequences' does, which is where their sum does
+        moving_drafts = np.add.reduce(drafts, axis=0)
+        starts = (np.flatnonzero(moving_drafts[1:] != moving_drafts[:-1]) + 2).tolist()
         if len(starts) >= MAX_SEGMENTS:
             last = starts[MAX_SEGMENTS - 1] - 1
             starts = starts[: MAX_SEGMENTS - 1]
-        drafts -= drafts[:, :1].copy()  # change since iteration 1
-        total = int(verified.sum()) + drafts[:, :last].sum(axis=0)
-        self._verified_cum = np.concatenate(([0], np.cumsum(total)))
+        # tokens verified per iteration: iteration 1's, less the drafts that fell since
+        total = (int(verified.sum()) - int(moving_drafts[0])) + moving_drafts[:last]
+        self._verified_cum = list(accumulate(total.tolist(), initial=0))
         blocks_fn = self._capped_blocks_fn(b, ranks, bs)
         steps = last
         if not self._blocks_surely_fit(b, ranks, steps, state.stretch_block_limit(), bs):
@@ -566,9 +581,9 @@ class SpecDecoder:
         if ranks.dp == 1:  # a piece verifies its first iteration's total
             parts = [(first, self._stretch(b, ranks, total[first - 1 : first], first)) for first in starts]
         else:
-            seqs, owners = b.rank_counts(ranks.dp), b.rank[moving]
+            seqs, owners, fell = b.rank_counts(ranks.dp), b.rank[moving], drafts - drafts[:, :1]
             parts = [
-                (first, self._stretch(b, ranks, verified + ranks.per_rank(owners, drafts[:, first - 1]), first, seqs))
+                (first, self._stretch(b, ranks, verified + ranks.per_rank(owners, fell[:, first - 1]), first, seqs))
                 for first in starts
             ]
         return Plan(steps, SegmentedStretch(parts), "spec_decode", None, blocks_fn)
@@ -624,7 +639,7 @@ class SpecDecoder:
         """Tokens `steps` speculative iterations verify (each sequence 1 + its drafts)."""
         if self._verified_cum is None:
             return steps * int((1 + b.gamma).sum())
-        return int(self._verified_cum[steps])
+        return self._verified_cum[steps]
 
     @staticmethod
     def emitted(b: RunningBatch, steps: int) -> np.ndarray:
