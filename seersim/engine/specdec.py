@@ -131,9 +131,10 @@ class SpecDecoder:
         self.epoch_rate = np.zeros(1)
         # memos of pure functions of their keys (speed only: same numbers either way)
         self._gamma_lines: dict[int, tuple] = {}  # batch -> per γ (`_iteration_lines`)
-        self._tau_sums: dict[float, list[float]] = {}  # mean α -> τ per γ
         self._split_memo: dict[tuple, tuple[int, int]] = {}  # _split_budget's answers
-        self._choosers: dict[tuple[bytes, bytes], Callable[[int], tuple[int, int]]] = {}  # _gamma_choice's
+        # (rid column, references, probes) of the drafts this iteration's `_assign` gave
+        self._assigned: tuple[np.ndarray, np.ndarray | None, np.ndarray] | None = None
+        self._last_choice: tuple[tuple[bytes, bytes] | None, Callable[[int], tuple[int, int]] | None] = (None, None)
         self._verify_lines: dict[tuple[int, int], StepLines] = {}  # (seqs, verified) -> dp = 1 lines
         self._max_emit_tokens = 1  # most tokens one iteration may emit per sequence (KV bound)
         # the current stretch's cumulative verified tokens per iteration, when its drafts change
@@ -161,12 +162,13 @@ class SpecDecoder:
         """Before scheduling an iteration: at an epoch start choose the draft lengths
         (probes, others) for the batch; after a batch change re-assign them; cap every
         sequence's draft slots by what its chunk can still emit."""
+        self._assigned = None
         if self.epoch_left > 0:
             if not self._rebase:
                 self._cap(state.batch)
                 return
-            self._assign(state.batch, state.ranks)
-            if not self.grouped or self._verify_tokens(state.batch) <= self.token_budget:
+            verify_tokens = self._assign(state.batch, state.ranks)
+            if not self.grouped or verify_tokens <= self.token_budget:
                 return
             # the batch grew past what the epoch's drafts fit in a step: choose again
         b = state.batch
@@ -194,24 +196,27 @@ class SpecDecoder:
         decoding: np.ndarray | None = None,
         probe: np.ndarray | None = None,
         refs: np.ndarray | None = None,
-    ) -> None:
+    ) -> int:
         """Give every decoding sequence its epoch draft length and τ (from its group's
         finished references now), and restart the epoch's context model. `decoding`,
-        `probe`, `refs`: the batch's, when the caller has them already."""
+        `probe`, `refs`: the batch's, when the caller has them already. Returns the
+        tokens the decoding sequences verify per iteration with their drafts."""
         if decoding is None:
             decoding = b.tokens - b.computed == 1
             probe = self.groups.is_probe(b.rid)
             refs = self.groups.finished_siblings(b.rid) if self.grouped else None
         g_probe, g_other = self.epoch_gamma
-        gamma = np.where(probe, g_probe, g_other) if g_probe != g_other else np.full(len(b), g_other, np.int64)
-        gamma *= decoding
-        b.draft[:] = gamma
-        b.tau_q[:] = self._tau_q[refs, gamma] if refs is not None else self._tau_q[0, gamma]
+        np.multiply(decoding, np.where(probe, g_probe, g_other) if g_probe != g_other else g_other, out=b.draft)
+        b.tau_q[:] = self._tau_q[refs, b.draft] if refs is not None else self._tau_q[0, b.draft]
         self._cap(b)
         self._rebase = False
         self.epoch_step = 0
-        self.epoch_base_context = self._base_context(b, ranks, b.computed, self._verified_now(b, ranks))
+        # only decoding sequences have drafts
+        gamma_tokens = int(np.add.reduce(b.gamma))
+        self.epoch_base_context = self._base_context(b, ranks, b.computed, self._verified_now(b, ranks, gamma_tokens))
         self.epoch_rate = self._context_rate(b, ranks)
+        self._assigned = (b.rid, refs, probe)
+        return int(np.count_nonzero(decoding)) + gamma_tokens
 
     @staticmethod
     def _base_context(
@@ -227,10 +232,11 @@ class SpecDecoder:
         return ranks.per_rank(b.rank, computed + 1 + b.gamma).astype(np.float64)
 
     @staticmethod
-    def _verified_now(b: RunningBatch, ranks: DPRanks) -> np.ndarray:
-        """Tokens each rank verifies per iteration with the batch's draft slots now."""
+    def _verified_now(b: RunningBatch, ranks: DPRanks, gamma_tokens: int | None = None) -> np.ndarray:
+        """Tokens each rank verifies per iteration with the batch's draft slots now
+        (`gamma_tokens`: Σ of them, where the caller has it)."""
         if ranks.dp == 1:
-            return np.array([len(b) + int(b.gamma.sum())])
+            return np.array([len(b) + (int(np.add.reduce(b.gamma)) if gamma_tokens is None else gamma_tokens)])
         return ranks.per_rank(b.rank, 1 + b.gamma)
 
     @staticmethod
@@ -239,11 +245,6 @@ class SpecDecoder:
         if ranks.dp == 1:
             return np.array([int(b.tau_q.sum()) / Q])
         return np.bincount(b.rank, weights=b.tau_q, minlength=ranks.dp) / Q
-
-    @staticmethod
-    def _verify_tokens(b: RunningBatch) -> int:
-        """Tokens the batch's decoding sequences verify per iteration with their drafts."""
-        return int(((b.tokens - b.computed == 1) * (1 + b.gamma)).sum())
 
     def scheduled_tau_q(self, b: RunningBatch, new: np.ndarray) -> np.ndarray:
         """τ·Q per running sequence for the tokens scheduled this iteration: a decode
@@ -296,15 +297,14 @@ class SpecDecoder:
     def _gamma_choice(self, refs: np.ndarray, probe: np.ndarray) -> Callable[[int], tuple[int, int]]:
         """Algorithm 1 for a batch whose sequences have these finished references and
         probe flags, as a function of its context tokens: (γ for probes, γ for the
-        others). Memoised by the two arrays' contents: a batch's statistics are taken
-        once, for every epoch start while its references stay (`_later_epochs`)."""
+        others). The last one is kept with the two arrays' contents: a batch's
+        statistics are taken once for its epoch starts while its references stay
+        (`_later_epochs`). (One, not a table: memos that keep many objects alive make
+        Python's garbage collector run more often and longer.)"""
         key = (refs.tobytes(), probe.tobytes())
-        choose = self._choosers.get(key)
-        if choose is None:
-            if len(self._choosers) >= 4096:
-                self._choosers.clear()
-            choose = self._choosers[key] = self._build_choice(self._alpha[refs], probe)
-        return choose
+        if self._last_choice[0] != key:
+            self._last_choice = (key, self._build_choice(self._alpha[refs], probe))
+        return self._last_choice[1]
 
     def _build_choice(self, alpha: np.ndarray, probe: np.ndarray) -> Callable[[int], tuple[int, int]]:
         """`_gamma_choice` for a batch with these acceptances."""
@@ -313,13 +313,8 @@ class SpecDecoder:
         # drafts the step's token budget cannot verify are not worth building
         cap = min(MAX_DRAFT, (self.token_budget // batch - 1) // self.cfg.paths)
         per_gamma, rooflines = self._iteration_lines(batch)
-        # τ(γ) = Σ_{j ≤ γ} a_mean^j, for γ ≤ cap
-        tau_g = self._tau_sums.get(a_mean)
-        if tau_g is None:
-            if len(self._tau_sums) >= 65536:
-                self._tau_sums.clear()
-            tau_g = self._tau_sums[a_mean] = list(accumulate(a_mean**g for g in range(MAX_DRAFT + 1)))
-        tau_g = tau_g[: cap + 1]
+        # τ(γ) = Σ_{j ≤ γ} a_mean^j
+        tau_g = list(accumulate(a_mean**g for g in range(cap + 1)))
         n_h = int(np.count_nonzero(probe))
         n_l = batch - n_h
         if n_h:
@@ -509,16 +504,23 @@ class SpecDecoder:
         ends the stretch at the next epoch end (`Instance.sibling_finished`), so each epoch start
         sees the finished counts step-by-step simulation would. `verified`: tokens each
         rank verifies per iteration. Returns the steps."""
-        refs = self.groups.finished_siblings(b.rid) if self.grouped else None
-        probe = self.groups.is_probe(b.rid)
-        g_probe, g_other = self.epoch_gamma
-        draft = np.where(probe, g_probe, g_other) if g_probe != g_other else g_other
-        if not bool((b.draft == draft).all()):
-            return steps
-        if not bool((b.tau_q == (self._tau_q[refs, b.draft] if refs is not None else self._tau_q[0, b.draft])).all()):
-            return steps  # a sibling finished since the drafts were assigned
+        assigned = self._assigned
+        if assigned is not None and assigned[0] is b.rid:
+            # this iteration's epoch start assigned the drafts and τ from these (and
+            # every sequence decodes): they are the ones an epoch start assigns
+            _, refs, probe = assigned
+            rate = self.epoch_rate
+        else:
+            refs = self.groups.finished_siblings(b.rid) if self.grouped else None
+            probe = self.groups.is_probe(b.rid)
+            g_probe, g_other = self.epoch_gamma
+            draft = np.where(probe, g_probe, g_other) if g_probe != g_other else g_other
+            if not bool((b.draft == draft).all()):
+                return steps
+            if not bool((b.tau_q == (self._tau_q[refs, b.draft] if refs is not None else self._tau_q[0, b.draft])).all()):
+                return steps  # a sibling finished since the drafts were assigned
+            rate = self._context_rate(b, ranks)
         choose = self._gamma_choice(refs, probe) if refs is not None else None
-        rate = self._context_rate(b, ranks)
         ends = self._epoch_ends
         computed, acc, tq = b.computed, b.acc, b.tau_q
         while steps < cap_min and len(ends) < self._epochs_ahead:
