@@ -403,14 +403,15 @@ class SpecDecoder:
         epoch: tuple[np.ndarray, np.ndarray] | None = None,
     ) -> LinearStretch:
         """The epoch's speculative iterations from the stretch's iteration `first` on: each
-        rank verifies its sequences' drafts (`verified` tokens per rank) over its expected context (the epoch's context model, per rank).
-        `epoch`: the context model (base, rate) of a later epoch that starts at `first`."""
+        rank verifies its sequences' drafts (`verified` tokens per rank) over its expected
+        context (the epoch's context model, per rank). `epoch`: the context model (base,
+        rate) of a later epoch that starts at `first`."""
         if epoch is None:
             base, rate_per_rank = self.epoch_base_context, self.epoch_rate
             step = self.epoch_step + first - 1  # epoch iterations done before it
         else:
             (base, rate_per_rank), step = epoch, 0
-        if ranks.dp == 1:  # the same as below, in scalars, with the lines memoised
+        if ranks.dp == 1:  # `DPRanks.lines` of one rank, in scalars, with the lines memoised
             seqs = len(b)
             tokens = int(verified[0])
             key = (seqs, tokens)
@@ -418,16 +419,10 @@ class SpecDecoder:
             if lines is None:
                 if len(self._verify_lines) >= 4096:
                     self._verify_lines.clear()
-                one = np.ones(1)
-                lines = self._verify_lines[key] = ranks.lines(
-                    np.array([seqs]),
-                    np.array([tokens]),
-                    np.zeros(1),
-                    one * (tokens / max(seqs, 1)),
-                    one,
-                    one,
-                    overhead_s=self.cfg.draft_overhead_s if tokens > seqs else 0.0,
-                )[0]
+                lines = ranks.cost.step_lines(seqs, tokens, 0, tokens / max(seqs, 1))
+                if tokens > seqs and self.cfg.draft_overhead_s:  # building drafts: every line later
+                    lines = StepLines(tuple(a + self.cfg.draft_overhead_s for a in lines.intercepts_s), lines.slopes_s)
+                self._verify_lines[key] = lines
             rate = float(rate_per_rank[0])
             return LinearStretch(lines, float(base[0]) + rate * (step - 1), rate)
         if seqs is None:

@@ -24,14 +24,14 @@ class LinearStretch:
     """
 
     __slots__ = ("lines", "c0", "n", "_breaks", "_starts", "_cum")
+    # The envelope is convex in k: which line dominates where, as k-ranges. Per
+    # segment: (first k, intercept at k=0, slope per k); its first k; time before it.
+    _breaks: list[tuple[int, float, float]]
+    _starts: list[int]
+    _cum: list[float]
 
     def __init__(self, lines: StepLines, c0: int, n: int) -> None:
         self.lines, self.c0, self.n = lines, c0, n
-        # The envelope is convex in k: find which line dominates where, as k-ranges.
-        # (first k, intercept at k=0, slope per k) per segment; first k's; time before each
-        self._breaks: list[tuple[int, float, float]]
-        self._starts: list[int]
-        self._cum: list[float]
         if len(lines.slopes_s) == 2:
             self._build_two()
         else:
