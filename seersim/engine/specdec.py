@@ -134,6 +134,8 @@ class SpecDecoder:
         self._split_memo: dict[tuple, tuple[int, int]] = {}  # _split_budget's answers
         # (rid column, references, probes) of the drafts this iteration's `_assign` gave
         self._assigned: tuple[np.ndarray, np.ndarray | None, np.ndarray] | None = None
+        # (acc column, steps, accumulators after them) from `emitted`, for `advance`
+        self._acc_after: tuple[np.ndarray, int, np.ndarray] | None = None
         self._last_choice: tuple[tuple[bytes, bytes] | None, Callable[[int], tuple[int, int]] | None] = (None, None)
         self._verify_lines: dict[tuple[int, int], StepLines] = {}  # (seqs, verified) -> dp = 1 lines
         self._max_emit_tokens = 1  # most tokens one iteration may emit per sequence (KV bound)
@@ -213,22 +215,22 @@ class SpecDecoder:
         self.epoch_step = 0
         # only decoding sequences have drafts
         gamma_tokens = int(np.add.reduce(b.gamma))
-        self.epoch_base_context = self._base_context(b, ranks, b.computed, self._verified_now(b, ranks, gamma_tokens))
+        verified = self._verified_now(b, ranks, gamma_tokens)
+        self.epoch_base_context = self._base_context(b, ranks, verified, int(np.add.reduce(b.computed)), b.computed)
         self.epoch_rate = self._context_rate(b, ranks)
         self._assigned = (b.rid, refs, probe)
         return int(np.count_nonzero(decoding)) + gamma_tokens
 
     @staticmethod
     def _base_context(
-        b: RunningBatch, ranks: DPRanks, computed: np.ndarray, verified: np.ndarray, computed_sum: int | None = None
+        b: RunningBatch, ranks: DPRanks, verified: np.ndarray, computed_sum: int, computed: np.ndarray | None
     ) -> np.ndarray:
         """Per rank, the context an epoch's first iteration attends, its sequences having
-        `computed` tokens each (the epoch's context model starts there). `verified`:
-        tokens each rank verifies per iteration (`_verified_now`); `computed_sum`: Σ
-        computed, where the caller has it."""
+        `computed` tokens each, `computed_sum` in all (the epoch's context model starts
+        there); `verified`: tokens each rank verifies per iteration (`_verified_now`).
+        One rank reads only the sum (`computed` may then be None)."""
         if ranks.dp == 1:
-            total = int(computed.sum()) if computed_sum is None else computed_sum
-            return np.array([float(total + int(verified[0]))])
+            return np.array([float(computed_sum + int(verified[0]))])
         return ranks.per_rank(b.rank, computed + 1 + b.gamma).astype(np.float64)
 
     @staticmethod
@@ -515,16 +517,25 @@ class SpecDecoder:
             if not bool((b.tau_q == (self._tau_q[refs, b.draft] if refs is not None else self._tau_q[0, b.draft])).all()):
                 return steps  # a sibling finished since the drafts were assigned
             rate = self._context_rate(b, ranks)
+        starts = []  # the epoch starts (iterations before each) it may run into
+        while steps < cap_min and len(starts) < self._epochs_ahead:
+            starts.append(steps)
+            steps = min(steps + self.cfg.reevaluate_steps, cap_min)
+        if not starts:
+            return steps
+        # tokens each sequence emitted by each start (no chunk fills before cap_min)
+        emitted = np.multiply.outer(b.tau_q, starts)
+        emitted += b.acc[:, None]
+        emitted //= Q
+        computed_sum = int(np.add.reduce(b.computed))
+        context = (computed_sum + np.add.reduce(emitted, axis=0)).tolist()
         choose = self._gamma_choice(refs, probe) if refs is not None else None
         ends = self._epoch_ends
-        computed, acc, tq = b.computed, b.acc, b.tau_q
-        while steps < cap_min and len(ends) < self._epochs_ahead:
-            at_start = computed + (acc + steps * tq) // Q  # no chunk fills before cap_min
-            at_start_sum = int(at_start.sum())
-            if choose is not None and choose(at_start_sum + len(b)) != self.epoch_gamma:
-                break
-            ends.append((steps, self._base_context(b, ranks, at_start, verified, at_start_sum), rate))
-            steps = min(steps + self.cfg.reevaluate_steps, cap_min)
+        for j, start in enumerate(starts):
+            if choose is not None and choose(context[j] + len(b)) != self.epoch_gamma:
+                return start
+            at_start = b.computed + emitted[:, j] if ranks.dp > 1 else None
+            ends.append((start, self._base_context(b, ranks, verified, context[j], at_start), rate))
         return steps
 
     @property
@@ -554,8 +565,12 @@ class SpecDecoder:
         per iteration for `verified_tokens`."""
         b, bs, ranks = state.batch, state.block_size, state.ranks
         moving = np.flatnonzero(cap_reach < last)  # sequences whose cap falls within the stretch
-        emitted = (b.acc[moving, None] + np.arange(last)[None, :] * b.tau_q[moving, None]) // Q
-        drafts = np.maximum(b.left[moving, None] - emitted - 1, 0)
+        # their drafts in iterations 1..last: min(draft, max(left − emitted before − 1, 0))
+        drafts = np.multiply.outer(b.tau_q[moving], np.arange(last))
+        drafts += b.acc[moving, None]
+        drafts //= Q
+        np.subtract((b.left[moving] - 1)[:, None], drafts, out=drafts)
+        np.maximum(drafts, 0, out=drafts)
         np.minimum(drafts, b.draft[moving, None], out=drafts)
         # drafts only fall, so a rank's verified tokens change exactly where one of its
         # sequences' does, which is where their sum does
@@ -638,15 +653,21 @@ class SpecDecoder:
             return steps * int((1 + b.gamma).sum())
         return self._verified_cum[steps]
 
-    @staticmethod
-    def emitted(b: RunningBatch, steps: int) -> np.ndarray:
-        """Tokens each sequence emits over `steps` speculative iterations (capped by its chunk)."""
-        return np.minimum((b.acc + steps * b.tau_q) // Q, b.left)
+    def emitted(self, b: RunningBatch, steps: int) -> np.ndarray:
+        """Tokens each sequence emits over `steps` speculative iterations (capped by its
+        chunk). Keeps the accumulators they leave for `advance`, which follows."""
+        emitted, acc = np.divmod(b.acc + steps * b.tau_q, Q)
+        self._acc_after = (b.acc, steps, acc)
+        return np.minimum(emitted, b.left, out=emitted)
 
     def advance(self, b: RunningBatch, steps: int) -> None:
         """`steps` speculative iterations ran: advance accumulators and the epoch (the
         last epoch the stretch started, with its context model)."""
-        b.acc[:] = (b.acc + steps * b.tau_q) % Q
+        kept, self._acc_after = self._acc_after, None
+        if kept is not None and kept[0] is b.acc and kept[1] == steps:
+            b.acc[:] = kept[2]
+        else:
+            b.acc[:] = (b.acc + steps * b.tau_q) % Q
         planned = self._epoch_ends
         started = [e for e in planned if e[0] < steps]
         self._epoch_ends = []
