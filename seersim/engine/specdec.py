@@ -37,6 +37,7 @@ the others (β[j] = α^j, the probability that the j-th draft token is accepted)
 
 from __future__ import annotations
 
+import weakref
 from collections.abc import Callable
 from itertools import accumulate
 
@@ -59,6 +60,25 @@ MAX_SEGMENTS = 16
 # Paper Table 2 (the shipped default calibration, seersim/calibrate/data/): mean accepted
 # length incl. bonus, by finished references n, per draft paths.
 PAPER_ACCEPTANCE: dict[int, dict[int, float]] = load_acceptance()["paths"]
+
+# Per cost model: memos of the lines it gives speculative iterations (pure functions of
+# the model, the draft paths and overhead, and the batch shape), shared by the decoders
+# of every instance that prices with it, which would otherwise each fill their own.
+_LINES_MEMOS: weakref.WeakKeyDictionary = weakref.WeakKeyDictionary()
+
+
+def _lines_memo(cost: CostModel, cfg: SpeculationConfig) -> tuple[dict, dict]:
+    """(batch → per-γ lines, (seqs, verified) → one rank's verify lines) for `cost`
+    under `cfg`'s draft paths and overhead."""
+    key = (cfg.paths, cfg.draft_overhead_s)
+    try:
+        per_config = _LINES_MEMOS.setdefault(cost, {})
+    except TypeError:  # a cost model that cannot be weakly referenced or hashed
+        per_config = {}
+    memo = per_config.get(key)
+    if memo is None:
+        memo = per_config[key] = ({}, {})
+    return memo
 
 
 def alpha_for_tau(tau_value: float, gamma: int) -> float:
@@ -130,14 +150,14 @@ class SpecDecoder:
         self.epoch_base_context = np.zeros(1)  # per DP rank
         self.epoch_rate = np.zeros(1)
         # memos of pure functions of their keys (speed only: same numbers either way)
-        self._gamma_lines: dict[int, tuple] = {}  # batch -> per γ (`_iteration_lines`)
+        # batch -> per γ (`_iteration_lines`); (seqs, verified) -> dp = 1 lines (`_stretch`)
+        self._gamma_lines, self._verify_lines = _lines_memo(cost, cfg)
         self._split_memo: dict[tuple, tuple[int, int]] = {}  # _split_budget's answers
         # (rid column, references, probes) of the drafts this iteration's `_assign` gave
         self._assigned: tuple[np.ndarray, np.ndarray | None, np.ndarray] | None = None
         # (acc column, steps, accumulators after them) from `emitted`, for `advance`
         self._acc_after: tuple[np.ndarray, int, np.ndarray] | None = None
         self._last_choice: tuple[tuple[bytes, bytes] | None, Callable[[int], tuple[int, int]] | None] = (None, None)
-        self._verify_lines: dict[tuple[int, int], StepLines] = {}  # (seqs, verified) -> dp = 1 lines
         self._max_emit_tokens = 1  # most tokens one iteration may emit per sequence (KV bound)
         # the current stretch's cumulative verified tokens per iteration, when its drafts change
         self._verified_cum: list[int] | None = None
@@ -183,9 +203,9 @@ class SpecDecoder:
         refs = self.groups.finished_siblings(b.rid) if self.grouped else None
         if not self.grouped:
             self.epoch_gamma = (self.cfg.draft_tokens, self.cfg.draft_tokens)
-        elif not decoding.any():
+        elif not (n_decoding := int(np.count_nonzero(decoding))):
             self.epoch_gamma = (0, 0)
-        elif decoding.all():
+        elif n_decoding == len(b):
             self.epoch_gamma = self._adaptive_gamma(b, refs, probe)
         else:
             self.epoch_gamma = self._adaptive_gamma(b, refs[decoding], probe[decoding])
@@ -421,7 +441,7 @@ class SpecDecoder:
             if lines is None:
                 if len(self._verify_lines) >= 4096:
                     self._verify_lines.clear()
-                lines = ranks.cost.step_lines(seqs, tokens, 0, tokens / max(seqs, 1))
+                lines = self.cost.step_lines(seqs, tokens, 0, tokens / max(seqs, 1))
                 if tokens > seqs and self.cfg.draft_overhead_s:  # building drafts: every line later
                     lines = StepLines(tuple(a + self.cfg.draft_overhead_s for a in lines.intercepts_s), lines.slopes_s)
                 self._verify_lines[key] = lines
