@@ -662,10 +662,19 @@ class SpecDecoder:
     def slots_at(self, b: RunningBatch, steps: int) -> np.ndarray:
         """KV slots each sequence needs in the last of `steps` speculative iterations
         (the most any of them needs): computed + emitted before it + 1 + drafts."""
-        emitted = (b.acc + (steps - 1) * b.tau_q) // Q
+        slots = b.acc + (steps - 1) * b.tau_q
+        slots //= Q  # emitted before it
         if self._verified_cum is None:
-            return b.computed + 1 + b.gamma + emitted
-        return b.computed + 1 + emitted + np.minimum(b.draft, np.maximum(b.left - emitted - 1, 0))
+            drafts = b.gamma
+        else:  # min(draft, left − emitted − 1), at least 0
+            drafts = b.left - 1
+            drafts -= slots
+            np.maximum(drafts, 0, out=drafts)
+            np.minimum(drafts, b.draft, out=drafts)
+        slots += b.computed
+        slots += drafts
+        slots += 1
+        return slots
 
     def verified_tokens(self, b: RunningBatch, steps: int) -> int:
         """Tokens `steps` speculative iterations verify (each sequence 1 + its drafts)."""
