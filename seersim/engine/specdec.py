@@ -523,8 +523,9 @@ class SpecDecoder:
         rank verifies per iteration. Returns the steps."""
         assigned = self._assigned
         if assigned is not None and assigned[0] is b.rid:
-            # this iteration's epoch start assigned the drafts and τ from these (and
-            # every sequence decodes): they are the ones an epoch start assigns
+            # this iteration's `_assign` gave the drafts and τ from these references, and
+            # every sequence decodes (else the plan is a mixed one): they are the ones
+            # an epoch start assigns
             _, refs, probe = assigned
             rate = self.epoch_rate
         else:
@@ -534,7 +535,8 @@ class SpecDecoder:
             draft = np.where(probe, g_probe, g_other) if g_probe != g_other else g_other
             if not bool((b.draft == draft).all()):
                 return steps
-            if not bool((b.tau_q == (self._tau_q[refs, b.draft] if refs is not None else self._tau_q[0, b.draft])).all()):
+            tau_q = self._tau_q[refs, b.draft] if refs is not None else self._tau_q[0, b.draft]
+            if not bool((b.tau_q == tau_q).all()):
                 return steps  # a sibling finished since the drafts were assigned
             rate = self._context_rate(b, ranks)
         starts = []  # the epoch starts (iterations before each) it may run into
