@@ -345,6 +345,15 @@ class Instance:
         """Allocate `per_rank[r]` blocks in rank r's KV cache."""
         allocate_ranks(self.kvs, per_rank.tolist())
 
+    def _short_ranks(self, per_rank: np.ndarray) -> np.ndarray:
+        """The ranks (ascending) whose KV cannot give them `per_rank[r]` more blocks (only
+        ranks taking some are looked at: in a decode step most take none)."""
+        kvs = self.kvs
+        taking = indices_of(per_rank)
+        if not len(taking):
+            return _NO_RANK
+        return np.array([r for r, n in zip(taking.tolist(), per_rank[taking].tolist()) if n > kvs[r].free_blocks], np.int64)
+
     def _free_blocks(self) -> np.ndarray:
         """Blocks each rank may still allocate (free + evictable cached)."""
         if self.ranks.dp == 1:
@@ -610,7 +619,7 @@ class Instance:
                 short = _RANK_0 if add_blocks > self.kvs[0].free_blocks else _NO_RANK
             else:
                 add_blocks = ranks.per_rank(b.rank, add)
-                short = indices_of(add_blocks > self._free_blocks())
+                short = self._short_ranks(add_blocks)
             if len(short):
                 keep = self._preempt_from_the_back(short, add)
                 b.keep(keep)
