@@ -66,6 +66,7 @@ class InstanceStats:
 
 
 _RANK_0, _NO_RANK = np.zeros(1, np.int64), np.zeros(0, np.int64)  # rank lists of a one-rank instance
+_RANK_0_LIST = (0,)
 
 
 def _ceil_div(a: np.ndarray | int, b: np.ndarray | int):
@@ -159,23 +160,26 @@ class Instance:
     def cached_prefix_blocks(self, request_id: int) -> int:
         """Blocks of the request's prefix cached here, on the rank holding the most of it,
         exactly as step by step: the current stretch's allocations so far are settled
-        first (`settle_kv`) where they could evict part of a hit."""
+        first (`settle_kv`) where they could evict part of a hit (`_settle_for_lookup`)."""
         group, p_blocks = int(self.table.group_id[request_id]), int(self.prompt_blocks[request_id])
+        keys = (request_id, prompt_key(group)) if p_blocks else (request_id,)
         if self.ranks.dp == 1:
-            if not self.kvs[0].may_hit(request_id, group, p_blocks):
+            kv = self.kvs[0]
+            if not kv.may_hit(request_id, group, p_blocks):
                 return 0  # (settling only evicts: nothing to find either way)
-            self.settle_kv()
-            return sum(self.kvs[0].prefix_blocks(request_id, group, p_blocks))
+            self._settle_for_lookup(keys, _RANK_0_LIST)
+            return sum(kv.prefix_blocks(request_id, group, p_blocks))
         # (the directory lists every rank that ever stored a key: the request's own
         # context is a hit only on those ranks, elsewhere only the prompt's present part)
         kvs, where = self.kvs, self.kvs[0].directory
         own_ranks = where.get(request_id, ())
-        if not any(kvs[r].may_hit(request_id, group, p_blocks) for r in (where.get(prompt_key(group), ()) if p_blocks else own_ranks)):
+        prompt_ranks = where.get(keys[1], ()) if p_blocks else ()
+        if not any(kvs[r].may_hit(request_id, group, p_blocks) for r in (prompt_ranks if p_blocks else own_ranks)):
             return 0
-        self.settle_kv()
+        self._settle_for_lookup(keys, own_ranks, prompt_ranks)
         best = max((sum(kvs[r].prefix_blocks(request_id, group, p_blocks)) for r in own_ranks), default=0)
         if p_blocks and best < p_blocks:
-            for r in where.get(prompt_key(group), ()):
+            for r in prompt_ranks:
                 if r not in own_ranks:
                     present = kvs[r].prompt_blocks_present(group)
                     if present > best:
@@ -183,6 +187,36 @@ class Instance:
                         if best == p_blocks:
                             break
         return best
+
+    def _settle_for_lookup(self, keys: tuple[int, ...], *rank_sets) -> None:
+        """`settle_kv()` before a lookup of `keys`' cache entries on the ranks in
+        `rank_sets`, unless the stretch's allocations cannot evict a block of them there.
+
+        Bounded by what the whole stretch allocates beyond the blocks settled so far
+        (`Plan.total_blocks`), a rank's allocations would evict only entries ahead of
+        `keys`' in its LRU order (`KVCache.evicts_any_of`), so the lookup finds the same
+        with or without settling; and deferring a settle is exact (see `settle_kv`). A
+        looked-up entry is usually recent and a stretch allocates a few blocks, so most
+        lookups settle nothing.
+        """
+        if self._current is None:
+            return
+        plan = self._current[0]
+        if plan.blocks_fn is None:
+            return
+        if plan.may_evict is None:
+            plan.may_evict = self._may_evict(plan)
+        if not plan.may_evict:
+            return
+        if plan.total_blocks is None:
+            plan.total_blocks = plan.blocks_fn(plan.steps)
+        pending = (plan.total_blocks - self._kv_pre).tolist()
+        kvs = self.kvs
+        for ranks in rank_sets:
+            for r in ranks:
+                if pending[r] > 0 and kvs[r].evicts_any_of(keys, pending[r]):
+                    self.settle_kv()
+                    return
 
     def check_kv(self, idle: bool = False) -> None:
         for kv in self.kvs:

@@ -146,6 +146,26 @@ class KVCache:
             room += blocks
         raise AssertionError("unreachable: a key of `keys` is cached")
 
+    def evicts_any_of(self, keys: tuple[int, ...], blocks: int) -> bool:
+        """Whether allocating `blocks` now would evict a block of `keys`' cached entries
+        (within `free_blocks`). Walks the eviction order only until the allocation fits
+        or a key comes up: the blocks a running stretch allocates are usually few and
+        a looked-up entry recent, so it seldom looks past the first entries."""
+        self._settle()
+        cached = self._cached
+        if not any(k in cached for k in keys):
+            return False
+        room = self.total_blocks - self.used_blocks - self._cached_blocks
+        if blocks <= room:
+            return False
+        for key, held in self._eviction_order():
+            if key in keys:
+                return True
+            room += held
+            if blocks <= room:
+                return False
+        raise AssertionError("unreachable: a key of `keys` is cached")
+
     # ---- mutations -------------------------------------------------------------------
     def allocate(self, blocks: int) -> None:
         """Take `blocks` free blocks; the cached blocks this evicts go at the next `_settle`."""
@@ -265,8 +285,7 @@ class KVCache:
         if own_blocks > self.cached(request_id):
             self.drop_cached(request_id)
             # it must not evict the prompt it extends
-            room = self.blocks_before_eviction_of((key,)) if prompt_blocks else self.free_blocks
-            if own_blocks > room:
+            if own_blocks > self.free_blocks or (prompt_blocks and self.evicts_any_of((key,), own_blocks)):
                 return
             self.allocate(own_blocks)
             self.release_to_cache(request_id, own_blocks, key if prompt_blocks else None)
