@@ -103,14 +103,14 @@ def test_full_token_budget_ends_at_the_cap_change(monkeypatch):
     from seersim.engine.specdec import SpecDecoder
 
     full = {"n": 0}
-    original = SpecDecoder._verified_if_budget_left
+    original = SpecDecoder._leaves_budget
 
-    def recording(self, b, ranks):
-        out = original(self, b, ranks)
-        full["n"] += out is None
+    def recording(self, verified, ranks):
+        out = original(self, verified, ranks)
+        full["n"] += not out
         return out
 
-    monkeypatch.setattr(SpecDecoder, "_verified_if_budget_left", recording)
+    monkeypatch.setattr(SpecDecoder, "_leaves_budget", recording)
     over = {**SEER, "engine.speculation.mode": "fixed", "engine.max_num_seqs": 16, "engine.max_num_batched_tokens": 48}
     ff, sbs = _both("seer", **over)
     assert full["n"] > 0, "scenario must fill the token budget while a cap falls"

@@ -37,6 +37,7 @@ the others (β[j] = α^j, the probability that the j-th draft token is accepted)
 
 from __future__ import annotations
 
+import weakref
 from collections.abc import Callable
 from itertools import accumulate
 
@@ -59,6 +60,25 @@ MAX_SEGMENTS = 16
 # Paper Table 2 (the shipped default calibration, seersim/calibrate/data/): mean accepted
 # length incl. bonus, by finished references n, per draft paths.
 PAPER_ACCEPTANCE: dict[int, dict[int, float]] = load_acceptance()["paths"]
+
+# Per cost model: memos of the lines it gives speculative iterations (pure functions of
+# the model, the draft paths and overhead, and the batch shape), shared by the decoders
+# of every instance that prices with it, which would otherwise each fill their own.
+_LINES_MEMOS: weakref.WeakKeyDictionary = weakref.WeakKeyDictionary()
+
+
+def _lines_memo(cost: CostModel, cfg: SpeculationConfig) -> tuple[dict, dict]:
+    """(batch → per-γ lines, (seqs, verified) → one rank's verify lines) for `cost`
+    under `cfg`'s draft paths and overhead."""
+    key = (cfg.paths, cfg.draft_overhead_s)
+    try:
+        per_config = _LINES_MEMOS.setdefault(cost, {})
+    except TypeError:  # a cost model that cannot be weakly referenced or hashed
+        per_config = {}
+    memo = per_config.get(key)
+    if memo is None:
+        memo = per_config[key] = ({}, {})
+    return memo
 
 
 def alpha_for_tau(tau_value: float, gamma: int) -> float:
@@ -130,12 +150,17 @@ class SpecDecoder:
         self.epoch_base_context = np.zeros(1)  # per DP rank
         self.epoch_rate = np.zeros(1)
         # memos of pure functions of their keys (speed only: same numbers either way)
-        self._gamma_lines: dict[int, list[tuple[StepLines, int, float]]] = {}  # batch -> per γ
+        # batch -> per γ (`_iteration_lines`); (seqs, verified) -> dp = 1 lines (`_stretch`)
+        self._gamma_lines, self._verify_lines = _lines_memo(cost, cfg)
         self._split_memo: dict[tuple, tuple[int, int]] = {}  # _split_budget's answers
-        self._verify_lines: dict[tuple[int, int], StepLines] = {}  # (seqs, verified) -> dp = 1 lines
+        # (rid column, references, probes) of the drafts this iteration's `_assign` gave
+        self._assigned: tuple[np.ndarray, np.ndarray | None, np.ndarray] | None = None
+        # (acc column, steps, accumulators after them) from `emitted`, for `advance`
+        self._acc_after: tuple[np.ndarray, int, np.ndarray] | None = None
+        self._last_choice: tuple[tuple[bytes, bytes] | None, Callable[[int], tuple[int, int]] | None] = (None, None)
         self._max_emit_tokens = 1  # most tokens one iteration may emit per sequence (KV bound)
         # the current stretch's cumulative verified tokens per iteration, when its drafts change
-        self._verified_cum: np.ndarray | None = None
+        self._verified_cum: list[int] | None = None
         # the current stretch's epoch starts (`_later_epochs`): (last iteration of the
         # epoch before, the new epoch's context model: base per rank, rate per rank)
         self._epoch_ends: list[tuple[int, np.ndarray, np.ndarray]] = []
@@ -159,12 +184,13 @@ class SpecDecoder:
         """Before scheduling an iteration: at an epoch start choose the draft lengths
         (probes, others) for the batch; after a batch change re-assign them; cap every
         sequence's draft slots by what its chunk can still emit."""
+        self._assigned = None
         if self.epoch_left > 0:
             if not self._rebase:
                 self._cap(state.batch)
                 return
-            self._assign(state.batch, state.ranks)
-            if not self.grouped or self._verify_tokens(state.batch) <= self.token_budget:
+            verify_tokens = self._assign(state.batch, state.ranks)
+            if not self.grouped or verify_tokens <= self.token_budget:
                 return
             # the batch grew past what the epoch's drafts fit in a step: choose again
         b = state.batch
@@ -177,12 +203,12 @@ class SpecDecoder:
         refs = self.groups.finished_siblings(b.rid) if self.grouped else None
         if not self.grouped:
             self.epoch_gamma = (self.cfg.draft_tokens, self.cfg.draft_tokens)
-        elif not decoding.any():
+        elif not (n_decoding := int(np.count_nonzero(decoding))):
             self.epoch_gamma = (0, 0)
-        elif decoding.all():
-            self.epoch_gamma = self._adaptive_gamma(b, self._alpha[refs], probe)
+        elif n_decoding == len(b):
+            self.epoch_gamma = self._adaptive_gamma(b, refs, probe)
         else:
-            self.epoch_gamma = self._adaptive_gamma(b, self._alpha[refs[decoding]], probe[decoding])
+            self.epoch_gamma = self._adaptive_gamma(b, refs[decoding], probe[decoding])
         self._assign(b, state.ranks, decoding, probe, refs)
 
     def _assign(
@@ -192,32 +218,48 @@ class SpecDecoder:
         decoding: np.ndarray | None = None,
         probe: np.ndarray | None = None,
         refs: np.ndarray | None = None,
-    ) -> None:
+    ) -> int:
         """Give every decoding sequence its epoch draft length and τ (from its group's
         finished references now), and restart the epoch's context model. `decoding`,
-        `probe`, `refs`: the batch's, when the caller has them already."""
+        `probe`, `refs`: the batch's, when the caller has them already. Returns the
+        tokens the decoding sequences verify per iteration with their drafts."""
         if decoding is None:
             decoding = b.tokens - b.computed == 1
             probe = self.groups.is_probe(b.rid)
             refs = self.groups.finished_siblings(b.rid) if self.grouped else None
         g_probe, g_other = self.epoch_gamma
-        gamma = np.where(probe, g_probe, g_other) if g_probe != g_other else np.full(len(b), g_other, np.int64)
-        gamma *= decoding
-        b.draft[:] = gamma
-        b.tau_q[:] = self._tau_q[refs, gamma] if refs is not None else self._tau_q[0, gamma]
+        np.multiply(decoding, np.where(probe, g_probe, g_other) if g_probe != g_other else g_other, out=b.draft)
+        b.tau_q[:] = self._tau_q[refs, b.draft] if refs is not None else self._tau_q[0, b.draft]
         self._cap(b)
         self._rebase = False
         self.epoch_step = 0
-        self.epoch_base_context = self._base_context(b, ranks, b.computed)
+        # only decoding sequences have drafts
+        gamma_tokens = int(np.add.reduce(b.gamma))
+        verified = self._verified_now(b, ranks, gamma_tokens)
+        self.epoch_base_context = self._base_context(b, ranks, verified, int(np.add.reduce(b.computed)), b.computed)
         self.epoch_rate = self._context_rate(b, ranks)
+        self._assigned = (b.rid, refs, probe)
+        return int(np.count_nonzero(decoding)) + gamma_tokens
 
     @staticmethod
-    def _base_context(b: RunningBatch, ranks: DPRanks, computed: np.ndarray) -> np.ndarray:
+    def _base_context(
+        b: RunningBatch, ranks: DPRanks, verified: np.ndarray, computed_sum: int, computed: np.ndarray | None
+    ) -> np.ndarray:
         """Per rank, the context an epoch's first iteration attends, its sequences having
-        `computed` tokens each (the epoch's context model starts there)."""
+        `computed` tokens each, `computed_sum` in all (the epoch's context model starts
+        there); `verified`: tokens each rank verifies per iteration (`_verified_now`).
+        One rank reads only the sum (`computed` may then be None)."""
         if ranks.dp == 1:
-            return np.array([float(int(computed.sum()) + len(b) + int(b.gamma.sum()))])
+            return np.array([float(computed_sum + int(verified[0]))])
         return ranks.per_rank(b.rank, computed + 1 + b.gamma).astype(np.float64)
+
+    @staticmethod
+    def _verified_now(b: RunningBatch, ranks: DPRanks, gamma_tokens: int | None = None) -> np.ndarray:
+        """Tokens each rank verifies per iteration with the batch's draft slots now
+        (`gamma_tokens`: Σ of them, where the caller has it)."""
+        if ranks.dp == 1:
+            return np.array([len(b) + (int(np.add.reduce(b.gamma)) if gamma_tokens is None else gamma_tokens)])
+        return ranks.per_rank(b.rank, 1 + b.gamma)
 
     @staticmethod
     def _context_rate(b: RunningBatch, ranks: DPRanks) -> np.ndarray:
@@ -225,11 +267,6 @@ class SpecDecoder:
         if ranks.dp == 1:
             return np.array([int(b.tau_q.sum()) / Q])
         return np.bincount(b.rank, weights=b.tau_q, minlength=ranks.dp) / Q
-
-    @staticmethod
-    def _verify_tokens(b: RunningBatch) -> int:
-        """Tokens the batch's decoding sequences verify per iteration with their drafts."""
-        return int(((b.tokens - b.computed == 1) * (1 + b.gamma)).sum())
 
     def scheduled_tau_q(self, b: RunningBatch, new: np.ndarray) -> np.ndarray:
         """τ·Q per running sequence for the tokens scheduled this iteration: a decode
@@ -254,12 +291,14 @@ class SpecDecoder:
         if self.cfg.paths != 1:
             b.gamma *= self.cfg.paths
 
-    def _iteration_lines(self, batch: int) -> list[tuple[StepLines, int, float]]:
+    def _iteration_lines(self, batch: int) -> tuple[list[tuple[StepLines, int, float]], list[tuple[float, ...]] | None]:
         """Per draft length γ = 0..8: the cost model's lines of an iteration of `batch`
         sequences verifying γ drafts each, the context its draft queries add, and the
-        draft-building overhead (memoised per batch size)."""
-        per_gamma = self._gamma_lines.get(batch)
-        if per_gamma is None:
+        draft-building overhead; and, when every γ's lines are a roofline (two lines),
+        their numbers flat (a0, a1, b0, b1, context added, overhead) to evaluate inline.
+        Memoised per batch size."""
+        memo = self._gamma_lines.get(batch)
+        if memo is None:
             if len(self._gamma_lines) >= 4096:
                 self._gamma_lines.clear()
             per_gamma = []
@@ -267,37 +306,62 @@ class SpecDecoder:
                 width = 1 + self.cfg.paths * gamma
                 lines = self.cost.step_lines(batch, batch * width, 0, float(width))
                 per_gamma.append((lines, batch * (width - 1), self.cfg.draft_overhead_s if gamma else 0.0))
-            self._gamma_lines[batch] = per_gamma
-        return per_gamma
+            rooflines = None
+            if all(len(lines.slopes_s) == 2 for lines, _, _ in per_gamma):
+                rooflines = [(*lines.intercepts_s, *lines.slopes_s, extra, o) for lines, extra, o in per_gamma]
+            memo = self._gamma_lines[batch] = (per_gamma, rooflines)
+        return memo
 
-    def _adaptive_gamma(self, b: RunningBatch, alpha: np.ndarray, probe: np.ndarray) -> tuple[int, int]:
-        """(γ for probes, γ for the others) of a batch with these acceptances, now."""
-        return self._gamma_choice(alpha, probe)(int(b.computed.sum()) + len(b))
+    def _adaptive_gamma(self, b: RunningBatch, refs: np.ndarray, probe: np.ndarray) -> tuple[int, int]:
+        """(γ for probes, γ for the others) of a batch with these references, now."""
+        return self._gamma_choice(refs, probe)(int(b.computed.sum()) + len(b))
 
-    def _gamma_choice(self, alpha: np.ndarray, probe: np.ndarray) -> Callable[[int], tuple[int, int]]:
-        """Algorithm 1 for a batch with these acceptances, as a function of its context
-        tokens: (γ for probes, γ for the others). The batch's statistics are taken once,
-        for the epoch starts a stretch plans ahead (`_later_epochs`)."""
+    def _gamma_choice(self, refs: np.ndarray, probe: np.ndarray) -> Callable[[int], tuple[int, int]]:
+        """Algorithm 1 for a batch whose sequences have these finished references and
+        probe flags, as a function of its context tokens: (γ for probes, γ for the
+        others). The last one is kept with the two arrays' contents: a batch's
+        statistics are taken once for its epoch starts while its references stay
+        (`_later_epochs`). (One, not a table: memos that keep many objects alive make
+        Python's garbage collector run more often and longer.)"""
+        key = (refs.tobytes(), probe.tobytes())
+        if self._last_choice[0] != key:
+            self._last_choice = (key, self._build_choice(self._alpha[refs], probe))
+        return self._last_choice[1]
+
+    def _build_choice(self, alpha: np.ndarray, probe: np.ndarray) -> Callable[[int], tuple[int, int]]:
+        """`_gamma_choice` for a batch with these acceptances."""
         batch = len(alpha)
-        a_mean = float(alpha.sum()) / batch
+        a_mean = float(np.add.reduce(alpha)) / batch  # (ndarray.sum's own reduction)
         # drafts the step's token budget cannot verify are not worth building
         cap = min(MAX_DRAFT, (self.token_budget // batch - 1) // self.cfg.paths)
-        per_gamma = self._iteration_lines(batch)[: cap + 1]
+        per_gamma, rooflines = self._iteration_lines(batch)
         # τ(γ) = Σ_{j ≤ γ} a_mean^j
-        tau_g = list(accumulate(a_mean**g for g in range(len(per_gamma))))
-        n_h = int(probe.sum())
+        tau_g = list(accumulate(a_mean**g for g in range(cap + 1)))
+        n_h = int(np.count_nonzero(probe))
         n_l = batch - n_h
-        a_h = float(alpha[probe].sum()) / n_h if n_h else 0.0
-        a_l = float(alpha[~probe].sum()) / n_l if n_l else 0.0
+        if n_h:
+            a_h = float(np.add.reduce(alpha[probe])) / n_h
+            a_l = float(np.add.reduce(alpha[~probe])) / n_l if n_l else 0.0
+        else:
+            a_h, a_l = 0.0, a_mean  # (the others are the whole batch)
         memo = self._split_memo
+        # time per accepted token of each γ: iteration time / τ(γ); a roofline's two
+        # lines are evaluated inline (the same arithmetic as `StepLines.at`)
+        if rooflines is not None:
+
+            def per_token_s(context: int) -> list[float]:
+                return [
+                    ((x if (x := a0 + b0 * (c := context + e)) > (y := a1 + b1 * c) else y) + o) / t
+                    for (a0, a1, b0, b1, e, o), t in zip(rooflines, tau_g)
+                ]
+        else:
+
+            def per_token_s(context: int) -> list[float]:
+                return [(lines.at(context + e) + o) / t for (lines, e, o), t in zip(per_gamma, tau_g)]
 
         def choose(context: int) -> tuple[int, int]:
-            # time per accepted token: iteration time / τ(γ)
-            best, best_s = -1, 0.0
-            for g, (lines, extra, overhead_s) in enumerate(per_gamma):
-                per_token_s = (lines.at(context + extra) + overhead_s) / tau_g[g]
-                if best < 0 or per_token_s < best_s:  # the first minimum
-                    best, best_s = g, per_token_s
+            times = per_token_s(context)
+            best = times.index(min(times))  # the first minimum
             budget = best * batch
             if best == 0 or budget < n_h:
                 return 0, 0
@@ -355,44 +419,36 @@ class SpecDecoder:
         self,
         b: RunningBatch,
         ranks: DPRanks,
-        verified: np.ndarray | None = None,
+        verified: np.ndarray,
         first: int = 1,
         seqs: np.ndarray | None = None,
         epoch: tuple[np.ndarray, np.ndarray] | None = None,
     ) -> LinearStretch:
         """The epoch's speculative iterations from the stretch's iteration `first` on: each
-        rank verifies its sequences' drafts (`verified` tokens per rank, default: the
-        batch's now) over its expected context (the epoch's context model, per rank).
-        `epoch`: the context model (base, rate) of a later epoch that starts at `first`."""
+        rank verifies its sequences' drafts (`verified` tokens per rank) over its expected
+        context (the epoch's context model, per rank). `epoch`: the context model (base,
+        rate) of a later epoch that starts at `first`."""
         if epoch is None:
             base, rate_per_rank = self.epoch_base_context, self.epoch_rate
             step = self.epoch_step + first - 1  # epoch iterations done before it
         else:
             (base, rate_per_rank), step = epoch, 0
-        if ranks.dp == 1:  # the same as below, in scalars, with the lines memoised
+        if ranks.dp == 1:  # `DPRanks.lines` of one rank, in scalars, with the lines memoised
             seqs = len(b)
-            tokens = seqs + int(b.gamma.sum()) if verified is None else int(verified[0])
+            tokens = int(verified[0])
             key = (seqs, tokens)
             lines = self._verify_lines.get(key)
             if lines is None:
                 if len(self._verify_lines) >= 4096:
                     self._verify_lines.clear()
-                one = np.ones(1)
-                lines = self._verify_lines[key] = ranks.lines(
-                    np.array([seqs]),
-                    np.array([tokens]),
-                    np.zeros(1),
-                    one * (tokens / max(seqs, 1)),
-                    one,
-                    one,
-                    overhead_s=self.cfg.draft_overhead_s if tokens > seqs else 0.0,
-                )[0]
+                lines = self.cost.step_lines(seqs, tokens, 0, tokens / max(seqs, 1))
+                if tokens > seqs and self.cfg.draft_overhead_s:  # building drafts: every line later
+                    lines = StepLines(tuple(a + self.cfg.draft_overhead_s for a in lines.intercepts_s), lines.slopes_s)
+                self._verify_lines[key] = lines
             rate = float(rate_per_rank[0])
             return LinearStretch(lines, float(base[0]) + rate * (step - 1), rate)
         if seqs is None:
             seqs = b.rank_counts(ranks.dp)
-        if verified is None:
-            verified = ranks.per_rank(b.rank, 1 + b.gamma)
         queries = verified / np.maximum(seqs, 1)
         c0 = base + rate_per_rank * (step - 1)
         overhead = self.cfg.draft_overhead_s if int(verified.sum()) > len(b) else 0.0
@@ -419,8 +475,9 @@ class SpecDecoder:
             need = -(-(computed + 1 + gamma + (acc + (k - 1) * tq) // Q) // bs)
             return ranks.per_rank(rank, np.maximum(need - blocks - shared, 0))
 
+        verified = self._verified_now(b, ranks)
         if not state.fast_forward:
-            return Plan(1, self._stretch(b, ranks), "spec_decode", None, extra_blocks)
+            return Plan(1, self._stretch(b, ranks, verified), "spec_decode", None, extra_blocks)
         # The draft cap min(draft, left − 1) changes at the first iteration where
         # emitted-so-far ≥ max(left − draft, 1); without drafts that threshold is the
         # chunk's own end, and it is never later than it.
@@ -433,13 +490,11 @@ class SpecDecoder:
         steps = max(1, min(self.epoch_left, cap_min))
         if steps < self.epoch_left and self.cfg.paths == 1:
             last = max(1, min(self.epoch_left, int(_first_emitting(left.copy(), acc, tq).min())))
-            if steps < last:
-                verified = self._verified_if_budget_left(b, ranks)
-                if verified is not None:
-                    return self._plan_across_caps(state, cap_reach, last, verified)
+            if steps < last and self._leaves_budget(verified, ranks):
+                return self._plan_across_caps(state, cap_reach, last, verified)
         if steps == self.epoch_left < cap_min:
             if self._epochs_ahead:
-                steps = self._later_epochs(b, ranks, steps, cap_min)
+                steps = self._later_epochs(b, ranks, steps, cap_min, verified)
             else:
                 self._epochs_ahead = 1
         if steps > 1 and not self._blocks_surely_fit(b, ranks, steps, state.stretch_block_limit(), bs):
@@ -447,12 +502,12 @@ class SpecDecoder:
         if self._epoch_ends:
             ends = self._epoch_ends = [e for e in self._epoch_ends if e[0] < steps]
             if ends:
-                parts = [(1, self._stretch(b, ranks))]
-                parts += [(end + 1, self._stretch(b, ranks, epoch=(base, rate))) for end, base, rate in ends]
+                parts = [(1, self._stretch(b, ranks, verified))]
+                parts += [(end + 1, self._stretch(b, ranks, verified, epoch=(base, rate))) for end, base, rate in ends]
                 return Plan(steps, SegmentedStretch(parts), "spec_decode", None, extra_blocks)
-        return Plan(steps, self._stretch(b, ranks), "spec_decode", None, extra_blocks)
+        return Plan(steps, self._stretch(b, ranks, verified), "spec_decode", None, extra_blocks)
 
-    def _later_epochs(self, b: RunningBatch, ranks: DPRanks, steps: int, cap_min: int) -> int:
+    def _later_epochs(self, b: RunningBatch, ranks: DPRanks, steps: int, cap_min: int, verified: np.ndarray) -> int:
         """How far a stretch whose epoch ends after `steps` iterations, with no draft cap
         changing before iteration `cap_min` + 1, may run on through later epochs.
 
@@ -464,25 +519,45 @@ class SpecDecoder:
         the context model restarts (a new piece of the stretch's time, kept in
         `_epoch_ends` for `advance`). A sibling finishing elsewhere in the meantime
         ends the stretch at the next epoch end (`Instance.sibling_finished`), so each epoch start
-        sees the finished counts step-by-step simulation would. Returns the steps."""
-        refs = self.groups.finished_siblings(b.rid) if self.grouped else None
-        probe = self.groups.is_probe(b.rid)
-        g_probe, g_other = self.epoch_gamma
-        draft = np.where(probe, g_probe, g_other) if g_probe != g_other else g_other
-        if not bool((b.draft == draft).all()):
-            return steps
-        if not bool((b.tau_q == (self._tau_q[refs, b.draft] if refs is not None else self._tau_q[0, b.draft])).all()):
-            return steps  # a sibling finished since the drafts were assigned
-        choose = self._gamma_choice(self._alpha[refs], probe) if refs is not None else None
-        rate = self._context_rate(b, ranks)
-        ends = self._epoch_ends
-        computed, acc, tq = b.computed, b.acc, b.tau_q
-        while steps < cap_min and len(ends) < self._epochs_ahead:
-            at_start = computed + (acc + steps * tq) // Q  # no chunk fills before cap_min
-            if choose is not None and choose(int(at_start.sum()) + len(b)) != self.epoch_gamma:
-                break
-            ends.append((steps, self._base_context(b, ranks, at_start), rate))
+        sees the finished counts step-by-step simulation would. `verified`: tokens each
+        rank verifies per iteration. Returns the steps."""
+        assigned = self._assigned
+        if assigned is not None and assigned[0] is b.rid:
+            # this iteration's `_assign` gave the drafts and τ from these references, and
+            # every sequence decodes (else the plan is a mixed one): they are the ones
+            # an epoch start assigns
+            _, refs, probe = assigned
+            rate = self.epoch_rate
+        else:
+            refs = self.groups.finished_siblings(b.rid) if self.grouped else None
+            probe = self.groups.is_probe(b.rid)
+            g_probe, g_other = self.epoch_gamma
+            draft = np.where(probe, g_probe, g_other) if g_probe != g_other else g_other
+            if not bool((b.draft == draft).all()):
+                return steps
+            tau_q = self._tau_q[refs, b.draft] if refs is not None else self._tau_q[0, b.draft]
+            if not bool((b.tau_q == tau_q).all()):
+                return steps  # a sibling finished since the drafts were assigned
+            rate = self._context_rate(b, ranks)
+        starts = []  # the epoch starts (iterations before each) it may run into
+        while steps < cap_min and len(starts) < self._epochs_ahead:
+            starts.append(steps)
             steps = min(steps + self.cfg.reevaluate_steps, cap_min)
+        if not starts:
+            return steps
+        # tokens each sequence emitted by each start (no chunk fills before cap_min)
+        emitted = np.multiply.outer(b.tau_q, starts)
+        emitted += b.acc[:, None]
+        emitted //= Q
+        computed_sum = int(np.add.reduce(b.computed))
+        context = (computed_sum + np.add.reduce(emitted, axis=0)).tolist()
+        choose = self._gamma_choice(refs, probe) if refs is not None else None
+        ends = self._epoch_ends
+        for j, start in enumerate(starts):
+            if choose is not None and choose(context[j] + len(b)) != self.epoch_gamma:
+                return start
+            at_start = b.computed + emitted[:, j] if ranks.dp > 1 else None
+            ends.append((start, self._base_context(b, ranks, verified, context[j], at_start), rate))
         return steps
 
     @property
@@ -496,17 +571,12 @@ class SpecDecoder:
         """Whether the current stretch runs into later epochs (see `_later_epochs`)."""
         return bool(self._epoch_ends)
 
-    def _verified_if_budget_left(self, b: RunningBatch, ranks: DPRanks) -> np.ndarray | None:
-        """Tokens each rank verifies per iteration now, if every rank leaves some of its
-        token budget unused (else None). Then a waiting head was held back by
-        `max_num_seqs` or KV, not by the budget, and stays so while drafts shrink (a
-        larger budget only needs more blocks to admit it)."""
-        rank_budget = self.token_budget // ranks.dp
-        if ranks.dp == 1:
-            verified = np.array([len(b) + int(b.gamma.sum())])
-        else:
-            verified = ranks.per_rank(b.rank, 1 + b.gamma)
-        return verified if bool((verified < rank_budget).all()) else None
+    def _leaves_budget(self, verified: np.ndarray, ranks: DPRanks) -> bool:
+        """Whether every rank leaves some of its token budget unused, verifying `verified`
+        tokens per iteration. Then a waiting head was held back by `max_num_seqs` or KV,
+        not by the budget, and stays so while drafts shrink (a larger budget only needs
+        more blocks to admit it)."""
+        return bool((verified < self.token_budget // ranks.dp).all())
 
     def _plan_across_caps(self, state: EngineState, cap_reach: np.ndarray, last: int, verified: np.ndarray) -> Plan:
         """A stretch of up to `last` iterations (one draft path) over draft-cap changes:
@@ -517,17 +587,23 @@ class SpecDecoder:
         per iteration for `verified_tokens`."""
         b, bs, ranks = state.batch, state.block_size, state.ranks
         moving = np.flatnonzero(cap_reach < last)  # sequences whose cap falls within the stretch
-        emitted = (b.acc[moving, None] + np.arange(last)[None, :] * b.tau_q[moving, None]) // Q
-        drafts = np.maximum(b.left[moving, None] - emitted - 1, 0)
+        # their drafts in iterations 1..last: min(draft, max(left − emitted before − 1, 0))
+        drafts = np.multiply.outer(b.tau_q[moving], np.arange(last))
+        drafts += b.acc[moving, None]
+        drafts //= Q
+        np.subtract((b.left[moving] - 1)[:, None], drafts, out=drafts)
+        np.maximum(drafts, 0, out=drafts)
         np.minimum(drafts, b.draft[moving, None], out=drafts)
-        # drafts only fall, so a rank's verified tokens change exactly where one of its sequences' does
-        starts = (np.flatnonzero((drafts[:, 1:] != drafts[:, :-1]).any(axis=0)) + 2).tolist()
+        # drafts only fall, so a rank's verified tokens change exactly where one of its
+        # sequences' does, which is where their sum does
+        moving_drafts = np.add.reduce(drafts, axis=0)
+        starts = (np.flatnonzero(moving_drafts[1:] != moving_drafts[:-1]) + 2).tolist()
         if len(starts) >= MAX_SEGMENTS:
             last = starts[MAX_SEGMENTS - 1] - 1
             starts = starts[: MAX_SEGMENTS - 1]
-        drafts -= drafts[:, :1].copy()  # change since iteration 1
-        total = int(verified.sum()) + drafts[:, :last].sum(axis=0)
-        self._verified_cum = np.concatenate(([0], np.cumsum(total)))
+        # tokens verified per iteration: iteration 1's, less the drafts that fell since
+        total = (int(verified.sum()) - int(moving_drafts[0])) + moving_drafts[:last]
+        self._verified_cum = list(accumulate(total.tolist(), initial=0))
         blocks_fn = self._capped_blocks_fn(b, ranks, bs)
         steps = last
         if not self._blocks_surely_fit(b, ranks, steps, state.stretch_block_limit(), bs):
@@ -536,12 +612,14 @@ class SpecDecoder:
         if len(starts) == 1:
             self._verified_cum = None  # the drafts stay as they are throughout
             return Plan(steps, self._stretch(b, ranks, verified), "spec_decode", None, blocks_fn)
-        seqs = b.rank_counts(ranks.dp) if ranks.dp > 1 else None
-        owners = b.rank[moving]
-        parts = []
-        for first in starts:
-            piece = verified + ranks.per_rank(owners, drafts[:, first - 1])
-            parts.append((first, self._stretch(b, ranks, piece, first, seqs)))
+        if ranks.dp == 1:  # a piece verifies its first iteration's total
+            parts = [(first, self._stretch(b, ranks, total[first - 1 : first], first)) for first in starts]
+        else:
+            seqs, owners, fell = b.rank_counts(ranks.dp), b.rank[moving], drafts - drafts[:, :1]
+            parts = [
+                (first, self._stretch(b, ranks, verified + ranks.per_rank(owners, fell[:, first - 1]), first, seqs))
+                for first in starts
+            ]
         return Plan(steps, SegmentedStretch(parts), "spec_decode", None, blocks_fn)
 
     @staticmethod
@@ -586,26 +664,41 @@ class SpecDecoder:
     def slots_at(self, b: RunningBatch, steps: int) -> np.ndarray:
         """KV slots each sequence needs in the last of `steps` speculative iterations
         (the most any of them needs): computed + emitted before it + 1 + drafts."""
-        emitted = (b.acc + (steps - 1) * b.tau_q) // Q
+        slots = b.acc + (steps - 1) * b.tau_q
+        slots //= Q  # emitted before it
         if self._verified_cum is None:
-            return b.computed + 1 + b.gamma + emitted
-        return b.computed + 1 + emitted + np.minimum(b.draft, np.maximum(b.left - emitted - 1, 0))
+            drafts = b.gamma
+        else:  # min(draft, left − emitted − 1), at least 0
+            drafts = b.left - 1
+            drafts -= slots
+            np.maximum(drafts, 0, out=drafts)
+            np.minimum(drafts, b.draft, out=drafts)
+        slots += b.computed
+        slots += drafts
+        slots += 1
+        return slots
 
     def verified_tokens(self, b: RunningBatch, steps: int) -> int:
         """Tokens `steps` speculative iterations verify (each sequence 1 + its drafts)."""
         if self._verified_cum is None:
             return steps * int((1 + b.gamma).sum())
-        return int(self._verified_cum[steps])
+        return self._verified_cum[steps]
 
-    @staticmethod
-    def emitted(b: RunningBatch, steps: int) -> np.ndarray:
-        """Tokens each sequence emits over `steps` speculative iterations (capped by its chunk)."""
-        return np.minimum((b.acc + steps * b.tau_q) // Q, b.left)
+    def emitted(self, b: RunningBatch, steps: int) -> np.ndarray:
+        """Tokens each sequence emits over `steps` speculative iterations (capped by its
+        chunk). Keeps the accumulators they leave for `advance`, which follows."""
+        emitted, acc = np.divmod(b.acc + steps * b.tau_q, Q)
+        self._acc_after = (b.acc, steps, acc)
+        return np.minimum(emitted, b.left, out=emitted)
 
     def advance(self, b: RunningBatch, steps: int) -> None:
         """`steps` speculative iterations ran: advance accumulators and the epoch (the
         last epoch the stretch started, with its context model)."""
-        b.acc[:] = (b.acc + steps * b.tau_q) % Q
+        kept, self._acc_after = self._acc_after, None
+        if kept is not None and kept[0] is b.acc and kept[1] == steps:
+            b.acc[:] = kept[2]
+        else:
+            b.acc[:] = (b.acc + steps * b.tau_q) % Q
         planned = self._epoch_ends
         started = [e for e in planned if e[0] < steps]
         self._epoch_ends = []

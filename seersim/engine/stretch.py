@@ -24,18 +24,21 @@ class LinearStretch:
     """
 
     __slots__ = ("lines", "c0", "n", "_breaks", "_starts", "_cum")
+    # The envelope is convex in k: which line dominates where, as k-ranges. Per
+    # segment: (first k, intercept at k=0, slope per k); its first k; time before it.
+    _breaks: list[tuple[int, float, float]]
+    _starts: list[int]
+    _cum: list[float]
 
     def __init__(self, lines: StepLines, c0: int, n: int) -> None:
         self.lines, self.c0, self.n = lines, c0, n
-        # The envelope is convex in k: find which line dominates where, as k-ranges.
-        self._breaks: list[tuple[int, float, float]] = []  # (first k, intercept at k=0, slope per k)
-        self._build()
-
-    def _build(self) -> None:
-        if len(self.lines.slopes_s) == 2:
+        if len(lines.slopes_s) == 2:
             self._build_two()
         else:
             self._build_general()
+
+    def _index(self) -> None:
+        """`_starts` and `_cum` of the segments in `_breaks`."""
         self._starts = [s[0] for s in self._breaks]
         total = 0.0
         self._cum = [0.0]
@@ -44,20 +47,23 @@ class LinearStretch:
             self._cum.append(total)
 
     def _build_two(self) -> None:
-        """Two lines (a roofline): at most one crossover, found in closed form."""
+        """Two lines (a roofline): at most one crossover, found in closed form (and the
+        index built here: the hot path of speculative stretches)."""
         (a1, a2), (b1, b2) = self.lines.intercepts_s, self.lines.slopes_s
         c0, n = self.c0, self.n
         if b1 > b2 or (b1 == b2 and a1 < a2):  # make line 1 the less steep one
             a1, a2, b1, b2 = a2, a1, b2, b1
-        s1 = (1, a1 + b1 * c0, b1 * n)
-        s2 = (1, a2 + b2 * c0, b2 * n)
-        if s2[2] == s1[2] or s1[1] + s1[2] <= s2[1] + s2[2]:
+        i1, n1 = a1 + b1 * c0, b1 * n
+        i2, n2 = a2 + b2 * c0, b2 * n
+        if n2 == n1 or i1 + n1 <= i2 + n2:
             # steeper line already on top at k=1 (or parallel): it stays on top
-            self._breaks = [s1 if s1[1] + s1[2] > s2[1] + s2[2] else s2]
+            self._breaks = [(1, i1, n1) if i1 + n1 > i2 + n2 else (1, i2, n2)]
+            self._starts, self._cum = [1], [0.0]
             return
-        cross = (s1[1] - s2[1]) / (s2[2] - s1[2])  # k where the steeper line overtakes
-        k = max(2, int(np.floor(cross)) + 1)
-        self._breaks = [s1, (k, s2[1], s2[2])]
+        cross = (i1 - i2) / (n2 - n1)  # k where the steeper line overtakes
+        k = max(2, math.floor(cross) + 1)
+        self._breaks = [(1, i1, n1), (k, i2, n2)]
+        self._starts, self._cum = [1, k], [0.0, 0.0 + self._seg_sum(0, k - 1)]
 
     def _build_general(self) -> None:
         pieces = sorted(zip(self.lines.slopes_s, self.lines.intercepts_s))
@@ -82,6 +88,7 @@ class LinearStretch:
                 break
             k = nxt
         self._breaks = segs
+        self._index()
 
     def _seg_sum(self, i: int, k_end: int) -> float:
         """Σ of segment i's per-step times for k in [start_i, k_end]."""
