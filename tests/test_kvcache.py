@@ -427,6 +427,8 @@ def test_random_operations_match_a_reference_lru(total, ops):
                     kv.allocate(n)
                 continue
             rooms = {k: kv.blocks_before_eviction_of((k,)) for k in cache}
+            pairs = [(k, prompt_key(k % 2)) for k in range(6)]  # (an own entry, its prompt): a lookup's keys
+            evicts = {keys: kv.evicts_any_of(keys, n) for keys in [(k,) for k in cache] + pairs}
             blocks_before = dict(cache)
             kv.allocate(n)
             used += n
@@ -434,6 +436,9 @@ def test_random_operations_match_a_reference_lru(total, ops):
                 _reference_evict_one(cache, parent)
             for k, room in rooms.items():  # the stretch limit is exact: untouched iff n <= room
                 assert (cache.get(k, 0) == blocks_before[k]) == (n <= room), (k, n, room)
+            for keys, hit in evicts.items():  # a lookup may skip settling exactly when none is touched
+                touched = any(cache.get(k, 0) != blocks_before.get(k, 0) for k in keys)
+                assert hit == touched, (keys, n, hit)
         elif op == "release":
             n = min(n, used)
             kv.release(n)

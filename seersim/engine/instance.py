@@ -125,6 +125,7 @@ class Instance:
         self._current: tuple[Plan, float] | None = None  # the stretch in progress and its start
         self.spans_epochs = False  # it is speculative and runs into later epochs (`sibling_finished`)
         self._kv_pre = np.zeros(dp, np.int64)  # blocks per rank of that stretch allocated early by settle_kv()
+        self._pending: tuple[Plan, list[int]] | None = None  # `_pending_blocks` of a plan
         # a sequence will emit its first token in a decode iteration (its prompt was
         # fully cached at admission, or a prefill left exactly one prompt token)
         self._fresh_decoders = False
@@ -188,12 +189,12 @@ class Instance:
                             break
         return best
 
-    def _settle_for_lookup(self, keys: tuple[int, ...], *rank_sets) -> None:
-        """`settle_kv()` before a lookup of `keys`' cache entries on the ranks in
-        `rank_sets`, unless the stretch's allocations cannot evict a block of them there.
+    def _settle_for_lookup(self, keys: tuple[int, ...], own_ranks, prompt_ranks=()) -> None:
+        """`settle_kv()` before a lookup of `keys`' cache entries on `own_ranks` and
+        `prompt_ranks`, unless the stretch's allocations cannot evict a block of them there.
 
         Bounded by what the whole stretch allocates beyond the blocks settled so far
-        (`Plan.total_blocks`), a rank's allocations would evict only entries ahead of
+        (`_pending_blocks`), a rank's allocations would evict only entries ahead of
         `keys`' in its LRU order (`KVCache.evicts_any_of`), so the lookup finds the same
         with or without settling; and deferring a settle is exact (see `settle_kv`). A
         looked-up entry is usually recent and a stretch allocates a few blocks, so most
@@ -208,15 +209,27 @@ class Instance:
             plan.may_evict = self._may_evict(plan)
         if not plan.may_evict:
             return
+        pending, kvs = self._pending_blocks(plan), self.kvs
+        for r in own_ranks:
+            if pending[r] and kvs[r].evicts_any_of(keys, pending[r]):
+                self.settle_kv()
+                return
+        for r in prompt_ranks:
+            if pending[r] and r not in own_ranks and kvs[r].evicts_any_of(keys, pending[r]):
+                self.settle_kv()
+                return
+
+    def _pending_blocks(self, plan: Plan) -> list[int]:
+        """Per rank, the blocks the stretch may still allocate beyond those settled so far
+        (its total minus `_kv_pre`; kept until `settle_kv` allocates or the plan changes)."""
+        cached = self._pending
+        if cached is not None and cached[0] is plan:
+            return cached[1]
         if plan.total_blocks is None:
             plan.total_blocks = plan.blocks_fn(plan.steps)
         pending = (plan.total_blocks - self._kv_pre).tolist()
-        kvs = self.kvs
-        for ranks in rank_sets:
-            for r in ranks:
-                if pending[r] > 0 and kvs[r].evicts_any_of(keys, pending[r]):
-                    self.settle_kv()
-                    return
+        self._pending = (plan, pending)
+        return pending
 
     def check_kv(self, idle: bool = False) -> None:
         for kv in self.kvs:
@@ -335,6 +348,7 @@ class Instance:
         if any_of(more > 0):
             self._allocate(np.maximum(more, 0))
             self._kv_pre = np.maximum(target, self._kv_pre)
+            self._pending = None
 
     def _may_evict(self, plan: Plan) -> bool:
         """Whether the rest of the stretch's allocations may evict a cached block on some rank."""

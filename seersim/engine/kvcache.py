@@ -151,12 +151,18 @@ class KVCache:
         (within `free_blocks`). Walks the eviction order only until the allocation fits
         or a key comes up: the blocks a running stretch allocates are usually few and
         a looked-up entry recent, so it seldom looks past the first entries."""
-        self._settle()
-        cached = self._cached
-        if not any(k in cached for k in keys):
-            return False
         room = self.total_blocks - self.used_blocks - self._cached_blocks
         if blocks <= room:
+            return False  # (room >= 0 here: no eviction is pending either)
+        self._settle()
+        room = self.total_blocks - self.used_blocks - self._cached_blocks
+        if blocks <= room:
+            return False
+        cached = self._cached
+        for k in keys:
+            if k in cached:
+                break
+        else:
             return False
         for key, held in self._eviction_order():
             if key in keys:
