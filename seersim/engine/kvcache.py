@@ -97,16 +97,19 @@ class KVCache:
         """Blocks of the group's prompt a lookup finds: all of it while in use, else
         what is left of its cached entry (a prefix of it after partial eviction)."""
         self._settle()
-        if group_id in self._prompt_refs:
-            return self._prompt_refs[group_id][1]
-        return self._cached.get(prompt_key(group_id), 0)
+        return self._prompt_present(group_id)
+
+    def _prompt_present(self, group_id: int) -> int:
+        """`prompt_blocks_present`, the cache settled."""
+        refs = self._prompt_refs.get(group_id)
+        return refs[1] if refs is not None else self._cached.get(-1 - group_id, 0)
 
     def prefix_blocks(self, request_id: int, group_id: int, prompt_blocks: int) -> tuple[int, int]:
         """(prompt blocks, own blocks) a request would hit here: the prompt's present
         prefix, and its own entry only when the whole prompt is present."""
         self._settle()
         if prompt_blocks:
-            present = min(self.prompt_blocks_present(group_id), prompt_blocks)
+            present = self._prompt_present(group_id)
             if present < prompt_blocks:
                 return present, 0
         return prompt_blocks, self._cached.get(request_id, 0)
@@ -205,12 +208,20 @@ class KVCache:
         self._cached_blocks += blocks - old
         self._cached[key] = blocks
         if self.directory is not None:
-            self.directory.setdefault(key, set()).add(self.rank)
+            self._list_in_directory(key)
         if parent is not None:
             assert parent in self._cached or -1 - parent in self._prompt_refs, "an own entry needs its prompt present"
             self._parent[key] = parent
             self._children.setdefault(parent, {})[key] = None
         # (evicting is never needed here: used + cached did not grow)
+
+    def _list_in_directory(self, key: int) -> None:
+        """Record in the ranks' shared directory that this rank may hold `key`."""
+        holders = self.directory.get(key)
+        if holders is None:
+            self.directory[key] = {self.rank}
+        else:
+            holders.add(self.rank)
 
     def take_cached(self, key: int) -> int:
         """A prefix hit: the entry's blocks become used again. Returns the blocks taken.
@@ -261,7 +272,7 @@ class KVCache:
         self.version += 1
         key = prompt_key(group_id)
         if self.directory is not None:
-            self.directory.setdefault(key, set()).add(self.rank)
+            self._list_in_directory(key)
         old = self._cached.pop(key, 0)
         self._cached_blocks -= old
         self._prompt_refs[group_id] = (1, blocks)
