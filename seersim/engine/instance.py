@@ -352,15 +352,7 @@ class Instance:
 
     def _may_evict(self, plan: Plan) -> bool:
         """Whether the rest of the stretch's allocations may evict a cached block on some rank."""
-        uncached_free = np.array([kv.uncached_free_blocks for kv in self.kvs])
-        # cheap bound first: each sequence needs at most one block per bs iterations (+1)
-        seqs = self.batch.rank_counts(self.ranks.dp)
-        growth = int(plan.new.max()) if plan.kind == "prefill" else 1 + self._max_gamma()
-        if all_of(seqs * ((plan.steps // self.bs + 2) * growth) <= uncached_free):
-            return False
-        if plan.total_blocks is None:
-            plan.total_blocks = plan.blocks_fn(plan.steps)
-        return not all_of(plan.total_blocks - self._kv_pre <= uncached_free)
+        return any(blocks > kv.uncached_free_blocks for blocks, kv in zip(self._pending_blocks(plan), self.kvs))
 
     def abort(self) -> None:
         """The RL step ended early (partial rollout): keep the iterations completed so far,
@@ -398,10 +390,6 @@ class Instance:
         if self.ranks.dp == 1:
             return np.array((self.kvs[0].free_blocks,), np.int64)
         return np.array(free_blocks_ranks(self.kvs), np.int64)
-
-    def _max_gamma(self) -> int:
-        """Largest per-iteration draft width in the batch (0 without speculation)."""
-        return int(self.batch.gamma.max()) if self.spec is not None and len(self.batch) else 0
 
     def _take_pre(self) -> np.ndarray:
         """Blocks per rank of the ending stretch that settle_kv() allocated early (then reset;
