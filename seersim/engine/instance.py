@@ -195,7 +195,7 @@ class Instance:
 
         Bounded by what the whole stretch allocates beyond the blocks settled so far
         (`_pending_blocks`), a rank's allocations would evict only entries ahead of
-        `keys`' in its LRU order (`KVCache.evicts_any_of`), so the lookup finds the same
+        `keys`' in its LRU order (`KVCache.blocks_before_eviction_of`), so the lookup finds the same
         with or without settling; and deferring a settle is exact (see `settle_kv`). A
         looked-up entry is usually recent and a stretch allocates a few blocks, so most
         lookups settle nothing.
@@ -211,11 +211,11 @@ class Instance:
             return
         pending, kvs = self._pending_blocks(plan), self.kvs
         for r in own_ranks:
-            if pending[r] and kvs[r].evicts_any_of(keys, pending[r]):
+            if pending[r] and pending[r] > kvs[r].blocks_before_eviction_of(keys, pending[r]):
                 self.settle_kv()
                 return
         for r in prompt_ranks:
-            if pending[r] and r not in own_ranks and kvs[r].evicts_any_of(keys, pending[r]):
+            if pending[r] and r not in own_ranks and pending[r] > kvs[r].blocks_before_eviction_of(keys, pending[r]):
                 self.settle_kv()
                 return
 

@@ -137,8 +137,16 @@ class KVCache:
                 seen.add(key)  # its parent, later in the order, must not yield it again
             yield key, blocks
 
-    def blocks_before_eviction_of(self, keys: tuple[int, ...]) -> int:
-        """Blocks allocatable before any block of `keys`' cached entries is evicted."""
+    def blocks_before_eviction_of(self, keys: tuple[int, ...], enough: int | None = None) -> int:
+        """Blocks allocatable before any block of `keys`' cached entries is evicted.
+
+        With `enough`, the walk down the eviction order stops once that many fit (the
+        answer is then some number >= `enough`): a running stretch allocates a few
+        blocks and a looked-up entry is usually recent, so it seldom looks past the
+        first entries."""
+        room = self.total_blocks - self.used_blocks - self._cached_blocks
+        if enough is not None and enough <= room:
+            return room  # (room >= 0: no eviction is pending either)
         self._settle()
         if not any(k in self._cached for k in keys):
             return self.free_blocks
@@ -147,32 +155,8 @@ class KVCache:
             if key in keys:
                 return room
             room += blocks
-        raise AssertionError("unreachable: a key of `keys` is cached")
-
-    def evicts_any_of(self, keys: tuple[int, ...], blocks: int) -> bool:
-        """Whether allocating `blocks` now would evict a block of `keys`' cached entries
-        (within `free_blocks`). Walks the eviction order only until the allocation fits
-        or a key comes up: the blocks a running stretch allocates are usually few and
-        a looked-up entry recent, so it seldom looks past the first entries."""
-        room = self.total_blocks - self.used_blocks - self._cached_blocks
-        if blocks <= room:
-            return False  # (room >= 0 here: no eviction is pending either)
-        self._settle()
-        room = self.total_blocks - self.used_blocks - self._cached_blocks
-        if blocks <= room:
-            return False
-        cached = self._cached
-        for k in keys:
-            if k in cached:
-                break
-        else:
-            return False
-        for key, held in self._eviction_order():
-            if key in keys:
-                return True
-            room += held
-            if blocks <= room:
-                return False
+            if enough is not None and enough <= room:
+                return room
         raise AssertionError("unreachable: a key of `keys` is cached")
 
     # ---- mutations -------------------------------------------------------------------
@@ -302,7 +286,8 @@ class KVCache:
         if own_blocks > self.cached(request_id):
             self.drop_cached(request_id)
             # it must not evict the prompt it extends
-            if own_blocks > self.free_blocks or (prompt_blocks and self.evicts_any_of((key,), own_blocks)):
+            room = self.blocks_before_eviction_of((key,), own_blocks) if prompt_blocks else self.free_blocks
+            if own_blocks > room:
                 return
             self.allocate(own_blocks)
             self.release_to_cache(request_id, own_blocks, key if prompt_blocks else None)
