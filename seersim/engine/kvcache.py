@@ -148,8 +148,12 @@ class KVCache:
         if enough is not None and enough <= room:
             return room  # (room >= 0: no eviction is pending either)
         self._settle()
-        if not any(k in self._cached for k in keys):
-            return self.free_blocks
+        cached = self._cached
+        for key in keys:
+            if key in cached:
+                break
+        else:
+            return self.free_blocks  # (a loop: any() over a generator costs more on this hot path)
         room = self.total_blocks - self.used_blocks - self._cached_blocks
         for key, blocks in self._eviction_order():
             if key in keys:
