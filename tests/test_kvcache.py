@@ -267,11 +267,21 @@ def test_blocks_before_eviction_of():
     assert kv.blocks_before_eviction_of((3,)) == 8
     assert kv.blocks_before_eviction_of((3, 2)) == 6
     assert kv.blocks_before_eviction_of((99,)) == kv.free_blocks == 10
+    # told how many it must fit, the walk stops once they do (4 uncached, then 1's 2 blocks, ...)
+    assert kv.blocks_before_eviction_of((3,), enough=4) == 4
+    assert kv.blocks_before_eviction_of((3,), enough=5) == 6
+    assert kv.blocks_before_eviction_of((3,), enough=7) == 8
+    assert kv.blocks_before_eviction_of((3,), enough=9) == 8, "short of enough: the exact answer"
+    assert kv.blocks_before_eviction_of((99,), enough=11) == kv.free_blocks
     # exactly that many blocks keep the entry; one more evicts it
     kv.allocate(kv.blocks_before_eviction_of((2,)))
     assert kv.cached(2) == 2
     kv.allocate(1)
     assert kv.cached(2) == 1
+    kv = _filled_lru()
+    kv.allocate(5)  # one block of entry 1 is evicted lazily
+    assert kv.blocks_before_eviction_of((3,), enough=1) == 1
+    assert kv.blocks_before_eviction_of((3,)) == 3
 
 
 def test_shared_prompt_refcounting():
@@ -427,6 +437,9 @@ def test_random_operations_match_a_reference_lru(total, ops):
                     kv.allocate(n)
                 continue
             rooms = {k: kv.blocks_before_eviction_of((k,)) for k in cache}
+            pairs = [(k, prompt_key(k % 2)) for k in range(6)]  # (an own entry, its prompt): a lookup's keys
+            # (stopping the walk once n fit: evicting iff more than that many are needed)
+            evicts = {keys: n > kv.blocks_before_eviction_of(keys, n) for keys in [(k,) for k in cache] + pairs}
             blocks_before = dict(cache)
             kv.allocate(n)
             used += n
@@ -434,6 +447,9 @@ def test_random_operations_match_a_reference_lru(total, ops):
                 _reference_evict_one(cache, parent)
             for k, room in rooms.items():  # the stretch limit is exact: untouched iff n <= room
                 assert (cache.get(k, 0) == blocks_before[k]) == (n <= room), (k, n, room)
+            for keys, hit in evicts.items():  # a lookup may skip settling exactly when none is touched
+                touched = any(cache.get(k, 0) != blocks_before.get(k, 0) for k in keys)
+                assert hit == touched, (keys, n, hit)
         elif op == "release":
             n = min(n, used)
             kv.release(n)

@@ -66,6 +66,7 @@ class InstanceStats:
 
 
 _RANK_0, _NO_RANK = np.zeros(1, np.int64), np.zeros(0, np.int64)  # rank lists of a one-rank instance
+_RANK_0_LIST = (0,)
 
 
 def _ceil_div(a: np.ndarray | int, b: np.ndarray | int):
@@ -124,6 +125,7 @@ class Instance:
         self._current: tuple[Plan, float] | None = None  # the stretch in progress and its start
         self.spans_epochs = False  # it is speculative and runs into later epochs (`sibling_finished`)
         self._kv_pre = np.zeros(dp, np.int64)  # blocks per rank of that stretch allocated early by settle_kv()
+        self._pending: tuple[Plan, list[int]] | None = None  # `_pending_blocks` of a plan
         # a sequence will emit its first token in a decode iteration (its prompt was
         # fully cached at admission, or a prefill left exactly one prompt token)
         self._fresh_decoders = False
@@ -159,23 +161,26 @@ class Instance:
     def cached_prefix_blocks(self, request_id: int) -> int:
         """Blocks of the request's prefix cached here, on the rank holding the most of it,
         exactly as step by step: the current stretch's allocations so far are settled
-        first (`settle_kv`) where they could evict part of a hit."""
+        first (`settle_kv`) where they could evict part of a hit (`_settle_for_lookup`)."""
         group, p_blocks = int(self.table.group_id[request_id]), int(self.prompt_blocks[request_id])
+        keys = (request_id, prompt_key(group)) if p_blocks else (request_id,)
         if self.ranks.dp == 1:
-            if not self.kvs[0].may_hit(request_id, group, p_blocks):
+            kv = self.kvs[0]
+            if not kv.may_hit(request_id, group, p_blocks):
                 return 0  # (settling only evicts: nothing to find either way)
-            self.settle_kv()
-            return sum(self.kvs[0].prefix_blocks(request_id, group, p_blocks))
+            self._settle_for_lookup(keys, _RANK_0_LIST)
+            return sum(kv.prefix_blocks(request_id, group, p_blocks))
         # (the directory lists every rank that ever stored a key: the request's own
         # context is a hit only on those ranks, elsewhere only the prompt's present part)
         kvs, where = self.kvs, self.kvs[0].directory
         own_ranks = where.get(request_id, ())
-        if not any(kvs[r].may_hit(request_id, group, p_blocks) for r in (where.get(prompt_key(group), ()) if p_blocks else own_ranks)):
+        prompt_ranks = where.get(keys[1], ()) if p_blocks else ()
+        if not any(kvs[r].may_hit(request_id, group, p_blocks) for r in (prompt_ranks if p_blocks else own_ranks)):
             return 0
-        self.settle_kv()
+        self._settle_for_lookup(keys, own_ranks, prompt_ranks)
         best = max((sum(kvs[r].prefix_blocks(request_id, group, p_blocks)) for r in own_ranks), default=0)
         if p_blocks and best < p_blocks:
-            for r in where.get(prompt_key(group), ()):
+            for r in prompt_ranks:
                 if r not in own_ranks:
                     present = kvs[r].prompt_blocks_present(group)
                     if present > best:
@@ -183,6 +188,48 @@ class Instance:
                         if best == p_blocks:
                             break
         return best
+
+    def _settle_for_lookup(self, keys: tuple[int, ...], own_ranks, prompt_ranks=()) -> None:
+        """`settle_kv()` before a lookup of `keys`' cache entries on `own_ranks` and
+        `prompt_ranks`, unless the stretch's allocations cannot evict a block of them there.
+
+        Bounded by what the whole stretch allocates beyond the blocks settled so far
+        (`_pending_blocks`), a rank's allocations would evict only entries ahead of
+        `keys`' in its LRU order (`KVCache.blocks_before_eviction_of`), so the lookup finds the same
+        with or without settling; and deferring a settle is exact (see `settle_kv`). A
+        looked-up entry is usually recent and a stretch allocates a few blocks, so most
+        lookups settle nothing.
+        """
+        if self._current is None:
+            return
+        plan = self._current[0]
+        if plan.blocks_fn is None:
+            return
+        if plan.may_evict is None:
+            plan.may_evict = self._may_evict(plan)
+        if not plan.may_evict:
+            return
+        pending, kvs = self._pending_blocks(plan), self.kvs
+        for r in own_ranks:
+            if pending[r] and pending[r] > kvs[r].blocks_before_eviction_of(keys, pending[r]):
+                self.settle_kv()
+                return
+        for r in prompt_ranks:
+            if pending[r] and r not in own_ranks and pending[r] > kvs[r].blocks_before_eviction_of(keys, pending[r]):
+                self.settle_kv()
+                return
+
+    def _pending_blocks(self, plan: Plan) -> list[int]:
+        """Per rank, the blocks the stretch may still allocate beyond those settled so far
+        (its total minus `_kv_pre`; kept until `settle_kv` allocates or the plan changes)."""
+        cached = self._pending
+        if cached is not None and cached[0] is plan:
+            return cached[1]
+        if plan.total_blocks is None:
+            plan.total_blocks = plan.blocks_fn(plan.steps)
+        pending = (plan.total_blocks - self._kv_pre).tolist()
+        self._pending = (plan, pending)
+        return pending
 
     def check_kv(self, idle: bool = False) -> None:
         for kv in self.kvs:
@@ -301,18 +348,11 @@ class Instance:
         if any_of(more > 0):
             self._allocate(np.maximum(more, 0))
             self._kv_pre = np.maximum(target, self._kv_pre)
+            self._pending = None
 
     def _may_evict(self, plan: Plan) -> bool:
         """Whether the rest of the stretch's allocations may evict a cached block on some rank."""
-        uncached_free = np.array([kv.uncached_free_blocks for kv in self.kvs])
-        # cheap bound first: each sequence needs at most one block per bs iterations (+1)
-        seqs = self.batch.rank_counts(self.ranks.dp)
-        growth = int(plan.new.max()) if plan.kind == "prefill" else 1 + self._max_gamma()
-        if all_of(seqs * ((plan.steps // self.bs + 2) * growth) <= uncached_free):
-            return False
-        if plan.total_blocks is None:
-            plan.total_blocks = plan.blocks_fn(plan.steps)
-        return not all_of(plan.total_blocks - self._kv_pre <= uncached_free)
+        return any(blocks > kv.uncached_free_blocks for blocks, kv in zip(self._pending_blocks(plan), self.kvs))
 
     def abort(self) -> None:
         """The RL step ended early (partial rollout): keep the iterations completed so far,
@@ -359,10 +399,6 @@ class Instance:
         if self.ranks.dp == 1:
             return np.array((self.kvs[0].free_blocks,), np.int64)
         return np.array(free_blocks_ranks(self.kvs), np.int64)
-
-    def _max_gamma(self) -> int:
-        """Largest per-iteration draft width in the batch (0 without speculation)."""
-        return int(self.batch.gamma.max()) if self.spec is not None and len(self.batch) else 0
 
     def _take_pre(self) -> np.ndarray:
         """Blocks per rank of the ending stretch that settle_kv() allocated early (then reset;

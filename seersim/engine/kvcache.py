@@ -97,16 +97,19 @@ class KVCache:
         """Blocks of the group's prompt a lookup finds: all of it while in use, else
         what is left of its cached entry (a prefix of it after partial eviction)."""
         self._settle()
-        if group_id in self._prompt_refs:
-            return self._prompt_refs[group_id][1]
-        return self._cached.get(prompt_key(group_id), 0)
+        return self._prompt_present(group_id)
+
+    def _prompt_present(self, group_id: int) -> int:
+        """`prompt_blocks_present`, the cache settled."""
+        refs = self._prompt_refs.get(group_id)
+        return refs[1] if refs is not None else self._cached.get(-1 - group_id, 0)
 
     def prefix_blocks(self, request_id: int, group_id: int, prompt_blocks: int) -> tuple[int, int]:
         """(prompt blocks, own blocks) a request would hit here: the prompt's present
         prefix, and its own entry only when the whole prompt is present."""
         self._settle()
         if prompt_blocks:
-            present = min(self.prompt_blocks_present(group_id), prompt_blocks)
+            present = self._prompt_present(group_id)
             if present < prompt_blocks:
                 return present, 0
         return prompt_blocks, self._cached.get(request_id, 0)
@@ -134,16 +137,30 @@ class KVCache:
                 seen.add(key)  # its parent, later in the order, must not yield it again
             yield key, blocks
 
-    def blocks_before_eviction_of(self, keys: tuple[int, ...]) -> int:
-        """Blocks allocatable before any block of `keys`' cached entries is evicted."""
+    def blocks_before_eviction_of(self, keys: tuple[int, ...], enough: int | None = None) -> int:
+        """Blocks allocatable before any block of `keys`' cached entries is evicted.
+
+        With `enough`, the walk down the eviction order stops once that many fit (the
+        answer is then some number >= `enough`): a running stretch allocates a few
+        blocks and a looked-up entry is usually recent, so it seldom looks past the
+        first entries."""
+        room = self.total_blocks - self.used_blocks - self._cached_blocks
+        if enough is not None and enough <= room:
+            return room  # (room >= 0: no eviction is pending either)
         self._settle()
-        if not any(k in self._cached for k in keys):
-            return self.free_blocks
+        cached = self._cached
+        for key in keys:
+            if key in cached:
+                break
+        else:
+            return self.free_blocks  # (a loop: any() over a generator costs more on this hot path)
         room = self.total_blocks - self.used_blocks - self._cached_blocks
         for key, blocks in self._eviction_order():
             if key in keys:
                 return room
             room += blocks
+            if enough is not None and enough <= room:
+                return room
         raise AssertionError("unreachable: a key of `keys` is cached")
 
     # ---- mutations -------------------------------------------------------------------
@@ -179,12 +196,20 @@ class KVCache:
         self._cached_blocks += blocks - old
         self._cached[key] = blocks
         if self.directory is not None:
-            self.directory.setdefault(key, set()).add(self.rank)
+            self._list_in_directory(key)
         if parent is not None:
             assert parent in self._cached or -1 - parent in self._prompt_refs, "an own entry needs its prompt present"
             self._parent[key] = parent
             self._children.setdefault(parent, {})[key] = None
         # (evicting is never needed here: used + cached did not grow)
+
+    def _list_in_directory(self, key: int) -> None:
+        """Record in the ranks' shared directory that this rank may hold `key`."""
+        holders = self.directory.get(key)
+        if holders is None:
+            self.directory[key] = {self.rank}
+        else:
+            holders.add(self.rank)
 
     def take_cached(self, key: int) -> int:
         """A prefix hit: the entry's blocks become used again. Returns the blocks taken.
@@ -235,7 +260,7 @@ class KVCache:
         self.version += 1
         key = prompt_key(group_id)
         if self.directory is not None:
-            self.directory.setdefault(key, set()).add(self.rank)
+            self._list_in_directory(key)
         old = self._cached.pop(key, 0)
         self._cached_blocks -= old
         self._prompt_refs[group_id] = (1, blocks)
@@ -265,7 +290,7 @@ class KVCache:
         if own_blocks > self.cached(request_id):
             self.drop_cached(request_id)
             # it must not evict the prompt it extends
-            room = self.blocks_before_eviction_of((key,)) if prompt_blocks else self.free_blocks
+            room = self.blocks_before_eviction_of((key,), own_blocks) if prompt_blocks else self.free_blocks
             if own_blocks > room:
                 return
             self.allocate(own_blocks)
