@@ -1,8 +1,7 @@
 """The speculative planner's shortcuts give the numbers of their definitions
 (engine/specdec.py, engine/stretch.py): Algorithm 1 evaluated inline for rooflines
 picks the drafts `StepLines.at` picks, a roofline stretch's closed-form index is the
-generic one, and the lines memos shared between decoders are per cost model and
-draft configuration."""
+generic one, and a cluster's decoders share one memo of its cost model's lines."""
 
 from __future__ import annotations
 
@@ -19,6 +18,7 @@ from seersim.cost.base import StepLines
 from seersim.engine.specdec import MAX_DRAFT, SpecDecoder
 from seersim.engine.stretch import LinearStretch
 from seersim.requests import GroupProgress
+from conftest import load_small, run_cluster
 
 SMALL = Path(__file__).resolve().parents[1] / "scenarios" / "small.yaml"
 
@@ -99,9 +99,15 @@ def test_roofline_stretch_index_is_the_generic_one():
     assert crossing > 100, "the draws must cross between the two lines"
 
 
-def test_lines_memos_are_per_cost_model_and_draft_configuration():
-    cost = build_cost_model(seersim.load_scenario(SMALL))
-    first, same = _decoder(cost), _decoder(cost)
-    assert first._gamma_lines is same._gamma_lines and first._verify_lines is same._verify_lines
-    for other in (_decoder(cost, draft_overhead_s=0.001), _decoder(cost, paths=2), _decoder(ThreeLines(cost))):
-        assert other._gamma_lines is not first._gamma_lines and other._verify_lines is not first._verify_lines
+def test_a_clusters_decoders_share_one_lines_memo():
+    """Every instance prices speculative iterations with the backend's one cost model and
+    draft configuration, so their decoders fill one memo of its lines; a decoder built
+    alone keeps its own."""
+    sc = load_small(**{"engine.speculation.mode": "grouped_adaptive"})
+    driver, _, _ = run_cluster(sc)
+    decoders = [inst.spec for inst in driver.backend.instances]
+    assert len(decoders) > 1
+    assert all(d._gamma_lines is decoders[0]._gamma_lines and d._verify_lines is decoders[0]._verify_lines for d in decoders)
+    assert decoders[0]._gamma_lines, "the run must price speculative iterations"
+    cost = build_cost_model(sc)
+    assert _decoder(cost)._gamma_lines is not _decoder(cost)._gamma_lines

@@ -24,7 +24,7 @@ from seersim.engine.instance import Instance
 from seersim.engine.kvcache import KVCache
 from seersim.engine.kvpool import KVPool
 from seersim.engine.memory import check_requests_fit, kv_capacity_blocks, speculative_lookahead_tokens
-from seersim.engine.specdec import SpecDecoder
+from seersim.engine.specdec import SpecDecoder, new_lines_memo
 from seersim.errors import SpecError
 from seersim.requests import GroupProgress, RequestTable
 
@@ -49,6 +49,9 @@ class SimBackend:
         self.env = simpy.Environment()
         self.instances: list[Instance] = []
         self._stop: At | None = None
+        # the speculative decoders' memos of this one cost model's lines, shared by every
+        # instance and step (the draft configuration is the scenario's)
+        self._spec_lines = new_lines_memo()
 
     # ------------------------------------------------------------------ capacity, clock
     @property
@@ -107,7 +110,7 @@ class SimBackend:
                 table,
                 self.prompt_blocks,
                 self._on_chunk_done,
-                SpecDecoder(spec, groups, self.cost, eng.max_num_batched_tokens) if spec.mode != "none" else None,
+                SpecDecoder(spec, groups, self.cost, eng.max_num_batched_tokens, self._spec_lines) if spec.mode != "none" else None,
                 stretch_end_priority(i, self.num_instances),
             )
             for i in range(self.num_instances)

@@ -37,7 +37,6 @@ the others (β[j] = α^j, the probability that the j-th draft token is accepted)
 
 from __future__ import annotations
 
-import weakref
 from collections.abc import Callable
 from itertools import accumulate
 
@@ -61,24 +60,16 @@ MAX_SEGMENTS = 16
 # length incl. bonus, by finished references n, per draft paths.
 PAPER_ACCEPTANCE: dict[int, dict[int, float]] = load_acceptance()["paths"]
 
-# Per cost model: memos of the lines it gives speculative iterations (pure functions of
-# the model, the draft paths and overhead, and the batch shape), shared by the decoders
-# of every instance that prices with it, which would otherwise each fill their own.
-_LINES_MEMOS: weakref.WeakKeyDictionary = weakref.WeakKeyDictionary()
+LinesMemo = tuple[dict, dict]
 
 
-def _lines_memo(cost: CostModel, cfg: SpeculationConfig) -> tuple[dict, dict]:
-    """(batch → per-γ lines, (seqs, verified) → one rank's verify lines) for `cost`
-    under `cfg`'s draft paths and overhead."""
-    key = (cfg.paths, cfg.draft_overhead_s)
-    try:
-        per_config = _LINES_MEMOS.setdefault(cost, {})
-    except TypeError:  # a cost model that cannot be weakly referenced or hashed
-        per_config = {}
-    memo = per_config.get(key)
-    if memo is None:
-        memo = per_config[key] = ({}, {})
-    return memo
+def new_lines_memo() -> LinesMemo:
+    """Memos of the cost model's lines for speculative iterations: batch -> per-γ lines
+    (`_iteration_lines`), (seqs, verified) -> one rank's verify lines (`_stretch`). Pure
+    functions of the cost model, the draft configuration and their keys, so the decoders
+    of every instance of one cluster share one (`SimBackend` hands it out); else each
+    would fill its own."""
+    return {}, {}
 
 
 def alpha_for_tau(tau_value: float, gamma: int) -> float:
@@ -130,7 +121,14 @@ class SpecDecoder:
     It reads a group-progress view (finished siblings, probes), never the cluster.
     """
 
-    def __init__(self, cfg: SpeculationConfig, groups: GroupProgress, cost: CostModel, token_budget: int) -> None:
+    def __init__(
+        self,
+        cfg: SpeculationConfig,
+        groups: GroupProgress,
+        cost: CostModel,
+        token_budget: int,
+        lines_memo: LinesMemo | None = None,
+    ) -> None:
         self.groups = groups
         self.cost = cost
         self.cfg = cfg
@@ -151,7 +149,7 @@ class SpecDecoder:
         self.epoch_rate = np.zeros(1)
         # memos of pure functions of their keys (speed only: same numbers either way)
         # batch -> per γ (`_iteration_lines`); (seqs, verified) -> dp = 1 lines (`_stretch`)
-        self._gamma_lines, self._verify_lines = _lines_memo(cost, cfg)
+        self._gamma_lines, self._verify_lines = lines_memo if lines_memo is not None else new_lines_memo()
         self._split_memo: dict[tuple, tuple[int, int]] = {}  # _split_budget's answers
         # (rid column, references, probes) of the drafts this iteration's `_assign` gave
         self._assigned: tuple[np.ndarray, np.ndarray | None, np.ndarray] | None = None
