@@ -35,7 +35,7 @@ def test_lookup_without_settling_is_the_settled_answer(monkeypatch, dp):
     def checking(self, request_id):
         got = lookup(self, request_id)
         cached = _cached_blocks(self)
-        self.settle_kv(cache_only=False)  # settling early is exact too (it is what step by step shows)
+        self.settle_kv()  # settling early is exact too (it is what step by step shows)
         seen["skipped_evicting"] += _cached_blocks(self) < cached
         assert lookup(self, request_id) == got, request_id
         seen["lookups"] += 1

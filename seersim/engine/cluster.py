@@ -167,7 +167,7 @@ class SimBackend:
         yield self.env.timeout(delay)
         p_blocks = int(self.prompt_blocks[rid])
         own = max(0, pooled_tokens // self._bs - p_blocks)
-        inst.settle_kv(cache_only=False)
+        inst.settle_kv()
         inst.insert_pulled_kv(rid, int(self.table.group_id[rid]), p_blocks, own, rank)
         inst.enqueue(rid, tokens, rank)
 
@@ -188,7 +188,7 @@ class SimBackend:
     # ------------------------------------------------------------------ observation
     def kv_used_blocks(self) -> np.ndarray:
         for inst in self.instances:
-            inst.settle_kv(cache_only=False)
+            inst.settle_kv()
         return np.array([inst.kv_used_blocks for inst in self.instances], np.int64)
 
     def cached_tokens(self, request_id: int, instance_ids: Iterable[int]) -> dict[int, int]:

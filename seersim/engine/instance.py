@@ -40,7 +40,7 @@ from seersim.cost import CostModel
 from seersim.engine.batch import Plan, RunningBatch, all_of, any_of, indices_of
 from seersim.engine.dp import DPRanks
 from seersim.engine.events import AFTER_STRETCHES, At
-from seersim.engine.kvcache import KVCache, allocate_ranks, free_blocks_ranks, prompt_key, used_and_cached_blocks
+from seersim.engine.kvcache import KVCache, prompt_key
 from seersim.engine.specdec import SpecDecoder
 from seersim.engine.stretch import HeadStretch, LinearStretch, TabulatedStretch, steps_within
 from seersim.errors import SimulationError
@@ -118,7 +118,7 @@ class Instance:
         # waiting head last failed the KV check; it fails again while the cache version
         # stands, free blocks have not grown and the budget has not shrunk (`_admit`)
         self._kv_blocked: list[tuple[int, int, int, int] | None] = [None] * dp
-        self._preempted = np.zeros(dp, bool)
+        self._preempted: np.ndarray = _NO_RANK  # ranks that preempted in the last iteration
         self.batch = RunningBatch()
         self._wake: simpy.Event | None = None
         self._interruptible = False
@@ -152,11 +152,19 @@ class Instance:
 
     @property
     def kv_used_blocks(self) -> int:
-        return self.kvs[0].used_blocks if self.ranks.dp == 1 else used_and_cached_blocks(self.kvs)[0]
+        return self._kv_blocks()[0]
 
     @property
     def kv_cached_blocks(self) -> int:
-        return self.kvs[0].cached_blocks if self.ranks.dp == 1 else used_and_cached_blocks(self.kvs)[1]
+        return self._kv_blocks()[1]
+
+    def _kv_blocks(self) -> tuple[int, int]:
+        """(used, cached) blocks over the ranks' caches, in one pass."""
+        used = cached = 0
+        for kv in self.kvs:
+            used += kv.used_blocks
+            cached += kv.cached_blocks
+        return used, cached
 
     def cached_prefix_blocks(self, request_id: int) -> int:
         """Blocks of the request's prefix cached here, on the rank holding the most of it,
@@ -210,12 +218,8 @@ class Instance:
         if not plan.may_evict:
             return
         pending, kvs = self._pending_blocks(plan), self.kvs
-        for r in own_ranks:
+        for r in (*own_ranks, *(r for r in prompt_ranks if r not in own_ranks)):
             if pending[r] and pending[r] > kvs[r].blocks_before_eviction_of(keys, pending[r]):
-                self.settle_kv()
-                return
-        for r in prompt_ranks:
-            if pending[r] and r not in own_ranks and pending[r] > kvs[r].blocks_before_eviction_of(keys, pending[r]):
                 self.settle_kv()
                 return
 
@@ -319,26 +323,21 @@ class Instance:
         self.stats.busy_s += plan.stretch.cumulative(steps)
         self.stats.iterations += steps
 
-    def settle_kv(self, cache_only: bool = True) -> None:
+    def settle_kv(self) -> None:
         """Apply the KV allocations of the iterations started so far in the current stretch.
 
         A fast-forwarded stretch allocates its blocks when it ends; iteration by
         iteration they would be allocated (evicting cached prefixes) as each starts.
         Whoever reads this instance's KV mid-stretch (a policy's view of cached
         prefixes, a KV pull landing) calls this first, so it sees exactly what
-        step-by-step simulation shows. `cache_only`: the caller reads only cached
-        prefixes, which cannot change while the stretch's allocations fit uncached blocks.
+        step-by-step simulation shows. A policy's lookup of cached prefixes calls it only
+        where the allocations could evict what it reads (`_settle_for_lookup`).
         """
         if self._current is None:
             return
         plan, start = self._current
         if plan.blocks_fn is None:
             return
-        if cache_only:
-            if plan.may_evict is None:
-                plan.may_evict = self._may_evict(plan)
-            if not plan.may_evict:
-                return
         k = min(plan.stretch.steps_done_by(self.env.now - start, plan.steps) + 1, plan.steps)
         if k <= plan.settled_steps:
             return  # its allocations are applied already
@@ -383,7 +382,9 @@ class Instance:
 
     def _allocate(self, per_rank: np.ndarray) -> None:
         """Allocate `per_rank[r]` blocks in rank r's KV cache."""
-        allocate_ranks(self.kvs, per_rank.tolist())
+        for kv, blocks in zip(self.kvs, per_rank.tolist()):
+            if blocks:
+                kv.allocate(blocks)
 
     def _short_ranks(self, per_rank: np.ndarray) -> np.ndarray:
         """The ranks (ascending) whose KV cannot give them `per_rank[r]` more blocks (only
@@ -398,7 +399,7 @@ class Instance:
         """Blocks each rank may still allocate (free + evictable cached)."""
         if self.ranks.dp == 1:
             return np.array((self.kvs[0].free_blocks,), np.int64)
-        return np.array(free_blocks_ranks(self.kvs), np.int64)
+        return np.array([kv.free_blocks for kv in self.kvs], np.int64)
 
     def _take_pre(self) -> np.ndarray:
         """Blocks per rank of the ending stretch that settle_kv() allocated early (then reset;
@@ -460,7 +461,7 @@ class Instance:
         b = self.batch
         seqs = b.rank_counts(self.ranks.dp)
         budgets = self._rank_budget - seqs  # (the tail needs every sequence decoding next)
-        for r in indices_of(self._preempted).tolist():
+        for r in self._preempted.tolist():
             if self.queues[r] and seqs[r] < self._rank_max_seqs and budgets[r] > 0:
                 rid = self.queues[r][0][0]
                 if self._admission_need(self.kvs[r], rid, int(budgets[r]))[-1]:
@@ -634,7 +635,6 @@ class Instance:
         if self._arrivals:
             self._assign_arrivals()
         bs, b, dp, ranks = self.bs, self.batch, self.ranks.dp, self.ranks
-        self._preempted = preempted = np.zeros(dp, bool)  # ranks that preempted in this iteration
         n = len(b)
         short = _NO_RANK
         decodes = False  # every running sequence decodes one token
@@ -660,7 +660,6 @@ class Instance:
                 keep = self._preempt_from_the_back(short, add)
                 b.keep(keep)
                 new, add = new[keep], add[keep]
-                preempted[short] = True
                 add_blocks = int(add.sum()) if dp == 1 else ranks.per_rank(b.rank, add)
             if dp == 1:
                 self.kvs[0].allocate(add_blocks)
@@ -684,6 +683,7 @@ class Instance:
                     admitted = True
             # admission stopped by the token budget (which frees up next iteration)
             budget_blocked = any(q and rooms[r] > 0 and budgets[r] <= 0 for r, q in enumerate(queues))
+        self._preempted = short
         any_preempted = len(short) > 0
         return (new if len(b) else None), admitted or any_preempted, any_preempted, budget_blocked
 
@@ -1075,11 +1075,7 @@ class Instance:
 
     # ------------------------------------------------------------------ records
     def _sample(self) -> None:
-        if self.ranks.dp == 1:
-            used, cached = self.kvs[0].used_blocks, self.kvs[0].cached_blocks
-        else:
-            used, cached = used_and_cached_blocks(self.kvs)
-        self.samples.append((self.env.now, len(self.batch), self.num_waiting, used, cached))
+        self.samples.append((self.env.now, len(self.batch), self.num_waiting, *self._kv_blocks()))
 
     def insert_pulled_kv(
         self, request_id: int, group_id: int, prompt_blocks: int, own_blocks: int, rank: int | None = None

@@ -102,7 +102,7 @@ class KVCache:
     def _prompt_present(self, group_id: int) -> int:
         """`prompt_blocks_present`, the cache settled."""
         refs = self._prompt_refs.get(group_id)
-        return refs[1] if refs is not None else self._cached.get(-1 - group_id, 0)
+        return refs[1] if refs is not None else self._cached.get(prompt_key(group_id), 0)
 
     def prefix_blocks(self, request_id: int, group_id: int, prompt_blocks: int) -> tuple[int, int]:
         """(prompt blocks, own blocks) a request would hit here: the prompt's present
@@ -344,25 +344,3 @@ class KVCache:
         if idle:
             assert self.used_blocks == 0 and not self._prompt_refs, (self.used_blocks, len(self._prompt_refs))
 
-
-# ---- an instance's DP ranks, one cache each (loops kept tight: the engine calls these
-# every stretch, with 32 ranks on Kimi-K2) ------------------------------------------------
-def allocate_ranks(kvs: list[KVCache], blocks: list[int]) -> None:
-    """`KVCache.allocate(blocks[r])` on each rank r's cache (ranks taking none skipped)."""
-    for kv, n in zip(kvs, blocks):
-        if n:
-            kv.allocate(n)
-
-
-def free_blocks_ranks(kvs: list[KVCache]) -> list[int]:
-    """Each rank's `free_blocks`."""
-    return [kv.free_blocks for kv in kvs]
-
-
-def used_and_cached_blocks(kvs: list[KVCache]) -> tuple[int, int]:
-    """Σ `used_blocks` and Σ `cached_blocks` over the ranks' caches."""
-    used = cached = 0
-    for kv in kvs:
-        used += kv.used_blocks
-        cached += kv.cached_blocks
-    return used, cached
