@@ -111,3 +111,12 @@ def test_a_clusters_decoders_share_one_lines_memo():
     assert decoders[0]._gamma_lines, "the run must price speculative iterations"
     cost = build_cost_model(sc)
     assert _decoder(cost)._gamma_lines is not _decoder(cost)._gamma_lines
+
+
+def test_raised_lines_add_the_overhead_to_every_line():
+    lines = StepLines((1e-3, 2e-3), (1e-9, 3e-9))
+    assert lines.raised(0.0) is lines
+    up = lines.raised(5e-4)
+    assert up.slopes_s == lines.slopes_s
+    for context in (0, 10**5, 10**7):
+        assert up.at(context) == pytest.approx(lines.at(context) + 5e-4)

@@ -31,6 +31,12 @@ class StepLines:
             return x if x > y else y
         return max(ai + bi * context_tokens for ai, bi in zip(a, b))
 
+    def raised(self, seconds: float) -> "StepLines":
+        """The same lines, each `seconds` later (a per-iteration overhead on top)."""
+        if not seconds:
+            return self
+        return StepLines(tuple(a + seconds for a in self.intercepts_s), self.slopes_s)
+
     def at_array(self, context_tokens: np.ndarray) -> np.ndarray:
         c = np.asarray(context_tokens, dtype=np.float64)
         out = self.intercepts_s[0] + self.slopes_s[0] * c

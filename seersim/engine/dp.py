@@ -73,7 +73,7 @@ class DPRanks:
         cost, dp = self.cost, self.dp
         if dp == 1:
             lines = cost.step_lines(int(seqs[0]), int(tokens[0]), int(extra_pairs[0]), float(queries[0]))
-            return _shift(lines, overhead_s), float(c0[0]), float(rate[0])
+            return lines.raised(overhead_s), float(c0[0]), float(rate[0])
         # Ranks with the same prefill pairs and queries share the cost model's lines;
         # among them a rank whose context and growth another's match or beat has lines
         # that the other's beat (or equal) everywhere, so only the Pareto front of
@@ -176,12 +176,6 @@ def _front(points: list[tuple]) -> list[tuple]:
         if not front or y > front[-1][1]:
             front.append((x, y))
     return front
-
-
-def _shift(lines: StepLines, overhead_s: float) -> StepLines:
-    if not overhead_s:
-        return lines
-    return StepLines(tuple(a + overhead_s for a in lines.intercepts_s), lines.slopes_s)
 
 
 def _envelope(lines: list[tuple[float, float]]) -> StepLines:

@@ -197,8 +197,7 @@ class SpecDecoder:
             self._alpha, self._tau_q = self.model.tables(self.groups.max_group_size)
             self._max_emit_tokens = -(-max(int(self._tau_q.max()), Q) // Q)
         decoding = b.tokens - b.computed == 1
-        probe = self.groups.is_probe(b.rid)
-        refs = self.groups.finished_siblings(b.rid) if self.grouped else None
+        probe, refs = self._batch_groups(b)
         if not self.grouped:
             self.epoch_gamma = (self.cfg.draft_tokens, self.cfg.draft_tokens)
         elif not (n_decoding := int(np.count_nonzero(decoding))):
@@ -223,11 +222,9 @@ class SpecDecoder:
         tokens the decoding sequences verify per iteration with their drafts."""
         if decoding is None:
             decoding = b.tokens - b.computed == 1
-            probe = self.groups.is_probe(b.rid)
-            refs = self.groups.finished_siblings(b.rid) if self.grouped else None
-        g_probe, g_other = self.epoch_gamma
-        np.multiply(decoding, np.where(probe, g_probe, g_other) if g_probe != g_other else g_other, out=b.draft)
-        b.tau_q[:] = self._tau_q[refs, b.draft] if refs is not None else self._tau_q[0, b.draft]
+            probe, refs = self._batch_groups(b)
+        np.multiply(decoding, self._epoch_drafts(probe), out=b.draft)
+        b.tau_q[:] = self._tau_q_of(refs, b.draft)
         self._cap(b)
         self._rebase = False
         self.epoch_step = 0
@@ -238,6 +235,21 @@ class SpecDecoder:
         self.epoch_rate = self._context_rate(b, ranks)
         self._assigned = (b.rid, refs, probe)
         return int(np.count_nonzero(decoding)) + gamma_tokens
+
+    def _batch_groups(self, b: RunningBatch) -> tuple[np.ndarray, np.ndarray | None]:
+        """(probe flags, finished references; None without grouping) of the batch's sequences."""
+        return self.groups.is_probe(b.rid), (self.groups.finished_siblings(b.rid) if self.grouped else None)
+
+    def _epoch_drafts(self, probe: np.ndarray) -> np.ndarray | int:
+        """The epoch's draft length of each sequence (probes', the others'), before the
+        decoding mask and the chunk caps."""
+        g_probe, g_other = self.epoch_gamma
+        return np.where(probe, g_probe, g_other) if g_probe != g_other else g_other
+
+    def _tau_q_of(self, refs: np.ndarray | None, draft: np.ndarray) -> np.ndarray:
+        """τ·Q of these draft lengths with these finished references (without grouping,
+        the no-reference column)."""
+        return self._tau_q[refs, draft] if refs is not None else self._tau_q[0, draft]
 
     @staticmethod
     def _base_context(
@@ -440,8 +452,8 @@ class SpecDecoder:
                 if len(self._verify_lines) >= 4096:
                     self._verify_lines.clear()
                 lines = self.cost.step_lines(seqs, tokens, 0, tokens / max(seqs, 1))
-                if tokens > seqs and self.cfg.draft_overhead_s:  # building drafts: every line later
-                    lines = StepLines(tuple(a + self.cfg.draft_overhead_s for a in lines.intercepts_s), lines.slopes_s)
+                if tokens > seqs:  # building drafts: every line later
+                    lines = lines.raised(self.cfg.draft_overhead_s)
                 self._verify_lines[key] = lines
             rate = float(rate_per_rank[0])
             return LinearStretch(lines, float(base[0]) + rate * (step - 1), rate)
@@ -527,14 +539,10 @@ class SpecDecoder:
             _, refs, probe = assigned
             rate = self.epoch_rate
         else:
-            refs = self.groups.finished_siblings(b.rid) if self.grouped else None
-            probe = self.groups.is_probe(b.rid)
-            g_probe, g_other = self.epoch_gamma
-            draft = np.where(probe, g_probe, g_other) if g_probe != g_other else g_other
-            if not bool((b.draft == draft).all()):
+            probe, refs = self._batch_groups(b)
+            if not bool((b.draft == self._epoch_drafts(probe)).all()):
                 return steps
-            tau_q = self._tau_q[refs, b.draft] if refs is not None else self._tau_q[0, b.draft]
-            if not bool((b.tau_q == tau_q).all()):
+            if not bool((b.tau_q == self._tau_q_of(refs, b.draft)).all()):
                 return steps  # a sibling finished since the drafts were assigned
             rate = self._context_rate(b, ranks)
         starts = []  # the epoch starts (iterations before each) it may run into
