@@ -84,8 +84,8 @@ class DPRanks:
         groups = _groups(seqs_l, list(zip(extra_pairs.tolist(), queries.tolist())), list(zip(c0.tolist(), rate.tolist())))
         candidates: list[tuple[float, float]] = []  # (slope, intercept) per line
         for (e, q), points in groups.items():
-            lr = cost.step_lines(n_all, t_all, dp * int(e), float(q))
-            shifted = [(a + overhead_s, b * dp) for a, b in zip(lr.intercepts_s, lr.slopes_s)]
+            lr = cost.step_lines(n_all, t_all, dp * int(e), float(q)).raised(overhead_s)
+            shifted = [(a, b * dp) for a, b in zip(lr.intercepts_s, lr.slopes_s)]
             if len(points) > 1 and min(lr.slopes_s) >= 0:
                 points = _front(points)
             for c, g in points:
