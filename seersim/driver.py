@@ -74,7 +74,9 @@ class Driver:
         self.stop_after_groups = stop_after_groups
         self.table = t = RequestTable(workload)
         self.groups = GroupProgress(t.group_id)
-        n = backend.num_instances
+        # the backend's capacity is fixed for its life: read once (policies ask on every placement)
+        self._num_instances = n = backend.num_instances
+        self._block_size, self._max_num_seqs = backend.block_size, backend.max_num_seqs
         self._in_flight = np.zeros(n, np.int64)
         self._routes_ranks = policy.chunked
         dp = backend.dp_ranks
@@ -85,10 +87,11 @@ class Driver:
         self._rank = np.full(t.n, -1, np.int64)  # the DP rank each in-flight chunk was sent to
         self._chunk_blocks = np.zeros(t.n, np.int64)  # each routed in-flight chunk's `chunk_blocks`
         # per group: full prompt blocks its requests share (the shortest prompt's)
-        self._shared_prompt = np.zeros(int(t.group_id.max()) + 1 if t.n else 0, np.int64)
+        shared_prompt = np.zeros(int(t.group_id.max()) + 1 if t.n else 0, np.int64)
         if prefix_caching and t.n:
-            self._shared_prompt[:] = t.input_tokens.max() // backend.block_size
-            np.minimum.at(self._shared_prompt, t.group_id, t.input_tokens // backend.block_size)
+            shared_prompt[:] = t.input_tokens.max() // backend.block_size
+            np.minimum.at(shared_prompt, t.group_id, t.input_tokens // backend.block_size)
+        self._shared_prompt: list[int] = shared_prompt.tolist()
         self._reservation_rule = policy.cfg.kv_reservation
         self._chunks_returned = 0
         self._chunk_tokens_returned = 0
@@ -107,6 +110,7 @@ class Driver:
         self._ro_group_id = _ro(t.group_id)
         self._ro_input = _ro(t.input_tokens)
         self._ro_generated = _ro(t.generated)
+        self._ro_group_counts: dict[int, np.ndarray] = {}  # per group that booked a chunk (`group_rank_in_flight`)
         self._pass_pending = False
         self._stopped = False
 
@@ -117,15 +121,15 @@ class Driver:
 
     @property
     def num_instances(self) -> int:
-        return self.backend.num_instances
+        return self._num_instances
 
     @property
     def block_size(self) -> int:
-        return self.backend.block_size
+        return self._block_size
 
     @property
     def max_num_seqs(self) -> int:
-        return self.backend.max_num_seqs
+        return self._max_num_seqs
 
     @property
     def kv_total_blocks(self) -> np.ndarray:
@@ -144,13 +148,19 @@ class Driver:
         return self._ro_rank_reserved
 
     def group_rank_in_flight(self, group_id: int) -> np.ndarray:
-        return _ro(self._ranks.group_counts(group_id))
+        view = self._ro_group_counts.get(group_id)
+        if view is None:
+            counts = self._ranks.group_counts(group_id)
+            if counts is self._no_group_chunks:
+                return counts  # (read-only already; the group's own counts come with its first booking)
+            view = self._ro_group_counts[group_id] = _ro(counts)  # (its counts array lives on)
+        return view
 
     def affinity_ranks(self, request_id: int) -> np.ndarray:
         return self._ro_affinity[request_id]
 
     def shared_prompt_blocks(self, group_id: int) -> int:
-        return int(self._shared_prompt[group_id])
+        return self._shared_prompt[group_id]
 
     @property
     def mean_chunk_tokens(self) -> float | None:
@@ -226,9 +236,10 @@ class Driver:
         rid, iid = d.request_id, d.instance_id
         if not (0 <= rid < t.n) or t.state[rid] != PENDING:
             raise PolicyError(f"policy {self.policy.name} dispatched request {rid}, which is not waiting for dispatch")
-        if not (0 <= iid < self.backend.num_instances):
+        if not (0 <= iid < self._num_instances):
             raise PolicyError(f"policy {self.policy.name} dispatched to instance {iid}, which does not exist")
-        room = t.max_tokens - int(t.generated[rid])
+        generated = int(t.generated[rid])
+        room = t.max_tokens - generated
         if not (1 <= d.max_new_tokens <= room):
             raise PolicyError(
                 f"policy {self.policy.name}: max_new_tokens={d.max_new_tokens} for request {rid} must be in 1..{room}"
@@ -248,12 +259,12 @@ class Driver:
             group = int(t.group_id[rid])
             blocks = chunk_blocks(self, rid, d.max_new_tokens, self._reservation_rule)
             self._chunk_blocks[rid] = blocks
-            self._ranks.book(iid, rank, group, blocks, int(self._shared_prompt[group]))
+            self._ranks.book(iid, rank, group, blocks, self._shared_prompt[group])
         self._rank[rid] = rank
         self._affinity[rid, iid] = rank
-        self._ran_on[rid][iid] = int(t.input_tokens[rid] + t.generated[rid]) + d.max_new_tokens
+        self._ran_on[rid][iid] = int(t.input_tokens[rid]) + generated + d.max_new_tokens
         # the chunk ends at its limit or at the request's true end (EOS; forced live)
-        tokens = min(d.max_new_tokens, int(t.output_tokens[rid] - t.generated[rid]))
+        tokens = min(d.max_new_tokens, int(t.output_tokens[rid]) - generated)
         self.backend.submit(iid, rid, tokens, d.pull_kv, rank if rank >= 0 else None)
 
     # ------------------------------------------------------------------ BackendListener
@@ -268,7 +279,7 @@ class Driver:
         if rank >= 0:
             group = int(t.group_id[request_id])
             blocks = int(self._chunk_blocks[request_id])
-            self._ranks.release(instance_id, rank, group, blocks, int(self._shared_prompt[group]))
+            self._ranks.release(instance_id, rank, group, blocks, self._shared_prompt[group])
         if finished:
             t.state[request_id] = DONE
             t.finish_s[request_id] = self.backend.now_s

@@ -167,7 +167,7 @@ class SimBackend:
         yield self.env.timeout(delay)
         p_blocks = int(self.prompt_blocks[rid])
         own = max(0, pooled_tokens // self._bs - p_blocks)
-        inst.settle_kv()
+        inst.settle_kv(rank)
         inst.insert_pulled_kv(rid, int(self.table.group_id[rid]), p_blocks, own, rank)
         inst.enqueue(rid, tokens, rank)
 

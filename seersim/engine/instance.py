@@ -183,10 +183,17 @@ class Instance:
         kvs, where = self.kvs, self.kvs[0].directory
         own_ranks = where.get(request_id, ())
         prompt_ranks = where.get(keys[1], ()) if p_blocks else ()
-        if not any(kvs[r].may_hit(request_id, group, p_blocks) for r in (prompt_ranks if p_blocks else own_ranks)):
+        for r in prompt_ranks if p_blocks else own_ranks:  # (loops: any()/max() over generators cost more here)
+            if kvs[r].may_hit(request_id, group, p_blocks):
+                break
+        else:
             return 0
         self._settle_for_lookup(keys, own_ranks, prompt_ranks)
-        best = max((sum(kvs[r].prefix_blocks(request_id, group, p_blocks)) for r in own_ranks), default=0)
+        best = 0
+        for r in own_ranks:
+            hit, own = kvs[r].prefix_blocks(request_id, group, p_blocks)
+            if hit + own > best:
+                best = hit + own
         if p_blocks and best < p_blocks:
             for r in prompt_ranks:
                 if r not in own_ranks:
@@ -218,10 +225,12 @@ class Instance:
         if not plan.may_evict:
             return
         pending, kvs = self._pending_blocks(plan), self.kvs
-        for r in (*own_ranks, *(r for r in prompt_ranks if r not in own_ranks)):
-            if pending[r] and pending[r] > kvs[r].blocks_before_eviction_of(keys, pending[r]):
-                self.settle_kv()
-                return
+        for ranks, seen in ((own_ranks, ()), (prompt_ranks, own_ranks)):  # each rank once
+            for r in ranks:
+                blocks = pending[r]
+                if blocks and r not in seen and blocks > kvs[r].blocks_before_eviction_of(keys, blocks):
+                    self.settle_kv()
+                    return
 
     def _pending_blocks(self, plan: Plan) -> list[int]:
         """Per rank, the blocks the stretch may still allocate beyond those settled so far
@@ -323,7 +332,7 @@ class Instance:
         self.stats.busy_s += plan.stretch.cumulative(steps)
         self.stats.iterations += steps
 
-    def settle_kv(self) -> None:
+    def settle_kv(self, rank: int | None = None) -> None:
         """Apply the KV allocations of the iterations started so far in the current stretch.
 
         A fast-forwarded stretch allocates its blocks when it ends; iteration by
@@ -332,6 +341,10 @@ class Instance:
         prefixes, a KV pull landing) calls this first, so it sees exactly what
         step-by-step simulation shows. A policy's lookup of cached prefixes calls it only
         where the allocations could evict what it reads (`_settle_for_lookup`).
+
+        `rank`: settle only that DP rank (a KV pull lands on one): each rank's cache is
+        its own, so the other ranks' allocations wait for a later settle or the stretch's
+        end, exactly as every deferred settle does.
         """
         if self._current is None:
             return
@@ -341,8 +354,17 @@ class Instance:
         k = min(plan.stretch.steps_done_by(self.env.now - start, plan.steps) + 1, plan.steps)
         if k <= plan.settled_steps:
             return  # its allocations are applied already
-        plan.settled_steps = k
         target = plan.blocks_fn(k)
+        if rank is not None and self.ranks.dp > 1:
+            more = int(target[rank] - self._kv_pre[rank])
+            if more > 0:
+                self.kvs[rank].allocate(more)
+                pre = self._kv_pre.copy()  # (a new array, as below: `_take_pre`'s caller may hold the old one)
+                pre[rank] += more
+                self._kv_pre = pre
+                self._pending = None
+            return
+        plan.settled_steps = k
         more = target - self._kv_pre
         if any_of(more > 0):
             self._allocate(np.maximum(more, 0))

@@ -142,11 +142,12 @@ class Policy(ABC):
         """Dispatch decisions now (may be empty: wait for the next event)."""
 
 
-@dataclass(frozen=True, slots=True)
+@dataclass(slots=True)
 class Projection:
     """Where a chunk would run on each instance — the DP rank `RankReservations.ranks`
     picks — and the KV blocks it would reserve on that rank; `chunk_blocks` and
-    `shared_blocks` are its `chunk_blocks` and its group's shared prompt."""
+    `shared_blocks` are its `chunk_blocks` and its group's shared prompt. (Not frozen:
+    one is built per placement try, and a frozen dataclass builds several times slower.)"""
 
     ranks: np.ndarray
     blocks: np.ndarray
@@ -220,11 +221,22 @@ class RankReservations:
         self._take(instance_id, rank, -self.blocks(chunk_blocks, shared_blocks, int(counts[instance_id, rank])))
 
     def _take(self, instance_id: int, rank: int, blocks: int) -> None:
+        """Reserve `blocks` (release: negative) on the rank, keeping `free_rank` its instance's
+        argmax without a scan unless the argmax itself shrinks: another rank shrinking leaves
+        it, a rank growing takes over only past it (or level with it at a lower index)."""
         self.reserved[instance_id, rank] += blocks
         row = self.free[instance_id]
         row[rank] -= blocks
-        if not self.single_rank:
-            self.free_rank[instance_id] = row.argmax()
+        if self.single_rank:
+            return
+        best = int(self.free_rank[instance_id])
+        if rank == best:
+            if blocks > 0:
+                self.free_rank[instance_id] = row.argmax()
+        elif blocks < 0:
+            grown, top = int(row[rank]), int(row[best])
+            if grown > top or (grown == top and rank < best):
+                self.free_rank[instance_id] = rank
 
 
 class Loads:
