@@ -153,7 +153,7 @@ class SimBackend:
     def submit(self, instance_id: int, request_id: int, tokens: int, pull_kv: bool, rank: int | None = None) -> None:
         inst = self.instances[instance_id]
         if pull_kv and self.pool.enabled:
-            local = self.cached_tokens(request_id, (instance_id,)).get(instance_id, 0)
+            local = inst.cached_prefix_blocks(request_id) * self._bs
             pooled = self.pool.tokens(request_id)
             if pooled > local:
                 delay = self.pool.pull_time_s(request_id, pooled - local, self._link_bytes_per_s)

@@ -1113,5 +1113,7 @@ class Instance:
         elif rank is None:
             rank = self._pick_rank(request_id, self._load())
         self.kvs[rank].insert_prefix(request_id, group_id, prompt_blocks, own_blocks)
-        if self._current is not None:
-            self._current[0].may_evict = None  # fewer uncached free blocks now
+        if self._current is not None and self._current[0].may_evict is False:
+            # fewer uncached free blocks now: its allocations may evict (an insert never
+            # adds uncached free blocks, so a stretch that may evict still may)
+            self._current[0].may_evict = None
