@@ -159,12 +159,15 @@ class SimBackend:
                 delay = self.pool.pull_time_s(request_id, pooled - local, self._link_bytes_per_s)
                 self.table.pulled_bytes[request_id] += (pooled - local) * self.scenario.model.kv_bytes_per_token
                 if delay > 0:
-                    self.env.process(self._deliver_after(delay, inst, request_id, tokens, pooled, rank))
+                    # a bare timeout, not a process: the same place among the events of the
+                    # landing instant (simpy's NORMAL priority, in submit order), two events fewer
+                    landing = self.env.timeout(delay)
+                    landing.callbacks.append(lambda _event: self._land(inst, request_id, tokens, pooled, rank))
                     return
         inst.enqueue(request_id, tokens, rank)
 
-    def _deliver_after(self, delay: float, inst: Instance, rid: int, tokens: int, pooled_tokens: int, rank: int | None):
-        yield self.env.timeout(delay)
+    def _land(self, inst: Instance, rid: int, tokens: int, pooled_tokens: int, rank: int | None) -> None:
+        """The pulled KV arrives: it lands as cached blocks, and the chunk joins the instance."""
         p_blocks = int(self.prompt_blocks[rid])
         own = max(0, pooled_tokens // self._bs - p_blocks)
         inst.settle_kv(rank)
