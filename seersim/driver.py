@@ -17,7 +17,7 @@ from __future__ import annotations
 import math
 from dataclasses import dataclass
 from types import MappingProxyType
-from typing import TYPE_CHECKING, Callable, Iterable, Iterator, Mapping
+from typing import TYPE_CHECKING, Callable, Iterable, Iterator, Mapping, Sequence
 
 import numpy as np
 
@@ -111,6 +111,7 @@ class Driver:
         self._ro_input = _ro(t.input_tokens)
         self._ro_generated = _ro(t.generated)
         self._ro_group_counts: dict[int, np.ndarray] = {}  # per group that booked a chunk (`group_rank_in_flight`)
+        self._returned: list[tuple[int, int]] = []  # `returned_chunks`
         self._pass_pending = False
         self._stopped = False
 
@@ -203,6 +204,10 @@ class Driver:
     def pool_tokens(self, request_id: int) -> int:
         return self.backend.pool_tokens(request_id)
 
+    @property
+    def returned_chunks(self) -> Sequence[tuple[int, int]]:
+        return self._returned
+
     # ------------------------------------------------------------------ running
     def run(self) -> StepRecords:
         t, backend = self.table, self.backend
@@ -228,7 +233,9 @@ class Driver:
 
     def _scheduling_pass(self) -> None:
         self._pass_pending = False
-        for d in self.policy.decide(self):
+        decisions = self.policy.decide(self)
+        self._returned.clear()
+        for d in decisions:
             self._apply(d)
 
     def _apply(self, d: Dispatch) -> None:
@@ -276,6 +283,7 @@ class Driver:
         self._ran_on[request_id][instance_id] = int(t.input_tokens[request_id]) + generated_tokens
         self._in_flight[instance_id] -= 1
         rank = int(self._rank[request_id])
+        self._returned.append((instance_id, rank))
         if rank >= 0:
             group = int(t.group_id[request_id])
             blocks = int(self._chunk_blocks[request_id])

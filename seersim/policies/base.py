@@ -16,7 +16,7 @@ import functools
 import math
 from abc import ABC, abstractmethod
 from dataclasses import dataclass
-from typing import Callable, ClassVar, Iterable, Mapping, Protocol
+from typing import Callable, ClassVar, Iterable, Mapping, Protocol, Sequence
 
 import numpy as np
 
@@ -107,6 +107,11 @@ class ClusterView(Protocol):
         ...
     def pool_tokens(self, request_id: int) -> int:
         """Tokens of this request's KV held in the global pool."""
+        ...
+    @property
+    def returned_chunks(self) -> Sequence[tuple[int, int]]:
+        """(instance, DP rank) of each chunk returned since the policy's last `decide`, in
+        order (rank -1 where the chunk was sent to no rank)."""
         ...
 
 
@@ -375,6 +380,50 @@ def place_chunk(view: ClusterView, loads: Loads, request_id: int, max_new: int, 
     pull = prefix.pull_pays(target, view.pool_tokens(request_id), cfg.migrate_margin_tokens)
     loads.add(target, request_id, blocks)
     return Dispatch(request_id, target, max_new, pull)
+
+
+class BlockedHead:
+    """Skips a placement try that must fail: the request that found no room at the end of
+    the last `decide`, tried first again.
+
+    A chunk finds no room while no instance has KV for it on the rank it would run on
+    and a sequence slot (`Loads.has_room`). Between two passes the cluster changes only
+    by the chunks that returned (`ClusterView.returned_chunks`), each freeing KV on its
+    own rank and a slot on its instance. Where the waiting chunk must run on a rank of
+    its own (its earlier context is there) other than the returned chunk's, and that
+    instance had a free slot anyway, nothing it could use changed, so the try would fail
+    again (kimi-k2 divided: half of its 13K retries). Under `expected_growth` its
+    reservation follows the step's mean chunk, which must not have moved either.
+    """
+
+    def __init__(self, cfg: PolicyConfig) -> None:
+        self.cfg = cfg
+        self._request_id = -1  # the request whose try ended the last decide; -1: none did
+        self._mean: float | None = None
+
+    def failed(self, view: ClusterView, request_id: int) -> None:
+        """The request found no room: the decide ends here."""
+        self._request_id, self._mean = request_id, view.mean_chunk_tokens
+
+    def skip(self, view: ClusterView, request_id: int) -> bool:
+        """Whether this decide's first try, of `request_id`, must fail as the last one did
+        (then the decide dispatches nothing); else the last failure is forgotten."""
+        if request_id == self._request_id and self._unchanged_for(view, request_id):
+            return True
+        self._request_id = -1
+        return False
+
+    def _unchanged_for(self, view: ClusterView, request_id: int) -> bool:
+        if self.cfg.kv_reservation == "expected_growth" and view.mean_chunk_tokens != self._mean:
+            return False
+        returned = view.returned_chunks
+        own_ranks, in_flight = view.affinity_ranks(request_id), view.in_flight
+        full = view.max_num_seqs - len(returned)  # from here on the instance may have been full
+        for instance_id, rank in returned:
+            own = own_ranks[instance_id]
+            if own < 0 or own == rank or in_flight[instance_id] >= full:
+                return False
+        return True
 
 
 class CachedPrefix:

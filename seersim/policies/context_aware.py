@@ -24,7 +24,7 @@ from bisect import insort
 
 import numpy as np
 
-from seersim.policies.base import ClusterView, Dispatch, Loads, Policy, chunk_limit, place_chunk
+from seersim.policies.base import BlockedHead, ClusterView, Dispatch, Loads, Policy, chunk_limit, place_chunk
 
 
 class ContextAwarePolicy(Policy):
@@ -41,6 +41,7 @@ class ContextAwarePolicy(Policy):
         self._served_s: dict[int, float] = {}
         self._dispatched_at: dict[int, float] = {}
         self._picks = 0
+        self._blocked = BlockedHead(cfg)
 
     # ---- events -------------------------------------------------------------------
     def on_step_start(self, view: ClusterView, request_ids: np.ndarray) -> None:
@@ -104,15 +105,16 @@ class ContextAwarePolicy(Policy):
         return self._waiting[group][0], "group"
 
     def decide(self, view: ClusterView) -> list[Dispatch]:
+        nxt = self._next()
+        if nxt is None or self._blocked.skip(view, nxt[0]):
+            return []
         loads = Loads(view, self.cfg)
         out: list[Dispatch] = []
-        while True:
-            nxt = self._next()
-            if nxt is None:
-                return out
+        while nxt is not None:
             rid, source = nxt
             d = place_chunk(view, loads, rid, chunk_limit(view, rid, self.cfg.chunk_tokens), self.cfg)
             if d is None:
+                self._blocked.failed(view, rid)
                 return out  # no instance has room: wait for one (no smaller request jumps ahead)
             self._picks += 1
             if source == "probe":
@@ -124,3 +126,5 @@ class ContextAwarePolicy(Policy):
             if self.cfg.anti_starvation_every:
                 self._dispatched_at[rid] = view.now_s
             out.append(d)
+            nxt = self._next()
+        return out

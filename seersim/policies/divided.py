@@ -13,7 +13,7 @@ from collections import deque
 
 import numpy as np
 
-from seersim.policies.base import ClusterView, Dispatch, Loads, Policy, chunk_limit, place_chunk
+from seersim.policies.base import BlockedHead, ClusterView, Dispatch, Loads, Policy, chunk_limit, place_chunk
 
 
 class DividedPolicy(Policy):
@@ -23,6 +23,7 @@ class DividedPolicy(Policy):
         super().__init__(cfg)
         self._fresh: deque[int] = deque()
         self._continuing: deque[int] = deque()
+        self._blocked = BlockedHead(cfg)
 
     def on_step_start(self, view: ClusterView, request_ids: np.ndarray) -> None:
         self._fresh.extend(int(r) for r in request_ids)
@@ -32,6 +33,9 @@ class DividedPolicy(Policy):
             self._continuing.append(request_id)
 
     def decide(self, view: ClusterView) -> list[Dispatch]:
+        head = self._continuing or self._fresh
+        if not head or self._blocked.skip(view, head[0]):
+            return []
         loads = Loads(view, self.cfg)
         out: list[Dispatch] = []
         for queue in (self._continuing, self._fresh):
@@ -39,6 +43,7 @@ class DividedPolicy(Policy):
                 rid = queue[0]
                 d = place_chunk(view, loads, rid, chunk_limit(view, rid, self.cfg.chunk_tokens), self.cfg)
                 if d is None:
+                    self._blocked.failed(view, rid)
                     return out
                 queue.popleft()
                 out.append(d)
