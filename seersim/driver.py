@@ -111,7 +111,7 @@ class Driver:
         self._ro_input = _ro(t.input_tokens)
         self._ro_generated = _ro(t.generated)
         self._ro_group_counts: dict[int, np.ndarray] = {}  # per group that booked a chunk (`group_rank_in_flight`)
-        self._returned: list[tuple[int, int]] = []  # `returned_chunks`
+        self._returned: list[tuple[int, int, int]] = []  # `returned_chunks`
         self._pass_pending = False
         self._stopped = False
 
@@ -205,7 +205,7 @@ class Driver:
         return self.backend.pool_tokens(request_id)
 
     @property
-    def returned_chunks(self) -> Sequence[tuple[int, int]]:
+    def returned_chunks(self) -> Sequence[tuple[int, int, int]]:
         return self._returned
 
     # ------------------------------------------------------------------ running
@@ -283,11 +283,12 @@ class Driver:
         self._ran_on[request_id][instance_id] = int(t.input_tokens[request_id]) + generated_tokens
         self._in_flight[instance_id] -= 1
         rank = int(self._rank[request_id])
-        self._returned.append((instance_id, rank))
+        freed = 0
         if rank >= 0:
             group = int(t.group_id[request_id])
             blocks = int(self._chunk_blocks[request_id])
-            self._ranks.release(instance_id, rank, group, blocks, self._shared_prompt[group])
+            freed = self._ranks.release(instance_id, rank, group, blocks, self._shared_prompt[group])
+        self._returned.append((instance_id, rank, freed))
         if finished:
             t.state[request_id] = DONE
             t.finish_s[request_id] = self.backend.now_s

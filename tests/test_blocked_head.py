@@ -15,10 +15,11 @@ from seersim.policies.base import BlockedHead
 from seersim.workload import build_workload
 
 
+@pytest.mark.parametrize("dp", [1, 4])
 @pytest.mark.parametrize("policy_name", ["divided", "context_aware"])
-def test_a_skipped_try_is_one_that_fails(policy_name, monkeypatch):
+def test_a_skipped_try_is_one_that_fails(policy_name, dp, monkeypatch):
     sc = load_small(**{
-        "policy.name": policy_name, "cluster.parallelism.dp": 4, "cluster.instances": 2, "engine.max_num_seqs": 64,
+        "policy.name": policy_name, "cluster.parallelism.dp": dp, "cluster.instances": 2, "engine.max_num_seqs": 64,
         "workload.prompts": 24, "engine.kv_capacity_tokens": 60000, "policy.chunk_tokens": 512,
     })
     policy = make_policy(sc.policy)

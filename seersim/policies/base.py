@@ -109,9 +109,9 @@ class ClusterView(Protocol):
         """Tokens of this request's KV held in the global pool."""
         ...
     @property
-    def returned_chunks(self) -> Sequence[tuple[int, int]]:
-        """(instance, DP rank) of each chunk returned since the policy's last `decide`, in
-        order (rank -1 where the chunk was sent to no rank)."""
+    def returned_chunks(self) -> Sequence[tuple[int, int, int]]:
+        """(instance, DP rank, KV blocks its reservation freed there) of each chunk returned
+        since the policy's last `decide`, in order (rank -1, 0 blocks: sent to no rank)."""
         ...
 
 
@@ -220,10 +220,13 @@ class RankReservations:
         self._take(instance_id, rank, self.blocks(chunk_blocks, shared_blocks, int(counts[instance_id, rank])))
         counts[instance_id, rank] += 1
 
-    def release(self, instance_id: int, rank: int, group: int, chunk_blocks: int, shared_blocks: int) -> None:
+    def release(self, instance_id: int, rank: int, group: int, chunk_blocks: int, shared_blocks: int) -> int:
+        """Undo a `book`; returns the blocks it frees."""
         counts = self._counts[group]
         counts[instance_id, rank] -= 1
-        self._take(instance_id, rank, -self.blocks(chunk_blocks, shared_blocks, int(counts[instance_id, rank])))
+        blocks = self.blocks(chunk_blocks, shared_blocks, int(counts[instance_id, rank]))
+        self._take(instance_id, rank, -blocks)
+        return blocks
 
     def _take(self, instance_id: int, rank: int, blocks: int) -> None:
         """Reserve `blocks` (release: negative) on the rank, keeping `free_rank` its instance's
@@ -297,6 +300,10 @@ class Loads:
     def has_room(self, p: Projection) -> np.ndarray:
         """Instances where the chunk fits on its rank beside every in-flight chunk's reservation."""
         return (p.blocks <= self.headroom(p)) & self._seq_room
+
+    def seq_room(self) -> list[bool]:
+        """Whether each instance has a sequence slot left."""
+        return self._seq_room.tolist()
 
     def add(self, instance_id: int, request_id: int, p: Projection) -> None:
         self.in_flight[instance_id] += 1
@@ -388,41 +395,56 @@ class BlockedHead:
 
     A chunk finds no room while no instance has KV for it on the rank it would run on
     and a sequence slot (`Loads.has_room`). Between two passes the cluster changes only
-    by the chunks that returned (`ClusterView.returned_chunks`), each freeing KV on its
-    own rank and a slot on its instance. Where the waiting chunk must run on a rank of
-    its own (its earlier context is there) other than the returned chunk's, and that
-    instance had a free slot anyway, nothing it could use changed, so the try would fail
-    again (kimi-k2 divided: half of its 13K retries). Under `expected_growth` its
-    reservation follows the step's mean chunk, which must not have moved either.
+    by the chunks that returned (`ClusterView.returned_chunks`), each freeing its KV on
+    its rank and a slot on its instance, and the waiting chunk's own reservation can only
+    grow (fewer siblings share its prompt). So the try fails again while, on every
+    instance a chunk returned to, the waiting chunk's rank is fixed (its earlier context
+    is there, or the instance has one rank), a slot was free anyway, and what returned to
+    that rank has freed less than the chunk lacked there when it failed (kimi-k2 divided:
+    half of its 13K retries; under `expected_growth` the chunk's reservation follows the
+    step's mean chunk, which must not have moved either).
     """
 
     def __init__(self, cfg: PolicyConfig) -> None:
         self.cfg = cfg
         self._request_id = -1  # the request whose try ended the last decide; -1: none did
         self._mean: float | None = None
+        # per instance, at that try: the rank the chunk would run on, whether that rank is
+        # fixed, whether a slot was free, and the blocks it lacked there (less what has
+        # returned to that rank since)
+        self._rank: list[int] = []
+        self._fixed: list[bool] = []
+        self._slot: list[bool] = []
+        self._short: list[int] = []
 
-    def failed(self, view: ClusterView, request_id: int) -> None:
-        """The request found no room: the decide ends here."""
+    def failed(self, view: ClusterView, loads: Loads, request_id: int, max_new_tokens: int) -> None:
+        """The request's chunk found no room in `loads`: the decide ends here."""
+        p = loads.projected_blocks(request_id, max_new_tokens)
         self._request_id, self._mean = request_id, view.mean_chunk_tokens
+        self._rank, self._slot = p.ranks.tolist(), loads.seq_room()
+        self._short = (p.blocks - loads.headroom(p)).tolist()
+        n = len(self._rank)
+        self._fixed = [True] * n if loads.reservations.single_rank else (view.affinity_ranks(request_id) >= 0).tolist()
 
     def skip(self, view: ClusterView, request_id: int) -> bool:
         """Whether this decide's first try, of `request_id`, must fail as the last one did
         (then the decide dispatches nothing); else the last failure is forgotten."""
-        if request_id == self._request_id and self._unchanged_for(view, request_id):
+        if request_id == self._request_id and self._still_short(view):
             return True
         self._request_id = -1
         return False
 
-    def _unchanged_for(self, view: ClusterView, request_id: int) -> bool:
+    def _still_short(self, view: ClusterView) -> bool:
         if self.cfg.kv_reservation == "expected_growth" and view.mean_chunk_tokens != self._mean:
             return False
-        returned = view.returned_chunks
-        own_ranks, in_flight = view.affinity_ranks(request_id), view.in_flight
-        full = view.max_num_seqs - len(returned)  # from here on the instance may have been full
-        for instance_id, rank in returned:
-            own = own_ranks[instance_id]
-            if own < 0 or own == rank or in_flight[instance_id] >= full:
+        short = self._short
+        for instance_id, rank, freed_blocks in view.returned_chunks:
+            if not (self._fixed[instance_id] and self._slot[instance_id]):
                 return False
+            if rank == self._rank[instance_id]:
+                short[instance_id] -= freed_blocks
+                if short[instance_id] <= 0:
+                    return False
         return True
 
 

@@ -114,7 +114,7 @@ class ContextAwarePolicy(Policy):
             rid, source = nxt
             d = place_chunk(view, loads, rid, chunk_limit(view, rid, self.cfg.chunk_tokens), self.cfg)
             if d is None:
-                self._blocked.failed(view, rid)
+                self._blocked.failed(view, loads, rid, chunk_limit(view, rid, self.cfg.chunk_tokens))
                 return out  # no instance has room: wait for one (no smaller request jumps ahead)
             self._picks += 1
             if source == "probe":

@@ -43,7 +43,7 @@ class DividedPolicy(Policy):
                 rid = queue[0]
                 d = place_chunk(view, loads, rid, chunk_limit(view, rid, self.cfg.chunk_tokens), self.cfg)
                 if d is None:
-                    self._blocked.failed(view, rid)
+                    self._blocked.failed(view, loads, rid, chunk_limit(view, rid, self.cfg.chunk_tokens))
                     return out
                 queue.popleft()
                 out.append(d)
