@@ -147,6 +147,11 @@ class SpecDecoder:
         self.epoch_step = 0
         self.epoch_base_context = np.zeros(1)  # per DP rank
         self.epoch_rate = np.zeros(1)
+        # `_assign` restarted the context model but it is not computed yet: only a
+        # speculative stretch planned in the same iteration reads it (a mixed iteration
+        # prices its actual context and re-assigns next iteration), so `_plan_decode`
+        # computes it, from the batch `_assign` saw (a stretch means nothing changed)
+        self._context_restarted = False
         # memos of pure functions of their keys (speed only: same numbers either way)
         # batch -> per γ (`_iteration_lines`); (seqs, verified) -> dp = 1 lines (`_stretch`)
         self._gamma_lines, self._verify_lines = lines_memo if lines_memo is not None else new_lines_memo()
@@ -217,7 +222,8 @@ class SpecDecoder:
         refs: np.ndarray | None = None,
     ) -> int:
         """Give every decoding sequence its epoch draft length and τ (from its group's
-        finished references now), and restart the epoch's context model. `decoding`,
+        finished references now), and restart the epoch's context model (computed where
+        a stretch needs it: `_context_restarted`). `decoding`,
         `probe`, `refs`: the batch's, when the caller has them already. Returns the
         tokens the decoding sequences verify per iteration with their drafts."""
         if decoding is None:
@@ -228,13 +234,10 @@ class SpecDecoder:
         self._cap(b)
         self._rebase = False
         self.epoch_step = 0
-        # only decoding sequences have drafts
-        gamma_tokens = int(np.add.reduce(b.gamma))
-        verified = self._verified_now(b, ranks, gamma_tokens)
-        self.epoch_base_context = self._base_context(b, ranks, verified, int(np.add.reduce(b.computed)), b.computed)
-        self.epoch_rate = self._context_rate(b, ranks)
+        self._context_restarted = True
         self._assigned = (b.rid, refs, probe)
-        return int(np.count_nonzero(decoding)) + gamma_tokens
+        # only decoding sequences have drafts
+        return int(np.count_nonzero(decoding)) + int(np.add.reduce(b.gamma))
 
     def _batch_groups(self, b: RunningBatch) -> tuple[np.ndarray, np.ndarray | None]:
         """(probe flags, finished references; None without grouping) of the batch's sequences."""
@@ -264,11 +267,10 @@ class SpecDecoder:
         return ranks.per_rank(b.rank, computed + 1 + b.gamma).astype(np.float64)
 
     @staticmethod
-    def _verified_now(b: RunningBatch, ranks: DPRanks, gamma_tokens: int | None = None) -> np.ndarray:
-        """Tokens each rank verifies per iteration with the batch's draft slots now
-        (`gamma_tokens`: Σ of them, where the caller has it)."""
+    def _verified_now(b: RunningBatch, ranks: DPRanks) -> np.ndarray:
+        """Tokens each rank verifies per iteration with the batch's draft slots now."""
         if ranks.dp == 1:
-            return np.array([len(b) + (int(np.add.reduce(b.gamma)) if gamma_tokens is None else gamma_tokens)])
+            return np.array([len(b) + int(np.add.reduce(b.gamma))])
         return ranks.per_rank(b.rank, 1 + b.gamma)
 
     @staticmethod
@@ -486,6 +488,10 @@ class SpecDecoder:
             return ranks.per_rank(rank, np.maximum(need - blocks - shared, 0))
 
         verified = self._verified_now(b, ranks)
+        if self._context_restarted:
+            self._context_restarted = False
+            self.epoch_base_context = self._base_context(b, ranks, verified, int(np.add.reduce(computed)), computed)
+            self.epoch_rate = self._context_rate(b, ranks)
         if not state.fast_forward:
             return Plan(1, self._stretch(b, ranks, verified), "spec_decode", None, extra_blocks)
         # The draft cap min(draft, left − 1) changes at the first iteration where
