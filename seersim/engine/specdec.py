@@ -45,7 +45,7 @@ import numpy as np
 from seersim.calibrate.acceptance import load_acceptance, tau
 from seersim.config import SpeculationConfig
 from seersim.cost import CostModel, StepLines
-from seersim.engine.batch import Q, EngineState, Plan, RunningBatch
+from seersim.engine.batch import Q, EngineState, Plan, RunningBatch, all_of, any_of
 from seersim.engine.stretch import LinearStretch, SegmentedStretch, TabulatedStretch, steps_within
 from seersim.engine.dp import DPRanks
 from seersim.requests import GroupProgress
@@ -61,6 +61,13 @@ MAX_SEGMENTS = 16
 PAPER_ACCEPTANCE: dict[int, dict[int, float]] = load_acceptance()["paths"]
 
 LinesMemo = tuple[dict, dict]
+
+# Q is a power of two, so an accumulator's whole tokens and remainder are a shift and a
+# mask (the same integers as // Q and % Q for every int64, at a fraction of the cost of
+# numpy's integer division over a batch)
+_Q_BITS = Q.bit_length() - 1
+_Q_MASK = Q - 1
+assert Q == 1 << _Q_BITS
 
 
 def new_lines_memo() -> LinesMemo:
@@ -286,7 +293,7 @@ class SpecDecoder:
         (new − 1) // paths drafts per path, with its group's references now."""
         drafts = np.minimum(np.maximum(new - 1, 0), b.gamma)
         cut = drafts < b.gamma
-        if not cut.any():
+        if not any_of(cut):
             return b.tau_q
         rids = b.rid[cut]
         refs = self.groups.finished_siblings(rids) if self.grouped else np.zeros(len(rids), np.int64)
@@ -422,10 +429,10 @@ class SpecDecoder:
     def _all_full_decodes(b: RunningBatch, new: np.ndarray) -> bool:
         """Whether every sequence decodes and was scheduled its token and all its drafts."""
         pending = b.tokens - b.computed
-        if not bool((pending == 1).all()):
+        if not all_of(pending == 1):
             return False
         pending += b.gamma
-        return bool((new == pending).all())
+        return all_of(new == pending)
 
     def _stretch(
         self,
@@ -484,7 +491,7 @@ class SpecDecoder:
             slots for computed + emitted before it + 1 + γ (step 1's are allocated)."""
             if k <= 1:
                 return np.zeros(ranks.dp, np.int64)
-            need = -(-(computed + 1 + gamma + (acc + (k - 1) * tq) // Q) // bs)
+            need = -(-(computed + 1 + gamma + ((acc + (k - 1) * tq) >> _Q_BITS)) // bs)
             return ranks.per_rank(rank, np.maximum(need - blocks - shared, 0))
 
         verified = self._verified_now(b, ranks)
@@ -546,9 +553,9 @@ class SpecDecoder:
             rate = self.epoch_rate
         else:
             probe, refs = self._batch_groups(b)
-            if not bool((b.draft == self._epoch_drafts(probe)).all()):
+            if not all_of(b.draft == self._epoch_drafts(probe)):
                 return steps
-            if not bool((b.tau_q == self._tau_q_of(refs, b.draft)).all()):
+            if not all_of(b.tau_q == self._tau_q_of(refs, b.draft)):
                 return steps  # a sibling finished since the drafts were assigned
             rate = self._context_rate(b, ranks)
         starts = []  # the epoch starts (iterations before each) it may run into
@@ -560,7 +567,7 @@ class SpecDecoder:
         # tokens each sequence emitted by each start (no chunk fills before cap_min)
         emitted = np.multiply.outer(b.tau_q, starts)
         emitted += b.acc[:, None]
-        emitted //= Q
+        emitted >>= _Q_BITS
         computed_sum = int(np.add.reduce(b.computed))
         context = (computed_sum + np.add.reduce(emitted, axis=0)).tolist()
         choose = self._gamma_choice(refs, probe) if refs is not None else None
@@ -588,7 +595,7 @@ class SpecDecoder:
         tokens per iteration. Then a waiting head was held back by `max_num_seqs` or KV,
         not by the budget, and stays so while drafts shrink (a larger budget only needs
         more blocks to admit it)."""
-        return bool((verified < self.token_budget // ranks.dp).all())
+        return all_of(verified < self.token_budget // ranks.dp)
 
     def _plan_across_caps(self, state: EngineState, cap_reach: np.ndarray, last: int, verified: np.ndarray) -> Plan:
         """A stretch of up to `last` iterations (one draft path) over draft-cap changes:
@@ -602,7 +609,7 @@ class SpecDecoder:
         # their drafts in iterations 1..last: min(draft, max(left − emitted before − 1, 0))
         drafts = np.multiply.outer(b.tau_q[moving], np.arange(last))
         drafts += b.acc[moving, None]
-        drafts //= Q
+        drafts >>= _Q_BITS
         np.subtract((b.left[moving] - 1)[:, None], drafts, out=drafts)
         np.maximum(drafts, 0, out=drafts)
         np.minimum(drafts, b.draft[moving, None], out=drafts)
@@ -645,7 +652,7 @@ class SpecDecoder:
         def extra_blocks(k: int) -> np.ndarray:
             if k <= 1:
                 return np.zeros(ranks.dp, np.int64)
-            emitted = (acc + (k - 1) * tq) // Q
+            emitted = (acc + (k - 1) * tq) >> _Q_BITS
             slots = computed + 1 + emitted + np.minimum(draft, np.maximum(left - emitted - 1, 0))
             return ranks.per_rank(rank, np.maximum(-(-slots // bs) - blocks - shared, 0))
 
@@ -660,7 +667,7 @@ class SpecDecoder:
         per_seq = (1 + (steps - 1) * self._max_emit_tokens) // bs + 1
         if ranks.dp == 1:
             return len(b) * per_seq <= int(limit[0])
-        return bool((b.rank_counts(ranks.dp) * per_seq <= limit).all())
+        return all_of(b.rank_counts(ranks.dp) * per_seq <= limit)
 
     # ------------------------------------------------------------------ emissions
     def mixed_emission(self, b: RunningBatch, speculating: np.ndarray, new: np.ndarray) -> np.ndarray:
@@ -668,8 +675,8 @@ class SpecDecoder:
         where the `speculating` ones verify their (possibly budget-cut) drafts (others'
         entries are unused); advances their accumulators and the epoch by one iteration."""
         total = b.acc + self.scheduled_tau_q(b, new)
-        emit = np.minimum(total // Q, b.left)
-        b.acc[:] = np.where(speculating, total % Q, b.acc)
+        emit = np.minimum(total >> _Q_BITS, b.left)
+        b.acc[:] = np.where(speculating, total & _Q_MASK, b.acc)
         self._iterations_done(1)
         return emit
 
@@ -677,7 +684,7 @@ class SpecDecoder:
         """KV slots each sequence needs in the last of `steps` speculative iterations
         (the most any of them needs): computed + emitted before it + 1 + drafts."""
         slots = b.acc + (steps - 1) * b.tau_q
-        slots //= Q  # emitted before it
+        slots >>= _Q_BITS  # emitted before it
         if self._verified_cum is None:
             drafts = b.gamma
         else:  # min(draft, left − emitted − 1), at least 0
@@ -699,7 +706,9 @@ class SpecDecoder:
     def emitted(self, b: RunningBatch, steps: int) -> np.ndarray:
         """Tokens each sequence emits over `steps` speculative iterations (capped by its
         chunk). Keeps the accumulators they leave for `advance`, which follows."""
-        emitted, acc = np.divmod(b.acc + steps * b.tau_q, Q)
+        emitted = b.acc + steps * b.tau_q
+        acc = emitted & _Q_MASK
+        emitted >>= _Q_BITS
         self._acc_after = (b.acc, steps, acc)
         return np.minimum(emitted, b.left, out=emitted)
 
@@ -710,7 +719,7 @@ class SpecDecoder:
         if kept is not None and kept[0] is b.acc and kept[1] == steps:
             b.acc[:] = kept[2]
         else:
-            b.acc[:] = (b.acc + steps * b.tau_q) % Q
+            b.acc[:] = (b.acc + steps * b.tau_q) & _Q_MASK
         planned = self._epoch_ends
         started = [e for e in planned if e[0] < steps]
         self._epoch_ends = []
