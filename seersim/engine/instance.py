@@ -939,22 +939,26 @@ class Instance:
         computed tokens before it."""
         b, st = self.batch, self.stats
         before = b.computed.copy()
-        emit = (before + new == b.tokens) & (new > 0)  # decodes, and prefills that complete
-        verified = int(new.sum())
+        need = b.tokens - before
+        scheduled = new > 0
+        emit = (new == need) & scheduled  # decodes, and prefills that complete
+        verified = int(np.add.reduce(new))
         if self.spec is None:
             advance = new
             emitted = int(np.count_nonzero(emit))
             prefill = verified - emitted  # (a decode computes exactly the token it emits)
         else:
-            decoding = b.tokens - before == 1
-            speculating = decoding & (new > 0)
+            speculating = (need == 1) & scheduled
             spec_emit = self.spec.mixed_emission(b, speculating, new)  # drafts cut by the budget accept less
             emit = np.where(speculating, spec_emit, emit)
             advance = np.where(speculating, spec_emit, new)
-            emitted = int(emit.sum())
-            prefill = int(np.where(decoding, 0, new - emit).sum())
-            st.decode_seq_steps += int(speculating.sum())
-            st.decode_emitted_tokens += int(emit[speculating].sum())
+            emitted = int(np.add.reduce(emit))
+            decode_emitted = int(np.add.reduce(spec_emit, where=speculating))
+            # decodes (unscheduled ones compute and emit nothing) verify what they compute;
+            # prefills compute their new tokens, less the first token a completing one emits
+            prefill = verified - int(np.add.reduce(new, where=speculating)) - (emitted - decode_emitted)
+            st.decode_seq_steps += int(np.count_nonzero(speculating))
+            st.decode_emitted_tokens += decode_emitted
         self._record_first_tokens((emit > 0) & (b.tokens == b.prompt), end_s)
         b.computed += advance
         b.tokens += emit

@@ -291,14 +291,15 @@ class SpecDecoder:
         """τ·Q per running sequence for the tokens scheduled this iteration: a decode
         whose drafts the token budget cut (vLLM trims them to fit) verifies only
         (new − 1) // paths drafts per path, with its group's references now."""
-        drafts = np.minimum(np.maximum(new - 1, 0), b.gamma)
-        cut = drafts < b.gamma
+        room = new - 1
+        np.maximum(room, 0, out=room)  # drafts the budget left room for
+        cut = room < b.gamma
         if not any_of(cut):
             return b.tau_q
         rids = b.rid[cut]
         refs = self.groups.finished_siblings(rids) if self.grouped else np.zeros(len(rids), np.int64)
         tau_q = b.tau_q.copy()
-        tau_q[cut] = self._tau_q[refs, drafts[cut] // self.cfg.paths]
+        tau_q[cut] = self._tau_q[refs, room[cut] // self.cfg.paths]
         return tau_q
 
     def _cap(self, b: RunningBatch) -> None:
@@ -676,7 +677,7 @@ class SpecDecoder:
         entries are unused); advances their accumulators and the epoch by one iteration."""
         total = b.acc + self.scheduled_tau_q(b, new)
         emit = np.minimum(total >> _Q_BITS, b.left)
-        b.acc[:] = np.where(speculating, total & _Q_MASK, b.acc)
+        np.copyto(b.acc, total & _Q_MASK, where=speculating)
         self._iterations_done(1)
         return emit
 
