@@ -560,9 +560,9 @@ class Instance:
         if R.dp == 1:  # (DPRanks.step_s of one rank, without per-rank arrays)
             scheduled = new > 0
             c, k = self.batch.computed[scheduled], new[scheduled]
-            context_tokens = int((c + k).sum())
-            pairs = int((k * c + k * (k + 1) // 2).sum())
-            return R.cost.step_lines(len(k), int(k.sum()), pairs - context_tokens, 1.0).at(float(context_tokens))
+            context_tokens = int(np.add.reduce(c + k))
+            pairs = int(np.add.reduce(k * c + k * (k + 1) // 2))
+            return R.cost.step_lines(len(k), int(np.add.reduce(k)), pairs - context_tokens, 1.0).at(float(context_tokens))
         _, _, seqs, tokens, context, pairs = self._rank_work(new)
         return R.step_s(seqs, tokens, pairs - context, np.ones(R.dp), context)
 
@@ -1040,7 +1040,7 @@ class Instance:
         b.computed += emitted
         b.tokens += emitted
         b.left -= emitted
-        total = int(emitted.sum())
+        total = int(np.add.reduce(emitted))
         st = self.stats
         st.emitted_tokens += total
         st.verified_tokens += verified

@@ -45,7 +45,7 @@ import numpy as np
 from seersim.calibrate.acceptance import load_acceptance, tau
 from seersim.config import SpeculationConfig
 from seersim.cost import CostModel, StepLines
-from seersim.engine.batch import Q, EngineState, Plan, RunningBatch, all_of, any_of
+from seersim.engine.batch import Q, EngineState, Plan, RunningBatch, all_of, any_of, indices_of
 from seersim.engine.stretch import LinearStretch, SegmentedStretch, TabulatedStretch, steps_within
 from seersim.engine.dp import DPRanks
 from seersim.requests import GroupProgress
@@ -284,7 +284,7 @@ class SpecDecoder:
     def _context_rate(b: RunningBatch, ranks: DPRanks) -> np.ndarray:
         """Per rank, the epoch's expected context growth per iteration (Σ τ)."""
         if ranks.dp == 1:
-            return np.array([int(b.tau_q.sum()) / Q])
+            return np.array([int(np.add.reduce(b.tau_q)) / Q])
         return np.bincount(b.rank, weights=b.tau_q, minlength=ranks.dp) / Q
 
     def scheduled_tau_q(self, b: RunningBatch, new: np.ndarray) -> np.ndarray:
@@ -334,7 +334,7 @@ class SpecDecoder:
 
     def _adaptive_gamma(self, b: RunningBatch, refs: np.ndarray, probe: np.ndarray) -> tuple[int, int]:
         """(γ for probes, γ for the others) of a batch with these references, now."""
-        return self._gamma_choice(refs, probe)(int(b.computed.sum()) + len(b))
+        return self._gamma_choice(refs, probe)(int(np.add.reduce(b.computed)) + len(b))
 
     def _gamma_choice(self, refs: np.ndarray, probe: np.ndarray) -> Callable[[int], tuple[int, int]]:
         """Algorithm 1 for a batch whose sequences have these finished references and
@@ -471,7 +471,7 @@ class SpecDecoder:
             seqs = b.rank_counts(ranks.dp)
         queries = verified / np.maximum(seqs, 1)
         c0 = base + rate_per_rank * (step - 1)
-        overhead = self.cfg.draft_overhead_s if int(verified.sum()) > len(b) else 0.0
+        overhead = self.cfg.draft_overhead_s if int(np.add.reduce(verified)) > len(b) else 0.0
         return ranks.stretch(seqs, verified, np.zeros(ranks.dp), queries, c0, rate_per_rank, overhead_s=overhead)
 
     def _plan_decode(self, state: EngineState) -> Plan:
@@ -510,10 +510,10 @@ class SpecDecoder:
         np.maximum(threshold, 1, out=threshold)
         np.minimum(threshold, left, out=threshold)
         cap_reach = _first_emitting(threshold, acc, tq)
-        cap_min = int(cap_reach.min())
+        cap_min = int(np.minimum.reduce(cap_reach))
         steps = max(1, min(self.epoch_left, cap_min))
         if steps < self.epoch_left and self.cfg.paths == 1:
-            last = max(1, min(self.epoch_left, int(_first_emitting(left.copy(), acc, tq).min())))
+            last = max(1, min(self.epoch_left, int(np.minimum.reduce(_first_emitting(left.copy(), acc, tq)))))
             if steps < last and self._leaves_budget(verified, ranks):
                 return self._plan_across_caps(state, cap_reach, last, verified)
         if steps == self.epoch_left < cap_min:
@@ -606,7 +606,7 @@ class SpecDecoder:
         tokens each rank verifies in iteration 1. Keeps the cumulative verified tokens
         per iteration for `verified_tokens`."""
         b, bs, ranks = state.batch, state.block_size, state.ranks
-        moving = np.flatnonzero(cap_reach < last)  # sequences whose cap falls within the stretch
+        moving = indices_of(cap_reach < last)  # sequences whose cap falls within the stretch
         # their drafts in iterations 1..last: min(draft, max(left − emitted before − 1, 0))
         drafts = np.multiply.outer(b.tau_q[moving], np.arange(last))
         drafts += b.acc[moving, None]
@@ -617,12 +617,12 @@ class SpecDecoder:
         # drafts only fall, so a rank's verified tokens change exactly where one of its
         # sequences' does, which is where their sum does
         moving_drafts = np.add.reduce(drafts, axis=0)
-        starts = (np.flatnonzero(moving_drafts[1:] != moving_drafts[:-1]) + 2).tolist()
+        starts = (indices_of(moving_drafts[1:] != moving_drafts[:-1]) + 2).tolist()
         if len(starts) >= MAX_SEGMENTS:
             last = starts[MAX_SEGMENTS - 1] - 1
             starts = starts[: MAX_SEGMENTS - 1]
         # tokens verified per iteration: iteration 1's, less the drafts that fell since
-        total = (int(verified.sum()) - int(moving_drafts[0])) + moving_drafts[:last]
+        total = (int(np.add.reduce(verified)) - int(moving_drafts[0])) + moving_drafts[:last]
         self._verified_cum = list(accumulate(total.tolist(), initial=0))
         blocks_fn = self._capped_blocks_fn(b, ranks, bs)
         steps = last
@@ -701,7 +701,7 @@ class SpecDecoder:
     def verified_tokens(self, b: RunningBatch, steps: int) -> int:
         """Tokens `steps` speculative iterations verify (each sequence 1 + its drafts)."""
         if self._verified_cum is None:
-            return steps * int((1 + b.gamma).sum())
+            return steps * (len(b) + int(np.add.reduce(b.gamma)))
         return self._verified_cum[steps]
 
     def emitted(self, b: RunningBatch, steps: int) -> np.ndarray:
