@@ -306,9 +306,11 @@ class Instance:
         drafts see the new finished count, as step by step (an epoch end at this very
         instant is reached if its event, step by step, comes first). Later finishes can
         only cut it there again: it stops listening."""
-        if not any_of(self.batch.group == group):
-            return
         plan, start = self._current
+        if plan.groups is None:  # (the batch is fixed in a stretch; finishes come several per stretch)
+            plan.groups = set(self.batch.group.tolist())
+        if group not in plan.groups:
+            return
         elapsed = self.env.now - start
         for end in self.spec.epoch_ends:
             end_s = plan.stretch.cumulative(end)
