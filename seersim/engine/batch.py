@@ -140,7 +140,7 @@ class Plan:
     beyond what scheduling allocated (None: the stretch allocates none after scheduling).
     """
 
-    __slots__ = ("steps", "stretch", "kind", "new", "blocks_fn", "total_blocks", "may_evict", "settled_steps")
+    __slots__ = ("steps", "stretch", "kind", "new", "blocks_fn", "total_blocks", "may_evict", "settled_steps", "groups")
 
     def __init__(
         self,
@@ -155,6 +155,7 @@ class Plan:
         # whether its allocations may evict a cached block (None: not known yet)
         self.may_evict: bool | None = None
         self.settled_steps = 0  # iterations whose blocks settle_kv() has allocated
+        self.groups: set[int] | None = None  # the batch's groups, once a sibling's finish asks
 
 
 class EngineState(Protocol):

@@ -315,9 +315,11 @@ class Instance:
         drafts see the new finished count, as step by step (an epoch end at this very
         instant is reached if its event, step by step, comes first). Later finishes can
         only cut it there again: it stops listening."""
-        if not any_of(self.batch.group == group):
-            return
         plan, start = self._current
+        if plan.groups is None:  # (the batch is fixed in a stretch; finishes come several per stretch)
+            plan.groups = set(self.batch.group.tolist())
+        if group not in plan.groups:
+            return
         elapsed = self.env.now - start
         for end in self.spec.epoch_ends:
             end_s = plan.stretch.cumulative(end)
@@ -582,9 +584,9 @@ class Instance:
         if R.dp == 1:  # (DPRanks.step_s of one rank, without per-rank arrays)
             scheduled = new > 0
             c, k = self.batch.computed[scheduled], new[scheduled]
-            context_tokens = int((c + k).sum())
-            pairs = int((k * c + k * (k + 1) // 2).sum())
-            return R.cost.step_lines(len(k), int(k.sum()), pairs - context_tokens, 1.0).at(float(context_tokens))
+            context_tokens = int(np.add.reduce(c + k))
+            pairs = int(np.add.reduce(k * c + k * (k + 1) // 2))
+            return R.cost.step_lines(len(k), int(np.add.reduce(k)), pairs - context_tokens, 1.0).at(float(context_tokens))
         _, _, seqs, tokens, context, pairs = self._rank_work(new)
         return R.step_s(seqs, tokens, pairs - context, np.ones(R.dp), context)
 
@@ -961,22 +963,26 @@ class Instance:
         computed tokens before it."""
         b, st = self.batch, self.stats
         before = b.computed.copy()
-        emit = (before + new == b.tokens) & (new > 0)  # decodes, and prefills that complete
-        verified = int(new.sum())
+        need = b.tokens - before
+        scheduled = new > 0
+        emit = (new == need) & scheduled  # decodes, and prefills that complete
+        verified = int(np.add.reduce(new))
         if self.spec is None:
             advance = new
             emitted = int(np.count_nonzero(emit))
             prefill = verified - emitted  # (a decode computes exactly the token it emits)
         else:
-            decoding = b.tokens - before == 1
-            speculating = decoding & (new > 0)
+            speculating = (need == 1) & scheduled
             spec_emit = self.spec.mixed_emission(b, speculating, new)  # drafts cut by the budget accept less
             emit = np.where(speculating, spec_emit, emit)
             advance = np.where(speculating, spec_emit, new)
-            emitted = int(emit.sum())
-            prefill = int(np.where(decoding, 0, new - emit).sum())
-            st.decode_seq_steps += int(speculating.sum())
-            st.decode_emitted_tokens += int(emit[speculating].sum())
+            emitted = int(np.add.reduce(emit))
+            decode_emitted = int(np.add.reduce(spec_emit, where=speculating))
+            # decodes (unscheduled ones compute and emit nothing) verify what they compute;
+            # prefills compute their new tokens, less the first token a completing one emits
+            prefill = verified - int(np.add.reduce(new, where=speculating)) - (emitted - decode_emitted)
+            st.decode_seq_steps += int(np.count_nonzero(speculating))
+            st.decode_emitted_tokens += decode_emitted
         self._record_first_tokens((emit > 0) & (b.tokens == b.prompt), end_s)
         b.computed += advance
         b.tokens += emit
@@ -1058,7 +1064,7 @@ class Instance:
         b.computed += emitted
         b.tokens += emitted
         b.left -= emitted
-        total = int(emitted.sum())
+        total = int(np.add.reduce(emitted))
         st = self.stats
         st.emitted_tokens += total
         st.verified_tokens += verified

@@ -45,7 +45,7 @@ import numpy as np
 from seersim.calibrate.acceptance import load_acceptance, tau
 from seersim.config import SpeculationConfig
 from seersim.cost import CostModel, StepLines
-from seersim.engine.batch import Q, EngineState, Plan, RunningBatch
+from seersim.engine.batch import Q, EngineState, Plan, RunningBatch, all_of, any_of, indices_of
 from seersim.engine.stretch import LinearStretch, SegmentedStretch, TabulatedStretch, steps_within
 from seersim.engine.dp import DPRanks
 from seersim.requests import GroupProgress
@@ -61,6 +61,13 @@ MAX_SEGMENTS = 16
 PAPER_ACCEPTANCE: dict[int, dict[int, float]] = load_acceptance()["paths"]
 
 LinesMemo = tuple[dict, dict]
+
+# Q is a power of two, so an accumulator's whole tokens and remainder are a shift and a
+# mask (the same integers as // Q and % Q for every int64, at a fraction of the cost of
+# numpy's integer division over a batch)
+_Q_BITS = Q.bit_length() - 1
+_Q_MASK = Q - 1
+assert Q == 1 << _Q_BITS
 
 
 def new_lines_memo() -> LinesMemo:
@@ -147,6 +154,11 @@ class SpecDecoder:
         self.epoch_step = 0
         self.epoch_base_context = np.zeros(1)  # per DP rank
         self.epoch_rate = np.zeros(1)
+        # `_assign` restarted the context model but it is not computed yet: only a
+        # speculative stretch planned in the same iteration reads it (a mixed iteration
+        # prices its actual context and re-assigns next iteration), so `_plan_decode`
+        # computes it, from the batch `_assign` saw (a stretch means nothing changed)
+        self._context_restarted = False
         # memos of pure functions of their keys (speed only: same numbers either way)
         # batch -> per γ (`_iteration_lines`); (seqs, verified) -> dp = 1 lines (`_stretch`)
         self._gamma_lines, self._verify_lines = lines_memo if lines_memo is not None else new_lines_memo()
@@ -217,7 +229,8 @@ class SpecDecoder:
         refs: np.ndarray | None = None,
     ) -> int:
         """Give every decoding sequence its epoch draft length and τ (from its group's
-        finished references now), and restart the epoch's context model. `decoding`,
+        finished references now), and restart the epoch's context model (computed where
+        a stretch needs it: `_context_restarted`). `decoding`,
         `probe`, `refs`: the batch's, when the caller has them already. Returns the
         tokens the decoding sequences verify per iteration with their drafts."""
         if decoding is None:
@@ -228,13 +241,10 @@ class SpecDecoder:
         self._cap(b)
         self._rebase = False
         self.epoch_step = 0
-        # only decoding sequences have drafts
-        gamma_tokens = int(np.add.reduce(b.gamma))
-        verified = self._verified_now(b, ranks, gamma_tokens)
-        self.epoch_base_context = self._base_context(b, ranks, verified, int(np.add.reduce(b.computed)), b.computed)
-        self.epoch_rate = self._context_rate(b, ranks)
+        self._context_restarted = True
         self._assigned = (b.rid, refs, probe)
-        return int(np.count_nonzero(decoding)) + gamma_tokens
+        # only decoding sequences have drafts
+        return int(np.count_nonzero(decoding)) + int(np.add.reduce(b.gamma))
 
     def _batch_groups(self, b: RunningBatch) -> tuple[np.ndarray, np.ndarray | None]:
         """(probe flags, finished references; None without grouping) of the batch's sequences."""
@@ -264,32 +274,32 @@ class SpecDecoder:
         return ranks.per_rank(b.rank, computed + 1 + b.gamma).astype(np.float64)
 
     @staticmethod
-    def _verified_now(b: RunningBatch, ranks: DPRanks, gamma_tokens: int | None = None) -> np.ndarray:
-        """Tokens each rank verifies per iteration with the batch's draft slots now
-        (`gamma_tokens`: Σ of them, where the caller has it)."""
+    def _verified_now(b: RunningBatch, ranks: DPRanks) -> np.ndarray:
+        """Tokens each rank verifies per iteration with the batch's draft slots now."""
         if ranks.dp == 1:
-            return np.array([len(b) + (int(np.add.reduce(b.gamma)) if gamma_tokens is None else gamma_tokens)])
+            return np.array([len(b) + int(np.add.reduce(b.gamma))])
         return ranks.per_rank(b.rank, 1 + b.gamma)
 
     @staticmethod
     def _context_rate(b: RunningBatch, ranks: DPRanks) -> np.ndarray:
         """Per rank, the epoch's expected context growth per iteration (Σ τ)."""
         if ranks.dp == 1:
-            return np.array([int(b.tau_q.sum()) / Q])
+            return np.array([int(np.add.reduce(b.tau_q)) / Q])
         return np.bincount(b.rank, weights=b.tau_q, minlength=ranks.dp) / Q
 
     def scheduled_tau_q(self, b: RunningBatch, new: np.ndarray) -> np.ndarray:
         """τ·Q per running sequence for the tokens scheduled this iteration: a decode
         whose drafts the token budget cut (vLLM trims them to fit) verifies only
         (new − 1) // paths drafts per path, with its group's references now."""
-        drafts = np.minimum(np.maximum(new - 1, 0), b.gamma)
-        cut = drafts < b.gamma
-        if not cut.any():
+        room = new - 1
+        np.maximum(room, 0, out=room)  # drafts the budget left room for
+        cut = room < b.gamma
+        if not any_of(cut):
             return b.tau_q
         rids = b.rid[cut]
         refs = self.groups.finished_siblings(rids) if self.grouped else np.zeros(len(rids), np.int64)
         tau_q = b.tau_q.copy()
-        tau_q[cut] = self._tau_q[refs, drafts[cut] // self.cfg.paths]
+        tau_q[cut] = self._tau_q[refs, room[cut] // self.cfg.paths]
         return tau_q
 
     def _cap(self, b: RunningBatch) -> None:
@@ -324,7 +334,7 @@ class SpecDecoder:
 
     def _adaptive_gamma(self, b: RunningBatch, refs: np.ndarray, probe: np.ndarray) -> tuple[int, int]:
         """(γ for probes, γ for the others) of a batch with these references, now."""
-        return self._gamma_choice(refs, probe)(int(b.computed.sum()) + len(b))
+        return self._gamma_choice(refs, probe)(int(np.add.reduce(b.computed)) + len(b))
 
     def _gamma_choice(self, refs: np.ndarray, probe: np.ndarray) -> Callable[[int], tuple[int, int]]:
         """Algorithm 1 for a batch whose sequences have these finished references and
@@ -420,10 +430,10 @@ class SpecDecoder:
     def _all_full_decodes(b: RunningBatch, new: np.ndarray) -> bool:
         """Whether every sequence decodes and was scheduled its token and all its drafts."""
         pending = b.tokens - b.computed
-        if not bool((pending == 1).all()):
+        if not all_of(pending == 1):
             return False
         pending += b.gamma
-        return bool((new == pending).all())
+        return all_of(new == pending)
 
     def _stretch(
         self,
@@ -461,7 +471,7 @@ class SpecDecoder:
             seqs = b.rank_counts(ranks.dp)
         queries = verified / np.maximum(seqs, 1)
         c0 = base + rate_per_rank * (step - 1)
-        overhead = self.cfg.draft_overhead_s if int(verified.sum()) > len(b) else 0.0
+        overhead = self.cfg.draft_overhead_s if int(np.add.reduce(verified)) > len(b) else 0.0
         return ranks.stretch(seqs, verified, np.zeros(ranks.dp), queries, c0, rate_per_rank, overhead_s=overhead)
 
     def _plan_decode(self, state: EngineState) -> Plan:
@@ -482,10 +492,14 @@ class SpecDecoder:
             slots for computed + emitted before it + 1 + γ (step 1's are allocated)."""
             if k <= 1:
                 return np.zeros(ranks.dp, np.int64)
-            need = -(-(computed + 1 + gamma + (acc + (k - 1) * tq) // Q) // bs)
+            need = -(-(computed + 1 + gamma + ((acc + (k - 1) * tq) >> _Q_BITS)) // bs)
             return ranks.per_rank(rank, np.maximum(need - blocks - shared, 0))
 
         verified = self._verified_now(b, ranks)
+        if self._context_restarted:
+            self._context_restarted = False
+            self.epoch_base_context = self._base_context(b, ranks, verified, int(np.add.reduce(computed)), computed)
+            self.epoch_rate = self._context_rate(b, ranks)
         if not state.fast_forward:
             return Plan(1, self._stretch(b, ranks, verified), "spec_decode", None, extra_blocks)
         # The draft cap min(draft, left − 1) changes at the first iteration where
@@ -496,10 +510,10 @@ class SpecDecoder:
         np.maximum(threshold, 1, out=threshold)
         np.minimum(threshold, left, out=threshold)
         cap_reach = _first_emitting(threshold, acc, tq)
-        cap_min = int(cap_reach.min())
+        cap_min = int(np.minimum.reduce(cap_reach))
         steps = max(1, min(self.epoch_left, cap_min))
         if steps < self.epoch_left and self.cfg.paths == 1:
-            last = max(1, min(self.epoch_left, int(_first_emitting(left.copy(), acc, tq).min())))
+            last = max(1, min(self.epoch_left, int(np.minimum.reduce(_first_emitting(left.copy(), acc, tq)))))
             if steps < last and self._leaves_budget(verified, ranks):
                 return self._plan_across_caps(state, cap_reach, last, verified)
         if steps == self.epoch_left < cap_min:
@@ -540,9 +554,9 @@ class SpecDecoder:
             rate = self.epoch_rate
         else:
             probe, refs = self._batch_groups(b)
-            if not bool((b.draft == self._epoch_drafts(probe)).all()):
+            if not all_of(b.draft == self._epoch_drafts(probe)):
                 return steps
-            if not bool((b.tau_q == self._tau_q_of(refs, b.draft)).all()):
+            if not all_of(b.tau_q == self._tau_q_of(refs, b.draft)):
                 return steps  # a sibling finished since the drafts were assigned
             rate = self._context_rate(b, ranks)
         starts = []  # the epoch starts (iterations before each) it may run into
@@ -554,7 +568,7 @@ class SpecDecoder:
         # tokens each sequence emitted by each start (no chunk fills before cap_min)
         emitted = np.multiply.outer(b.tau_q, starts)
         emitted += b.acc[:, None]
-        emitted //= Q
+        emitted >>= _Q_BITS
         computed_sum = int(np.add.reduce(b.computed))
         context = (computed_sum + np.add.reduce(emitted, axis=0)).tolist()
         choose = self._gamma_choice(refs, probe) if refs is not None else None
@@ -582,7 +596,7 @@ class SpecDecoder:
         tokens per iteration. Then a waiting head was held back by `max_num_seqs` or KV,
         not by the budget, and stays so while drafts shrink (a larger budget only needs
         more blocks to admit it)."""
-        return bool((verified < self.token_budget // ranks.dp).all())
+        return all_of(verified < self.token_budget // ranks.dp)
 
     def _plan_across_caps(self, state: EngineState, cap_reach: np.ndarray, last: int, verified: np.ndarray) -> Plan:
         """A stretch of up to `last` iterations (one draft path) over draft-cap changes:
@@ -592,23 +606,23 @@ class SpecDecoder:
         tokens each rank verifies in iteration 1. Keeps the cumulative verified tokens
         per iteration for `verified_tokens`."""
         b, bs, ranks = state.batch, state.block_size, state.ranks
-        moving = np.flatnonzero(cap_reach < last)  # sequences whose cap falls within the stretch
+        moving = indices_of(cap_reach < last)  # sequences whose cap falls within the stretch
         # their drafts in iterations 1..last: min(draft, max(left − emitted before − 1, 0))
         drafts = np.multiply.outer(b.tau_q[moving], np.arange(last))
         drafts += b.acc[moving, None]
-        drafts //= Q
+        drafts >>= _Q_BITS
         np.subtract((b.left[moving] - 1)[:, None], drafts, out=drafts)
         np.maximum(drafts, 0, out=drafts)
         np.minimum(drafts, b.draft[moving, None], out=drafts)
         # drafts only fall, so a rank's verified tokens change exactly where one of its
         # sequences' does, which is where their sum does
         moving_drafts = np.add.reduce(drafts, axis=0)
-        starts = (np.flatnonzero(moving_drafts[1:] != moving_drafts[:-1]) + 2).tolist()
+        starts = (indices_of(moving_drafts[1:] != moving_drafts[:-1]) + 2).tolist()
         if len(starts) >= MAX_SEGMENTS:
             last = starts[MAX_SEGMENTS - 1] - 1
             starts = starts[: MAX_SEGMENTS - 1]
         # tokens verified per iteration: iteration 1's, less the drafts that fell since
-        total = (int(verified.sum()) - int(moving_drafts[0])) + moving_drafts[:last]
+        total = (int(np.add.reduce(verified)) - int(moving_drafts[0])) + moving_drafts[:last]
         self._verified_cum = list(accumulate(total.tolist(), initial=0))
         blocks_fn = self._capped_blocks_fn(b, ranks, bs)
         steps = last
@@ -639,7 +653,7 @@ class SpecDecoder:
         def extra_blocks(k: int) -> np.ndarray:
             if k <= 1:
                 return np.zeros(ranks.dp, np.int64)
-            emitted = (acc + (k - 1) * tq) // Q
+            emitted = (acc + (k - 1) * tq) >> _Q_BITS
             slots = computed + 1 + emitted + np.minimum(draft, np.maximum(left - emitted - 1, 0))
             return ranks.per_rank(rank, np.maximum(-(-slots // bs) - blocks - shared, 0))
 
@@ -654,7 +668,7 @@ class SpecDecoder:
         per_seq = (1 + (steps - 1) * self._max_emit_tokens) // bs + 1
         if ranks.dp == 1:
             return len(b) * per_seq <= int(limit[0])
-        return bool((b.rank_counts(ranks.dp) * per_seq <= limit).all())
+        return all_of(b.rank_counts(ranks.dp) * per_seq <= limit)
 
     # ------------------------------------------------------------------ emissions
     def mixed_emission(self, b: RunningBatch, speculating: np.ndarray, new: np.ndarray) -> np.ndarray:
@@ -662,8 +676,8 @@ class SpecDecoder:
         where the `speculating` ones verify their (possibly budget-cut) drafts (others'
         entries are unused); advances their accumulators and the epoch by one iteration."""
         total = b.acc + self.scheduled_tau_q(b, new)
-        emit = np.minimum(total // Q, b.left)
-        b.acc[:] = np.where(speculating, total % Q, b.acc)
+        emit = np.minimum(total >> _Q_BITS, b.left)
+        np.copyto(b.acc, total & _Q_MASK, where=speculating)
         self._iterations_done(1)
         return emit
 
@@ -671,7 +685,7 @@ class SpecDecoder:
         """KV slots each sequence needs in the last of `steps` speculative iterations
         (the most any of them needs): computed + emitted before it + 1 + drafts."""
         slots = b.acc + (steps - 1) * b.tau_q
-        slots //= Q  # emitted before it
+        slots >>= _Q_BITS  # emitted before it
         if self._verified_cum is None:
             drafts = b.gamma
         else:  # min(draft, left − emitted − 1), at least 0
@@ -687,13 +701,15 @@ class SpecDecoder:
     def verified_tokens(self, b: RunningBatch, steps: int) -> int:
         """Tokens `steps` speculative iterations verify (each sequence 1 + its drafts)."""
         if self._verified_cum is None:
-            return steps * int((1 + b.gamma).sum())
+            return steps * (len(b) + int(np.add.reduce(b.gamma)))
         return self._verified_cum[steps]
 
     def emitted(self, b: RunningBatch, steps: int) -> np.ndarray:
         """Tokens each sequence emits over `steps` speculative iterations (capped by its
         chunk). Keeps the accumulators they leave for `advance`, which follows."""
-        emitted, acc = np.divmod(b.acc + steps * b.tau_q, Q)
+        emitted = b.acc + steps * b.tau_q
+        acc = emitted & _Q_MASK
+        emitted >>= _Q_BITS
         self._acc_after = (b.acc, steps, acc)
         return np.minimum(emitted, b.left, out=emitted)
 
@@ -704,7 +720,7 @@ class SpecDecoder:
         if kept is not None and kept[0] is b.acc and kept[1] == steps:
             b.acc[:] = kept[2]
         else:
-            b.acc[:] = (b.acc + steps * b.tau_q) % Q
+            b.acc[:] = (b.acc + steps * b.tau_q) & _Q_MASK
         planned = self._epoch_ends
         started = [e for e in planned if e[0] < steps]
         self._epoch_ends = []
