@@ -54,3 +54,22 @@ def test_front_is_the_set_of_points_none_matches_or_beats_in_both():
         dominated = {p for p in points if any(q != p and q[0] >= p[0] and q[1] >= p[1] for q in points)}
         assert set(front) == set(points) - dominated
         assert len(front) == len(set(front))
+
+
+def test_decode_stretch_is_the_stretch_of_a_decode_batch():
+    """`DPRanks.decode_stretch` (no per-rank keys; ints with one rank) prices exactly as the
+    general `stretch` of sequences each computing one token with one query."""
+    sc = seersim.load_scenario(REPO_ROOT / "scenarios" / "kimi-k2.yaml")
+    cost = build_cost_model(sc)
+    rng = np.random.default_rng(11)
+    for dp in (1, 4, 32):
+        ranks = DPRanks(cost, dp)
+        for _ in range(100):
+            seqs = rng.integers(0, 5, dp) * (rng.random(dp) < 0.8)
+            seqs[rng.integers(dp)] += 1
+            context = seqs * rng.integers(100, 90_000, dp)
+            general = ranks.stretch(seqs, seqs, np.zeros(dp), np.ones(dp), context, seqs)
+            args = (int(seqs[0]), int(context[0])) if dp == 1 else (seqs, context)
+            fast = ranks.decode_stretch(*args)
+            assert (fast.lines, fast.c0, fast.n) == (general.lines, general.c0, general.n)
+            assert [fast.cumulative(k) for k in (1, 7, 300)] == [general.cumulative(k) for k in (1, 7, 300)]

@@ -102,3 +102,18 @@ def test_adaptive_drafts_fit_the_budget(monkeypatch):
     _assert_equivalent(ff, sbs)
     assert int(ff.timeline["running"].max()) > 128 // 9, "8-draft decodes of the batch must overflow the budget"
     assert seen["cut"] == 0
+
+
+def test_rank_order_is_a_stable_sort_of_the_ranks():
+    """The batch's cached rank order (int16 radix sort) groups sequences by DP rank in
+    admission order, as a stable sort of the rank column, and follows reshapes."""
+    from seersim.engine.batch import RunningBatch
+
+    rng = np.random.default_rng(5)
+    b = RunningBatch()
+    for _ in range(30):
+        k = int(rng.integers(1, 200))
+        b.extend([(0,) * 11 + (int(r), 0, 0) for r in rng.integers(0, 32, k)])
+        assert (b.rank_order(32) == np.argsort(b.rank, kind="stable")).all()
+        b.keep(rng.random(len(b)) < 0.7)
+        assert (b.rank_order(32) == np.argsort(b.rank, kind="stable")).all()

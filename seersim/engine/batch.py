@@ -29,6 +29,17 @@ def all_of(mask: np.ndarray) -> bool:
     return np.count_nonzero(mask) == mask.size
 
 
+def min_of(a: np.ndarray) -> int:
+    """int(a.min()) of a non-empty array through argmin, a plain loop: a min is a ufunc
+    reduction, ~3x argmin's instructions on the engine's small arrays."""
+    return int(a[a.argmin()])
+
+
+def max_of(a: np.ndarray) -> int:
+    """int(a.max()), as `min_of`."""
+    return int(a[a.argmax()])
+
+
 def indices_of(mask: np.ndarray) -> np.ndarray:
     """np.flatnonzero of a 1-d array, without its Python-level wrappers."""
     return mask.nonzero()[0]
@@ -61,7 +72,7 @@ class RunningBatch:
     column in place (`b.left -= k`, `b.acc[:] = ...`), never rebind it.
     """
 
-    __slots__ = ("_m", "_rank_counts", *_COLUMNS)
+    __slots__ = ("_m", "_rank_counts", "_rank_order", *_COLUMNS)
 
     rid: np.ndarray
     computed: np.ndarray
@@ -84,6 +95,7 @@ class RunningBatch:
     def _set(self, m: np.ndarray) -> None:
         self._m = m
         self._rank_counts: np.ndarray | None = None
+        self._rank_order: np.ndarray | None = None
         (
             self.rid,
             self.computed,
@@ -121,6 +133,19 @@ class RunningBatch:
             counts.flags.writeable = False
             self._rank_counts = counts
         return counts
+
+    def rank_order(self, dp: int) -> np.ndarray:
+        """The sequences' indices grouped by DP rank, in admission order within a rank (a
+        stable sort of `rank`; read-only, kept until the batch is reshaped, as `rank_counts`).
+
+        Sorted as int16 where the ranks fit: numpy's stable sort is then a radix sort,
+        4-5x faster than on int64 at a DP32 instance's thousands of sequences."""
+        order = self._rank_order
+        if order is None:
+            order = np.argsort(self.rank.astype(np.int16) if dp <= 1 << 15 else self.rank, kind="stable")
+            order.flags.writeable = False
+            self._rank_order = order
+        return order
 
     def row(self, i: int) -> list[int]:
         """Sequence i's columns as Python ints, in column order (rid, computed, ...)."""

@@ -74,14 +74,19 @@ class DPRanks:
         if dp == 1:
             lines = cost.step_lines(int(seqs[0]), int(tokens[0]), int(extra_pairs[0]), float(queries[0]))
             return lines.raised(overhead_s), float(c0[0]), float(rate[0])
+        seqs_l = seqs.tolist()
+        groups = _groups(seqs_l, list(zip(extra_pairs.tolist(), queries.tolist())), list(zip(c0.tolist(), rate.tolist())))
+        return self._envelope_in_k(groups, sum(seqs_l), int(tokens.sum()), overhead_s), 0.0, 1.0
+
+    def _envelope_in_k(self, groups: dict, n_all: int, t_all: int, overhead_s: float) -> StepLines:
+        """The envelope in k of the busy ranks' lines, `groups` holding their (context at
+        k = 0, growth) per cost-model key (prefill pairs, queries per sequence)."""
         # Ranks with the same prefill pairs and queries share the cost model's lines;
         # among them a rank whose context and growth another's match or beat has lines
         # that the other's beat (or equal) everywhere, so only the Pareto front of
         # (context, growth) can shape the envelope (`_envelope` keeps exactly the same
         # lines either way: it is a function of the set of undominated lines)
-        seqs_l = seqs.tolist()
-        n_all, t_all = sum(seqs_l), int(tokens.sum())
-        groups = _groups(seqs_l, list(zip(extra_pairs.tolist(), queries.tolist())), list(zip(c0.tolist(), rate.tolist())))
+        cost, dp = self.cost, self.dp
         candidates: list[tuple[float, float]] = []  # (slope, intercept) per line
         for (e, q), points in groups.items():
             lr = cost.step_lines(n_all, t_all, dp * int(e), float(q)).raised(overhead_s)
@@ -91,7 +96,19 @@ class DPRanks:
             for c, g in points:
                 c, g = float(c), float(g)
                 candidates += [(b * g, a + b * c) for a, b in shifted]
-        return _envelope(candidates), 0.0, 1.0
+        return _envelope(candidates)
+
+    def decode_stretch(self, seqs, context) -> LinearStretch:
+        """Iterations of a plain decode batch: `seqs` sequences per rank, each computing one
+        token, from `context` tokens per rank (growing by `seqs` per iteration); as
+        `stretch(seqs, seqs, 0, 1, context, seqs)`, without the per-rank keys (one: no
+        prefill pairs, one query). With one rank `seqs` and `context` are ints."""
+        if self.dp == 1:
+            return LinearStretch(self.cost.step_lines(seqs, seqs, 0, 1.0), float(context), float(seqs))
+        seqs_l = seqs.tolist()
+        n_all = sum(seqs_l)
+        groups = {(0, 1.0): [(c, g) for c, g in zip(context.tolist(), seqs_l) if g]}
+        return LinearStretch(self._envelope_in_k(groups, n_all, n_all, 0.0), 0.0, 1.0)
 
     def stretch(self, *args, overhead_s: float = 0.0) -> LinearStretch:
         """A `LinearStretch` over the lines of `lines(*args)`."""

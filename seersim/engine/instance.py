@@ -37,7 +37,7 @@ import simpy
 
 from seersim.config import EngineConfig
 from seersim.cost import CostModel
-from seersim.engine.batch import Plan, RunningBatch, all_of, any_of, indices_of
+from seersim.engine.batch import Plan, RunningBatch, all_of, any_of, indices_of, max_of, min_of
 from seersim.engine.dp import DPRanks
 from seersim.engine.events import AFTER_STRETCHES, At
 from seersim.engine.kvcache import KVCache, prompt_key
@@ -114,10 +114,12 @@ class Instance:
         # next boundary puts it on that rank, or picks one
         self.queues: list[deque[tuple[int, int]]] = [deque() for _ in range(dp)]
         self._arrivals: deque[tuple[int, int, int | None]] = deque()
-        # per rank: (head request, KV cache version, free blocks, token budget) when its
-        # waiting head last failed the KV check; it fails again while the cache version
-        # stands, free blocks have not grown and the budget has not shrunk (`_admit`)
-        self._kv_blocked: list[tuple[int, int, int, int] | None] = [None] * dp
+        # per rank: its KV cache's version and its token budget when its waiting head last
+        # failed the KV check (version -1: none did, or the head changed since). It fails
+        # again while the version stands (only a release frees blocks, and it bumps the
+        # version) and the budget has not shrunk (`_schedule`)
+        self._blocked_version = [-1] * dp
+        self._blocked_budget = [0] * dp
         self._preempted: np.ndarray = _NO_RANK  # ranks that preempted in the last iteration
         self.batch = RunningBatch()
         self._wake: simpy.Event | None = None
@@ -398,6 +400,7 @@ class Instance:
         self._arrivals.clear()
         for q in self.queues:
             q.clear()
+        self._blocked_version = [-1] * len(self.kvs)
 
     def _undo_pre(self) -> None:
         for r, blocks in enumerate(self._take_pre().tolist()):
@@ -437,7 +440,7 @@ class Instance:
     def _plan(self) -> Plan | None:
         if self.spec is not None:
             self.spec.begin_iteration(self)
-        new, changed, preempted, budget_blocked = self._schedule()
+        new, changed, preempted, budget_blocked, decodes = self._schedule()
         if new is None:
             return None
         if changed:
@@ -445,33 +448,47 @@ class Instance:
         if self.spec is not None:
             return self.spec.plan(self, new, changed, preempted)
         b = self.batch
-        n = len(b)
         computed = b.computed
         # Pure decode (every sequence takes one token, no preemption): the batch stays the
         # same until a chunk ends or blocks run out; admission cannot become possible
         # later in the stretch (free blocks only shrink), so it may follow an admission.
-        if not preempted and all_of(new == 1):
+        if not preempted and (decodes or all_of(new == 1)):
             stretch = self._decode_stretch(computed)
-            steps = self._pure_steps(computed, b.left, allocated=True) if self.fast_forward else 1
+            steps = self._pure_steps(computed, min_of(b.left), allocated=True) if self.fast_forward else 1
             return Plan(steps, stretch, "decode", new, self._decode_blocks_fn(computed, 0))
         if self.fast_forward and not preempted:
             plan = self._prefill_plan(new)
             if plan is not None:
                 return plan
-        head_s = self.mixed_step_s(new)
+        after = computed + new
+        tail_stretch = None
+        if decodes and self.ranks.dp == 1:
+            # every sequence decodes one token (a preemption iteration): the iteration is
+            # the decode stretch's from its context, as `mixed_step_s` prices it (its
+            # extra prefill pairs are 0: Σ pairs = Σ context)
+            tail_stretch = self._decode_stretch(after)
+            head_s = tail_stretch.step_time(0)
+        else:
+            head_s = self.mixed_step_s(new)
         # After this mixed iteration, if every sequence has finished its prefill (and
         # emits a token), nobody's chunk ends, and admission was not stopped by the token
         # budget (which frees up next iteration), a pure decode tail follows.
+        # (When every sequence decodes, all finish their prefill, and only a fresh decoder,
+        # computing its prompt's last token, can publish a prompt.)
         tail = 0
         if self.fast_forward and not budget_blocked and (not preempted or self._preempted_ranks_stay_blocked()):
-            need = b.tokens - computed
-            after_left = b.left - 1
-            if all_of(new == need) and int(after_left.min()) > 0 and not self._publishes_prompt(new):
-                tail = self._pure_steps(computed + new, after_left, allocated=False)
-        if tail:
-            stretch = HeadStretch(head_s, self._decode_stretch(computed + new))
-            return Plan(1 + tail, stretch, "mixed", new, self._decode_blocks_fn(computed + new, 1))
-        return Plan(1, TabulatedStretch.single(head_s), "mixed", new)
+            steps = min_of(b.left) - 1  # before a chunk ends
+            if (
+                steps > 0
+                and (decodes or all_of(new == b.tokens - computed))
+                and not ((self._fresh_decoders or not decodes) and self._publishes_prompt(new))
+            ):
+                tail = self._pure_steps(after, steps, allocated=False)
+        if not tail:
+            return Plan(1, TabulatedStretch.single(head_s), "mixed", new)
+        if tail_stretch is None:
+            tail_stretch = self._decode_stretch(after)
+        return Plan(1 + tail, HeadStretch(head_s, tail_stretch), "mixed", new, self._decode_blocks_fn(after, 1))
 
     def _preempted_ranks_stay_blocked(self) -> bool:
         """Whether no rank that preempted in this iteration would admit in the next one.
@@ -482,14 +499,13 @@ class Instance:
         stays so through a decode tail (free blocks only shrink), so the preemption
         iteration can head a decode stretch (a KV-saturated instance preempts, decodes
         until its blocks run out, and preempts again)."""
-        b = self.batch
-        seqs = b.rank_counts(self.ranks.dp)
-        budgets = self._rank_budget - seqs  # (the tail needs every sequence decoding next)
+        b, dp = self.batch, self.ranks.dp
+        seqs = [len(b)] if dp == 1 else b.rank_counts(dp).tolist()
         for r in self._preempted.tolist():
-            if self.queues[r] and seqs[r] < self._rank_max_seqs and budgets[r] > 0:
-                rid = self.queues[r][0][0]
-                if self._admission_need(self.kvs[r], rid, int(budgets[r]))[-1]:
-                    return False
+            budget = self._rank_budget - seqs[r]  # (the tail needs every sequence decoding next)
+            queue = self.queues[r]
+            if queue and seqs[r] < self._rank_max_seqs and budget > 0 and self._admission_need(self.kvs[r], queue[0][0], budget)[-1]:
+                return False
         return True
 
     def _decode_blocks_fn(self, computed: np.ndarray, head: int, growth: np.ndarray | int = 1):
@@ -573,9 +589,10 @@ class Instance:
     def _decode_stretch(self, computed: np.ndarray) -> LinearStretch:
         """Iterations of a plain decode batch from `computed` tokens per sequence (each
         rank's context grows by its sequence count per iteration)."""
-        R, rank = self.ranks, self.batch.rank
-        seqs = self.batch.rank_counts(R.dp)
-        return R.stretch(seqs, seqs, np.zeros(R.dp), np.ones(R.dp), R.per_rank(rank, computed), seqs)
+        R, b = self.ranks, self.batch
+        if R.dp == 1:
+            return R.decode_stretch(len(b), int(computed.sum()))
+        return R.decode_stretch(b.rank_counts(R.dp), R.per_rank(b.rank, computed))
 
     def mixed_step_s(self, new: np.ndarray) -> float:
         """Time of one iteration computing `new` tokens per running sequence (prefill
@@ -590,14 +607,14 @@ class Instance:
         _, _, seqs, tokens, context, pairs = self._rank_work(new)
         return R.step_s(seqs, tokens, pairs - context, np.ones(R.dp), context)
 
-    def _pure_steps(self, computed: np.ndarray, left: np.ndarray, allocated: bool) -> int:
-        """Pure-decode steps the batch can run unchanged from `computed` tokens each.
+    def _pure_steps(self, computed: np.ndarray, steps: int, allocated: bool) -> int:
+        """Pure-decode steps the batch can run unchanged from `computed` tokens each, at
+        most `steps` (where the first chunk ends).
 
         With `allocated`, step 1's blocks are held already (and step 1 always runs).
         """
         bs = self.bs
         n = len(computed)
-        steps = int(left.min())
         # Step j writes token computed+j; it needs a block when (computed + j - 1) % bs == 0,
         # so a sequence demands at most steps // bs + 1 blocks in steps 1..steps: when each
         # rank has that many per sequence, its blocks outlast the chunks
@@ -621,9 +638,12 @@ class Instance:
             else:
                 busy = indices_of(counts)
                 span = 2 * bs + 1  # offsets lie in 1..2·bs: sort by (rank, offset) in one key
-                by_rank = np.sort(self.batch.rank * span + first) % span  # offsets sorted within each rank
+                key = self.batch.rank * span + first
+                if self.ranks.dp * span <= 1 << 15:
+                    key = key.astype(np.int16)  # (numpy's stable sort of int16 is a radix sort, 4-5x faster)
+                by_rank = np.sort(key, kind="stable") % span  # offsets sorted within each rank
                 q, r = np.divmod(limit[busy], counts[busy])
-                fail_step = int((by_rank[(np.cumsum(counts) - counts)[busy] + r] + q * bs).min())
+                fail_step = min_of(by_rank[(np.cumsum(counts) - counts)[busy] + r] + q * bs)
             steps = min(steps, fail_step - 1)
         return max(1, steps) if allocated else max(0, steps)
 
@@ -649,30 +669,32 @@ class Instance:
         """
         return self._free_blocks()
 
-    def _schedule(self) -> tuple[np.ndarray | None, bool, bool, bool]:
+    def _schedule(self) -> tuple[np.ndarray | None, bool, bool, bool, bool]:
         """One iteration's scheduling decision (vLLM v1 semantics, each DP rank on its own).
 
         Returns (new tokens per running sequence, batch changed, preempted, admission
-        stopped by the token budget); allocates the iteration's KV blocks. new is None
-        when nothing can run.
+        stopped by the token budget, every sequence decodes one token); allocates the
+        iteration's KV blocks. new is None when nothing can run.
         """
         if self._arrivals:
             self._assign_arrivals()
         bs, b, dp, ranks = self.bs, self.batch, self.ranks.dp, self.ranks
         n = len(b)
         short = _NO_RANK
-        decodes = False  # every running sequence decodes one token
+        decodes = True  # every running sequence decodes one token (its rank's tokens: its sequences)
         if n:
             need = b.tokens - b.computed
             if self.spec is not None:
                 need += b.gamma
-            if self.spec is None and (self._decodes_fit_budget or n <= self._rank_budget) and int(need.sum()) == n:
-                # every sequence decodes one token (the common case): its block holds
-                # ceil(computed/bs) blocks, so it needs a new one exactly at a boundary
-                new, decodes = need, True
+            if self.spec is None and (self._decodes_fit_budget or n <= self._rank_budget) and max_of(need) == 1:
+                # every sequence decodes one token (the common case; each needs at least one):
+                # its block holds ceil(computed/bs) blocks, so it needs a new one exactly at a
+                # boundary
+                new = need
                 add = (b.computed % bs == 0).astype(np.int64)
             else:
-                new = self._budget_cut(need)
+                decodes = False
+                new, rank_tokens = self._budget_cut(need)
                 add = np.maximum(_ceil_div(b.computed + new, bs) - b.shared - b.blocks, 0)
             if dp == 1:  # (the same, without per-rank arrays)
                 add_blocks = int(add.sum())
@@ -685,6 +707,8 @@ class Instance:
                 b.keep(keep)
                 new, add = new[keep], add[keep]
                 add_blocks = int(add.sum()) if dp == 1 else ranks.per_rank(b.rank, add)
+                if not decodes:
+                    rank_tokens = int(new.sum()) if dp == 1 else ranks.per_rank(b.rank, new)
             if dp == 1:
                 self.kvs[0].allocate(add_blocks)
             else:
@@ -695,11 +719,27 @@ class Instance:
         queues = self.queues
         admitted = budget_blocked = False
         if any(queues):
-            seqs = b.rank_counts(dp)
-            budgets = (self._rank_budget - (seqs if decodes else ranks.per_rank(b.rank, new))).tolist()
-            rooms = (self._rank_max_seqs - seqs).tolist()
+            if dp == 1:  # (Python ints)
+                budgets = [self._rank_budget - (len(b) if decodes else rank_tokens)]
+                rooms = [self._rank_max_seqs - len(b)]
+            else:
+                seqs = b.rank_counts(dp)
+                budgets = (self._rank_budget - (seqs if decodes else rank_tokens)).tolist()
+                rooms = (self._rank_max_seqs - seqs).tolist()
             stopped = short.tolist()  # no admission on a rank that preempted in this iteration
-            admissible = [r for r, q in enumerate(queues) if q and budgets[r] > 0 and rooms[r] > 0 and r not in stopped]
+            kvs, blocked_version, blocked_budget = self.kvs, self._blocked_version, self._blocked_budget
+            admissible = [
+                r
+                for r, q in enumerate(queues)
+                if q
+                and budgets[r] > 0
+                and rooms[r] > 0
+                and r not in stopped
+                # (not while its head is still short of KV: it failed with the cache at this
+                # version and a budget no larger; since, the cache has only allocated, which
+                # evicts at most one block of the head's hit per block: see stretch_block_limit)
+                and not (blocked_version[r] == kvs[r].version and budgets[r] >= blocked_budget[r])
+            ]
             if admissible:
                 admitted_new = self._admit(admissible, budgets, rooms)
                 if admitted_new:
@@ -709,17 +749,22 @@ class Instance:
             budget_blocked = any(q and rooms[r] > 0 and budgets[r] <= 0 for r, q in enumerate(queues))
         self._preempted = short
         any_preempted = len(short) > 0
-        return (new if len(b) else None), admitted or any_preempted, any_preempted, budget_blocked
+        return (new if len(b) else None), admitted or any_preempted, any_preempted, budget_blocked, decodes and not admitted
 
-    def _budget_cut(self, need: np.ndarray) -> np.ndarray:
+    def _budget_cut(self, need: np.ndarray) -> tuple[np.ndarray, np.ndarray | int]:
         """Tokens each running sequence gets: what it needs, cut to what its rank's token
-        budget leaves after the sequences before it on that rank."""
+        budget leaves after the sequences before it on that rank; and the tokens each rank
+        takes (an int with one rank): min(Σ need, budget), as needs are >= 0."""
+        budget = self._rank_budget
         if self.ranks.dp == 1:
-            if int(need.sum()) <= self._rank_budget:
-                return need  # every sequence fits the budget
-        elif all_of(self.ranks.per_rank(self.batch.rank, need) <= self._rank_budget):
-            return need  # every rank's sequences fit its budget
-        return np.minimum(need, np.maximum(self._rank_budget - self._rank_before(need), 0))
+            total = int(need.sum())
+            if total <= budget:
+                return need, total  # every sequence fits the budget
+            return np.minimum(need, np.maximum(budget - self._rank_before(need), 0)), budget
+        per_rank = self.ranks.per_rank(self.batch.rank, need)
+        if all_of(per_rank <= budget):
+            return need, per_rank  # every rank's sequences fit its budget
+        return np.minimum(need, np.maximum(budget - self._rank_before(need), 0)), np.minimum(per_rank, budget)
 
     def _rank_before(self, need: np.ndarray) -> np.ndarray:
         """Tokens the sequences before each one on its DP rank need (each rank fills its
@@ -727,7 +772,7 @@ class Instance:
         if self.ranks.dp == 1:
             return np.cumsum(need) - need
         rank = self.batch.rank
-        order = np.argsort(rank, kind="stable")
+        order = self.batch.rank_order(self.ranks.dp)
         ns, rs = need[order], rank[order]
         before_all = np.cumsum(ns) - ns  # non-decreasing: need >= 0
         first = np.concatenate(([True], rs[1:] != rs[:-1]))
@@ -735,23 +780,30 @@ class Instance:
         before[order] = before_all - np.maximum.accumulate(np.where(first, before_all, 0))
         return before
 
-    def _preempt_from_the_back(self, short: np.ndarray, add: np.ndarray) -> np.ndarray:
+    def _preempt_from_the_back(self, short: np.ndarray, add: np.ndarray) -> np.ndarray | slice:
         """Preempt on each rank of `short` (its blocks do not fit) from the back of that
         rank's sequences until the front ones fit, as each vLLM DP rank's scheduler
-        does with its own KV cache. Returns the mask of sequences that keep running."""
+        does with its own KV cache. Returns which sequences keep running: a mask, or
+        with one rank the slice of the front ones (a view: nothing is copied)."""
         b = self.batch
+        if self.ranks.dp == 1:
+            m = self._preemption_cut(b.blocks, b.shared, b.group, add, self.kvs[0].free_blocks)
+            for i in range(len(b) - 1, m - 1, -1):
+                self._preempt(i)
+            return slice(0, m)
         keep = np.ones(len(b), bool)
         for r in short.tolist():
-            idx = indices_of(b.rank == r) if self.ranks.dp > 1 else np.arange(len(b))
-            cut = self._preemption_cut(idx, add[idx], self.kvs[r].free_blocks)
-            victims = idx[cut:]
+            idx = indices_of(b.rank == r)
+            m = self._preemption_cut(b.blocks[idx], b.shared[idx], b.group[idx], add[idx], self.kvs[r].free_blocks)
+            victims = idx[m:]
             for i in victims[::-1].tolist():
                 self._preempt(i)
             keep[victims] = False
         return keep
 
-    def _preemption_cut(self, idx: np.ndarray, add: np.ndarray, free_blocks: int) -> int:
-        """How many of one rank's sequences `idx` (in admission order) keep running.
+    @staticmethod
+    def _preemption_cut(blocks: np.ndarray, shared: np.ndarray, group: np.ndarray, add: np.ndarray, free_blocks: int) -> int:
+        """How many of one rank's sequences (their columns, in admission order) keep running.
 
         vLLM preempts from the back until the front ones fit; the kept prefix m is the
         largest with free + blocks freed by preempting m.. ≥ blocks needed by ..m-1.
@@ -759,21 +811,18 @@ class Instance:
         """
         # Scanned from the back: blocks still missing with sequences ..m-1 kept is
         # Σ add[..m-1] − free − (blocks freed by preempting m..), falling as m falls.
-        b = self.batch
-        blocks, shared, group = b.blocks, b.shared, b.group
-        m = len(idx)
+        m = len(blocks)
         short = int(add.sum()) - free_blocks
         first_holder: dict[int, int] = {}
         while short > 0:
             m -= 1
-            i = int(idx[m])
-            short -= int(add[m]) + int(blocks[i])
-            held = int(shared[i])
+            short -= int(add[m]) + int(blocks[m])
+            held = int(shared[m])
             if held:
-                g = int(group[i])
+                g = int(group[m])
                 if g not in first_holder:
-                    first_holder[g] = int(idx[indices_of((group[idx] == g) & (shared[idx] > 0))[0]])
-                if first_holder[g] == i:
+                    first_holder[g] = int(indices_of((group == g) & (shared > 0))[0])
+                if first_holder[g] == m:
                     short -= held
         return m
 
@@ -832,7 +881,8 @@ class Instance:
 
     def _admit(self, ranks: list[int], budgets: list[int], rooms: list[int]) -> list[int]:
         """Admit each rank's waiting requests in order while its token budget, sequence
-        slots and KV blocks (after prefix-cache hits on that rank) allow.
+        slots and KV blocks (after prefix-cache hits on that rank) allow (the caller
+        leaves out the ranks whose head is still short of KV).
 
         `budgets`, `rooms` (per rank) are updated in place."""
         table = self.table
@@ -842,22 +892,14 @@ class Instance:
         for rank in ranks:
             kv, queue = self.kvs[rank], self.queues[rank]
             budget, room = budgets[rank], rooms[rank]
-            blocked = self._kv_blocked[rank]
             while queue and budget > 0 and room > 0:
                 rid, left = queue[0]
-                if (
-                    blocked is not None
-                    and blocked[0] == rid
-                    and blocked[1] == kv.version
-                    and kv.total_blocks - kv.used_blocks <= blocked[2]  # (free blocks)
-                    and budget >= blocked[3]
-                ):
-                    break  # still short of KV (see stretch_block_limit: need + hit falls no faster than free)
                 group, p_blocks, tokens, p_hit, own_hit, hit, new, need_blocks, fits = self._admission_need(kv, rid, budget)
                 if not fits:
-                    self._kv_blocked[rank] = (rid, kv.version, kv.free_blocks, budget)
+                    self._blocked_version[rank], self._blocked_budget[rank] = kv.version, budget
                     break
                 queue.popleft()
+                self._blocked_version[rank] = -1  # (a new head)
                 shared = private = 0
                 if p_hit == p_blocks and p_hit:
                     kv.acquire_prompt(group)
@@ -926,7 +968,9 @@ class Instance:
         self.table.generated[rid] = int(b.tokens[i] - self.table.input_tokens[rid])
         self.table.preemptions[rid] += 1
         self.stats.preemptions += 1
-        self.queues[int(b.rank[i])].appendleft((rid, int(b.left[i])))  # back to the front of its rank's queue
+        rank = int(b.rank[i])
+        self.queues[rank].appendleft((rid, int(b.left[i])))  # back to the front of its rank's queue
+        self._blocked_version[rank] = -1  # (a new head)
 
     def _advance(self, plan: Plan, steps: int, start: float) -> bool:
         """Apply `steps` iterations of the plan; retire sequences whose chunk is done.
