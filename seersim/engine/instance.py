@@ -360,15 +360,11 @@ class Instance:
             return  # its allocations are applied already
         target = plan.blocks_fn(k)
         if rank is not None and self.ranks.dp > 1:
-            more = int(target[rank] - self._kv_pre[rank])
-            if more > 0:
-                self.kvs[rank].allocate(more)
-                pre = self._kv_pre.copy()  # (a new array, as below: `_take_pre`'s caller may hold the old one)
-                pre[rank] += more
-                self._kv_pre = pre
-                self._pending = None
-            return
-        plan.settled_steps = k
+            only = self._kv_pre.copy()  # the other ranks stay as settled so far
+            only[rank] = target[rank]
+            target = only
+        else:
+            plan.settled_steps = k
         more = target - self._kv_pre
         if any_of(more > 0):
             self._allocate(np.maximum(more, 0))

@@ -417,8 +417,16 @@ class BlockedHead:
         self._slot: list[bool] = []
         self._short: list[int] = []
 
-    def failed(self, view: ClusterView, loads: Loads, request_id: int, max_new_tokens: int) -> None:
-        """The request's chunk found no room in `loads`: the decide ends here."""
+    def place(self, view: ClusterView, loads: Loads, request_id: int) -> Dispatch | None:
+        """`place_chunk` of the request's next chunk; where it finds no room (the decide
+        ends there), what the chunk lacked is kept for `skip`."""
+        max_new = chunk_limit(view, request_id, self.cfg.chunk_tokens)
+        d = place_chunk(view, loads, request_id, max_new, self.cfg)
+        if d is None:
+            self._failed(view, loads, request_id, max_new)
+        return d
+
+    def _failed(self, view: ClusterView, loads: Loads, request_id: int, max_new_tokens: int) -> None:
         p = loads.projected_blocks(request_id, max_new_tokens)
         self._request_id, self._mean = request_id, view.mean_chunk_tokens
         self._rank, self._slot = p.ranks.tolist(), loads.seq_room()

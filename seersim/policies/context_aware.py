@@ -24,7 +24,7 @@ from bisect import insort
 
 import numpy as np
 
-from seersim.policies.base import BlockedHead, ClusterView, Dispatch, Loads, Policy, chunk_limit, place_chunk
+from seersim.policies.base import BlockedHead, ClusterView, Dispatch, Loads, Policy
 
 
 class ContextAwarePolicy(Policy):
@@ -112,9 +112,8 @@ class ContextAwarePolicy(Policy):
         out: list[Dispatch] = []
         while nxt is not None:
             rid, source = nxt
-            d = place_chunk(view, loads, rid, chunk_limit(view, rid, self.cfg.chunk_tokens), self.cfg)
+            d = self._blocked.place(view, loads, rid)
             if d is None:
-                self._blocked.failed(view, loads, rid, chunk_limit(view, rid, self.cfg.chunk_tokens))
                 return out  # no instance has room: wait for one (no smaller request jumps ahead)
             self._picks += 1
             if source == "probe":

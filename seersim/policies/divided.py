@@ -13,7 +13,7 @@ from collections import deque
 
 import numpy as np
 
-from seersim.policies.base import BlockedHead, ClusterView, Dispatch, Loads, Policy, chunk_limit, place_chunk
+from seersim.policies.base import BlockedHead, ClusterView, Dispatch, Loads, Policy
 
 
 class DividedPolicy(Policy):
@@ -41,9 +41,8 @@ class DividedPolicy(Policy):
         for queue in (self._continuing, self._fresh):
             while queue:
                 rid = queue[0]
-                d = place_chunk(view, loads, rid, chunk_limit(view, rid, self.cfg.chunk_tokens), self.cfg)
+                d = self._blocked.place(view, loads, rid)
                 if d is None:
-                    self._blocked.failed(view, loads, rid, chunk_limit(view, rid, self.cfg.chunk_tokens))
                     return out
                 queue.popleft()
                 out.append(d)
