@@ -244,3 +244,13 @@ def test_the_driver_reserves_each_chunk_on_the_rank_it_runs_on(monkeypatch):
     assert sent and sorted(sent) == sorted(ran)
     assert {r for _, _, r in sent} == {0, 1}
     assert not drivers[-1].rank_reserved_blocks.any()
+
+
+def test_a_kv_pull_landing_mid_stretch_settles_its_rank_exactly():
+    """Pulled KV lands on one DP rank while the instance runs a stretch: that rank's
+    allocations so far are applied first (`Instance.settle_kv(rank)`), so the landing
+    finds the free blocks step-by-step simulation shows."""
+    over = {**PER_RANK_PRESSURE, "policy.imbalance_threshold": 0, "policy.migrate_margin_tokens": 0, "seed": 2}
+    ff, sbs = _both("divided", **over)
+    _assert_equivalent(ff, sbs)
+    assert ff.summary["pulled_bytes"] > 0, "chunks must pull KV through the pool to be meaningful"
