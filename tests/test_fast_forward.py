@@ -129,6 +129,58 @@ def test_property_random_small_scenarios(prompts, group_size, max_tokens, mean_f
     _assert_equivalent(ff, sbs)
 
 
+@st.composite
+def _engine_and_policy(draw):
+    """Every policy with every engine option that changes fast-forward's plans: DP ranks,
+    speculation, the KV pool, the KV reservation rule, prefix caching, tiny blocks,
+    chunks and token budgets, partial rollout across steps. Input lengths stay
+    continuous: two instances with identical histories end stretches at instants that
+    are equal only up to rounding, and no float clock orders such ties the same in both
+    modes (docs/engine.md, "Exactness")."""
+    dp = draw(st.sampled_from([1, 2, 4]))
+    max_tokens = draw(st.sampled_from([256, 1024, 4096]))
+    input_mean = draw(st.sampled_from([40, 128, 512]))
+    seqs = draw(st.sampled_from([2, 8, 64])) * dp
+    policy = draw(st.sampled_from(["baseline", "divided", "context_aware", "seer", "oracle_lpt", "partial_rollout"]))
+    o = {
+        "seed": draw(st.integers(0, 10_000)),
+        "workload.prompts": draw(st.integers(2, 12)),
+        "workload.group_size": draw(st.integers(1, 8)),
+        "workload.max_tokens": max_tokens,
+        "workload.output_tokens.mean": round(max_tokens * draw(st.floats(0.05, 0.8)), 1),
+        "workload.output_tokens.intra_group_corr": draw(st.sampled_from([0.0, 0.5, 0.9])),
+        "workload.input_tokens": {"dist": "lognormal", "mean": input_mean, "sigma": 0.4, "min": 8, "max": 4 * input_mean},
+        # one request must fit a DP rank: from just that to six times it
+        "engine.kv_capacity_tokens": int((4 * input_mean + max_tokens) * dp * draw(st.floats(1.0, 6.0))) + 64,
+        "engine.max_num_seqs": seqs,
+        "engine.max_num_batched_tokens": max(seqs, draw(st.sampled_from([64, 600, 8192]))),
+        "engine.block_size_tokens": draw(st.sampled_from([1, 16, 64])),
+        "engine.prefix_caching": draw(st.booleans()),
+        "cluster.instances": draw(st.integers(1, 4)),
+        "cluster.parallelism.dp": dp,
+        "policy.chunk_tokens": draw(st.sampled_from([7, 256, 2048])),
+        "policy.imbalance_threshold": draw(st.sampled_from([0, 2, 8])),
+        "policy.migrate_margin_tokens": draw(st.sampled_from([0, 16, 512])),
+        "policy.kv_reservation": draw(st.sampled_from(["chunk_limit", "expected_growth", "none"])),
+        "policy.anti_starvation_every": draw(st.sampled_from([0, 3])),
+        "kv_pool.enabled": draw(st.booleans()),
+    }
+    if policy == "partial_rollout":
+        o["steps"] = draw(st.integers(1, 3))
+    if policy != "seer" and draw(st.booleans()):
+        o["engine.speculation.mode"] = draw(st.sampled_from(["fixed", "grouped_adaptive"]))
+        o["engine.speculation.draft_tokens"] = draw(st.integers(1, 8))
+    return policy, o
+
+
+@settings(max_examples=16, deadline=None, derandomize=True, database=None, suppress_health_check=[HealthCheck.too_slow])
+@given(case=_engine_and_policy())
+def test_property_every_policy_and_engine_option(case):
+    policy, overrides = case
+    ff, sbs = _both(policy, **overrides)
+    _assert_equivalent(ff, sbs)
+
+
 # Found by a random search over engine/policy knobs: an oracle_lpt run whose placement
 # decisions differ between the modes (request 36 at t=9.941 s is dispatched with
 # pull_kv=True under fast-forward, pull_kv=False step by step).
