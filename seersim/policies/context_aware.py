@@ -12,7 +12,8 @@ Responses of one group have similar lengths, so each group's first request runs 
      KV room for it (placement as divided rollout), else wait until room frees.
 
 Anti-starvation: every `anti_starvation_every`-th pick (0 = off) serves instead the
-waiting group that has received the least service time so far.
+waiting group that has received the least service time so far (to the microsecond,
+ties by group id).
 
 The policy learns only what it observes: finished lengths, tokens generated so far.
 """
@@ -25,6 +26,11 @@ from bisect import insort
 import numpy as np
 
 from seersim.policies.base import BlockedHead, ClusterView, Dispatch, Loads, Policy
+
+# Served time is a sum of chunk durations between float instants, which fast-forward
+# and step by step compute an ulp apart: groups served equally must still tie, so
+# service is compared at this resolution.
+SERVED_RESOLUTION_S = 1e-6
 
 
 class ContextAwarePolicy(Policy):
@@ -92,7 +98,8 @@ class ContextAwarePolicy(Policy):
 
     def _starved_group(self) -> int | None:
         waiting = [g for g, m in self._waiting.items() if m]
-        return min(waiting, key=lambda g: (self._served_s.get(g, 0.0), g)) if waiting else None
+        served = self._served_s
+        return min(waiting, key=lambda g: (round(served.get(g, 0.0) / SERVED_RESOLUTION_S), g)) if waiting else None
 
     def _next(self) -> tuple[int, str] | None:
         """The request to serve next and where it comes from ('probe' or 'group')."""
