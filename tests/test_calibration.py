@@ -218,7 +218,7 @@ def test_calibrate_cost_cli_fits_one_model_and_tests_another(tmp_path):
 
 
 def test_calibrate_cost_fits_an_iteration_table(tmp_path):
-    from seersim.profile.table import write_profile_table
+    from seersim.profile.schema import write_profile_table
 
     rng = np.random.default_rng(3)
     n = 300
@@ -258,7 +258,7 @@ def test_calibrate_cost_fits_an_operator_table_with_attention(tmp_path):
 
     from seersim.calibrate.costfit import predict_rows
     from seersim.cost.calibration import load_calibration, shipped_calibration
-    from seersim.profile.table import write_profile_table
+    from seersim.profile.schema import write_profile_table
 
     truth = replace(load_calibration(shipped_calibration("h100")).curves,
                     attention_flops_efficiency=0.42, attention_bandwidth_efficiency=0.66)
@@ -300,7 +300,7 @@ def test_iteration_table_from_a_hub_model_on_cpu(tmp_path):
     """Live vLLM step logs name the model by its hub id and may come from a CPU server:
     the iteration fit needs neither a catalog model nor a catalog GPU, and a scenario of
     the same model (catalog name) accepts it."""
-    from seersim.profile.table import write_profile_table
+    from seersim.profile.schema import write_profile_table
 
     rng = np.random.default_rng(5)
     tokens = np.r_[rng.integers(1, 32, 30), rng.integers(32, 2048, 50)]

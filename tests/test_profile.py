@@ -10,11 +10,12 @@ import pytest
 from typer.testing import CliRunner
 
 from seersim.cli import app
-from seersim.profile.table import COLUMNS, read_profile_table
+from seersim.profile.schema import COLUMNS
+from seersim.profile.table import read_profile_table
 
 torch = pytest.importorskip("torch", reason="torch not installed (pip install 'seersim[gpu]'); profile tests skipped")
 
-TINY = ["--device", "cpu", "--tokens", "1,4", "--batches", "1,2", "--contexts", "16,64", "--prefill", "16", "--repeats", "2"]
+TINY = ["--device", "cpu", "--tokens", "1,4", "--batches", "1,2", "--contexts", "16,64", "--widths", "1,3", "--prefill", "16", "--repeats", "2"]
 
 
 def test_profile_writes_the_schema_with_provenance(tmp_path):
@@ -27,10 +28,13 @@ def test_profile_writes_the_schema_with_provenance(tmp_path):
     rows = table.rows
     assert list(rows.columns[: len(COLUMNS)]) == COLUMNS
     assert set(rows["op"]) == {"qkv_proj", "attn_out_proj", "attn_decode", "attn_prefill"}
-    assert len(rows) == 2 * 2 + 2 * 2 + 1
+    assert len(rows) == 2 * 2 + 2 * 2 * 2 + 1
     assert (rows["time_s"] > 0).all() and (rows["repeats"] == 2).all()
     decode = rows[rows["op"] == "attn_decode"]
-    assert sorted(decode["context_tokens"]) == [16, 32, 64, 128]  # batch x context
+    assert sorted(decode["context_tokens"]) == [16, 16, 32, 32, 64, 64, 128, 128]  # batch x context, each width
+    # a verify step of w queries per sequence: w·batch query tokens (what the fit reads as queries per sequence)
+    assert sorted(zip(decode["batch_size"], decode["num_tokens"])) == [(1, 1)] * 2 + [(1, 3)] * 2 + [(2, 2)] * 2 + [(2, 6)] * 2
+    assert (decode["decode_tokens"] == decode["num_tokens"]).all()
     meta = json.loads(out.with_name(out.name + ".meta.json").read_text())
     assert meta["schema"] == "seersim-profile/1" and meta["model"] == "qwen2.5-7b" and meta["torch"] == torch.__version__
     assert {"date", "device", "dtype", "tp", "command"} <= set(meta)
@@ -41,7 +45,7 @@ def test_profile_mla_decode_attends_over_the_latent(tmp_path):
     from seersim.specs import get_model
 
     grid = ProfileGrid(tokens=(1,), decode_batches=(1,), decode_contexts=(32,), prefill_tokens=(8,), repeats=1, warmup=0)
-    rows = profile_model(get_model("moonlight-16b-a3b"), 1, "cpu", "bfloat16", grid, {"kv_a_proj", "attn_decode", "attn_prefill"})
+    rows, _ = profile_model(get_model("moonlight-16b-a3b"), 1, "cpu", "bfloat16", grid, {"kv_a_proj", "attn_decode", "attn_prefill"})
     assert set(rows["op"]) == {"kv_a_proj", "attn_decode", "attn_prefill"}
 
 
@@ -53,3 +57,69 @@ def test_profile_on_cuda_needs_the_gpu_name(tmp_path):
 def test_profile_unknown_model(tmp_path):
     res = CliRunner().invoke(app, ["profile", "--model", "qwen9", "--device", "cpu", "--out", str(tmp_path / "x.csv")])
     assert res.exit_code == 2 and "unknown model" in res.output
+
+
+def test_verify_queries_see_the_context_up_to_their_own_position():
+    from seersim.profile.torch_runner import verify_mask
+
+    m = verify_mask(torch, 6, 3, "cpu")
+    assert m.tolist() == [
+        [True, True, True, True, False, False],
+        [True, True, True, True, True, False],
+        [True, True, True, True, True, True],
+    ]
+
+
+# The runner must import nothing of seersim's dependencies but torch: it runs on a GPU
+# machine where only torch is installed.
+_TORCH_ONLY = """
+import importlib.abc, runpy, sys
+class Block(importlib.abc.MetaPathFinder):
+    def find_spec(self, name, path, target=None):
+        if name.split(".")[0] in {"pandas", "pydantic", "typer", "scipy", "simpy", "yaml", "matplotlib", "pyarrow"}:
+            raise ImportError("blocked " + name)
+sys.meta_path.insert(0, Block())
+sys.argv = ["torch_runner", *sys.argv[1:]]
+runpy.run_module("seersim.profile.torch_runner", run_name="__main__")
+"""
+
+
+def test_a_plan_written_here_is_timed_where_only_torch_is(tmp_path, repo_root):
+    import subprocess
+    import sys
+
+    plan = tmp_path / "plan.json"
+    res = CliRunner().invoke(
+        app, ["profile", "--model", "moonlight-16b-a3b", "--gpu", "h100-sxm", "--plan-out", str(plan),
+              "--ops", "mlp_up_gate,moe_experts,attn_decode,attn_prefill", *TINY]
+    )
+    assert res.exit_code == 0, res.output
+    assert "torch_runner" in res.output
+    out = tmp_path / "table.csv"
+    run = subprocess.run(
+        [sys.executable, "-c", _TORCH_ONLY, str(plan), "--out", str(out), "--device", "cpu"],
+        cwd=repo_root, capture_output=True, text=True, env={**__import__("os").environ, "PYTHONPATH": str(repo_root)},
+    )
+    assert run.returncode == 0, run.stderr
+    table = read_profile_table(out)
+    # moonlight's first layer is dense (an MLP), the rest MoE; MLA decode and prefill
+    assert set(table.rows["op"]) == {"mlp_up_gate", "moe_experts", "attn_decode", "attn_prefill"}
+    assert len(table.rows) == 2 + 2 + 2 * 2 * 2 + 1
+    meta = table.meta
+    assert meta["model"] == "moonlight-16b-a3b" and meta["gpu"] == "h100-sxm" and meta["torch"] == torch.__version__
+    assert meta["grid"]["decode_widths"] == [1, 3] and meta["runner_command"].endswith("--device cpu")
+
+
+def test_a_malformed_plan_is_one_clear_error(tmp_path):
+    from seersim.profile.torch_runner import main
+
+    bad = tmp_path / "bad.json"
+    bad.write_text('{"schema": "something-else"}')
+    assert main([str(bad), "--out", str(tmp_path / "t.csv"), "--device", "cpu"]) == 2
+    assert not (tmp_path / "t.csv").exists()
+
+
+def test_verify_widths_are_checked(tmp_path):
+    res = CliRunner().invoke(app, ["profile", "--model", "qwen2.5-7b", "--out", str(tmp_path / "x.csv"), *TINY[:-2], "--widths", "1,10"])
+    assert res.exit_code == 2 and "--widths" in res.output
+

@@ -16,7 +16,8 @@ from seersim.calibrate.tables import read_cost_data
 from seersim.profile.steplog import (
     iteration_rows, kv_capacity_tokens, pool_rows, read_step_log, step_composition, step_summary, usable_kv_tokens,
 )
-from seersim.profile.table import COLUMNS, read_profile_table, write_profile_table
+from seersim.profile.schema import COLUMNS, write_profile_table
+from seersim.profile.table import read_profile_table
 
 LOG = Path(__file__).parent / "data" / "vllm-steplog-excerpt.log"
 BLOCK, LOGGED_KV = 128, 4608

@@ -123,7 +123,7 @@ def _ints(csv: str | None) -> tuple[int, ...] | None:
 
 
 def profile_cmd(
-    out: Annotated[Path, typer.Option("--out", "-o", help="profiling table to write (CSV + .meta.json)")],
+    out: Annotated[Optional[Path], typer.Option("--out", "-o", help="profiling table to write (CSV + .meta.json)")] = None,
     model: Annotated[Optional[str], typer.Option("--model", "-m", help="torch: catalog model, e.g. qwen2.5-7b")] = None,
     backend: Annotated[str, typer.Option("--backend", help="torch (operators) or vllm (live servers' iterations)")] = "torch",
     url: Annotated[Optional[str], typer.Option("--url", help="vllm: comma-separated server URLs")] = None,
@@ -141,6 +141,18 @@ def profile_cmd(
     batches: Annotated[Optional[str], typer.Option("--batches", help="decode attention batch sizes")] = None,
     contexts: Annotated[Optional[str], typer.Option("--contexts", help="decode attention context lengths")] = None,
     prefill: Annotated[Optional[str], typer.Option("--prefill", help="prefill attention lengths")] = None,
+    widths: Annotated[
+        Optional[str],
+        typer.Option("--widths", help="torch: decode attention queries per sequence (1 = decode, γ+1 = verifying γ drafts)"),
+    ] = None,
+    plan_out: Annotated[
+        Optional[Path],
+        typer.Option(
+            "--plan-out",
+            help="torch: write the shapes to time as a plan instead, for `python -m seersim.profile.torch_runner` "
+            "on a GPU machine that has torch only",
+        ),
+    ] = None,
     repeats: Annotated[int, typer.Option("--repeats", help="timed repeats per point (median kept; vllm default 3)")] = 10,
 ) -> None:
     """Write a `seersim-profile/1` table for `seersim calibrate cost`: a catalog model's
@@ -149,10 +161,14 @@ def profile_cmd(
     context lengths (`--backend vllm --url ...`, needs `seersim[vllm]`): timed from
     their per-step logs with `--server-logs` (every engine step; `serve-local` writes
     them), else from the client. `--server-logs` without `--url` turns logs already
-    written into a table."""
+    written into a table. `--plan-out` writes what `--backend torch` would time as a plan
+    that `python -m seersim.profile.torch_runner PLAN --out TABLE` times where only
+    torch is installed (docs/calibration.md)."""
     with cli_errors():
         from seersim.errors import ScenarioError, SpecError
 
+        if out is None and not (backend == "torch" and plan_out is not None):
+            raise ScenarioError("--out: name the profiling table to write (or, with --backend torch, --plan-out for a plan)")
         if backend == "vllm":
             from seersim.profile.vllm import ProfileGrid as LiveGrid, profile_vllm
 
@@ -164,7 +180,7 @@ def profile_cmd(
                 repeats=repeats if repeats != 10 else base.repeats,
             )
             from seersim.cli_common import split_csv
-            from seersim.profile.table import write_profile_table
+            from seersim.profile.schema import write_profile_table
 
             logs = [Path(x) for x in split_csv(server_logs)] if server_logs else None
             if logs and not url:
@@ -188,27 +204,38 @@ def profile_cmd(
             raise ScenarioError(f"--backend {backend!r}: use torch or vllm")
         if model is None:
             raise ScenarioError("--model: name the catalog model to profile with --backend torch (e.g. qwen2.5-7b)")
-        from seersim.profile.table import write_profile_table
-        from seersim.profile.torch_ops import ProfileGrid, profile_model, provenance
+        from seersim.io import write_json
+        from seersim.profile.schema import write_profile_table
+        from seersim.profile.torch_ops import ProfileGrid, plan_model, profile_model
         from seersim.specs import get_gpu, get_model
 
         spec = get_model(model)
         if gpu is not None:
             gpu = get_gpu(gpu).name
-        elif device.startswith("cuda"):
+        elif device.startswith("cuda") or plan_out is not None:
             raise SpecError("--gpu: name the catalog GPU this runs on (e.g. h100-sxm) so the table can be calibrated")
         base = ProfileGrid()
         grid = ProfileGrid(
             tokens=_ints(tokens) or base.tokens,
             decode_batches=_ints(batches) or base.decode_batches,
             decode_contexts=_ints(contexts) or base.decode_contexts,
+            decode_widths=_ints(widths) or base.decode_widths,
             prefill_tokens=_ints(prefill) or base.prefill_tokens,
             repeats=repeats,
             warmup=min(3, repeats),
         )
+        if min(grid.decode_widths) < 1 or max(grid.decode_widths) > 9:
+            raise ScenarioError("--widths: queries per sequence lie in 1..9 (a decode, or γ+1 for γ ≤ 8 drafts)")
         wanted = {o.strip() for o in ops.split(",")} if ops else None
-        rows = profile_model(spec, tp, device, dtype, grid, wanted)
-        write_profile_table(rows, out, provenance(spec, gpu or "cpu", tp, device, dtype, _command()))
+        if plan_out is not None:
+            plan = plan_model(spec, tp, grid, wanted, dtype, gpu, _command())
+            write_json(plan_out, plan)
+            points = sum(len(i.get("tokens") or i["points"]) for i in plan["items"])
+            typer.echo(f"planned {points} points of {spec.name} (tp={tp}): wrote {plan_out}; time them with "
+                       f"python -m seersim.profile.torch_runner {plan_out} --out TABLE.csv --device cuda")
+            return
+        rows, meta = profile_model(spec, tp, device, dtype, grid, wanted, gpu=gpu or "cpu", command=_command())
+        write_profile_table(rows, out, meta)
         typer.echo(f"profiled {len(rows)} points of {spec.name} (tp={tp}) on {device}: wrote {out}")
 
 

@@ -1,7 +1,9 @@
-"""Record profiling tables (`seersim-profile/1`): torch operator timings of a catalog
-model at its TP-shard shapes (`seersim profile`), or iteration rows from live vLLM
-step logs (written by the vLLM backend). Schema and I/O in `table.py`."""
+"""Record profiling tables (`seersim-profile/1`, `schema.py`): torch operator timings
+of a catalog model at its TP-shard shapes (`seersim profile`: `torch_ops.py` plans the
+shapes, `torch_runner.py` times them, also standalone on a GPU machine with torch
+only), or iteration rows from live vLLM step logs (`vllm.py`, `steplog.py`). Reading
+tables: `table.py`.
 
-from seersim.profile.table import COLUMNS, SCHEMA, ProfileTable, read_profile_table, write_profile_table
-
-__all__ = ["COLUMNS", "SCHEMA", "ProfileTable", "read_profile_table", "write_profile_table"]
+Nothing is imported here, so that `python -m seersim.profile.torch_runner` needs
+torch and the standard library only.
+"""

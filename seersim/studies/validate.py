@@ -161,7 +161,7 @@ def calibrate_from_profile(rows: pd.DataFrame, meta: dict, folder: Path, seed: i
     from seersim.calibrate.costfit import fit_iteration
     from seersim.calibrate.tables import read_cost_data
     from seersim.cost.calibration import save_calibration
-    from seersim.profile.table import write_profile_table
+    from seersim.profile.schema import write_profile_table
 
     table = folder / "profile.csv"
     write_profile_table(rows, table, meta)
