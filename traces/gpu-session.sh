@@ -1,0 +1,79 @@
+#!/usr/bin/env bash
+# One GPU session's profiling (issue 11; docs/calibration.md): plan here, time there,
+# calibrate here. The GPU machine needs torch only: the plans carry every kernel shape.
+#
+#   bash traces/gpu-session.sh plan                  # here (seersim installed): traces/plans/*.json
+#   bash traces/gpu-session.sh run OUT_DIR [DEVICE]  # on the GPU machine: minutes (5 plans, ≤ 90 s each)
+#   bash traces/gpu-session.sh calibrate DIR         # here: fit each table, print its held-out MAPE
+#
+# Environment: SEERSIM (default `seersim`) runs the CLI, PYTHON (default python3) the
+# runner; PLANS (default traces/plans) is the plans' folder; SMOKE=1 plans tiny
+# attention-only grids (tests, CPU); BUDGET_S (default 90) caps each plan's run, so
+# that a session fits the device's 8-minute window even if one plan hangs.
+set -euo pipefail
+here="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
+cd "$here"
+plans="${PLANS:-traces/plans}"
+seersim=(${SEERSIM:-seersim})
+gpu=h100-sxm
+
+# name | model | tp | ops ("" = all) | extra grid. In order of importance: the session
+# may be cut short. Moonlight first: seer's speculation gain there rests on verifying
+# drafts at batch 256 costing little (width 1..9 at its batch sizes).
+# (The number orders the runs.)
+PLAN_LIST=(
+  "1-moonlight-16b-a3b|moonlight-16b-a3b|1||--batches 1,8,32,128,256"
+  "2-qwen2.5-7b|qwen2.5-7b|1||"
+  "3-llama-3.1-8b|llama-3.1-8b|1||"
+  "4-kimi-k2-attention|kimi-k2|1|attn_decode,attn_prefill|"
+  "5-qwen2-vl-72b-tp8-attention|qwen2-vl-72b|8|attn_decode,attn_prefill|"
+)
+# (smoke: attention only; the GEMMs' weights alone take seconds to fill on a CPU)
+SMOKE_GRID="--ops attn_decode,attn_prefill --batches 1,2 --contexts 16,64 --widths 1,3 --prefill 16 --repeats 2"
+
+case "${1:-}" in
+  plan)
+    mkdir -p "$plans"
+    for entry in "${PLAN_LIST[@]}"; do
+      IFS='|' read -r name model tp ops grid <<<"$entry"
+      [[ -n "${SMOKE:-}" ]] && ops="" && grid="$SMOKE_GRID"
+      # shellcheck disable=SC2086
+      "${seersim[@]}" profile --model "$model" --tp "$tp" --gpu "$gpu" ${ops:+--ops "$ops"} $grid \
+        --plan-out "$plans/$name.json"
+    done
+    ;;
+  run)
+    out="${2:?usage: gpu-session.sh run OUT_DIR [DEVICE]}"
+    device="${3:-cuda}"
+    mkdir -p "$out"
+    python="${PYTHON:-python3}"
+    { nvidia-smi || true; "$python" -c 'import torch; print("torch", torch.__version__, "cuda", torch.version.cuda)'; } \
+      >"$out/session-machine.txt" 2>&1
+    status=0
+    for plan in "$plans"/*.json; do
+      name="$(basename "$plan" .json)"
+      name="${name#*-}"
+      start=$(date +%s)
+      if PYTHONPATH="$here${PYTHONPATH:+:$PYTHONPATH}" timeout "${BUDGET_S:-90}" \
+          "$python" -m seersim.profile.torch_runner "$plan" --out "$out/profile-$name.csv" --device "$device"; then
+        echo "$name: ok in $(( $(date +%s) - start )) s"
+      else
+        echo "$name: FAILED or cut at ${BUDGET_S:-90} s (exit $?)"
+        status=1
+      fi
+    done
+    exit $status
+    ;;
+  calibrate)
+    dir="${2:?usage: gpu-session.sh calibrate DIR}"
+    shopt -s nullglob
+    for table in "$dir"/profile-*.csv; do
+      echo "== $table"
+      "${seersim[@]}" calibrate cost "$table" --json || true
+    done
+    ;;
+  *)
+    sed -n '2,12p' "${BASH_SOURCE[0]}"
+    exit 2
+    ;;
+esac
