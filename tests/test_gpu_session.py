@@ -33,7 +33,8 @@ def test_the_committed_gpu_session_plans_are_current(tmp_path, repo_root):
 
 
 def test_a_gpu_session_runs_its_plans_where_only_torch_is(tmp_path, repo_root):
-    """The session's steps on CPU with tiny grids: plan here, run (torch only), tables."""
+    """The session's steps on CPU with tiny grids: plan here, run (torch only), tables,
+    calibration from them."""
     torch = pytest.importorskip("torch", reason="torch not installed (pip install 'seersim[gpu]'); GPU session test skipped")
     plans, out = tmp_path / "plans", tmp_path / "out"
     assert _session(repo_root, {"PLANS": str(plans), "SMOKE": "1"}, "plan").returncode == 0
@@ -45,6 +46,9 @@ def test_a_gpu_session_runs_its_plans_where_only_torch_is(tmp_path, repo_root):
     assert moonlight.meta["gpu"] == "h100-sxm" and (moonlight.rows["time_s"] > 0).all()
     assert set(moonlight.rows["op"]) == {"attn_decode", "attn_prefill"}
     assert f"torch {torch.__version__}" in (out / "session-machine.txt").read_text()
+    res = _session(repo_root, {}, "calibrate", str(out))
+    assert res.returncode == 0, res.stdout + res.stderr
+    assert "== every table" in res.stdout and (out / "calibration.yaml").is_file()
 
 
 def test_without_a_step_it_prints_its_usage(repo_root):

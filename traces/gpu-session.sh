@@ -4,7 +4,7 @@
 #
 #   bash traces/gpu-session.sh plan                  # here (seersim installed): traces/plans/*.json
 #   bash traces/gpu-session.sh run OUT_DIR [DEVICE]  # on the GPU machine: minutes (5 plans, ≤ 90 s each)
-#   bash traces/gpu-session.sh calibrate DIR         # here: fit each table, print its held-out MAPE
+#   bash traces/gpu-session.sh calibrate DIR         # here: held-out and cross-model MAPE, one calibration
 #
 # Environment: SEERSIM (default `seersim`) runs the CLI, PYTHON (default python3) the
 # runner; PLANS (default traces/plans) is the plans' folder; SMOKE=1 plans tiny
@@ -67,10 +67,19 @@ case "${1:-}" in
   calibrate)
     dir="${2:?usage: gpu-session.sh calibrate DIR}"
     shopt -s nullglob
-    for table in "$dir"/profile-*.csv; do
-      echo "== $table"
+    tables=("$dir"/profile-*.csv)
+    (( ${#tables[@]} )) || { echo "no profile-*.csv in $dir"; exit 1; }
+    for table in "${tables[@]}"; do
+      [[ "$table" == *-attention.csv ]] && continue  # (attention alone fixes no GEMM curve)
+      echo "== $table alone"
       "${seersim[@]}" calibrate cost "$table" --json || true
     done
+    if [[ -f "$dir/profile-qwen2.5-7b.csv" && -f "$dir/profile-llama-3.1-8b.csv" ]]; then
+      echo "== fitted on qwen2.5-7b, tested on llama-3.1-8b"
+      "${seersim[@]}" calibrate cost "$dir/profile-qwen2.5-7b.csv" --test "$dir/profile-llama-3.1-8b.csv" --json || true
+    fi
+    echo "== every table: $dir/calibration.yaml"
+    "${seersim[@]}" calibrate cost "${tables[@]}" --out "$dir/calibration.yaml" --json
     ;;
   *)
     sed -n '2,12p' "${BASH_SOURCE[0]}"
