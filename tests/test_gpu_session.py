@@ -46,9 +46,12 @@ def test_a_gpu_session_runs_its_plans_where_only_torch_is(tmp_path, repo_root):
     assert moonlight.meta["gpu"] == "h100-sxm" and (moonlight.rows["time_s"] > 0).all()
     assert set(moonlight.rows["op"]) == {"attn_decode", "attn_prefill"}
     assert f"torch {torch.__version__}" in (out / "session-machine.txt").read_text()
+    before = set(repo_root.iterdir())
     res = _session(repo_root, {}, "calibrate", str(out))
     assert res.returncode == 0, res.stdout + res.stderr
     assert "== every table" in res.stdout and (out / "calibration.yaml").is_file()
+    assert (out / "profile-moonlight-16b-a3b.calibration.yaml").is_file()
+    assert set(repo_root.iterdir()) == before  # everything it writes goes under DIR
 
 
 def test_without_a_step_it_prints_its_usage(repo_root):

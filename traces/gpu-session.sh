@@ -72,11 +72,12 @@ case "${1:-}" in
     for table in "${tables[@]}"; do
       [[ "$table" == *-attention.csv ]] && continue  # (attention alone fixes no GEMM curve)
       echo "== $table alone"
-      "${seersim[@]}" calibrate cost "$table" --json || true
+      "${seersim[@]}" calibrate cost "$table" --out "${table%.csv}.calibration.yaml" --json || true
     done
     if [[ -f "$dir/profile-qwen2.5-7b.csv" && -f "$dir/profile-llama-3.1-8b.csv" ]]; then
       echo "== fitted on qwen2.5-7b, tested on llama-3.1-8b"
-      "${seersim[@]}" calibrate cost "$dir/profile-qwen2.5-7b.csv" --test "$dir/profile-llama-3.1-8b.csv" --json || true
+      "${seersim[@]}" calibrate cost "$dir/profile-qwen2.5-7b.csv" --test "$dir/profile-llama-3.1-8b.csv" \
+        --out "$dir/qwen2.5-7b-tested-on-llama.calibration.yaml" --json || true
     fi
     echo "== every table: $dir/calibration.yaml"
     "${seersim[@]}" calibrate cost "${tables[@]}" --out "$dir/calibration.yaml" --json
