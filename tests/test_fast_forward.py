@@ -133,10 +133,9 @@ def test_property_random_small_scenarios(prompts, group_size, max_tokens, mean_f
 def _engine_and_policy(draw):
     """Every policy with every engine option that changes fast-forward's plans: DP ranks,
     speculation, the KV pool, the KV reservation rule, prefix caching, tiny blocks,
-    chunks and token budgets, partial rollout across steps. Input lengths stay
-    continuous: two instances with identical histories end stretches at instants that
-    are equal only up to rounding, and no float clock orders such ties the same in both
-    modes (docs/engine.md, "Exactness")."""
+    chunks and token budgets, partial rollout across steps; constant input lengths too,
+    whose instances run equal histories and end stretches at equal instants
+    (engine/events.py)."""
     dp = draw(st.sampled_from([1, 2, 4]))
     max_tokens = draw(st.sampled_from([256, 1024, 4096]))
     input_mean = draw(st.sampled_from([40, 128, 512]))
@@ -149,7 +148,9 @@ def _engine_and_policy(draw):
         "workload.max_tokens": max_tokens,
         "workload.output_tokens.mean": round(max_tokens * draw(st.floats(0.05, 0.8)), 1),
         "workload.output_tokens.intra_group_corr": draw(st.sampled_from([0.0, 0.5, 0.9])),
-        "workload.input_tokens": {"dist": "lognormal", "mean": input_mean, "sigma": 0.4, "min": 8, "max": 4 * input_mean},
+        "workload.input_tokens": {
+            "dist": draw(st.sampled_from(["lognormal", "constant"])), "mean": input_mean, "sigma": 0.4, "min": 8, "max": 4 * input_mean,
+        },
         # one request must fit a DP rank: from just that to six times it
         "engine.kv_capacity_tokens": int((4 * input_mean + max_tokens) * dp * draw(st.floats(1.0, 6.0))) + 64,
         "engine.max_num_seqs": seqs,
@@ -352,6 +353,78 @@ ANTI_STARVATION_TIE = {
 def test_anti_starvation_ties_on_equal_service():
     ff, sbs = _both("context_aware", **ANTI_STARVATION_TIE)
     _assert_equivalent(ff, sbs)
+
+
+# Found by a random audit: instances with equal histories (constant input lengths) end
+# stretches at instants equal only up to rounding (closed-form sums vs one by one), so
+# the modes ordered them differently (engine/events.py: one instant within TIE_REL).
+# Two instances' chunk returns fell on either side of the scheduling pass:
+EQUAL_ENDS_AROUND_THE_PASS = {
+    "seed": 8906,
+    "workload.prompts": 13,
+    "workload.group_size": 3,
+    "workload.max_tokens": 1024,
+    "workload.output_tokens.mean": 182.5,
+    "workload.output_tokens.intra_group_corr": 0.01,
+    "workload.input_tokens": {"dist": "constant", "mean": 16},
+    "engine.kv_capacity_tokens": 11701,
+    "engine.max_num_seqs": 8,
+    "engine.max_num_batched_tokens": 2048,
+    "engine.block_size_tokens": 32,
+    "engine.prefix_caching": False,
+    "cluster.parallelism.dp": 2,
+    "policy.chunk_tokens": 7,
+    "policy.imbalance_threshold": 0,
+    "policy.migrate_margin_tokens": 0,
+    "policy.kv_reservation": "none",
+    "gpu": "h200",
+}
+# A dispatch from another instance's chunk return landed an ulp before an iteration
+# boundary of this one (`steps_done_by`), and joined one iteration early:
+EQUAL_END_AND_BOUNDARY = {
+    "seed": 240,
+    "workload.prompts": 13,
+    "workload.group_size": 5,
+    "workload.max_tokens": 256,
+    "workload.output_tokens.mean": 22.8,
+    "workload.output_tokens.intra_group_corr": 0.94,
+    "workload.input_tokens": {"dist": "constant", "mean": 128},
+    "engine.kv_capacity_tokens": 6102,
+    "engine.max_num_seqs": 16,
+    "engine.max_num_batched_tokens": 2048,
+    "engine.block_size_tokens": 16,
+    "cluster.parallelism.dp": 2,
+    "policy.chunk_tokens": 512,
+    "policy.imbalance_threshold": 1,
+    "policy.kv_reservation": "expected_growth",
+    "kv_pool.enabled": False,
+    "gpu": "a100-80gb",
+}
+
+
+@pytest.mark.parametrize(
+    "policy,overrides",
+    [("divided", EQUAL_ENDS_AROUND_THE_PASS), ("partial_rollout", EQUAL_END_AND_BOUNDARY)],
+    ids=["ends-around-the-pass", "end-at-a-boundary"],
+)
+def test_equal_instants_are_one_instant_in_both_modes(policy, overrides):
+    ff, sbs = _both(policy, **overrides)
+    _assert_equivalent(ff, sbs)
+
+
+def test_equal_stretch_ends_share_one_float():
+    from seersim.engine.events import PendingEnds, delay_to
+
+    ends = PendingEnds()
+    a = ends.claim(0.1 + 0.2, 0.0)  # 0.30000000000000004
+    assert ends.claim(0.3, 0.0) == a  # an ulp apart: one instant
+    assert ends.claim(0.3 + 1e-9, 0.0) == 0.3 + 1e-9  # a nanosecond apart: two
+    assert ends.claim(0.3, 0.31) == 0.3  # a pending end already past is not lent
+    ends.release(a)
+    ends.release(a)
+    assert ends.claim(0.3, 0.0) == 0.3  # once released, no longer lent
+    for now, t in [(0.0, a), (1.0, 1.0 + 3e-16), (1e3, 2e4 / 3), (7.0, 7.0)]:
+        assert now + delay_to(now, t) == t
 
 
 def test_partial_rollout_across_steps():

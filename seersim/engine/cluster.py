@@ -19,7 +19,7 @@ from simpy.core import EmptySchedule, StopSimulation
 from seersim.backends.base import BackendListener, BackendRecords, BackendStalled
 from seersim.config import Scenario
 from seersim.cost import CostModel, build_cost_model
-from seersim.engine.events import AFTER_STRETCHES, At, stretch_end_priority
+from seersim.engine.events import AFTER_STRETCHES, At, PendingEnds, stretch_end_priority
 from seersim.engine.instance import Instance
 from seersim.engine.kvcache import KVCache
 from seersim.engine.kvpool import KVPool
@@ -100,6 +100,7 @@ class SimBackend:
         # full prompt blocks that prefix caching can share between siblings
         self.prompt_blocks = table.input_tokens // self._bs if eng.prefix_caching else np.zeros(table.n, np.int64)
         self.pool = KVPool(sc.kv_pool, self._nodes, sc.model.kv_bytes_per_token)
+        ends = PendingEnds()  # equal stretch ends share one float (engine/events.py)
         self.instances = [
             Instance(
                 i,
@@ -112,6 +113,7 @@ class SimBackend:
                 self._on_chunk_done,
                 SpecDecoder(spec, groups, self.cost, eng.max_num_batched_tokens, self._spec_lines) if spec.mode != "none" else None,
                 stretch_end_priority(i, self.num_instances),
+                ends,
             )
             for i in range(self.num_instances)
         ]

@@ -39,7 +39,7 @@ from seersim.config import EngineConfig
 from seersim.cost import CostModel
 from seersim.engine.batch import Plan, RunningBatch, all_of, any_of, indices_of, max_of, min_of
 from seersim.engine.dp import DPRanks
-from seersim.engine.events import AFTER_STRETCHES, At
+from seersim.engine.events import AFTER_STRETCHES, TIE_REL, At, PendingEnds, delay_to
 from seersim.engine.kvcache import KVCache, prompt_key
 from seersim.engine.specdec import SpecDecoder
 from seersim.engine.stretch import HeadStretch, LinearStretch, TabulatedStretch, steps_within
@@ -87,6 +87,7 @@ class Instance:
         on_chunk_done: ChunkDone,
         spec: SpecDecoder | None = None,
         end_priority: float = 2.0,
+        ends: PendingEnds | None = None,
     ) -> None:
         self.id = instance_id
         self.env = env
@@ -98,6 +99,7 @@ class Instance:
         self.on_chunk_done = on_chunk_done
         self.spec = spec
         self.end_priority = end_priority  # events.stretch_end_priority of this instance
+        self._ends = ends if ends is not None else PendingEnds()  # shared by the cluster's instances
         self.bs = kvs[0].block_size
         self.fast_forward = cfg.mode == "fast_forward"
         dp = len(kvs)
@@ -288,19 +290,23 @@ class Instance:
             self._interruptible = steps > 1
             self._current = (plan, start)
             self.spans_epochs = plan.kind == "spec_decode" and self.spec.spans_epochs
+            end, delay = self._end_at(plan.stretch.cumulative(steps))
             try:
-                yield At(env, plan.stretch.cumulative(steps), self.end_priority)
+                yield At(env, delay, self.end_priority)
             except simpy.Interrupt as stop:
                 # Settle the steps already done; the one in progress completes (or, for a
                 # sibling finishing, the speculative epoch in progress: `sibling_finished`).
                 while True:
-                    cut = stop.cause if stop.cause is not None else plan.stretch.steps_done_by(env.now - start, steps) + 1
+                    self._ends.release(end)
+                    cut = stop.cause if stop.cause is not None else self._steps_done(plan, start, steps) + 1
                     steps = min(cut, steps)
+                    end, delay = self._end_at(max(0.0, start + plan.stretch.cumulative(steps) - env.now))
                     try:
-                        yield At(env, max(0.0, start + plan.stretch.cumulative(steps) - env.now), self.end_priority)
+                        yield At(env, delay, self.end_priority)
                         break
                     except simpy.Interrupt as again:
                         stop = again
+            self._ends.release(end)
             self._interruptible = False
             self._current = None
             self.spans_epochs = False
@@ -322,14 +328,30 @@ class Instance:
             plan.groups = set(self.batch.group.tolist())
         if group not in plan.groups:
             return
-        elapsed = self.env.now - start
+        now = self.env.now
         for end in self.spec.epoch_ends:
-            end_s = plan.stretch.cumulative(end)
-            if end_s > elapsed or (end_s == elapsed and priority < self.end_priority):
+            ahead_s = (start + plan.stretch.cumulative(end)) - now
+            tie = abs(ahead_s) <= TIE_REL * now  # (one instant: `engine/events.py`)
+            if (ahead_s > 0 and not tie) or (tie and priority < self.end_priority):
                 self.spans_epochs = False
                 self.process.interrupt(end)
                 return
         self.spans_epochs = False  # every epoch it planned has started
+
+    def _end_at(self, delay_s: float) -> tuple[float, float]:
+        """(instant, delay) of a stretch end due `delay_s` from now: an equal end pending
+        on another instance lends its float (`events.PendingEnds`)."""
+        now = self.env.now
+        t = now + delay_s
+        end = self._ends.claim(t, now)
+        return end, (delay_s if end == t else delay_to(now, end))
+
+    def _steps_done(self, plan: Plan, start: float, steps: int) -> int:
+        """Iterations of the stretch (at most `steps`) ended by now; one ending at an
+        instant equal to now (`events.TIE_REL`) has: step by step, its event comes
+        before whatever observes or interrupts the instance now."""
+        now = self.env.now
+        return plan.stretch.steps_done_by((now - start) + TIE_REL * now, steps)
 
     def _count(self, plan: Plan, steps: int) -> None:
         """Add `steps` iterations of the plan to the busy time and iteration count."""
@@ -355,7 +377,7 @@ class Instance:
         plan, start = self._current
         if plan.blocks_fn is None:
             return
-        k = min(plan.stretch.steps_done_by(self.env.now - start, plan.steps) + 1, plan.steps)
+        k = min(self._steps_done(plan, start, plan.steps) + 1, plan.steps)
         if k <= plan.settled_steps:
             return  # its allocations are applied already
         target = plan.blocks_fn(k)
@@ -380,7 +402,7 @@ class Instance:
         record every running request's tokens, and free the KV."""
         if self._current is not None:
             plan, start = self._current
-            done = plan.stretch.steps_done_by(self.env.now - start, plan.steps)
+            done = self._steps_done(plan, start, plan.steps)
             self._current = None
             self.spans_epochs = False
             self._undo_pre()  # _advance re-allocates the completed iterations' blocks
