@@ -3,6 +3,8 @@ migrations and records; times equal within 1e-9 relative."""
 
 from __future__ import annotations
 
+import os
+
 import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
@@ -174,7 +176,14 @@ def _engine_and_policy(draw):
     return policy, o
 
 
-@settings(max_examples=16, deadline=None, derandomize=True, database=None, suppress_health_check=[HealthCheck.too_slow])
+# 16 fixed examples in the suite; an audit runs more, e.g. SEERSIM_PROPERTY_EXAMPLES=2000
+@settings(
+    max_examples=int(os.environ.get("SEERSIM_PROPERTY_EXAMPLES", "16")),
+    deadline=None,
+    derandomize=True,
+    database=None,
+    suppress_health_check=[HealthCheck.too_slow],
+)
 @given(case=_engine_and_policy())
 def test_property_every_policy_and_engine_option(case):
     policy, overrides = case
