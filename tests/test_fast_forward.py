@@ -389,10 +389,6 @@ ANTI_STARVATION_TIE = {
 }
 
 
-def test_anti_starvation_ties_on_equal_service():
-    ff, sbs = _both("context_aware", **ANTI_STARVATION_TIE)
-    _assert_equivalent(ff, sbs)
-
 
 # Found by a random audit: instances with equal histories (constant input lengths) end
 # stretches at instants equal only up to rounding (closed-form sums vs one by one), so
@@ -443,10 +439,14 @@ EQUAL_END_AND_BOUNDARY = {
 
 @pytest.mark.parametrize(
     "policy,overrides",
-    [("divided", EQUAL_ENDS_AROUND_THE_PASS), ("partial_rollout", EQUAL_END_AND_BOUNDARY)],
-    ids=["ends-around-the-pass", "end-at-a-boundary"],
+    [
+        ("context_aware", ANTI_STARVATION_TIE),
+        ("divided", EQUAL_ENDS_AROUND_THE_PASS),
+        ("partial_rollout", EQUAL_END_AND_BOUNDARY),
+    ],
+    ids=["equal-service", "ends-around-the-pass", "end-at-a-boundary"],
 )
-def test_equal_instants_are_one_instant_in_both_modes(policy, overrides):
+def test_ties_up_to_rounding_resolve_alike_in_both_modes(policy, overrides):
     ff, sbs = _both(policy, **overrides)
     _assert_equivalent(ff, sbs)
 
