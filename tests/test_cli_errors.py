@@ -314,3 +314,21 @@ def test_specs_and_policies_commands():
     assert r.exit_code == 0
     for name in ("baseline", "divided", "context_aware", "seer", "oracle_lpt"):
         assert name in r.stdout
+
+
+# --------------------------------------------------------------------------- profile plans
+def test_profile_needs_a_table_or_a_plan_to_write():
+    assert_clean_error(invoke("profile", "--model", "qwen2.5-7b"), "--out", "--plan-out")
+
+
+def test_a_profile_plan_names_its_gpu(tmp_path):
+    assert_clean_error(invoke("profile", "--model", "qwen2.5-7b", "--plan-out", tmp_path / "p.json"), "--gpu")
+    assert not (tmp_path / "p.json").exists()
+
+
+def test_profile_verify_widths_are_bounded(tmp_path):
+    line = assert_clean_error(
+        invoke("profile", "--model", "qwen2.5-7b", "--gpu", "h100-sxm", "--widths", "1,12", "--plan-out", tmp_path / "p.json"),
+        "--widths",
+    )
+    assert "1..9" in line

@@ -117,9 +117,3 @@ def test_a_malformed_plan_is_one_clear_error(tmp_path):
     bad.write_text('{"schema": "something-else"}')
     assert main([str(bad), "--out", str(tmp_path / "t.csv"), "--device", "cpu"]) == 2
     assert not (tmp_path / "t.csv").exists()
-
-
-def test_verify_widths_are_checked(tmp_path):
-    res = CliRunner().invoke(app, ["profile", "--model", "qwen2.5-7b", "--out", str(tmp_path / "x.csv"), *TINY[:-2], "--widths", "1,10"])
-    assert res.exit_code == 2 and "--widths" in res.output
-
