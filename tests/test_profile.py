@@ -117,3 +117,26 @@ def test_a_malformed_plan_is_one_clear_error(tmp_path):
     bad.write_text('{"schema": "something-else"}')
     assert main([str(bad), "--out", str(tmp_path / "t.csv"), "--device", "cpu"]) == 2
     assert not (tmp_path / "t.csv").exists()
+
+
+def test_an_item_that_fails_is_skipped_and_what_was_measured_is_kept(tmp_path):
+    """On a lent GPU one shape out of memory must not cost the session: the runner skips
+    it, says so, and writes the table after every item (a run cut short keeps its rows)."""
+    from seersim.profile.torch_ops import ProfileGrid, plan_model
+    from seersim.profile.torch_runner import main, run_plan
+    from seersim.specs import get_model
+
+    grid = ProfileGrid(tokens=(1, 4), repeats=1, warmup=0)
+    plan = plan_model(get_model("qwen2.5-7b"), 1, grid, {"qkv_proj", "attn_out_proj"}, gpu="h100-sxm")
+    plan["items"].insert(1, {"kind": "gemm", "op": "mlp_down", "k": -1, "n": 4, "tokens": [1]})  # torch refuses it
+    seen = []
+    rows, meta = run_plan(plan, "cpu", lambda rows, meta: seen.append((len(rows), meta["items_done"])))
+    assert seen == [(2, 1), (2, 2), (4, 3)]
+    assert [f["op"] for f in meta["failed_items"]] == ["mlp_down"] and not meta["complete"]
+    path = tmp_path / "plan.json"
+    path.write_text(json.dumps(plan))
+    out = tmp_path / "t.csv"
+    assert main([str(path), "--out", str(out), "--device", "cpu"]) == 1  # partial: not 0
+    table = read_profile_table(out)
+    assert list(table.rows["op"]) == ["qkv_proj", "qkv_proj", "attn_out_proj", "attn_out_proj"]
+    assert table.meta["items_done"] == 3 and table.meta["failed_items"][0]["op"] == "mlp_down"

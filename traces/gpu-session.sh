@@ -58,7 +58,7 @@ case "${1:-}" in
           "$python" -m seersim.profile.torch_runner "$plan" --out "$out/profile-$name.csv" --device "$device"; then
         echo "$name: ok in $(( $(date +%s) - start )) s"
       else
-        echo "$name: FAILED or cut at ${BUDGET_S:-90} s (exit $?)"
+        echo "$name: incomplete (exit $?: an item failed, or cut at ${BUDGET_S:-90} s); its table keeps what was measured"
         status=1
       fi
     done

@@ -237,6 +237,8 @@ def profile_cmd(
         rows, meta = profile_model(spec, tp, device, dtype, grid, wanted, gpu=gpu or "cpu", command=_command())
         write_profile_table(rows, out, meta)
         typer.echo(f"profiled {len(rows)} points of {spec.name} (tp={tp}) on {device}: wrote {out}")
+        for failed in meta["failed_items"]:
+            typer.echo(f"seersim: warning: {failed['op']} could not be timed and is missing: {failed['error']}", err=True)
 
 
 @app.command("kv")

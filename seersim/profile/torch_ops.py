@@ -106,4 +106,6 @@ def profile_model(
     except ImportError:
         raise SpecError("`seersim profile` needs torch: pip install 'seersim[gpu]'") from None
     rows, meta = run_plan(plan_model(model, tp, grid, ops, dtype, gpu, command, seed), device)
+    if not rows:
+        raise SpecError(f"no operator of {model.name} could be timed on {device}: {meta['failed_items']}")
     return pd.DataFrame(rows), meta

@@ -143,9 +143,13 @@ def _prefill(torch, item: dict, device: str, dt, timer) -> list[dict]:
 _KINDS = {"gemm": _gemm, "moe": _moe, "attn_decode": _decode, "attn_prefill": _prefill}
 
 
-def run_plan(plan: dict, device: str) -> tuple[list[dict], dict]:
+def run_plan(plan: dict, device: str, on_item: Callable[[list[dict], dict], None] | None = None) -> tuple[list[dict], dict]:
     """Time every item of `plan` on `device`: (rows, the table's meta: the plan's and
-    the machine's provenance)."""
+    the machine's provenance, and how far it got).
+
+    An item that fails (a shape out of GPU memory) is recorded in the meta's
+    `failed_items` and the rest still run; `on_item(rows, meta)` is called after each
+    item, so a caller can keep what is measured if the run is cut short."""
     import torch
 
     if plan.get("schema") != PLAN_SCHEMA:
@@ -153,12 +157,23 @@ def run_plan(plan: dict, device: str) -> tuple[list[dict], dict]:
     torch.manual_seed(plan.get("seed", 0))
     dt = getattr(torch, plan["meta"]["dtype"])
     timer = _Timer(torch, device, plan["repeats"], plan["warmup"])
+    items = plan["items"]
+    meta = {**plan["meta"], **machine_provenance(torch, device)}
+    meta.update(items=len(items), items_done=0, failed_items=[], complete=False)
     rows: list[dict] = []
-    for item in plan["items"]:
-        rows += _KINDS[item["kind"]](torch, item, device, dt, timer)
-        if device.startswith("cuda"):
-            torch.cuda.empty_cache()  # (the next shapes get the memory back)
-    return rows, {**plan["meta"], **machine_provenance(torch, device)}
+    for item in items:
+        try:
+            rows += _KINDS[item["kind"]](torch, item, device, dt, timer)
+        except RuntimeError as exc:  # (torch.cuda.OutOfMemoryError is one)
+            meta["failed_items"].append({"op": item["op"], "error": (str(exc).splitlines() or [""])[0][:300]})
+        finally:
+            if device.startswith("cuda"):
+                torch.cuda.empty_cache()  # (the next shapes get the memory back)
+        meta["items_done"] += 1
+        meta["complete"] = meta["items_done"] == len(items) and not meta["failed_items"]
+        if on_item is not None:
+            on_item(rows, meta)
+    return rows, meta
 
 
 def machine_provenance(torch, device: str) -> dict:
@@ -196,16 +211,26 @@ def main(argv: list[str] | None = None) -> int:
     except ImportError:
         print("error: the runner needs torch (pip install torch)", file=sys.stderr)
         return 2
+    command = " ".join(["python -m seersim.profile.torch_runner", *(argv if argv is not None else sys.argv[1:])])
+
+    def keep(rows: list[dict], meta: dict) -> None:
+        # the table so far, after every item: a run cut short keeps what it measured
+        if rows:
+            write_profile_table(rows, args.out, {**meta, "runner_command": command})
+
     try:
         plan = json.loads(args.plan.read_text())
-        rows, meta = run_plan(plan, args.device)
+        rows, meta = run_plan(plan, args.device, keep)
     except (OSError, ValueError, KeyError) as exc:
         print(f"error: {args.plan}: {exc}", file=sys.stderr)
         return 2
-    meta["runner_command"] = " ".join(["python -m seersim.profile.torch_runner", *(argv if argv is not None else sys.argv[1:])])
-    write_profile_table(rows, args.out, meta)
+    for failed in meta["failed_items"]:
+        print(f"warning: {failed['op']} failed and was skipped: {failed['error']}", file=sys.stderr)
+    if not rows:
+        print(f"error: {args.plan}: no item could be timed", file=sys.stderr)
+        return 1
     print(f"profiled {len(rows)} points of {meta.get('model')} (tp={meta.get('tp')}) on {args.device}: wrote {args.out}")
-    return 0
+    return 0 if meta["complete"] else 1
 
 
 if __name__ == "__main__":
