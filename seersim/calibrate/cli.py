@@ -157,8 +157,8 @@ def profile_cmd(
 ) -> None:
     """Write a `seersim-profile/1` table for `seersim calibrate cost`: a catalog model's
     operators timed with torch at its TP-shard shapes (`--backend torch`, needs
-    `seersim[gpu]`), or live vLLM servers' iterations over a grid of batch sizes ×
-    context lengths (`--backend vllm --url ...`, needs `seersim[vllm]`): timed from
+    the `gpu` extra), or live vLLM servers' iterations over a grid of batch sizes ×
+    context lengths (`--backend vllm --url ...`, needs the `vllm` extra): timed from
     their per-step logs with `--server-logs` (every engine step; `serve-local` writes
     them), else from the client. `--server-logs` without `--url` turns logs already
     written into a table. `--plan-out` writes what `--backend torch` would time as a plan
