@@ -73,8 +73,8 @@ def shared_bench_scenario(factor: int) -> seersim.Scenario:
 def fleet_scenario(factor: int) -> seersim.Scenario:
     """The fleet-growth series: FLEET_BASE with `factor`× its instances and its prompts."""
     base = seersim.load_scenario(REPO / "scenarios" / f"{FLEET_BASE}.yaml")
-    return seersim.load_scenario(
-        REPO / "scenarios" / f"{FLEET_BASE}.yaml",
+    return seersim.with_overrides(
+        base,
         name=f"{FLEET_BASE}-fleet-x{factor}",
         **{"cluster.instances": base.cluster.instances * factor, "workload.prompts": base.workload.prompts * factor},
     )
