@@ -35,27 +35,14 @@ SCENARIOS = ("moonlight", "qwen2-vl-72b", "kimi-k2", "kimi-k2-stress")
 FLEET_BASE = "moonlight"  # scaled: instances and prompts x2, x4 together
 POLICIES = ("baseline", "divided", "context_aware", "seer")
 
-# ../shared/bench/README.md: Llama-2-7B (32 layers, hidden 4096, 32 heads, MHA, MLP
-# 11008, vocab 32000, bf16) on 4 x H100-SXM, one GPU per instance, block 16,
-# max_num_seqs 128, baseline round-robin, max_tokens 16,384 (x4: 65,536).
-LLAMA2_7B = {
-    "name": "llama-2-7b",
-    "num_layers": 32,
-    "hidden_size": 4096,
-    "intermediate_size": 11008,
-    "num_attention_heads": 32,
-    "num_kv_heads": 32,
-    "head_dim": 128,
-    "vocab_size": 32000,
-    "sources": {"architecture": "../shared/bench/README.md (meta-llama/Llama-2-7b-hf)"},
-}
-
-
+# ../shared/bench/README.md: Llama-2-7B (the catalog's llama-2-7b: MHA, bf16) on 4 x
+# H100-SXM, one GPU per instance, block 16, max_num_seqs 128, baseline round-robin,
+# max_tokens 16,384 (x4: 65,536).
 def shared_bench_scenario(factor: int) -> seersim.Scenario:
     return seersim.scenario_from_dict(
         {
             "name": f"shared-bench-x{factor}",
-            "model": LLAMA2_7B,
+            "model": "llama-2-7b",
             "gpu": "h100-sxm",
             "cluster": {"instances": 4},
             "engine": {"block_size_tokens": 16, "max_num_seqs": 128},

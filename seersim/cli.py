@@ -94,7 +94,7 @@ def specs() -> None:
         [Column("name", "left", whole=True)] + [Column(h) for h in heads],
         [
             [m.name, f"{m.total_params / 1e9:.1f}", f"{m.active_params / 1e9:.1f}", f"{m.weight_bytes / 1e9:.0f}",
-             f"{m.kv_bytes_per_token / 1e3:.1f}", m.attention]
+             f"{m.kv_bytes_per_token / 1e3:.1f}", m.attention_layout]
             for m in MODELS.values()
         ],
     )

@@ -119,14 +119,10 @@ def test_verify_width_8_costs_more_than_width_1_at_batch_32():
 # (0.184 ms per layer at 32 tokens, 0.31 ms at 288) beside the KV reads of an MHA batch
 # (512 KB per token) give exactly those numbers, so that is the model they hold for.
 ISSUE_VERIFY_GROWTH = {3: 0.07, 5: 0.08, 7: 0.15, 9: 0.18}
-LLAMA_2_7B = {
-    "name": "llama-2-7b", "num_layers": 32, "hidden_size": 4096, "intermediate_size": 11008,
-    "num_attention_heads": 32, "num_kv_heads": 32, "head_dim": 128, "vocab_size": 32000,
-}
 
 
 def test_verify_growth_follows_the_issues_profile_on_an_mha_model():
-    cost = _cost(LLAMA_2_7B)
+    cost = _cost("llama-2-7b")
     ctx = 32 * 3000
 
     def step(width: int) -> float:

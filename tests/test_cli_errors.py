@@ -310,6 +310,7 @@ def test_run_out_writes_records(tmp_path):
 def test_specs_and_policies_commands():
     r = invoke("specs")
     assert r.exit_code == 0 and "kimi-k2" in r.stdout and "h100-sxm" in r.stdout
+    assert any(row.split()[0] == "llama-2-7b" and row.split()[-1] == "mha" for row in r.stdout.splitlines())
     r = invoke("policies")
     assert r.exit_code == 0
     for name in ("baseline", "divided", "context_aware", "seer", "oracle_lpt"):

@@ -24,6 +24,7 @@ CARDS = {
     "kimi-k2": (1.03e12, 32e9),
     "qwen2.5-7b": (7.61e9, 7.61e9),
     "llama-3.1-8b": (8.03e9, 8.03e9),
+    "llama-2-7b": (6.74e9, 6.74e9),
 }
 
 
@@ -39,6 +40,11 @@ def test_derived_params_match_model_cards(name):
 
 def test_every_catalog_model_has_a_card_check():
     assert set(MODELS) == set(CARDS)
+
+
+@pytest.mark.parametrize("name, layout", [("kimi-k2", "mla"), ("llama-2-7b", "mha"), ("qwen2.5-7b", "gqa")])
+def test_attention_layout_names_mha_apart_from_gqa(name, layout):
+    assert get_model(name).attention_layout == layout
 
 
 def test_moe_flags():

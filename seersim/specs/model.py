@@ -79,6 +79,15 @@ class ModelSpec(BaseModel):
         return self.num_experts > 0
 
     @property
+    def attention_layout(self) -> str:
+        """"mla", "mha" (one KV head per query head) or "gqa": what a reader of a
+        catalog listing wants, where `attention` only picks the MLA or the GQA formulas
+        (MHA is GQA with as many KV heads as query heads)."""
+        if self.attention == "mla":
+            return "mla"
+        return "mha" if self.num_kv_heads == self.num_attention_heads else "gqa"
+
+    @property
     def num_moe_layers(self) -> int:
         return self.num_layers - self.num_dense_layers if self.is_moe else 0
 

@@ -94,6 +94,20 @@ MODELS: dict[str, ModelSpec] = {
             },
         ),
         ModelSpec(
+            name="llama-2-7b",  # the model of Vidur's public tables and ../shared/bench
+            num_layers=32,
+            hidden_size=4096,
+            intermediate_size=11008,
+            num_attention_heads=32,
+            num_kv_heads=32,
+            head_dim=128,
+            vocab_size=32000,
+            sources={
+                "architecture": _HF.format(repo="meta-llama/Llama-2-7b-hf"),
+                "params": "model card: 7B (6.74B)",
+            },
+        ),
+        ModelSpec(
             name="llama-3.1-8b",
             num_layers=32,
             hidden_size=4096,
