@@ -16,7 +16,7 @@ from typing import Annotated, Any, Literal
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
 
-from seersim.errors import ScenarioError, SpecError
+from seersim.errors import ScenarioError, SpecError, plain
 from seersim.fields import (
     MAX_GPUS_PER_INSTANCE,
     Bytes,
@@ -384,15 +384,6 @@ def _format_validation_error(exc: ValidationError, data: dict) -> str:
             msg = f"{msg} (got {plain(err['input'])})"
         lines.append(f"{'.'.join(loc)}: {msg}" if loc else msg)
     return "; ".join(lines)
-
-
-def plain(value: Any) -> str:
-    """A value as a user typed it: numpy scalars as plain numbers, strings quoted."""
-    if hasattr(value, "item") and callable(value.item):  # numpy scalar
-        value = value.item()
-    if isinstance(value, bool):
-        return str(value).lower()  # as YAML spells it
-    return repr(value) if isinstance(value, str) else str(value)
 
 
 def _known_fields(loc: list[str], data: Any) -> list[str]:

@@ -6,6 +6,8 @@ codes. Each message names the offending field or file and says how to fix it.
 
 from __future__ import annotations
 
+from typing import Any
+
 
 class SeersimError(Exception):
     """Base of every error seersim raises on bad input or impossible set-ups."""
@@ -49,3 +51,13 @@ class BackendError(SeersimError):
 
 class ExecutorError(SeersimError):
     """A study's executor cannot run (e.g. Ray is not installed or cannot start)."""
+
+
+def plain(value: Any) -> str:
+    """A value as a user typed it, for an error message: numpy scalars as plain numbers,
+    strings quoted."""
+    if hasattr(value, "item") and callable(value.item):  # numpy scalar
+        value = value.item()
+    if isinstance(value, bool):
+        return str(value).lower()  # as YAML spells it
+    return repr(value) if isinstance(value, str) else str(value)

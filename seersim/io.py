@@ -12,7 +12,7 @@ from typing import Any, Callable
 import numpy as np
 import pandas as pd
 
-from seersim.errors import OutputError, TraceError
+from seersim.errors import OutputError, TraceError, plain
 
 # What seersim's commands write into an --out folder (run: records, summary and
 # timeline; compare: its table, runs and plots; plan: its table, frontier and best
@@ -121,10 +121,33 @@ def write_frame(path_stem: Path, df: pd.DataFrame) -> Path:
     return path
 
 
-def read_csv_table(path: str | Path, kind: str, columns: list[str], hint: str) -> pd.DataFrame:
+def int_column(
+    df: pd.DataFrame, col: str, path: str | Path, minimum: int, maximum: int, unit: str, records: bool = False
+) -> np.ndarray:
+    """A column of integers in [minimum, maximum], as int64; an error names the first bad
+    row (CSV: its line number, the header being line 1; jsonl: the record's number) and
+    shows the value as written (an empty cell is what a truncated file leaves)."""
+    values = pd.to_numeric(df[col], errors="coerce")
+    bad = values.isna() | (values < minimum) | (values > maximum) | (values != np.floor(values))
+    if bad.any():
+        row = int(np.flatnonzero(bad.to_numpy())[0])
+        where = f"record {row + 1}" if records else f"row {row + 2}"
+        raw = df[col].iloc[row]
+        raise TraceError(
+            f"{path}: {where}, column '{col}' must be an integer in [{minimum}, {maximum:,}] {unit}, "
+            f"got {'an empty cell' if pd.isna(raw) else plain(raw)} (truncated or corrupt trace?)"
+        )
+    return values.to_numpy(dtype=np.int64)
+
+
+def read_csv_table(
+    path: str | Path, kind: str, columns: list[str], hint: str, integers: dict[str, tuple[int, int, str]] | None = None
+) -> pd.DataFrame:
     """A measurement CSV (rollout log, profiling table, verify-step log) that must have
-    `columns`; a missing file, an unreadable one or a missing column is one TraceError
-    naming the file, and `hint` says what the table holds."""
+    `columns` and at least one row; a missing file, an unreadable one, a missing column
+    or an empty table is one TraceError naming the file, and `hint` says what the table
+    holds. `integers`: column -> (minimum, maximum, unit) of the columns that hold
+    integers, checked row by row (`int_column`) and returned as int64."""
     p = Path(path)
     if not p.is_file():
         raise TraceError(f"{kind} '{p}' not found")
@@ -135,4 +158,9 @@ def read_csv_table(path: str | Path, kind: str, columns: list[str], hint: str) -
     missing = [c for c in columns if c not in d.columns]
     if missing:
         raise TraceError(f"{p}: missing columns {missing}; {hint}")
+    if d.empty:
+        raise TraceError(f"{p}: no rows; {hint}")
+    for col, (minimum, maximum, unit) in (integers or {}).items():
+        if col in d.columns:
+            d[col] = int_column(d, col, p, minimum, maximum, unit)
     return d

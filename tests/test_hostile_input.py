@@ -326,3 +326,27 @@ def test_kv_capacity_override_takes_a_whole_dp_instance():
     assert sc.engine.kv_capacity_tokens == 24_198_144
     with pytest.raises(ScenarioError, match=r"engine\.kv_capacity_tokens"):
         seersim.load_scenario(SMALL_YAML, **{"engine.kv_capacity_tokens": 10**11})
+
+
+# measurement tables read by `calibrate`: a truncated last row, a non-integer, no rows
+LENGTHS_HEADER = "group_id,input_tokens,output_tokens\n"
+ACCEPTANCE_HEADER = "draft_tokens,accepted_tokens,references\n"
+
+
+@pytest.mark.parametrize(
+    "command, text, named",
+    [
+        (("calibrate", "lengths"), LENGTHS_HEADER + "0,10,5\n0,10,", ("row 3", "output_tokens", "an empty cell")),
+        (("calibrate", "lengths"), LENGTHS_HEADER + "0,10,5\n0,10,7.5\n", ("row 3", "output_tokens", "7.5")),
+        (("calibrate", "lengths"), LENGTHS_HEADER + "x,10,5\n", ("row 2", "group_id", "'x'")),
+        (("calibrate", "lengths"), LENGTHS_HEADER, ("no rows",)),
+        (("calibrate", "acceptance"), ACCEPTANCE_HEADER + "4,2,1\n4,x,1\n", ("row 3", "accepted_tokens", "'x'")),
+        (("calibrate", "acceptance"), ACCEPTANCE_HEADER + "4,2,\n", ("row 2", "references", "an empty cell")),
+    ],
+)
+def test_calibration_logs_name_the_bad_row_and_column(tmp_path, command, text, named):
+    log = tmp_path / "log.csv"
+    log.write_text(text)
+    extra = ("--max-tokens", "100") if command[1] == "lengths" else ()
+    assert_clean_error(invoke(*command, log, *extra, "--out", tmp_path / "out.yaml"), str(log), *named)
+    assert not (tmp_path / "out.yaml").exists()

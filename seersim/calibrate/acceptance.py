@@ -19,6 +19,7 @@ import pandas as pd
 import yaml
 
 from seersim.errors import TraceError
+from seersim.fields import MAX_COUNT, MAX_TOKENS
 from seersim.io import read_csv_table
 
 SCHEMA = "seersim-acceptance/1"
@@ -49,10 +50,13 @@ class AcceptanceFit:
 
 def read_acceptance_log(path: str | Path) -> pd.DataFrame:
     need = ["draft_tokens", "accepted_tokens", "references"]
-    d = read_csv_table(path, "speculative-decoding log", need, f"one row per verify step with {need}")
-    p = Path(path)
-    if ((d["accepted_tokens"] < 0) | (d["accepted_tokens"] > d["draft_tokens"])).any():
-        raise TraceError(f"{p}: accepted_tokens must lie in 0..draft_tokens (the bonus token is not counted)")
+    tokens = (0, MAX_TOKENS, "tokens")
+    d = read_csv_table(
+        path, "speculative-decoding log", need, f"one row per verify step with {need}",
+        integers={"draft_tokens": tokens, "accepted_tokens": tokens, "references": (0, MAX_COUNT, "(finished siblings)")},
+    )
+    if (d["accepted_tokens"] > d["draft_tokens"]).any():
+        raise TraceError(f"{path}: accepted_tokens must lie in 0..draft_tokens (the bonus token is not counted)")
     return d[d["draft_tokens"] > 0]
 
 

@@ -23,6 +23,7 @@ import pandas as pd
 from scipy import integrate, optimize, special, stats
 
 from seersim.errors import TraceError
+from seersim.fields import MAX_COUNT, MAX_TOKENS
 from seersim.io import read_csv_table
 
 FAMILIES = ("lognormal", "gamma", "lognormal_mixture")
@@ -48,14 +49,16 @@ class LengthFit:
 
 def read_length_log(path: str | Path, max_tokens: int | None = None) -> pd.DataFrame:
     need = ["group_id", "input_tokens", "output_tokens"]
-    d = read_csv_table(path, "rollout log", need, f"a rollout log has {need} and optionally max_tokens")
-    p = Path(path)
+    tokens = (1, MAX_TOKENS, "tokens")
+    d = read_csv_table(
+        path, "rollout log", need, f"a rollout log has {need} and optionally max_tokens",
+        integers={"group_id": (0, MAX_COUNT, "(a group number)"), "input_tokens": tokens, "output_tokens": tokens,
+                  "max_tokens": tokens},
+    )
     if max_tokens is not None:
         d["max_tokens"] = max_tokens
     elif "max_tokens" not in d.columns:
-        raise TraceError(f"{p}: no max_tokens column; pass --max-tokens (truncation is needed to treat capped rows)")
-    if (d["output_tokens"] <= 0).any():
-        raise TraceError(f"{p}: output_tokens must be positive")
+        raise TraceError(f"{path}: no max_tokens column; pass --max-tokens (truncation is needed to treat capped rows)")
     return d
 
 

@@ -28,8 +28,6 @@ def read_profile_table(path: str | Path) -> ProfileTable:
     """Read a `seersim-profile/1` CSV and its sidecar; errors name the file and the fix."""
     p = Path(path)
     rows = read_csv_table(p, "profiling table", COLUMNS, f"a {SCHEMA} table has {COLUMNS} (see traces/README.md)")
-    if rows.empty:
-        raise TraceError(f"{p}: no rows")
     if (rows["time_s"] <= 0).any() or rows["time_s"].isna().any():
         raise TraceError(f"{p}: time_s must be a positive number of seconds in every row")
     meta: dict = {}

@@ -14,9 +14,10 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-from seersim.config import ReplayWorkload, plain
+from seersim.config import ReplayWorkload
 from seersim.errors import TraceError
 from seersim.fields import MAX_COUNT, MAX_TOKENS
+from seersim.io import int_column
 from seersim.workload.request import Workload
 
 # format -> (input column, output column)
@@ -47,24 +48,6 @@ def _read_table(path: Path, fmt: str) -> pd.DataFrame:
         raise TraceError(f"{path}: unreadable {fmt} trace ({str(exc).splitlines()[0]})") from None
 
 
-def _int_column(
-    df: pd.DataFrame, col: str, path: Path, minimum: int, maximum: int, unit: str, records: bool = False
-) -> np.ndarray:
-    """A column of integers in [minimum, maximum]; errors name the first bad row (CSV: its
-    line number, the header being line 1; jsonl: the record's number) and show the value
-    as written."""
-    values = pd.to_numeric(df[col], errors="coerce")
-    bad = values.isna() | (values < minimum) | (values > maximum) | (values != np.floor(values))
-    if bad.any():
-        row = int(np.flatnonzero(bad.to_numpy())[0])
-        where = f"record {row + 1}" if records else f"row {row + 2}"
-        raise TraceError(
-            f"{path}: {where}, column '{col}' must be an integer in [{minimum}, {maximum:,}] {unit}, "
-            f"got {plain(df[col].iloc[row])} (truncated or corrupt trace?)"
-        )
-    return values.to_numpy(dtype=np.int64)
-
-
 def read_trace(path: Path, cfg: ReplayWorkload) -> Workload:
     df = _read_table(path, cfg.format)
     in_col, out_col = _COLUMNS[cfg.format]
@@ -77,10 +60,10 @@ def read_trace(path: Path, cfg: ReplayWorkload) -> Workload:
     if df.empty:
         raise TraceError(f"{path}: the trace has no rows")
     jsonl = cfg.format == "mooncake"
-    inputs = _int_column(df, in_col, path, 1, MAX_TOKENS, "tokens", jsonl)
-    outputs = _int_column(df, out_col, path, 1, MAX_TOKENS, "tokens", jsonl)
+    inputs = int_column(df, in_col, path, 1, MAX_TOKENS, "tokens", jsonl)
+    outputs = int_column(df, out_col, path, 1, MAX_TOKENS, "tokens", jsonl)
     if cfg.format == "csv":
-        raw_groups = _int_column(df, "group_id", path, 0, MAX_COUNT, "(a group number)")
+        raw_groups = int_column(df, "group_id", path, 0, MAX_COUNT, "(a group number)")
         # renumber groups 0..k-1 in order of first appearance; keep rows of a group together
         _, first_idx, inverse = np.unique(raw_groups, return_index=True, return_inverse=True)
         order_of_group = np.argsort(np.argsort(first_idx))
