@@ -187,7 +187,7 @@ def render(folder: Path) -> str:
         raise OutputError(f"'{folder}' holds none of {known}; give a folder written by a seersim command's --out")
     try:
         sections = renderer(folder)
-    except (json.JSONDecodeError, KeyError) as exc:
+    except (ValueError, KeyError) as exc:  # (a JSONDecodeError or a UnicodeDecodeError is a ValueError)
         raise OutputError(f"{folder / marker}: unreadable ({exc.__class__.__name__}: {exc}); re-run the command") from None
     for png in sorted(folder.glob("*.png")):
         sections.append((png.stem.replace("_", " "), png_html(png.read_bytes(), png.name)))

@@ -21,6 +21,8 @@ def read_yaml_mapping(path: str | Path, error: type[SeersimError], kind: str, mi
         raise error(f"{kind} '{p}' not found; {missing_hint}")
     try:
         data = yaml.safe_load(p.read_text())
+    except UnicodeDecodeError:
+        raise error(f"{p}: not a text file (UTF-8 YAML expected); {missing_hint}") from None
     except yaml.YAMLError as exc:
         mark = getattr(exc, "problem_mark", None)
         where = f" at line {mark.line + 1}, column {mark.column + 1}" if mark else ""

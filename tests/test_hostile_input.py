@@ -350,3 +350,37 @@ def test_calibration_logs_name_the_bad_row_and_column(tmp_path, command, text, n
     extra = ("--max-tokens", "100") if command[1] == "lengths" else ()
     assert_clean_error(invoke(*command, log, *extra, "--out", tmp_path / "out.yaml"), str(log), *named)
     assert not (tmp_path / "out.yaml").exists()
+
+
+NOT_TEXT = bytes(range(128, 256)) * 2  # no UTF-8 decoder reads this
+
+
+def _not_text_cases(tmp_path: Path) -> dict[str, tuple[tuple, Path]]:
+    """command -> (its arguments, the non-text file it must name)."""
+    bad = tmp_path / "bad.yaml"
+    bad.write_bytes(NOT_TEXT)
+    ok = write_scenario(tmp_path, "{kind: synthetic, prompts: 2, group_size: 2, max_tokens: 64, "
+                                  "input_tokens: {dist: constant, mean: 16}, output_tokens: {dist: constant, mean: 8}}")
+    report = tmp_path / "run"
+    report.mkdir()
+    (report / "summary.json").write_bytes(NOT_TEXT)
+    table = tmp_path / "profile.csv"
+    table.write_text("op,num_tokens,batch_size,context_tokens,prefill_tokens,decode_tokens,time_s,time_s_std,repeats\n"
+                     "iteration,1,1,1,0,1,0.007,0.001,9\n")
+    meta = tmp_path / "profile.csv.meta.json"
+    meta.write_bytes(NOT_TEXT)
+    kv_meta = tmp_path / "kv.meta.json"
+    kv_meta.write_text("{not json")
+    return {
+        "scenario": (("run", bad), bad),
+        "cost.file": (("run", ok, "--set", f"cost.file={bad}"), bad),
+        "report": (("report", report), report / "summary.json"),
+        "profile meta": (("calibrate", "cost", table), meta),
+        "kv meta": (("calibrate", "kv", kv_meta, "--scenario", ok), kv_meta),
+    }
+
+
+@pytest.mark.parametrize("case", ["scenario", "cost.file", "report", "profile meta", "kv meta"])
+def test_a_file_that_is_not_text_or_not_json_is_one_error(tmp_path, case):
+    args, named = _not_text_cases(tmp_path)[case]
+    assert_clean_error(invoke(*args), str(named))

@@ -45,7 +45,12 @@ def measured_tokens_per_engine(path: str | Path, block_size: int) -> tuple[int, 
         raise TraceError(f"'{p}' not found; pass a vLLM server log, a saved /metrics page or a profile's .meta.json")
     text = p.read_text(errors="replace")
     if p.suffix == ".json":
-        meta = json.loads(text)
+        try:
+            meta = json.loads(text)
+        except json.JSONDecodeError as exc:
+            raise TraceError(f"{p}: malformed JSON ({exc}); pass a profile's .meta.json as written") from None
+        if not isinstance(meta, dict):
+            raise TraceError(f"{p}: a JSON object expected (a profile's .meta.json)")
         if "kv_cache_tokens" in meta:
             return int(meta["kv_cache_tokens"]), "meta kv_cache_tokens"
         if "num_gpu_blocks" in meta:

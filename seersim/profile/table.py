@@ -35,7 +35,7 @@ def read_profile_table(path: str | Path) -> ProfileTable:
     if mp.is_file():
         try:
             meta = json.loads(mp.read_text())
-        except json.JSONDecodeError as exc:
+        except ValueError as exc:  # malformed JSON, or not text at all
             raise TraceError(f"{mp}: malformed JSON ({exc})") from None
         if meta.get("schema", SCHEMA) != SCHEMA:
             raise TraceError(f"{mp}: schema {meta.get('schema')!r}, expected {SCHEMA!r}")

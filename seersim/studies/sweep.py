@@ -224,7 +224,7 @@ def _prepare(out: Path, spec: dict, overwrite: bool) -> None:
     if spec_path.is_file() and not overwrite:
         try:
             old = json.loads(spec_path.read_text())
-        except json.JSONDecodeError:
+        except ValueError:  # malformed JSON, or not text at all
             old = {}
         if old.get("scenario_sha1") != spec["scenario_sha1"]:
             raise OutputError(
