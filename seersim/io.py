@@ -134,7 +134,7 @@ def int_column(
         where = f"record {row + 1}" if records else f"row {row + 2}"
         raw = df[col].iloc[row]
         raise TraceError(
-            f"{path}: {where}, column '{col}' must be an integer in [{minimum}, {maximum:,}] {unit}, "
+            f"{path}: {where}, column '{col}' must be an integer in [{minimum}, {maximum:,}]{' ' + unit if unit else ''}, "
             f"got {'an empty cell' if pd.isna(raw) else plain(raw)} (truncated or corrupt trace?)"
         )
     return values.to_numpy(dtype=np.int64)

@@ -13,7 +13,7 @@ import pytest
 from pydantic import BaseModel
 
 import seersim
-from conftest import SMALL_YAML
+from conftest import SHARED, SMALL_YAML
 from seersim.config import Scenario, tp_divides_heads
 from seersim.errors import ScenarioError
 from seersim.limits import BYTES_PER_REQUEST, estimate_work
@@ -340,6 +340,9 @@ ACCEPTANCE_HEADER = "draft_tokens,accepted_tokens,references\n"
         (("calibrate", "lengths"), LENGTHS_HEADER + "0,10,5\n0,10,7.5\n", ("row 3", "output_tokens", "7.5")),
         (("calibrate", "lengths"), LENGTHS_HEADER + "x,10,5\n", ("row 2", "group_id", "'x'")),
         (("calibrate", "lengths"), LENGTHS_HEADER, ("no rows",)),
+        (("calibrate", "lengths"), LENGTHS_HEADER + "0,10,5\n", ("1 of its 1 responses", "at least 10")),
+        (("calibrate", "lengths"), LENGTHS_HEADER + "0,10,100\n" * 12, ("0 of its 12 responses", "max_tokens")),
+        (("calibrate", "lengths"), LENGTHS_HEADER + "0,10,50\n" * 12, ("all of one length",)),
         (("calibrate", "acceptance"), ACCEPTANCE_HEADER + "4,2,1\n4,x,1\n", ("row 3", "accepted_tokens", "'x'")),
         (("calibrate", "acceptance"), ACCEPTANCE_HEADER + "4,2,\n", ("row 2", "references", "an empty cell")),
     ],
@@ -384,3 +387,23 @@ def _not_text_cases(tmp_path: Path) -> dict[str, tuple[tuple, Path]]:
 def test_a_file_that_is_not_text_or_not_json_is_one_error(tmp_path, case):
     args, named = _not_text_cases(tmp_path)[case]
     assert_clean_error(invoke(*args), str(named))
+
+
+def test_a_truncated_vidur_table_names_its_row(tmp_path):
+    src = SHARED / "profiling" / "vidur" / "compute" / "h100" / "meta-llama" / "Llama-2-7b-hf" / "mlp.csv"
+    if not src.is_file():
+        pytest.skip(f"public Vidur tables not found at {src}")
+    folder = tmp_path / "compute" / "h100" / "org" / "model"
+    folder.mkdir(parents=True)
+    lines = src.read_text().splitlines()
+    (folder / "mlp.csv").write_text("\n".join(lines[:3]) + "\n" + lines[3][: len(lines[3]) // 2] + "\n")
+    assert_clean_error(invoke("calibrate", "cost", folder), "mlp.csv", "row 4")
+    (folder / "mlp.csv").write_text("a,b\n")
+    assert_clean_error(invoke("calibrate", "cost", folder), "mlp.csv", "missing columns", "n_embd")
+
+
+def test_server_logs_need_the_vllm_backend(tmp_path):
+    log = tmp_path / "server.log"
+    log.write_text("INFO no step lines here\n")
+    assert_clean_error(invoke("profile", "--server-logs", log, "--block-size", "16", "--out", tmp_path / "t.csv"),
+                       "--server-logs", "--backend vllm")

@@ -202,6 +202,8 @@ def profile_cmd(
             return
         if backend != "torch":
             raise ScenarioError(f"--backend {backend!r}: use torch or vllm")
+        if server_logs:
+            raise ScenarioError("--server-logs: vLLM's per-step logs are read with --backend vllm (add it; --url is optional)")
         if model is None:
             raise ScenarioError("--model: name the catalog model to profile with --backend torch (e.g. qwen2.5-7b)")
         from seersim.io import write_json

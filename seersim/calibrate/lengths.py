@@ -29,6 +29,10 @@ from seersim.io import read_csv_table
 FAMILIES = ("lognormal", "gamma", "lognormal_mixture")
 
 
+# fewest responses below max_tokens a length fit accepts (the mixture has five parameters)
+MIN_FIT_RESPONSES = 10
+
+
 @dataclass
 class LengthFit:
     distribution: str
@@ -59,6 +63,14 @@ def read_length_log(path: str | Path, max_tokens: int | None = None) -> pd.DataF
         d["max_tokens"] = max_tokens
     elif "max_tokens" not in d.columns:
         raise TraceError(f"{path}: no max_tokens column; pass --max-tokens (truncation is needed to treat capped rows)")
+    ended = d["output_tokens"][d["output_tokens"] < d["max_tokens"]]
+    if len(ended) < MIN_FIT_RESPONSES or ended.nunique() < 2:
+        raise TraceError(
+            f"{path}: {len(ended)} of its {len(d)} responses ended below max_tokens"
+            + (" (all of one length)" if len(ended) and ended.nunique() < 2 else "")
+            + f"; a length fit needs at least {MIN_FIT_RESPONSES} of two or more lengths (fewer leave a family's shape"
+            " unidentified): log more of the rollout, or check max_tokens"
+        )
     return d
 
 
@@ -142,6 +154,8 @@ def intra_group_correlation(group_id: np.ndarray, values: np.ndarray) -> float:
 
 
 def fit_lengths(log: pd.DataFrame) -> LengthFit:
+    """The output-length family and parameters by censored likelihood, and the
+    intra-group correlation, of a log `read_length_log` accepted."""
     x = log["output_tokens"].to_numpy(dtype=np.float64)
     cap = log["max_tokens"].to_numpy(dtype=np.float64)
     cens = x >= cap

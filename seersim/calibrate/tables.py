@@ -15,6 +15,8 @@ import numpy as np
 import pandas as pd
 
 from seersim.errors import TraceError
+from seersim.fields import MAX_COUNT
+from seersim.io import read_csv_table
 from seersim.profile.table import read_profile_table
 from seersim.specs import GPUS, ModelSpec, get_model
 
@@ -80,7 +82,14 @@ def _read_vidur(folder: Path) -> CostData:
     csv = folder / "mlp.csv"
     if not csv.is_file():
         raise TraceError(f"{folder}: no mlp.csv; pass a Vidur model folder compute/<gpu>/<org>/<model>")
-    d = pd.read_csv(csv)
+    shape = ["n_embd", "n_expanded_embd", "n_head", "n_kv_head", "vocab_size", "use_gated_mlp"]
+    d = read_csv_table(
+        csv, "Vidur operator table", shape + ["num_tokens", "num_tensor_parallel_workers"],
+        "a Vidur mlp.csv as published (profiling/compute/<gpu>/<org>/<model>/mlp.csv)",
+        integers={c: (1, MAX_COUNT, "") for c in shape[:-1] + ["num_tokens", "num_tensor_parallel_workers"]},
+    )
+    if not any(f"time_stats.{col}.median" in d.columns for col in VIDUR_OPS):
+        raise TraceError(f"{csv}: no time_stats.<op>.median column of a known operator ({', '.join(VIDUR_OPS)})")
     gpu_dir = folder.parent.parent.name
     if gpu_dir not in VIDUR_GPUS:
         raise TraceError(
@@ -124,7 +133,8 @@ def _read_vidur(folder: Path) -> CostData:
     net = folder.parent.parent.parent.parent / "network" / f"{gpu_dir}_dgx" / "all_reduce.csv"
     network = None
     if net.is_file():
-        n = pd.read_csv(net)
+        n = read_csv_table(net, "Vidur all-reduce table", ["size", "num_workers", "time_stats.all_reduce.median"],
+                           "a Vidur network/<gpu>_dgx/all_reduce.csv as published")
         network = pd.DataFrame(
             {
                 "size_bytes": n["size"].to_numpy(dtype=float),
