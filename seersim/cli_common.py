@@ -58,11 +58,29 @@ def load(scenario: Path, set_: list[str] | None):
     return load_scenario(scenario, overrides=list(set_ or []))
 
 
-def split_csv(csv: str | None, option: str = "--policies") -> list[str] | None:
+def split_csv(csv: str | None, option: str = "--policies", example: str = "baseline,divided") -> list[str] | None:
     """A comma-separated option: None when not given, an error when given but empty."""
     if csv is None:
         return None
     names = [x.strip() for x in csv.split(",") if x.strip()]
     if not names:
-        raise BadOption(f"{option} is empty; name at least one, e.g. {option} baseline,divided")
+        raise BadOption(f"{option} is empty; name at least one, e.g. {option} {example}")
     return names
+
+
+def split_ints(csv: str | None, option: str, example: str, minimum: int = 1) -> tuple[int, ...] | None:
+    """A comma-separated option of whole numbers >= `minimum`: None when not given, an
+    error naming the option when given empty or with anything else."""
+    items = split_csv(csv, option, example)
+    if items is None:
+        return None
+    values = []
+    for item in items:
+        try:
+            value = int(item)
+        except ValueError:
+            value = minimum - 1
+        if value < minimum:
+            raise BadOption(f"{option}: {item!r} is not a whole number >= {minimum}; e.g. {option} {example}")
+        values.append(value)
+    return tuple(values)

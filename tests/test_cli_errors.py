@@ -333,3 +333,32 @@ def test_profile_verify_widths_are_bounded(tmp_path):
         "--widths",
     )
     assert "1..9" in line
+
+
+@pytest.mark.parametrize(
+    "option, named",
+    [
+        (("--batches=-1",), ("--batches", "'-1'")),
+        (("--contexts", "abc"), ("--contexts", "'abc'")),
+        (("--tokens", ""), ("--tokens", "empty")),
+        (("--tp", "0"), ("--tp 0",)),
+        (("--tp", "3"), ("--tp 3", "28 attention heads", "1, 2, 4")),
+        (("--repeats", "0"), ("--repeats 0",)),
+        (("--ops", "nonsense,qkv_proj"), ("--ops", "nonsense", "attn_decode")),
+    ],
+)
+def test_profile_grid_options_are_checked(tmp_path, option, named):
+    plan = tmp_path / "p.json"
+    assert_clean_error(invoke("profile", "--model", "qwen2.5-7b", "--gpu", "h100-sxm", *option, "--plan-out", plan), *named)
+    assert not plan.exists()
+
+
+@pytest.mark.parametrize(
+    "args, named",
+    [
+        (("serve-local", "--cores", "x"), ("--cores", "'x'")),
+        (("profile", "--backend", "vllm", "--url", "", "--out", "t.csv"), ("--url is empty",)),
+    ],
+)
+def test_live_list_options_name_themselves(args, named):
+    assert_clean_error(invoke(*args), *named)

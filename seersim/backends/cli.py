@@ -12,7 +12,7 @@ from typing import Annotated, Optional
 
 import typer
 
-from seersim.cli_common import JsonOpt, OutOpt, SetOpt, cli_errors, load, split_csv
+from seersim.cli_common import JsonOpt, OutOpt, SetOpt, cli_errors, load, split_csv, split_ints
 
 PANEL = "Live vLLM servers"
 app = typer.Typer()
@@ -37,10 +37,10 @@ def serve_local(
     from seersim.backends.local import LocalServers, ServerOptions, TinyModel, build_tiny_model, default_model_dir
 
     with cli_errors():
+        core_list = list(split_ints(cores, "--cores", "0,1", minimum=0) or ()) or None
         spec = TinyModel()
         path = build_tiny_model(model_dir or default_model_dir(), spec)
         kv_bytes = kv_cache_tokens * spec.kv_bytes_per_token if kv_cache_tokens else None
-        core_list = [int(c) for c in split_csv(cores)] if cores else None
         servers = LocalServers(
             instances, path, ServerOptions(max_num_seqs=max_num_seqs, kv_cache_memory_bytes=kv_bytes),
             log_dir=log_dir, cores=core_list,
@@ -99,9 +99,9 @@ def validate_cmd(
             if not json_:
                 typer.echo(f"  live {policy:14s} repeat {repeat}: makespan {summary['makespan_s']:.1f} s", err=True)
 
-        logs = [Path(p) for p in split_csv(server_logs)] if server_logs else None
+        logs = [Path(p) for p in split_csv(server_logs, "--server-logs", "L1,L2")] if server_logs else None
         res = validate(
-            sc, split_csv(url) or [], split_csv(policies) or list(DEFAULT_POLICIES), repeats, work_dir=out, on_run=on_run,
+            sc, split_csv(url, "--url", "http://127.0.0.1:8000") or [], split_csv(policies) or list(DEFAULT_POLICIES), repeats, work_dir=out, on_run=on_run,
             logs=logs,
         )
         if out is not None:

@@ -10,7 +10,7 @@ from typing import Annotated, Optional
 
 import typer
 
-from seersim.cli_common import cli_errors
+from seersim.cli_common import cli_errors, split_csv, split_ints
 
 app = typer.Typer(
     add_completion=False,
@@ -118,10 +118,6 @@ def _cost(profiles, test, out, gpu, seed, as_json) -> None:
     _emit(result, as_json, lines)
 
 
-def _ints(csv: str | None) -> tuple[int, ...] | None:
-    return tuple(int(x) for x in csv.split(",") if x.strip()) if csv else None
-
-
 def profile_cmd(
     out: Annotated[Optional[Path], typer.Option("--out", "-o", help="profiling table to write (CSV + .meta.json)")] = None,
     model: Annotated[Optional[str], typer.Option("--model", "-m", help="torch: catalog model, e.g. qwen2.5-7b")] = None,
@@ -174,15 +170,14 @@ def profile_cmd(
 
             base = LiveGrid()
             grid = LiveGrid(
-                batch_sizes=tuple(_ints(batches) or base.batch_sizes),
-                context_tokens=tuple(_ints(contexts) or base.context_tokens),
-                prefill_tokens=tuple(_ints(prefill) or base.prefill_tokens),
+                batch_sizes=tuple(split_ints(batches, "--batches", "64,256") or base.batch_sizes),
+                context_tokens=tuple(split_ints(contexts, "--contexts", "64,256") or base.context_tokens),
+                prefill_tokens=tuple(split_ints(prefill, "--prefill", "64,256") or base.prefill_tokens),
                 repeats=repeats if repeats != 10 else base.repeats,
             )
-            from seersim.cli_common import split_csv
             from seersim.profile.schema import write_profile_table
 
-            logs = [Path(x) for x in split_csv(server_logs)] if server_logs else None
+            logs = [Path(x) for x in split_csv(server_logs, "--server-logs", "L1,L2")] if server_logs else None
             if logs and not url:
                 from seersim.profile.steplog import profile_from_logs
 
@@ -196,7 +191,7 @@ def profile_cmd(
                 write_profile_table(rows, out, {**meta, "command": _command()})
                 typer.echo(f"{int(rows['repeats'].sum())} logged steps -> {len(rows)} iteration rows: wrote {out}")
                 return
-            rows, meta = profile_vllm(split_csv(url) or [], grid, gpu=gpu or "vllm-server", logs=logs)
+            rows, meta = profile_vllm(split_csv(url, "--url", "http://127.0.0.1:8000") or [], grid, gpu=gpu or "vllm-server", logs=logs)
             write_profile_table(rows, out, {**meta, "command": _command()})
             typer.echo(f"profiled {len(rows)} iteration points on {len(meta['servers'])} vLLM server(s): wrote {out}")
             return
@@ -218,11 +213,11 @@ def profile_cmd(
             raise SpecError("--gpu: name the catalog GPU this runs on (e.g. h100-sxm) so the table can be calibrated")
         base = ProfileGrid()
         grid = ProfileGrid(
-            tokens=_ints(tokens) or base.tokens,
-            decode_batches=_ints(batches) or base.decode_batches,
-            decode_contexts=_ints(contexts) or base.decode_contexts,
-            decode_widths=_ints(widths) or base.decode_widths,
-            prefill_tokens=_ints(prefill) or base.prefill_tokens,
+            tokens=split_ints(tokens, "--tokens", "64,256") or base.tokens,
+            decode_batches=split_ints(batches, "--batches", "64,256") or base.decode_batches,
+            decode_contexts=split_ints(contexts, "--contexts", "64,256") or base.decode_contexts,
+            decode_widths=split_ints(widths, "--widths", "1,3,5,9") or base.decode_widths,
+            prefill_tokens=split_ints(prefill, "--prefill", "64,256") or base.prefill_tokens,
             repeats=repeats,
             warmup=min(3, repeats),
         )

@@ -15,7 +15,7 @@ from dataclasses import asdict, dataclass
 
 import pandas as pd
 
-from seersim.errors import SpecError
+from seersim.errors import ScenarioError, SpecError
 from seersim.profile.torch_runner import PLAN_SCHEMA, run_plan
 from seersim.specs import ModelSpec
 
@@ -43,12 +43,23 @@ def plan_model(
     seed: int = 0,
 ) -> dict:
     """The kernel shapes of one layer's operators (and the lm_head) of `model` on one
-    TP rank, as a plan for `torch_runner.run_plan`."""
-    want = (lambda op: op in ops) if ops else (lambda op: True)
-    items: list[dict] = []
+    TP rank, as a plan for `torch_runner.run_plan`. A tp vLLM could not use, an op
+    the model does not have or fewer than one timed repeat is a typed error."""
+    from seersim.config import tp_divides_heads
+
+    ok, why = tp_divides_heads(model, tp) if tp >= 1 else (False, "a tensor-parallel degree is at least 1")
+    if not ok:
+        raise SpecError(f"--tp {tp}: {why}")
+    if grid.repeats < 1:
+        raise ScenarioError(f"--repeats {grid.repeats}: time each point at least once")
     gemms = model.attention_gemms(tp)
     if model.num_layers > model.num_moe_layers:
         gemms += model.mlp_gemms(model.intermediate_size, tp)
+    known = [s.op for s in gemms] + ["lm_head"] + (["moe_experts"] if model.is_moe else []) + ["attn_decode", "attn_prefill"]
+    if ops and not ops <= set(known):
+        raise ScenarioError(f"--ops: {model.name} has no {', '.join(sorted(ops - set(known)))}; its ops: {', '.join(known)}")
+    want = (lambda op: op in ops) if ops else (lambda op: True)
+    items: list[dict] = []
     for shape in gemms:
         if want(shape.op):
             items.append({"kind": "gemm", "op": shape.op, "k": shape.k, "n": shape.n, "tokens": list(grid.tokens)})

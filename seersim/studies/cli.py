@@ -142,7 +142,7 @@ def regress(
 
     with cli_errors():
         if update:
-            entries = rg.update(baseline, split_csv(scenarios, "--scenarios"), split_csv(policies), tolerance, jobs=jobs)
+            entries = rg.update(baseline, split_csv(scenarios, "--scenarios", "scenarios/small.yaml"), split_csv(policies), tolerance, jobs=jobs)
             typer.echo(f"baseline {baseline} updated: {len(entries)} entries")
             return
         if scenarios or policies:
@@ -317,7 +317,7 @@ def plan_cmd(
 
     with cli_errors():
         sc = load(scenario, set_)
-        search_space = parse_space_args(list(grid or []), space, split_csv(gpus, "--gpus"))
+        search_space = parse_space_args(list(grid or []), space, split_csv(gpus, "--gpus", "h100-sxm,a100-80gb"))
         if out is not None:
             prepare_out_dir(out, overwrite)
         with progress(not json_, f"planning {sc.name}") as on_progress:
