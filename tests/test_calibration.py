@@ -51,6 +51,19 @@ def test_unknown_cost_model_is_a_clear_error():
         build_cost_model(load_small(**{"cost.model": "no_such_pkg.mod:Cls"}))
 
 
+@pytest.mark.parametrize(
+    "path, named",
+    [
+        ("os:system", "is not a class"),  # a function
+        ("collections:OrderedDict", "takes neither"),  # a class of another signature
+        ("builtins:slice", "without step_lines"),  # takes the three arguments but prices nothing
+    ],
+)
+def test_a_dotted_path_to_something_else_is_a_clear_error(path, named):
+    with pytest.raises(ScenarioError, match=named):
+        build_cost_model(load_small(**{"cost.model": path}))
+
+
 def test_dotted_import_path_builds_a_user_class():
     sc = load_small(**{"cost.model": "seersim.cost.roofline:RooflineCost", "cost.step_overhead_s": 0.002})
     cost = build_cost_model(sc)

@@ -55,7 +55,22 @@ def _import_factory(path: str) -> CostFactory:
         ) from None
     if hasattr(obj, "from_scenario"):
         return obj.from_scenario
-    return lambda scenario: obj(scenario.model, scenario.gpu, scenario.cluster.parallelism, **scenario.cost.options)
+    if not isinstance(obj, type):
+        raise ScenarioError(
+            f"cost.model '{path}' is not a class; name a cost-model class (see docs/extending.md) or register a factory "
+            "with seersim.cost.register_cost_model"
+        )
+
+    def build(scenario: Scenario) -> CostModel:
+        try:
+            return obj(scenario.model, scenario.gpu, scenario.cluster.parallelism, **scenario.cost.options)
+        except TypeError as exc:
+            raise ScenarioError(
+                f"cost.model '{path}': the class takes neither (model, gpu, parallelism, **cost.options) nor has "
+                f"from_scenario(scenario) ({exc})"
+            ) from None
+
+    return build
 
 
 def build_cost_model(scenario: Scenario) -> CostModel:
@@ -70,7 +85,10 @@ def build_cost_model(scenario: Scenario) -> CostModel:
                 "seersim.cost.register_cost_model, or 'package.module:Class'"
             )
         factory = _import_factory(name)
-    return factory(scenario)
+    model = factory(scenario)
+    if not callable(getattr(model, "step_lines", None)):
+        raise ScenarioError(f"cost.model '{name}' built a {type(model).__name__} without step_lines(); see docs/extending.md")
+    return model
 
 
 def __getattr__(name: str):
