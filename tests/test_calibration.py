@@ -10,6 +10,7 @@ import pickle
 import numpy as np
 import pandas as pd
 import pytest
+import yaml
 from typer.testing import CliRunner
 
 import seersim
@@ -80,6 +81,50 @@ def test_gpu_without_calibration_names_the_fix():
 def test_missing_calibration_file_is_a_trace_error(tmp_path):
     with pytest.raises(TraceError, match="not found"):
         build_cost_model(load_small(**{"cost.file": str(tmp_path / "nope.yaml")}))
+
+
+def _edited_calibration(tmp_path, kind: str, edit) -> str:
+    """A copy of a calibration of `kind` (the shipped H100 curves, or an iteration fit)
+    with `edit` applied to its parameters."""
+    from seersim.cost.calibration import Calibration, IterationFit, load_calibration, shipped_calibration
+
+    if kind == "kernel_curves":
+        cal = load_calibration(shipped_calibration("h100"))
+        d = {"schema": "seersim-calibration/1", "kind": kind, "gpu": cal.gpu, "curves": cal.curves.to_dict()}
+        edit(d["curves"])
+    else:
+        fit = IterationFit(0.001, (1.0, 64.0, 512.0), (0.0, 0.001, 0.004), 1e-8, 0.0)
+        d = {"schema": "seersim-calibration/1", "kind": kind, "gpu": "h100-sxm", "iteration": fit.to_dict()}
+        edit(d["iteration"])
+    path = tmp_path / "edited.yaml"
+    path.write_text(yaml.safe_dump(d))
+    return str(path)
+
+
+@pytest.mark.parametrize(
+    "kind, edit, named",
+    [
+        ("kernel_curves", lambda c: c.update(gemm_bandwidth_efficiency="abc"), "gemm_bandwidth_efficiency"),
+        ("kernel_curves", lambda c: c.update(gemm_bandwidth_efficiency=0), "gemm_bandwidth_efficiency"),
+        ("kernel_curves", lambda c: c.update(gemm_latency_s=-1e-6), "gemm_latency_s"),
+        ("kernel_curves", lambda c: c["flops_efficiency"].pop(), "one value per knot"),
+        ("kernel_curves", lambda c: c["flops_efficiency"].__setitem__(0, float("nan")), "flops_efficiency"),
+        ("kernel_curves", lambda c: c["flops_knots_tokens"].reverse(), "strictly increasing"),
+        ("iteration", lambda f: f.update(overhead_s=float("inf")), "overhead_s"),
+        ("iteration", lambda f: f.update(knots_s=[0.0, 0.001]), "one value per knot"),
+        ("iteration", lambda f: f.update(knots_tokens=[]), "at least one knot"),
+    ],
+)
+def test_a_corrupt_calibration_names_its_field(tmp_path, kind, edit, named):
+    path = _edited_calibration(tmp_path, kind, edit)
+    with pytest.raises(TraceError, match=named):
+        build_cost_model(load_small(**{"cost.file": path}))
+
+
+def test_an_unedited_calibration_round_trips(tmp_path):
+    path = _edited_calibration(tmp_path, "kernel_curves", lambda c: None)
+    shipped = build_cost_model(load_small())
+    assert build_cost_model(load_small(**{"cost.file": path})).step_lines(8, 8, 0, 1.0) == shipped.step_lines(8, 8, 0, 1.0)
 
 
 def test_cli_names_a_bad_cost_model(tmp_path):

@@ -20,7 +20,7 @@ from typing import Any, Literal
 import numpy as np
 import yaml
 
-from seersim.cost.curves import KernelCurves
+from seersim.cost.curves import KernelCurves, check_knots, check_number
 from seersim.errors import TraceError
 from seersim.yamlfile import read_yaml_mapping
 
@@ -37,6 +37,17 @@ class IterationFit:
     knots_s: tuple[float, ...]
     context_s_per_token: float
     seq_s: float
+
+    def __post_init__(self) -> None:
+        for name in ("overhead_s", "context_s_per_token", "seq_s"):
+            check_number(name, getattr(self, name))
+        check_knots("knots_tokens", self.knots_tokens, "knots_s", self.knots_s)
+        for v in self.knots_s:
+            check_number("knots_s", v)
+        for name in ("knots_tokens", "knots_s"):  # (a file may write 1 for 1.0)
+            object.__setattr__(self, name, tuple(float(v) for v in getattr(self, name)))
+        for name in ("overhead_s", "context_s_per_token", "seq_s"):
+            object.__setattr__(self, name, float(getattr(self, name)))
 
     def tokens_s(self, tokens):
         """The token-dependent term: piecewise linear, extrapolated linearly past the last knot."""
@@ -60,13 +71,7 @@ class IterationFit:
 
     @classmethod
     def from_dict(cls, d: dict) -> "IterationFit":
-        return cls(
-            float(d["overhead_s"]),
-            tuple(float(x) for x in d["knots_tokens"]),
-            tuple(float(x) for x in d["knots_s"]),
-            float(d["context_s_per_token"]),
-            float(d["seq_s"]),
-        )
+        return cls(d["overhead_s"], tuple(d["knots_tokens"]), tuple(d["knots_s"]), d["context_s_per_token"], d["seq_s"])
 
 
 @dataclass(frozen=True)

@@ -23,6 +23,29 @@ from seersim.specs import GPUSpec, ModelSpec
 ACTIVATION_BYTES = 2  # bf16 activations
 
 
+def check_number(name: str, value, low: float = 0.0, high: float = math.inf, low_open: bool = False) -> None:
+    """A calibration field must be a finite number in [low, high] ((low, high] with
+    `low_open`): a hand-edited or corrupt file fails here, naming the field, not as a
+    division by zero or a NaN deep in a run."""
+    if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value):
+        raise ValueError(f"{name} must be a finite number, got {value!r}")
+    if value < low or value > high or (low_open and value == low):
+        raise ValueError(f"{name} must lie in {'(' if low_open else '['}{low:g}, {high:g}], got {value!r}")
+
+
+def check_knots(name: str, knots: tuple, values_name: str, values: tuple) -> None:
+    """Knots of a piecewise-linear curve: at least one, positive, strictly increasing,
+    with one value each."""
+    if not knots:
+        raise ValueError(f"{name} needs at least one knot")
+    for k in knots:
+        check_number(name, k, 0.0, low_open=True)
+    if any(b <= a for a, b in zip(knots, knots[1:])):
+        raise ValueError(f"{name} must be strictly increasing, got {list(knots)}")
+    if len(values) != len(knots):
+        raise ValueError(f"{values_name} needs one value per knot of {name} ({len(knots)}), got {len(values)}")
+
+
 @dataclass(frozen=True)
 class KernelCurves:
     """Achieved efficiencies of one GPU type's kernels (fitted by `seersim calibrate cost`)."""
@@ -39,6 +62,18 @@ class KernelCurves:
     all_reduce_bandwidth_efficiency: float
     sources: dict[str, str] = field(default_factory=dict)
 
+    def __post_init__(self) -> None:
+        for name in ("gemm_latency_s", "elementwise_latency_s", "all_reduce_latency_s"):
+            check_number(name, getattr(self, name))
+        for name in ("gemm_bandwidth_efficiency", "elementwise_bandwidth_efficiency", "attention_flops_efficiency",
+                     "attention_bandwidth_efficiency", "all_reduce_bandwidth_efficiency"):
+            check_number(name, getattr(self, name), 0.0, 1.0, low_open=True)
+        check_knots("flops_knots_tokens", self.flops_knots_tokens, "flops_efficiency", self.flops_efficiency)
+        for e in self.flops_efficiency:
+            check_number("flops_efficiency", e, 0.0, 1.0, low_open=True)
+        for name in ("flops_knots_tokens", "flops_efficiency"):  # (a file may write 1 for 1.0)
+            object.__setattr__(self, name, tuple(float(v) for v in getattr(self, name)))
+
     def to_dict(self) -> dict:
         d = {k: v for k, v in asdict(self).items() if not k.startswith("_")}
         d["flops_knots_tokens"] = list(self.flops_knots_tokens)
@@ -48,8 +83,8 @@ class KernelCurves:
     @classmethod
     def from_dict(cls, d: dict) -> "KernelCurves":
         d = dict(d)
-        d["flops_knots_tokens"] = tuple(float(x) for x in d["flops_knots_tokens"])
-        d["flops_efficiency"] = tuple(float(x) for x in d["flops_efficiency"])
+        d["flops_knots_tokens"] = tuple(d["flops_knots_tokens"])
+        d["flops_efficiency"] = tuple(d["flops_efficiency"])
         return cls(**d)
 
     def flops_fraction(self, tokens):
