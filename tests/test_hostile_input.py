@@ -407,3 +407,11 @@ def test_server_logs_need_the_vllm_backend(tmp_path):
     log.write_text("INFO no step lines here\n")
     assert_clean_error(invoke("profile", "--server-logs", log, "--block-size", "16", "--out", tmp_path / "t.csv"),
                        "--server-logs", "--backend vllm")
+
+
+@pytest.mark.parametrize("line", ["[1, 2]", "7", '"text"', '{"input_length": 10'])
+def test_a_mooncake_line_that_is_not_an_object_names_its_line(tmp_path, line):
+    trace = tmp_path / "t.jsonl"
+    trace.write_text('{"input_length": 10, "output_length": 5}\n' + line + "\n")
+    sc = write_scenario(tmp_path, f"{{kind: replay, path: {trace}, format: mooncake}}")
+    assert_clean_error(invoke("run", sc), f"{trace}:2", "not a JSON object")

@@ -39,9 +39,12 @@ def _read_table(path: Path, fmt: str) -> pd.DataFrame:
                 for lineno, line in enumerate(fh, 1):
                     if line.strip():
                         try:
-                            rows.append(json.loads(line))
+                            row = json.loads(line)
                         except json.JSONDecodeError:
-                            raise TraceError(f"{path}:{lineno}: not a JSON object (truncated trace?)") from None
+                            row = None
+                        if not isinstance(row, dict):
+                            raise TraceError(f"{path}:{lineno}: not a JSON object (truncated trace?)")
+                        rows.append(row)
             return pd.DataFrame(rows)
         return pd.read_csv(path)
     except (pd.errors.ParserError, pd.errors.EmptyDataError, UnicodeDecodeError) as exc:
