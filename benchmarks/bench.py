@@ -124,6 +124,10 @@ def main(argv: list[str] | None = None) -> None:
     ap.add_argument("--json", action="store_true", help="print rows as JSON lines")
     args = ap.parse_args(argv)
     policies = args.policies.split(",") if args.policies else list(POLICIES)
+    from seersim.policies import REGISTRY
+
+    if unknown := sorted(set(policies) - set(REGISTRY)):
+        ap.error(f"--policies: unknown {', '.join(unknown)}; choose from {', '.join(REGISTRY)}")
     known = (*SCENARIOS, "small", "shared-bench", "fleet")
     if args.only:
         unknown = sorted(set(args.only.split(",")) - set(known))

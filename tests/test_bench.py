@@ -45,8 +45,9 @@ def test_a_run_reports_what_it_simulated(capsys):
         assert r["sim_tokens_per_wall_s"] == pytest.approx(r["output_tokens"] / r["wall_s"], rel=0.02)
 
 
-def test_an_unknown_run_name_is_refused(capsys):
+@pytest.mark.parametrize("argv, named", [(["--only", "kimi"], "unknown kimi"), (["--policies", "sear"], "--policies: unknown sear")])
+def test_an_unknown_run_or_policy_name_is_refused(capsys, argv, named):
     with pytest.raises(SystemExit) as e:
-        bench.main(["--only", "kimi"])
+        bench.main(argv)
     assert e.value.code == 2
-    assert "unknown kimi" in capsys.readouterr().err
+    assert named in capsys.readouterr().err
