@@ -68,6 +68,17 @@ def split_csv(csv: str | None, option: str = "--policies", example: str = "basel
     return names
 
 
+def split_urls(csv: str | None) -> list[str]:
+    """--url: the live servers, comma-separated (none when not given)."""
+    return split_csv(csv, "--url", "http://127.0.0.1:8000,http://127.0.0.1:8001") or []
+
+
+def split_logs(csv: str | None) -> list[Path] | None:
+    """--server-logs: the servers' per-step logs, comma-separated (None when not given)."""
+    names = split_csv(csv, "--server-logs", "server-0.log,server-1.log")
+    return [Path(x) for x in names] if names is not None else None
+
+
 def split_ints(csv: str | None, option: str, example: str, minimum: int = 1) -> tuple[int, ...] | None:
     """A comma-separated option of whole numbers >= `minimum`: None when not given, an
     error naming the option when given empty or with anything else."""

@@ -12,7 +12,7 @@ from typing import Annotated, Optional
 
 import typer
 
-from seersim.cli_common import JsonOpt, OutOpt, SetOpt, cli_errors, load, split_csv, split_ints
+from seersim.cli_common import JsonOpt, OutOpt, SetOpt, cli_errors, load, split_csv, split_ints, split_logs, split_urls
 
 PANEL = "Live vLLM servers"
 app = typer.Typer()
@@ -99,10 +99,9 @@ def validate_cmd(
             if not json_:
                 typer.echo(f"  live {policy:14s} repeat {repeat}: makespan {summary['makespan_s']:.1f} s", err=True)
 
-        logs = [Path(p) for p in split_csv(server_logs, "--server-logs", "L1,L2")] if server_logs else None
         res = validate(
-            sc, split_csv(url, "--url", "http://127.0.0.1:8000") or [], split_csv(policies) or list(DEFAULT_POLICIES), repeats, work_dir=out, on_run=on_run,
-            logs=logs,
+            sc, split_urls(url), split_csv(policies) or list(DEFAULT_POLICIES), repeats, work_dir=out, on_run=on_run,
+            logs=split_logs(server_logs),
         )
         if out is not None:
             write_validation(out, res)

@@ -10,7 +10,7 @@ from typing import Annotated, Optional
 
 import typer
 
-from seersim.cli_common import cli_errors, split_csv, split_ints
+from seersim.cli_common import cli_errors, split_ints, split_logs, split_urls
 
 app = typer.Typer(
     add_completion=False,
@@ -177,7 +177,7 @@ def profile_cmd(
             )
             from seersim.profile.schema import write_profile_table
 
-            logs = [Path(x) for x in split_csv(server_logs, "--server-logs", "L1,L2")] if server_logs else None
+            logs = split_logs(server_logs)
             if logs and not url:
                 from seersim.profile.steplog import profile_from_logs
 
@@ -191,7 +191,7 @@ def profile_cmd(
                 write_profile_table(rows, out, {**meta, "command": _command()})
                 typer.echo(f"{int(rows['repeats'].sum())} logged steps -> {len(rows)} iteration rows: wrote {out}")
                 return
-            rows, meta = profile_vllm(split_csv(url, "--url", "http://127.0.0.1:8000") or [], grid, gpu=gpu or "vllm-server", logs=logs)
+            rows, meta = profile_vllm(split_urls(url), grid, gpu=gpu or "vllm-server", logs=logs)
             write_profile_table(rows, out, {**meta, "command": _command()})
             typer.echo(f"profiled {len(rows)} iteration points on {len(meta['servers'])} vLLM server(s): wrote {out}")
             return

@@ -82,11 +82,11 @@ def _read_vidur(folder: Path) -> CostData:
     csv = folder / "mlp.csv"
     if not csv.is_file():
         raise TraceError(f"{folder}: no mlp.csv; pass a Vidur model folder compute/<gpu>/<org>/<model>")
-    shape = ["n_embd", "n_expanded_embd", "n_head", "n_kv_head", "vocab_size", "use_gated_mlp"]
+    counts = ["n_embd", "n_expanded_embd", "n_head", "n_kv_head", "vocab_size", "num_tokens", "num_tensor_parallel_workers"]
     d = read_csv_table(
-        csv, "Vidur operator table", shape + ["num_tokens", "num_tensor_parallel_workers"],
+        csv, "Vidur operator table", counts + ["use_gated_mlp"],
         "a Vidur mlp.csv as published (profiling/compute/<gpu>/<org>/<model>/mlp.csv)",
-        integers={c: (1, MAX_COUNT, "") for c in shape[:-1] + ["num_tokens", "num_tensor_parallel_workers"]},
+        integers={c: (1, MAX_COUNT, "") for c in counts},
     )
     if not any(f"time_stats.{col}.median" in d.columns for col in VIDUR_OPS):
         raise TraceError(f"{csv}: no time_stats.<op>.median column of a known operator ({', '.join(VIDUR_OPS)})")

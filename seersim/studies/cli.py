@@ -142,7 +142,8 @@ def regress(
 
     with cli_errors():
         if update:
-            entries = rg.update(baseline, split_csv(scenarios, "--scenarios", "scenarios/small.yaml"), split_csv(policies), tolerance, jobs=jobs)
+            scenario_files = split_csv(scenarios, "--scenarios", "scenarios/small.yaml")
+            entries = rg.update(baseline, scenario_files, split_csv(policies), tolerance, jobs=jobs)
             typer.echo(f"baseline {baseline} updated: {len(entries)} entries")
             return
         if scenarios or policies:
