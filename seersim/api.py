@@ -8,13 +8,14 @@
 
 from __future__ import annotations
 
+import os
 from dataclasses import dataclass, field
 from typing import Callable
 
 import numpy as np
 import pandas as pd
 
-from seersim.config import Scenario, with_overrides
+from seersim.config import Scenario, load_scenario, with_overrides
 from seersim.cost import CostModel
 from seersim.driver import Driver, StepRecords, rollout_steps
 from seersim.engine import SimBackend
@@ -85,7 +86,7 @@ class RunResult:
 
 
 def simulate(
-    scenario: Scenario,
+    scenario: Scenario | str | os.PathLike,
     policy: str | None = None,
     seed: int | None = None,
     *,
@@ -96,9 +97,14 @@ def simulate(
 ) -> RunResult:
     """Simulate `scenario.steps` rollout steps under `policy` (default: the scenario's).
 
-    `overrides` are dotted scenario fields, e.g. ``simulate(sc, **{"policy.chunk_tokens": 2048})``.
-    `workload` replays given requests instead of building them (the same work for every policy).
+    `scenario`: a loaded `Scenario` or the path of a scenario YAML. `overrides` are dotted
+    scenario fields, e.g. ``simulate(sc, **{"policy.chunk_tokens": 2048})``. `workload`
+    replays given requests instead of building them (the same work for every policy).
     """
+    if isinstance(scenario, (str, os.PathLike)):
+        scenario = load_scenario(scenario)
+    elif not isinstance(scenario, Scenario):
+        raise ScenarioError(f"scenario: a Scenario or the path of a scenario YAML, got a {type(scenario).__name__}")
     if policy is not None:
         overrides["policy.name"] = policy
     if overrides:
@@ -107,8 +113,9 @@ def simulate(
     if wanted and scenario.engine.speculation.mode == "none":
         scenario = with_overrides(scenario, **{"engine.speculation.mode": wanted})
     seed = scenario.seed if seed is None else seed
-    if not 0 <= seed < 2**63:  # records store it as int64
-        raise ScenarioError(f"seed: must be an integer in [0, 2^63) (got {seed})")
+    if isinstance(seed, bool) or not isinstance(seed, (int, np.integer)) or not 0 <= seed < 2**63:  # stored as int64
+        raise ScenarioError(f"seed: must be an integer in [0, 2^63) (got {seed!r})")
+    seed = int(seed)
     if workload is None:
         check_work(scenario)
     backend = SimBackend(scenario, cost)

@@ -415,3 +415,16 @@ def test_a_mooncake_line_that_is_not_an_object_names_its_line(tmp_path, line):
     trace.write_text('{"input_length": 10, "output_length": 5}\n' + line + "\n")
     sc = write_scenario(tmp_path, f"{{kind: replay, path: {trace}, format: mooncake}}")
     assert_clean_error(invoke("run", sc), f"{trace}:2", "not a JSON object")
+
+
+# the Python API (notebooks): a path is a scenario; anything else is a typed error
+def test_simulate_takes_a_scenario_path():
+    by_path = seersim.simulate(SMALL_YAML, policy="baseline", **{"workload.prompts": 4})
+    loaded = seersim.simulate(seersim.load_scenario(SMALL_YAML), policy="baseline", **{"workload.prompts": 4})
+    assert by_path.summary == loaded.summary
+
+
+@pytest.mark.parametrize("scenario, seed, named", [(["x"], None, "scenario: a Scenario"), (None, "a", "seed"), (None, True, "seed")])
+def test_simulate_refuses_what_is_not_a_scenario_or_a_seed(scenario, seed, named):
+    with pytest.raises(ScenarioError, match=named):
+        seersim.simulate(scenario if scenario is not None else seersim.load_scenario(SMALL_YAML), seed=seed)
