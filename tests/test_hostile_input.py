@@ -428,3 +428,18 @@ def test_simulate_takes_a_scenario_path():
 def test_simulate_refuses_what_is_not_a_scenario_or_a_seed(scenario, seed, named):
     with pytest.raises(ScenarioError, match=named):
         seersim.simulate(scenario if scenario is not None else seersim.load_scenario(SMALL_YAML), seed=seed)
+
+
+def test_a_key_given_twice_is_named_with_both_lines(tmp_path):
+    sc = write_scenario(tmp_path, "{kind: synthetic, prompts: 2, max_tokens: 64, input_tokens: {dist: constant, mean: 8}, "
+                                  "output_tokens: {dist: constant, mean: 8}}")
+    sc.write_text(sc.read_text() + "cluster: {instances: 8}\n")  # the scenario already set cluster on line 4
+    assert_clean_error(invoke("run", sc), "key 'cluster' is given twice", "first at line 4", "line 6")
+
+
+def test_yaml_merge_keys_may_be_overridden(tmp_path):
+    from seersim.yamlfile import read_yaml_mapping
+
+    p = tmp_path / "m.yaml"
+    p.write_text("base: &b {x: 1, y: 2}\nderived: {<<: *b, y: 3}\n")
+    assert read_yaml_mapping(p, ScenarioError, "file", "", "")["derived"] == {"x": 1, "y": 3}
