@@ -120,3 +120,15 @@ def test_ray_executor_gives_the_local_table(capsys):
             print(f"\nRay could not start here, so the Ray executor is untested: {exc}")
         pytest.skip(f"Ray could not start: {exc}")
     pd.testing.assert_frame_equal(local, remote)
+
+
+@pytest.mark.parametrize("damage", ["{cut sho", "{}", "[1, 2]"])
+def test_a_damaged_point_file_is_run_again(tmp_path, damage):
+    sc = load_small(**TINY)
+    out = tmp_path / "sw"
+    first = sweep(sc, {"cluster.instances": [1, 2]}, ["baseline"], out=out).table
+    damaged = sorted((out / "points").glob("*.json"))[0]
+    damaged.write_text(damage)
+    again = sweep(sc, {"cluster.instances": [1, 2]}, ["baseline"], out=out).table
+    pd.testing.assert_frame_equal(first, again)
+    assert json.loads(damaged.read_text())["summary"]["makespan_s"] > 0  # rewritten whole

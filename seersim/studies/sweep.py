@@ -251,12 +251,18 @@ _KEY_RE = re.compile(r"^[0-9a-f]{16}$")
 
 
 def _finished(out: Path, keys: set[str]) -> dict[str, dict]:
-    """Point files already written (a torn write cannot exist: files are renamed in whole)."""
+    """Point files already written. seersim renames each in whole, so none is torn; one
+    damaged since (a cut-short copy) is left out, and its point runs again."""
     done = {}
     folder = out / POINTS_DIR
     if not folder.is_dir():
         return done
     for f in folder.glob("*.json"):
         if _KEY_RE.match(f.stem) and f.stem in keys:
-            done[f.stem] = json.loads(f.read_text())
+            try:
+                point = json.loads(f.read_text())
+            except ValueError:  # malformed JSON, or not text at all
+                continue
+            if isinstance(point, dict) and isinstance(point.get("summary"), dict):
+                done[f.stem] = point
     return done
