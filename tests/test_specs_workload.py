@@ -12,7 +12,7 @@ import pytest
 import seersim
 from conftest import load_small, require_shared
 from seersim.config import LengthDist
-from seersim.specs import GPUS, MODELS, get_gpu, get_model
+from seersim.specs import GPUS, MODELS, ModelSpec, get_gpu, get_model
 from seersim.workload import build_workload
 from seersim.workload.synthetic import quantile
 
@@ -45,6 +45,12 @@ def test_every_catalog_model_has_a_card_check():
 @pytest.mark.parametrize("name, layout", [("kimi-k2", "mla"), ("llama-2-7b", "mha"), ("qwen2.5-7b", "gqa")])
 def test_attention_layout_names_mha_apart_from_gqa(name, layout):
     assert get_model(name).attention_layout == layout
+
+
+@pytest.mark.parametrize("kv_heads", [5, 56])
+def test_query_heads_must_group_evenly_over_kv_heads(kv_heads):
+    with pytest.raises(ValueError, match="multiple of num_kv_heads"):
+        ModelSpec.model_validate({**get_model("qwen2.5-7b").model_dump(), "num_kv_heads": kv_heads})
 
 
 def test_moe_flags():

@@ -65,6 +65,11 @@ class ModelSpec(BaseModel):
     def _check_consistency(self) -> "ModelSpec":
         if self.attention == "mla" and (self.kv_lora_rank == 0 or self.qk_rope_head_dim == 0):
             raise ValueError("attention 'mla' needs kv_lora_rank and qk_rope_head_dim > 0")
+        if self.attention == "gqa" and self.num_attention_heads % self.num_kv_heads:
+            raise ValueError(
+                f"num_attention_heads={self.num_attention_heads} must be a multiple of num_kv_heads={self.num_kv_heads} "
+                "(each KV head serves an equal group of query heads)"
+            )
         if self.num_experts and not (0 < self.experts_per_token <= self.num_experts):
             raise ValueError("experts_per_token must be in 1..num_experts for a MoE model")
         if self.num_experts and self.moe_intermediate_size == 0:
