@@ -36,7 +36,10 @@ JobsOpt = Annotated[int, typer.Option("--jobs", "-j", min=1, help="parallel proc
 
 
 def err(msg: str) -> None:
-    typer.echo(f"seersim: error: {msg}", err=True)
+    """One `seersim: error:` line; a message with line breaks (an HTTP client's, say) is
+    joined, so scripts and CI logs always get one line per error."""
+    one_line = " ".join(part.strip() for part in msg.splitlines() if part.strip())
+    typer.echo(f"seersim: error: {one_line}", err=True)
 
 
 @contextmanager

@@ -362,3 +362,17 @@ def test_profile_grid_options_are_checked(tmp_path, option, named):
 )
 def test_live_list_options_name_themselves(args, named):
     assert_clean_error(invoke(*args), *named)
+
+
+def test_a_multi_line_library_message_is_one_error_line(capsys):
+    """An HTTP client's error text carries a line break ("For more information check: ...")."""
+    import typer
+
+    from seersim.cli_common import cli_errors
+    from seersim.errors import BackendError
+
+    with pytest.raises(typer.Exit):
+        with cli_errors():
+            raise BackendError("server x is not reachable (Client error '404'\nFor more information check: url); fix --url")
+    lines = capsys.readouterr().err.splitlines()
+    assert lines == ["seersim: error: server x is not reachable (Client error '404' For more information check: url); fix --url"]
