@@ -119,6 +119,30 @@ def test_a_malformed_plan_is_one_clear_error(tmp_path):
     assert not (tmp_path / "t.csv").exists()
 
 
+@pytest.mark.parametrize(
+    "edit, named",
+    [
+        (lambda p: p.update(repeats=0), "'repeats' must be an integer >= 1"),
+        (lambda p: p.update(warmup=-1), "'warmup' must be an integer >= 0"),
+        (lambda p: p["meta"].update(dtype="bfloat17"), "not a torch dtype"),
+        (lambda p: p.update(items={}), "'items' must be a list"),
+    ],
+)
+def test_a_hand_edited_plan_is_refused_before_any_timing(tmp_path, capsys, edit, named):
+    from seersim.profile.torch_ops import ProfileGrid, plan_model
+    from seersim.profile.torch_runner import main
+    from seersim.specs import get_model
+
+    plan = plan_model(get_model("qwen2.5-7b"), 1, ProfileGrid(tokens=(1,), decode_batches=(1,), decode_contexts=(8,),
+                                                              decode_widths=(1,), prefill_tokens=(8,), repeats=1, warmup=0))
+    edit(plan)
+    path = tmp_path / "plan.json"
+    path.write_text(json.dumps(plan))
+    assert main([str(path), "--out", str(tmp_path / "t.csv"), "--device", "cpu"]) == 2
+    assert named in capsys.readouterr().err
+    assert not (tmp_path / "t.csv").exists()
+
+
 def test_an_item_that_fails_is_skipped_and_what_was_measured_is_kept(tmp_path):
     """On a lent GPU one shape out of memory must not cost the session: the runner skips
     it, says so, and writes the table after every item (a run cut short keeps its rows)."""

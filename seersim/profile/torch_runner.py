@@ -152,10 +152,19 @@ def run_plan(plan: dict, device: str, on_item: Callable[[list[dict], dict], None
     item, so a caller can keep what is measured if the run is cut short."""
     import torch
 
-    if plan.get("schema") != PLAN_SCHEMA:
-        raise ValueError(f"not a profiling plan: schema {plan.get('schema')!r}, expected {PLAN_SCHEMA!r}")
+    if not isinstance(plan, dict) or plan.get("schema") != PLAN_SCHEMA:
+        schema = plan.get("schema") if isinstance(plan, dict) else None
+        raise ValueError(f"not a profiling plan: schema {schema!r}, expected {PLAN_SCHEMA!r}")
+    # checked before any timing: device time is scarce, a plan edited by hand is not
+    for key, least in (("repeats", 1), ("warmup", 0)):
+        if isinstance(plan.get(key), bool) or not isinstance(plan.get(key), int) or plan[key] < least:
+            raise ValueError(f"'{key}' must be an integer >= {least}, got {plan.get(key)!r}")
+    if not isinstance(plan.get("items"), list):
+        raise ValueError("'items' must be a list of operators to time")
+    dt = getattr(torch, str(plan["meta"]["dtype"]), None)
+    if not isinstance(dt, torch.dtype):
+        raise ValueError(f"meta.dtype {plan['meta']['dtype']!r} is not a torch dtype (e.g. bfloat16)")
     torch.manual_seed(plan.get("seed", 0))
-    dt = getattr(torch, plan["meta"]["dtype"])
     timer = _Timer(torch, device, plan["repeats"], plan["warmup"])
     items = plan["items"]
     meta = {**plan["meta"], **machine_provenance(torch, device)}
