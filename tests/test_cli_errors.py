@@ -343,7 +343,6 @@ def test_profile_verify_widths_are_bounded(tmp_path):
         (("--tokens", ""), ("--tokens", "empty")),
         (("--tp", "0"), ("--tp 0",)),
         (("--tp", "3"), ("--tp 3", "28 attention heads", "1, 2, 4")),
-        (("--repeats", "0"), ("--repeats 0",)),
         (("--ops", "nonsense,qkv_proj"), ("--ops", "nonsense", "attn_decode")),
     ],
 )
@@ -351,6 +350,13 @@ def test_profile_grid_options_are_checked(tmp_path, option, named):
     plan = tmp_path / "p.json"
     assert_clean_error(invoke("profile", "--model", "qwen2.5-7b", "--gpu", "h100-sxm", *option, "--plan-out", plan), *named)
     assert not plan.exists()
+
+
+@pytest.mark.parametrize("backend", ["torch", "vllm"])
+def test_profile_repeats_at_least_one(tmp_path, backend):
+    r = invoke("profile", "--backend", backend, "--model", "qwen2.5-7b", "--gpu", "h100-sxm", "--repeats", "0",
+               "--plan-out", tmp_path / "p.json", "--url", "http://127.0.0.1:9", "--out", tmp_path / "t.csv")
+    assert r.exit_code == 2 and "--repeats" in r.output and not (tmp_path / "p.json").exists()
 
 
 @pytest.mark.parametrize(

@@ -149,7 +149,7 @@ def profile_cmd(
             "on a GPU machine that has torch only",
         ),
     ] = None,
-    repeats: Annotated[int, typer.Option("--repeats", help="timed repeats per point (median kept; vllm default 3)")] = 10,
+    repeats: Annotated[int, typer.Option("--repeats", min=1, help="timed repeats per point (median kept; vllm default 3)")] = 10,
 ) -> None:
     """Write a `seersim-profile/1` table for `seersim calibrate cost`: a catalog model's
     operators timed with torch at its TP-shard shapes (`--backend torch`, needs
