@@ -127,6 +127,17 @@ def test_an_unedited_calibration_round_trips(tmp_path):
     assert build_cost_model(load_small(**{"cost.file": path})).step_lines(8, 8, 0, 1.0) == shipped.step_lines(8, 8, 0, 1.0)
 
 
+@pytest.mark.parametrize("gpu, refused", [("h100-sxm", False), ("h800", False), ("h200", False), ("a100-80gb", True)])
+def test_kernel_curves_serve_their_own_gpu_family(tmp_path, gpu, refused):
+    path = _edited_calibration(tmp_path, "kernel_curves", lambda c: None)  # the shipped H100 curves
+    sc = load_small(**{"cost.file": path, "gpu": gpu})
+    if refused:
+        with pytest.raises(SpecError, match="fitted on h100-sxm, another architecture than the scenario's a100-80gb"):
+            build_cost_model(sc)
+    else:
+        assert build_cost_model(sc).step_lines(8, 8, 0, 1.0).at(8000) > 0
+
+
 def test_cli_names_a_bad_cost_model(tmp_path):
     res = CliRunner().invoke(app, ["run", "scenarios/small.yaml", "--set", "cost.model=nope", "--set", "workload.prompts=2"])
     assert res.exit_code == 2 and "cost.model 'nope' is unknown" in res.output

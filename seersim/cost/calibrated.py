@@ -163,6 +163,7 @@ def calibrated_from_scenario(scenario: Scenario) -> CachedStepLines:
                 "an iteration fit prices only the deployment it was measured on; use a kernel-curves calibration"
             )
         return IterationCost(cal.iteration, c.step_overhead_s)  # type: ignore[arg-type]
+    _check_gpu_family(cal, scenario.gpu)
     if c.step_overhead_s is not None:
         overhead = c.step_overhead_s
     elif cal.step_overhead_s is not None:
@@ -170,6 +171,23 @@ def calibrated_from_scenario(scenario: Scenario) -> CachedStepLines:
     else:
         overhead = ENGINE_STEP_OVERHEAD_S[c.engine_kind]
     return KernelCurvesCost(scenario.model, scenario.gpu, scenario.cluster.parallelism, cal.curves, overhead)  # type: ignore[arg-type]
+
+
+def _check_gpu_family(cal: Calibration, gpu: GPUSpec) -> None:
+    """Kernel curves are one GPU architecture's efficiencies: a GPU may use curves fitted
+    on one that shares its shipped calibration (the H800 and H200 use the H100's), not
+    another architecture's (A100 curves on an H100). Unknown or inline GPUs are the
+    user's to pair."""
+    from seersim.specs import GPUS
+
+    fitted = GPUS.get(cal.gpu)
+    if fitted is None or fitted.calibration is None or gpu.calibration is None or fitted.calibration == gpu.calibration:
+        return
+    raise SpecError(
+        f"cost.file '{cal.path}' holds kernel curves fitted on {cal.gpu}, another architecture than the scenario's "
+        f"{gpu.name}: fit this GPU's profiling tables (`seersim calibrate cost`) or give a calibration fitted on "
+        f"a GPU of its family"
+    )
 
 
 def per_token_decode_s(cost, context_tokens: int = 1000) -> float:
