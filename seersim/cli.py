@@ -8,7 +8,6 @@ regress, reproduce, sweep, plan) live in seersim/studies/cli.py.
 
 from __future__ import annotations
 
-import json
 import sys
 from pathlib import Path
 from typing import Annotated, Optional
@@ -56,7 +55,9 @@ def run(
             clear_results(out)
         written = write_run(out, result) if out is not None else []
         if json_:
-            typer.echo(json.dumps(result.to_json(), default=float))
+            from seersim.io import json_text
+
+            typer.echo(json_text(result.to_json()))
             return
         print_summary(result, f"{sc.name}: policy {result.policy}, seed {result.seed}")
         if out is not None:

@@ -4,6 +4,7 @@ silently mix or overwrite earlier results."""
 from __future__ import annotations
 
 import json
+import math
 import os
 import tempfile
 from pathlib import Path
@@ -96,8 +97,25 @@ def refuse_existing_file(path: Path, overwrite: bool) -> None:
         raise OutputError(f"--out '{path}' already exists; pass --overwrite to replace it, or name a new file")
 
 
+def json_text(obj: Any, indent: int | None = None) -> str:
+    """Strict JSON (RFC 8259) of seersim's results: an undefined metric (NaN, ±inf: a
+    tail reduction against a baseline without a tail) is null, as jq, JavaScript and
+    strict parsers require, and numpy scalars are plain numbers."""
+    return json.dumps(_finite(obj), indent=indent, default=json_default, allow_nan=False)
+
+
+def _finite(obj: Any) -> Any:
+    if isinstance(obj, float | np.floating):
+        return float(obj) if math.isfinite(obj) else None
+    if isinstance(obj, dict):
+        return {k: _finite(v) for k, v in obj.items()}
+    if isinstance(obj, list | tuple):
+        return [_finite(v) for v in obj]
+    return obj
+
+
 def write_json(path: Path, obj: Any) -> None:
-    atomic_write(path, lambda p: p.write_text(json.dumps(obj, indent=2, default=json_default) + "\n"))
+    atomic_write(path, lambda p: p.write_text(json_text(obj, indent=2) + "\n"))
 
 
 def json_default(o: Any):

@@ -39,7 +39,7 @@ SUMMARY_ROWS = [
 
 
 def _fmt(fmt: str, value: Any) -> str:
-    if isinstance(value, float) and math.isnan(value):
+    if value is None or (isinstance(value, float) and math.isnan(value)):  # (undefined: null in JSON)
         return "n/a"
     if fmt.startswith("{:,}") and isinstance(value, float):  # counts averaged over steps
         value = int(round(value))

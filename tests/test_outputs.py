@@ -249,3 +249,26 @@ def test_plan_out_refuses_results_unless_overwrite_and_never_mixes(tmp_path):
     assert r.exit_code == 0, r.output
     names = {p.name for p in out.iterdir()}
     assert "plan.json" in names and not names & {"summary.json", "requests.parquet", "timeline.png"}
+
+
+def _strict(text: str):
+    """json.loads that refuses NaN and Infinity, as jq and JavaScript do."""
+    def refuse(constant):
+        raise ValueError(f"non-standard JSON constant {constant}")
+
+    return json.loads(text, parse_constant=refuse)
+
+
+def test_json_output_and_files_are_strict_json_with_null_for_undefined(tmp_path):
+    """With 2 groups of 2 the baseline's tail (its last 10% of requests) is one request
+    long, so a tail reduction against it is undefined: null, not NaN."""
+    sets = ["--set", "workload.prompts=2", "--set", "workload.group_size=2", "--policies", "baseline,divided"]
+    res = invoke("compare", SMALL_YAML, *sets, "--json")
+    assert res.exit_code == 0, res.output
+    rows = _strict(res.stdout)["results"]
+    assert any(r["tail_reduction_vs_baseline"] is None for r in rows), rows
+    out = tmp_path / "cmp"
+    assert invoke("compare", SMALL_YAML, *sets, "--out", out).exit_code == 0
+    for f in out.glob("*.json"):
+        _strict(f.read_text())
+    assert invoke("report", out).exit_code == 0

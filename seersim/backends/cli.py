@@ -4,7 +4,6 @@ seersim/cli.py."""
 
 from __future__ import annotations
 
-import json
 import signal
 import time
 from pathlib import Path
@@ -106,7 +105,9 @@ def validate_cmd(
         if out is not None:
             write_validation(out, res)
         if json_:
-            typer.echo(json.dumps(res.to_json(), default=float))
+            from seersim.io import json_text
+
+            typer.echo(json_text(res.to_json()))
             return
         _print(res)
         if out is not None:

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import json
 import shlex
 import sys
 from pathlib import Path
@@ -28,7 +27,9 @@ def _command() -> str:
 
 def _emit(result: dict, as_json: bool, lines: list[str]) -> None:
     if as_json:
-        typer.echo(json.dumps(result, default=float))
+        from seersim.io import json_text
+
+        typer.echo(json_text(result))
     else:
         for line in lines:
             typer.echo(line)

@@ -3,7 +3,6 @@ layer over seersim.studies; registered on the main app by seersim/cli.py."""
 
 from __future__ import annotations
 
-import json
 from pathlib import Path
 from typing import Annotated, Optional
 
@@ -73,7 +72,9 @@ def compare_cmd(
             for name, fig in plot_comparison(cmp).items():
                 save_figure(fig, out / name)
         if json_:
-            typer.echo(json.dumps(cmp.to_json(), default=float))
+            from seersim.io import json_text
+
+            typer.echo(json_text(cmp.to_json()))
             return
         _print_compare(cmp)
         if out is not None:
@@ -153,7 +154,9 @@ def regress(
     worse = df[df["status"] == rg.WORSE]
     stale = df[df["status"] == rg.STALE]
     if json_:
-        typer.echo(json.dumps({"passed": worse.empty and stale.empty, "stale": not stale.empty, "rows": df.to_dict(orient="records")}, default=float))
+        from seersim.io import json_text
+
+        typer.echo(json_text({"passed": worse.empty and stale.empty, "stale": not stale.empty, "rows": df.to_dict(orient="records")}))
     else:
         from seersim.tables import Column, print_table
 
@@ -232,7 +235,9 @@ def reproduce(
             payload["chunks"] = rep.chunks.to_dict(orient="records")
         if rep.sensitivity is not None:
             payload["sensitivity"] = rep.sensitivity.to_dict(orient="records")
-        typer.echo(json.dumps(payload, default=float))
+        from seersim.io import json_text
+
+        typer.echo(json_text(payload))
     else:
         typer.echo(md)
 
@@ -267,7 +272,9 @@ def sweep_cmd(
             )
     table_path = next(out.glob("results.*"))
     if json_:
-        typer.echo(json.dumps({"points": res.points, "simulated": res.simulated, "resumed": res.resumed, "table": str(table_path)}))
+        from seersim.io import json_text
+
+        typer.echo(json_text({"points": res.points, "simulated": res.simulated, "resumed": res.resumed, "table": str(table_path)}))
         return
     if res.resumed:
         typer.echo(f"resumed: {res.resumed} of {res.points} points were already in {out}/")
@@ -330,7 +337,9 @@ def plan_cmd(
             clear_results(out)
             write_plan(out, result, sc.name)
     if json_:
-        typer.echo(json.dumps(result.to_json(), default=float))
+        from seersim.io import json_text
+
+        typer.echo(json_text(result.to_json()))
     else:
         _print_plan(result, out)
     if result.best is None:

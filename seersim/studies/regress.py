@@ -83,7 +83,7 @@ def check(path: Path, tolerance: float | None = None, jobs: int = 1) -> pd.DataF
     stored_tol, entries = read_baseline(path)
     tol = stored_tol if tolerance is None else tolerance
     for e in entries:
-        missing = [m for m in WATCHED if m not in e.metrics]
+        missing = [m for m in WATCHED if e.metrics.get(m) is None]  # (absent, or null: undefined when stored)
         if missing:
             raise ScenarioError(
                 f"{path}: entry {e.scenario} / {e.policy} / seed {e.seed} has no stored {', '.join(missing)}; "
