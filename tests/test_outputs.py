@@ -272,3 +272,10 @@ def test_json_output_and_files_are_strict_json_with_null_for_undefined(tmp_path)
     for f in out.glob("*.json"):
         _strict(f.read_text())
     assert invoke("report", out).exit_code == 0
+
+
+def test_compare_table_says_na_for_an_undefined_tail_change():
+    res = invoke("compare", SMALL_YAML, "--set", "workload.prompts=2", "--set", "workload.group_size=2",
+                 "--policies", "baseline,divided")
+    assert res.exit_code == 0, res.output
+    assert "nan" not in res.stdout.lower() and "n/a" in res.stdout and "no tail" in res.stdout

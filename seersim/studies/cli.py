@@ -81,6 +81,11 @@ def compare_cmd(
             typer.echo(f"results and plots written to {out}/")
 
 
+def _tail_change(reduction: float) -> str:
+    """The tail against the baseline's, as a signed change; n/a where the baseline has none."""
+    return "n/a" if reduction != reduction else f"{-reduction:+.0%}"  # (NaN: undefined)
+
+
 def _print_compare(cmp) -> None:
     from seersim.tables import Column, print_table
 
@@ -103,7 +108,7 @@ def _print_compare(cmp) -> None:
             pm(r["throughput_tokens_per_s"], r["throughput_tokens_per_s_std"], "{:,.0f}") + " tok/s",
             pm(r["tail_s"], r["tail_s_std"], "{:,.1f}") + " s",
             pm(r["speedup_vs_baseline"], r["speedup_vs_baseline_std"], "{:.2f}") + f"x ({r['speedup_vs_baseline'] - 1:+.0%})",
-            f"{-r['tail_reduction_vs_baseline']:+.0%}",
+            _tail_change(r["tail_reduction_vs_baseline"]),
             f"{r.get('preemptions', 0):,.0f}",
             f"{r.get('migrations', 0):,.0f}",
         ]
@@ -117,6 +122,8 @@ def _print_compare(cmp) -> None:
          "generated in the step"]
         if partial else []
     )
+    if any(_tail_change(r["tail_reduction_vs_baseline"]) == "n/a" for r in recs):
+        notes.append("n/a: the baseline's last 10% of requests finish together (no tail), so a change of it is undefined")
     print_table(f"{cmp.scenario.name}: {len(cmp.seeds)} seed(s), vs {cmp.baseline}", cols, rows, notes=notes)
 
 
