@@ -100,6 +100,14 @@ def test_regress_missing_metric_is_an_error_naming_it(tmp_path):
     assert len(result.stderr.splitlines()) == 1
 
 
+@pytest.mark.parametrize("stored, named", [(lambda t: None, "has no stored tail_s"), (lambda t: "abc", "tail_s is not a number")])
+def test_regress_null_or_text_metric_is_an_error_naming_it(tmp_path, stored, named):
+    path = _baseline(tmp_path, tail_s=stored)
+    result = CliRunner().invoke(app, ["regress", "--baseline", str(path)])
+    assert result.exit_code == EXIT_BAD_INPUT, result.output
+    assert named in result.stderr and len(result.stderr.splitlines()) == 1
+
+
 def test_regress_help_documents_exit_codes():
     result = CliRunner().invoke(app, ["regress", "--help"])
     assert "stale baseline" in result.output and "3" in result.output

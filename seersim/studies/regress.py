@@ -89,6 +89,12 @@ def check(path: Path, tolerance: float | None = None, jobs: int = 1) -> pd.DataF
                 f"{path}: entry {e.scenario} / {e.policy} / seed {e.seed} has no stored {', '.join(missing)}; "
                 "rewrite the baseline with `seersim regress --update`"
             )
+        malformed = [m for m in WATCHED if isinstance(e.metrics[m], bool) or not isinstance(e.metrics[m], int | float)]
+        if malformed:
+            raise ScenarioError(
+                f"{path}: entry {e.scenario} / {e.policy} / seed {e.seed}: stored {', '.join(malformed)} is not a number; "
+                "rewrite the baseline with `seersim regress --update`"
+            )
     rows = []
     for e, now in zip(entries, _measure(path.parent, entries, jobs)):
         for m, sign in WATCHED.items():
