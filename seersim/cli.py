@@ -15,7 +15,7 @@ from typing import Annotated, Optional
 import typer
 
 from seersim.backends.cli import app as live_app
-from seersim.cli_common import JsonOpt, OutOpt, OverwriteOpt, PolicyOpt, SeedOpt, SetOpt, cli_errors, load
+from seersim.cli_common import JsonOpt, OutOpt, OverwriteOpt, PolicyOpt, SeedOpt, SetOpt, cli_errors, echo_json, load
 from seersim.studies.cli import app as studies_app
 
 app = typer.Typer(
@@ -55,9 +55,7 @@ def run(
             clear_results(out)
         written = write_run(out, result) if out is not None else []
         if json_:
-            from seersim.io import json_text
-
-            typer.echo(json_text(result.to_json()))
+            echo_json(result.to_json())
             return
         print_summary(result, f"{sc.name}: policy {result.policy}, seed {result.seed}")
         if out is not None:

@@ -42,6 +42,14 @@ def err(msg: str) -> None:
     typer.echo(f"seersim: error: {one_line}", err=True)
 
 
+def echo_json(obj) -> None:
+    """Print `--json` output: strict JSON, one object (`io.json_text`; imported here, not at
+    start-up, as io needs pandas)."""
+    from seersim.io import json_text
+
+    typer.echo(json_text(obj))
+
+
 @contextmanager
 def cli_errors() -> Iterator[None]:
     """Typed library errors become one `seersim: error: ...` line and exit 2."""

@@ -11,7 +11,7 @@ from typing import Annotated, Optional
 
 import typer
 
-from seersim.cli_common import JsonOpt, OutOpt, SetOpt, cli_errors, load, split_csv, split_ints, split_logs, split_urls
+from seersim.cli_common import JsonOpt, OutOpt, SetOpt, cli_errors, echo_json, load, split_csv, split_ints, split_logs, split_urls
 
 PANEL = "Live vLLM servers"
 app = typer.Typer()
@@ -105,9 +105,7 @@ def validate_cmd(
         if out is not None:
             write_validation(out, res)
         if json_:
-            from seersim.io import json_text
-
-            typer.echo(json_text(res.to_json()))
+            echo_json(res.to_json())
             return
         _print(res)
         if out is not None:

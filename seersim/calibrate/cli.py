@@ -9,7 +9,7 @@ from typing import Annotated, Optional
 
 import typer
 
-from seersim.cli_common import cli_errors, split_ints, split_logs, split_urls
+from seersim.cli_common import cli_errors, echo_json, split_ints, split_logs, split_urls
 
 app = typer.Typer(
     add_completion=False,
@@ -27,9 +27,7 @@ def _command() -> str:
 
 def _emit(result: dict, as_json: bool, lines: list[str]) -> None:
     if as_json:
-        from seersim.io import json_text
-
-        typer.echo(json_text(result))
+        echo_json(result)
     else:
         for line in lines:
             typer.echo(line)

@@ -18,6 +18,7 @@ from seersim.cli_common import (
     OverwriteOpt,
     SetOpt,
     cli_errors,
+    echo_json,
     err,
     load,
     split_csv,
@@ -72,9 +73,7 @@ def compare_cmd(
             for name, fig in plot_comparison(cmp).items():
                 save_figure(fig, out / name)
         if json_:
-            from seersim.io import json_text
-
-            typer.echo(json_text(cmp.to_json()))
+            echo_json(cmp.to_json())
             return
         _print_compare(cmp)
         if out is not None:
@@ -161,9 +160,7 @@ def regress(
     worse = df[df["status"] == rg.WORSE]
     stale = df[df["status"] == rg.STALE]
     if json_:
-        from seersim.io import json_text
-
-        typer.echo(json_text({"passed": worse.empty and stale.empty, "stale": not stale.empty, "rows": df.to_dict(orient="records")}))
+        echo_json({"passed": worse.empty and stale.empty, "stale": not stale.empty, "rows": df.to_dict(orient="records")})
     else:
         from seersim.tables import Column, print_table
 
@@ -242,9 +239,7 @@ def reproduce(
             payload["chunks"] = rep.chunks.to_dict(orient="records")
         if rep.sensitivity is not None:
             payload["sensitivity"] = rep.sensitivity.to_dict(orient="records")
-        from seersim.io import json_text
-
-        typer.echo(json_text(payload))
+        echo_json(payload)
     else:
         typer.echo(md)
 
@@ -279,9 +274,7 @@ def sweep_cmd(
             )
     table_path = next(out.glob("results.*"))
     if json_:
-        from seersim.io import json_text
-
-        typer.echo(json_text({"points": res.points, "simulated": res.simulated, "resumed": res.resumed, "table": str(table_path)}))
+        echo_json({"points": res.points, "simulated": res.simulated, "resumed": res.resumed, "table": str(table_path)})
         return
     if res.resumed:
         typer.echo(f"resumed: {res.resumed} of {res.points} points were already in {out}/")
@@ -344,9 +337,7 @@ def plan_cmd(
             clear_results(out)
             write_plan(out, result, sc.name)
     if json_:
-        from seersim.io import json_text
-
-        typer.echo(json_text(result.to_json()))
+        echo_json(result.to_json())
     else:
         _print_plan(result, out)
     if result.best is None:
