@@ -3,10 +3,14 @@ real ones take minutes; the command and the table format are what is tested here
 
 from __future__ import annotations
 
+import inspect
 import json
 from pathlib import Path
 
+import pytest
 from typer.testing import CliRunner
+
+import seersim
 
 from seersim.cli import app
 from seersim.studies.reproduce import CHUNKS, PAPER
@@ -25,14 +29,33 @@ def _stand_ins(tmp_path: Path) -> Path:
 def test_reproduce_writes_paper_vs_seersim_table(tmp_path):
     sdir = _stand_ins(tmp_path / "sc")
     out = tmp_path / "repro.md"
-    result = CliRunner().invoke(app, ["reproduce", "--scenarios-dir", str(sdir), "--out", str(out), "--no-chunks"])
+    args = ["reproduce", "--scenarios-dir", str(sdir), "--out", str(out), "--no-chunks", "--seeds", "2", "--json"]
+    result = CliRunner().invoke(app, args)
     assert result.exit_code == 0, result.output
     md = out.read_text()
     for name, paper in PAPER.items():
         assert f"| {name} | speedup seer | {paper['seer']:.2f}x |" in md
         assert f"| {name} | tail reduction seer | {paper['tail_reduction']:.0%} |" in md
     assert md.count("| yes |") + md.count("| no |") == 4 * len(PAPER)
-    assert f"`seersim reproduce --out {out} --seeds 3 --no-chunks`" in md  # the command that regenerates it
+    assert f"`seersim reproduce --out {out} --seeds 2 --no-chunks`" in md  # the command that regenerates it
+    # each cell is the mean over the seeds of one step's ratio, with its standard error
+    sc = seersim.load_scenario(sdir / "moonlight.yaml")
+    ratios = []
+    for seed in (sc.seed, sc.seed + 1):
+        base, seer = (seersim.simulate(sc, policy=p, seed=seed).summary for p in ("baseline", "seer"))
+        ratios.append(seer["throughput_tokens_per_s"] / base["throughput_tokens_per_s"])
+    cell = next(r for r in json.loads(result.stdout)["table4"] if r["model"] == "moonlight" and r["metric"] == "speedup seer")
+    assert cell["seersim"] == pytest.approx(sum(ratios) / 2, rel=1e-12)
+    assert cell["se"] == pytest.approx(abs(ratios[0] - ratios[1]) / 2, rel=1e-9)
+    assert f"| {cell['se']:.2f} |" in md.split("| moonlight | speedup seer |")[1].splitlines()[0]
+
+
+def test_reproduce_defaults_to_enough_seeds_for_its_tolerance():
+    """The CLI's default (a literal, so --help need not import pandas) is the module's."""
+    from seersim.studies.cli import reproduce as cmd
+    from seersim.studies.reproduce import DEFAULT_SEEDS
+
+    assert inspect.signature(cmd).parameters["seeds"].default == DEFAULT_SEEDS >= 10
 
 
 def test_reproduce_json_includes_chunk_sizes(tmp_path):
@@ -43,6 +66,13 @@ def test_reproduce_json_includes_chunk_sizes(tmp_path):
     assert {r["chunk_tokens"] for r in data["chunks"]} == set(CHUNKS)
     assert len(data["table4"]) == 4 * len(PAPER)
     assert all(r["seersim"] > 0 for r in data["table4"])
+    assert all(r["se"] is None for r in data["table4"])  # no spread from one seed
+    # the shipped chunk size's column is Table 4's own runs
+    shipped = seersim.load_scenario(sdir / "moonlight.yaml").policy.chunk_tokens
+    table4 = {(r["model"], r["metric"]): r["seersim"] for r in data["table4"]}
+    at_shipped = [r for r in data["chunks"] if r["chunk_tokens"] == shipped]
+    assert len(at_shipped) == 2 * len(PAPER)
+    assert all(r["speedup"] == table4[(r["model"], f"speedup {r['policy']}")] for r in at_shipped)
 
 
 def test_reproduce_missing_scenarios_dir_is_a_clear_error(tmp_path):

@@ -48,6 +48,7 @@ class Comparison:
             row["speedup_vs_baseline"] = float(speed.mean())
             row["speedup_vs_baseline_std"] = float(speed.std(ddof=1)) if len(r) > 1 else 0.0
             row["tail_reduction_vs_baseline"] = float(tail_red.mean())
+            row["tail_reduction_vs_baseline_std"] = float(tail_red.std(ddof=1)) if len(r) > 1 else 0.0
             for m in ("requests", "finished_requests", "preemptions", "migrations", "output_tokens", "gpu_utilization", "cost_usd"):
                 if m in r:
                     row[m] = float(r[m].mean())

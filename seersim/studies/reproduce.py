@@ -27,6 +27,10 @@ PAPER = {
     "kimi-k2": {"divided": 1.16, "context_aware": 1.27, "seer": 1.53, "tail_reduction": 0.72},
 }
 STEPS = ("divided", "context_aware", "seer")
+# One RL step's speedup moves by ±0.1-0.2 between seeds (the few longest groups set both
+# makespans), so the mean of 3 seeds has a standard error of ~0.05-0.09, as large as the
+# tolerance below; 10 seeds bring it to ~0.02-0.05.
+DEFAULT_SEEDS = 10
 TOLERANCE = 0.10  # "within ±10 percentage points": |ratio − paper ratio| ≤ 0.10
 CHUNKS = (2048, 8192, 32768)  # DESIGN §6: publish how results move with 2K / 8K / 32K chunks
 CHUNK_POLICIES = ("divided", "context_aware")
@@ -47,14 +51,14 @@ SENSITIVITY: dict[str, Callable[[Scenario], dict[str, Any]]] = {
 
 @dataclass
 class Reproduction:
-    table4: pd.DataFrame  # model, metric, paper, seersim, diff, within_10pp
+    table4: pd.DataFrame  # model, metric, paper, seersim, se (standard error of the mean; NaN with one seed), diff, within_10pp
     chunks: pd.DataFrame | None  # model, policy, chunk_tokens, speedup, tail_reduction
     sensitivity: pd.DataFrame | None = None  # model, assumption, shipped, divided, context_aware, seer, tail_reduction, within_10pp
 
 
 def reproduce(
     scenarios_dir: Path,
-    seeds: int = 3,
+    seeds: int = DEFAULT_SEEDS,
     jobs: int = 1,
     progress: Progress | None = None,
     chunks: bool = False,
@@ -62,8 +66,9 @@ def reproduce(
     address: str | None = None,
     sensitivity: bool = False,
 ) -> Reproduction:
-    """Table 4 (and, with `chunks`, the chunk-size table, one seed; with `sensitivity`,
-    Table 4 under each of `SENSITIVITY`'s changed assumptions) from one batch of runner tasks."""
+    """Table 4 (and, with `chunks`, the chunk-size table; with `sensitivity`, Table 4 under
+    each of `SENSITIVITY`'s changed assumptions) from one batch of runner tasks, every
+    study over the same `seeds` seeds (see DEFAULT_SEEDS)."""
     studies: list[tuple[str, Scenario, tuple[str, ...]]] = []
     shipped: dict[str, Scenario] = {}
     for name in PAPER:
@@ -71,17 +76,14 @@ def reproduce(
         studies.append((f"{name}/table4/", sc, ("baseline", *STEPS)))
         if chunks:
             for chunk in CHUNKS:
-                studies.append((f"{name}/chunk{chunk}/", with_overrides(sc, **{"policy.chunk_tokens": chunk}), ("baseline", *CHUNK_POLICIES)))
+                if chunk != sc.policy.chunk_tokens:  # (the shipped size is Table 4's own runs)
+                    studies.append((f"{name}/chunk{chunk}/", with_overrides(sc, **{"policy.chunk_tokens": chunk}), ("baseline", *CHUNK_POLICIES)))
         if sensitivity:
             if sc.workload.kind != "synthetic":
                 raise ScenarioError(f"{name}.yaml: --sensitivity changes the length distribution, so it needs a synthetic workload")
             for label, overrides in SENSITIVITY.items():
                 studies.append((f"{name}/sens {label}/", with_overrides(sc, **overrides(sc)), ("baseline", *STEPS)))
-    # Table 4 and its assumption variants over `seeds` seeds (one step's ratio moves by
-    # ±0.1-0.2 between seeds); the chunk-size table over one
-    seed_lists = {
-        prefix: [sc.seed + i for i in range(1 if "/chunk" in prefix else seeds)] for prefix, sc, _ in studies
-    }
+    seed_lists = {prefix: [sc.seed + i for i in range(seeds)] for prefix, sc, _ in studies}
     tasks = [t for prefix, sc, pols in studies for t in compare_tasks(sc, list(pols), seed_lists[prefix], prefix, keep=False)]
     outcomes = run_all(tasks, jobs=jobs, executor=executor, address=address, progress=progress)
     tables = {
@@ -90,9 +92,12 @@ def reproduce(
     }
     rows = []
     for name, paper in PAPER.items():
-        for metric, ours in _cells(tables[f"{name}/table4/"]).items():
+        table = tables[f"{name}/table4/"]
+        errors = _cells(table, "_std")
+        for metric, ours in _cells(table).items():
             label = "tail reduction seer" if metric == "tail_reduction" else f"speedup {metric}"
-            rows.append({"model": name, "metric": label, "paper": paper[metric], "seersim": ours})
+            se = errors[metric] / seeds**0.5 if seeds > 1 else float("nan")
+            rows.append({"model": name, "metric": label, "paper": paper[metric], "seersim": ours, "se": se})
     df = pd.DataFrame(rows)
     df["diff"] = df["seersim"] - df["paper"]
     df["within_10pp"] = df["diff"].abs() <= TOLERANCE
@@ -101,8 +106,8 @@ def reproduce(
             "model": name,
             "policy": pol,
             "chunk_tokens": chunk,
-            "speedup": float(tables[f"{name}/chunk{chunk}/"].loc[pol, "speedup_vs_baseline"]),
-            "tail_reduction": float(tables[f"{name}/chunk{chunk}/"].loc[pol, "tail_reduction_vs_baseline"]),
+            "speedup": float(tables[_chunk_study(name, shipped[name], chunk)].loc[pol, "speedup_vs_baseline"]),
+            "tail_reduction": float(tables[_chunk_study(name, shipped[name], chunk)].loc[pol, "tail_reduction_vs_baseline"]),
         }
         for name in PAPER
         for pol in CHUNK_POLICIES
@@ -118,6 +123,11 @@ def reproduce(
     return Reproduction(df, pd.DataFrame(chunk_rows) if chunks else None, pd.DataFrame(sens_rows) if sensitivity else None)
 
 
+def _chunk_study(name: str, sc: Scenario, chunk: int) -> str:
+    """The study whose runs give `chunk`-token chunks on scenario `name`."""
+    return f"{name}/table4/" if chunk == sc.policy.chunk_tokens else f"{name}/chunk{chunk}/"
+
+
 def _shipped_values(sc: Scenario, overrides: dict[str, Any]) -> str:
     """The scenario's own values of the fields `overrides` changes, e.g. '0.8'."""
     values = []
@@ -130,10 +140,11 @@ def _shipped_values(sc: Scenario, overrides: dict[str, Any]) -> str:
     return ", ".join(values)
 
 
-def _cells(table: pd.DataFrame) -> dict[str, float]:
-    """Table 4's cells of one model from its comparison table (indexed by policy)."""
-    cells = {step: float(table.loc[step, "speedup_vs_baseline"]) for step in STEPS}
-    cells["tail_reduction"] = float(table.loc["seer", "tail_reduction_vs_baseline"])
+def _cells(table: pd.DataFrame, suffix: str = "") -> dict[str, float]:
+    """Table 4's cells of one model from its comparison table (indexed by policy); with
+    suffix "_std", their standard deviations over seeds."""
+    cells = {step: float(table.loc[step, "speedup_vs_baseline" + suffix]) for step in STEPS}
+    cells["tail_reduction"] = float(table.loc["seer", "tail_reduction_vs_baseline" + suffix])
     return cells
 
 
@@ -147,13 +158,14 @@ def chunk_markdown(df: pd.DataFrame) -> str:
 
 def to_markdown(df: pd.DataFrame) -> str:
     lines = [
-        "| model | metric | paper | seersim | diff | within ±10 pp |",
-        "|---|---|---|---|---|---|",
+        "| model | metric | paper | seersim | ± s.e. | diff | within ±10 pp |",
+        "|---|---|---|---|---|---|---|",
     ]
     for r in df.itertuples():
         fmt = "{:.0%}" if "tail" in r.metric else "{:.2f}x"
+        se = "n/a" if r.se != r.se else ("{:.0%}" if "tail" in r.metric else "{:.2f}").format(r.se)
         lines.append(
-            f"| {r.model} | {r.metric} | {fmt.format(r.paper)} | {fmt.format(r.seersim)} | {r.diff:+.2f} | "
+            f"| {r.model} | {r.metric} | {fmt.format(r.paper)} | {fmt.format(r.seersim)} | {se} | {r.diff:+.2f} | "
             f"{'yes' if r.within_10pp else 'no'} |"
         )
     return "\n".join(lines) + "\n"
