@@ -29,7 +29,7 @@ PAPER = {
 STEPS = ("divided", "context_aware", "seer")
 # One RL step's speedup moves by ±0.1-0.2 between seeds (the few longest groups set both
 # makespans), so the mean of 3 seeds has a standard error of ~0.05-0.09, as large as the
-# tolerance below; 10 seeds bring it to ~0.02-0.05.
+# tolerance below; 10 seeds bring it to ~0.02-0.05 (docs/reproduction.md).
 DEFAULT_SEEDS = 10
 TOLERANCE = 0.10  # "within ±10 percentage points": |ratio − paper ratio| ≤ 0.10
 CHUNKS = (2048, 8192, 32768)  # DESIGN §6: publish how results move with 2K / 8K / 32K chunks
