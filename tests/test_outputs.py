@@ -89,6 +89,16 @@ def test_compare_table_keeps_names_whole_when_piped():
     assert max(len(line) for line in out.splitlines()) > 80  # not cut at a terminal's width
 
 
+def test_compare_table_gives_the_tail_change_with_its_spread_over_seeds():
+    args = ("compare", SMALL, *FAST, "--policies", "baseline,divided", "--seeds", "2")
+    rows = {line.split()[0]: line for line in invoke(*args).stdout.splitlines() if line.startswith(("baseline ", "divided "))}
+    data = json.loads(invoke(*args, "--json").stdout)
+    divided = next(r for r in data["results"] if r["policy"] == "divided")
+    change = f"{-divided['tail_reduction_vs_baseline']:+.0%} ± {divided['tail_reduction_vs_baseline_std']:.0%}"
+    assert divided["tail_reduction_vs_baseline_std"] > 0 and change in rows["divided"]
+    assert "+0% ± 0%" in rows["baseline"]  # the baseline against itself (was "-0%")
+
+
 def test_rich_table_on_a_narrow_terminal_keeps_names_whole(monkeypatch):
     monkeypatch.setenv("COLUMNS", "50")
     cols = [Column("policy", "left", whole=True)] + [Column(h) for h in ("makespan", "throughput", "speedup")]

@@ -80,9 +80,13 @@ def compare_cmd(
             typer.echo(f"results and plots written to {out}/")
 
 
-def _tail_change(reduction: float) -> str:
-    """The tail against the baseline's, as a signed change; n/a where the baseline has none."""
-    return "n/a" if reduction != reduction else f"{-reduction:+.0%}"  # (NaN: undefined)
+def _tail_change(reduction: float, std: float | None = None) -> str:
+    """The tail against the baseline's, as a signed change (± its spread over seeds when
+    given); n/a where the baseline has none."""
+    if reduction != reduction:  # (NaN: undefined)
+        return "n/a"
+    change = f"{0.0 - reduction:+.0%}"  # (0.0 - x: the baseline's own 0 prints +0%, not -0%)
+    return change if std is None else f"{change} ± {std:.0%}"
 
 
 def _print_compare(cmp) -> None:
@@ -107,7 +111,7 @@ def _print_compare(cmp) -> None:
             pm(r["throughput_tokens_per_s"], r["throughput_tokens_per_s_std"], "{:,.0f}") + " tok/s",
             pm(r["tail_s"], r["tail_s_std"], "{:,.1f}") + " s",
             pm(r["speedup_vs_baseline"], r["speedup_vs_baseline_std"], "{:.2f}") + f"x ({r['speedup_vs_baseline'] - 1:+.0%})",
-            _tail_change(r["tail_reduction_vs_baseline"]),
+            _tail_change(r["tail_reduction_vs_baseline"], r["tail_reduction_vs_baseline_std"] if spread else None),
             f"{r.get('preemptions', 0):,.0f}",
             f"{r.get('migrations', 0):,.0f}",
         ]
