@@ -11,7 +11,6 @@ import pytest
 from typer.testing import CliRunner
 
 import seersim
-
 from seersim.cli import app
 from seersim.studies.reproduce import CHUNKS, PAPER
 
