@@ -97,6 +97,7 @@ def test_compare_table_gives_the_tail_change_with_its_spread_over_seeds():
     change = f"{-divided['tail_reduction_vs_baseline']:+.0%} ± {divided['tail_reduction_vs_baseline_std']:.0%}"
     assert divided["tail_reduction_vs_baseline_std"] > 0 and change in rows["divided"]
     assert "+0% ± 0%" in rows["baseline"]  # the baseline against itself (was "-0%")
+    assert "±: standard deviation over the 2 seeds" in invoke(*args).stdout
 
 
 def test_rich_table_on_a_narrow_terminal_keeps_names_whole(monkeypatch):

@@ -125,6 +125,12 @@ def _print_compare(cmp) -> None:
          "generated in the step"]
         if partial else []
     )
+    if spread:
+        n = len(cmp.seeds)
+        notes.append(
+            f"±: standard deviation over the {n} seeds (how much one RL step varies); the means' standard "
+            f"error is that / √{n}"
+        )
     if any(_tail_change(r["tail_reduction_vs_baseline"]) == "n/a" for r in recs):
         notes.append("n/a: the baseline's last 10% of requests finish together (no tail), so a change of it is undefined")
     print_table(f"{cmp.scenario.name}: {len(cmp.seeds)} seed(s), vs {cmp.baseline}", cols, rows, notes=notes)
