@@ -19,7 +19,8 @@ gpu=h100-sxm
 
 # name | model | tp | ops ("" = all) | extra grid. In order of importance: the session
 # may be cut short. Moonlight first: seer's speculation gain there rests on verifying
-# drafts at batch 256 costing little (width 1..9 at its batch sizes).
+# drafts costing little where it runs (~36 sequences of ~31K tokens per GPU,
+# KV-bound: the batch x context x width 1..9 grid brackets it).
 # (The number orders the runs.)
 PLAN_LIST=(
   "1-moonlight-16b-a3b|moonlight-16b-a3b|1||--batches 1,8,32,128,256"
