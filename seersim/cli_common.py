@@ -99,10 +99,10 @@ def split_ints(csv: str | None, option: str, example: str, minimum: int = 1) -> 
     values = []
     for item in items:
         try:
-            value = int(item)
+            value: int | None = int(item)
         except ValueError:
-            value = minimum - 1
-        if value < minimum:
+            value = None
+        if value is None or value < minimum:
             raise BadOption(f"{option}: {item!r} is not a whole number >= {minimum}; e.g. {option} {example}")
         values.append(value)
     return tuple(values)

@@ -36,7 +36,7 @@ def serve_local(
     from seersim.backends.local import LocalServers, ServerOptions, TinyModel, build_tiny_model, default_model_dir
 
     with cli_errors():
-        core_list = list(split_ints(cores, "--cores", "0,1", minimum=0) or ()) or None
+        core_list = split_ints(cores, "--cores", "0,1", minimum=0)
         spec = TinyModel()
         path = build_tiny_model(model_dir or default_model_dir(), spec)
         kv_bytes = kv_cache_tokens * spec.kv_bytes_per_token if kv_cache_tokens else None

@@ -29,6 +29,7 @@ import sys
 import time
 import urllib.error
 import urllib.request
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -212,7 +213,7 @@ class LocalServers:
         model_dir: Path,
         opts: ServerOptions = ServerOptions(),
         log_dir: Path | None = None,
-        cores: list[int] | None = None,
+        cores: Sequence[int] | None = None,
         ready_timeout_s: float = 600.0,
     ) -> None:
         if instances < 1:

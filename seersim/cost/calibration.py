@@ -39,15 +39,15 @@ class IterationFit:
     seq_s: float
 
     def __post_init__(self) -> None:
+        # (each stored as float: a file may write 1 for 1.0)
         for name in ("overhead_s", "context_s_per_token", "seq_s"):
             check_number(name, getattr(self, name))
+            object.__setattr__(self, name, float(getattr(self, name)))
         check_knots("knots_tokens", self.knots_tokens, "knots_s", self.knots_s)
         for v in self.knots_s:
             check_number("knots_s", v)
-        for name in ("knots_tokens", "knots_s"):  # (a file may write 1 for 1.0)
+        for name in ("knots_tokens", "knots_s"):
             object.__setattr__(self, name, tuple(float(v) for v in getattr(self, name)))
-        for name in ("overhead_s", "context_s_per_token", "seq_s"):
-            object.__setattr__(self, name, float(getattr(self, name)))
 
     def tokens_s(self, tokens):
         """The token-dependent term: piecewise linear, extrapolated linearly past the last knot."""
