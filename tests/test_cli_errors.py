@@ -363,6 +363,7 @@ def test_profile_repeats_at_least_one(tmp_path, backend):
     "args, named",
     [
         (("serve-local", "--cores", "x"), ("--cores", "'x'")),
+        (("serve-local", "--instances", "2", "--cores", "0"), ("--cores", "1 core(s) for 2 server(s)")),
         (("profile", "--backend", "vllm", "--url", "", "--out", "t.csv"), ("--url is empty",)),
     ],
 )

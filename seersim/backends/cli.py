@@ -36,14 +36,13 @@ def serve_local(
     from seersim.backends.local import LocalServers, ServerOptions, TinyModel, build_tiny_model, default_model_dir
 
     with cli_errors():
-        core_list = split_ints(cores, "--cores", "0,1", minimum=0)
         spec = TinyModel()
-        path = build_tiny_model(model_dir or default_model_dir(), spec)
         kv_bytes = kv_cache_tokens * spec.kv_bytes_per_token if kv_cache_tokens else None
-        servers = LocalServers(
-            instances, path, ServerOptions(max_num_seqs=max_num_seqs, kv_cache_memory_bytes=kv_bytes),
-            log_dir=log_dir, cores=core_list,
+        servers = LocalServers(  # (checks its options before the model is built)
+            instances, model_dir or default_model_dir(), ServerOptions(max_num_seqs=max_num_seqs, kv_cache_memory_bytes=kv_bytes),
+            log_dir=log_dir, cores=split_ints(cores, "--cores", "0,1", minimum=0),
         )
+        path = build_tiny_model(servers.model_dir, spec)
         typer.echo(f"starting {instances} vLLM server(s) with {path} (logs in {servers.log_dir}) ...", err=True)
         signal.signal(signal.SIGTERM, _interrupt)
         signal.signal(signal.SIGINT, _interrupt)  # also when started in the background (SIGINT ignored)

@@ -218,6 +218,8 @@ class LocalServers:
     ) -> None:
         if instances < 1:
             raise BackendError(f"--instances must be >= 1 (got {instances})")
+        if cores is not None and len(cores) != instances:
+            raise BackendError(f"--cores names {len(cores)} core(s) for {instances} server(s); give one per server, or leave it out")
         self.instances = instances
         self.model_dir = Path(model_dir)
         self.opts = opts
