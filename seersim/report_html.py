@@ -145,7 +145,7 @@ def _sweep_figures(table: pd.DataFrame, keys: list[str]):
 
 def _plan(folder: Path) -> list[Section]:
     data = json.loads((folder / "plan.json").read_text())
-    head = {k: data.get(k) for k in ("scenario", "target_step_s", "objective", "budget_usd", "met_target", "evaluated", "space")}
+    head = {k: data.get(k) for k in ("scenario", "target_step_s", "objective", "budget_usd", "seeds", "stat", "met_target", "evaluated", "space")}
     head["pruned"] = data.get("pruned")
     sections = [("Plan", _mapping_html(head))]
     chosen = data.get("best") or data.get("fastest")

@@ -64,6 +64,60 @@ def test_plan_finds_the_brute_force_optimum_with_fewer_simulations(brute_force, 
     pareto = {p for p in pts if not any(q[0] <= p[0] and q[1] <= p[1] and q != p for q in pts)}
     assert set(zip(result.frontier["rl_step_s"], result.frontier["cost_usd"])) == pareto
 
+SEEDED_SPACE = {"cluster.instances": [1, 2, 4, 8], "gpu": ["h100-sxm", "a100-80gb"]}
+
+
+@pytest.fixture(scope="module")
+def brute_force_3_seeds() -> pd.DataFrame:
+    return sweep(load_small(**MID), SEEDED_SPACE, POLICIES, seeds=3).table
+
+
+@pytest.mark.parametrize("stat", ["mean", "p90", "max"])
+def test_plan_over_seeds_finds_the_optimum_of_the_seed_statistic(brute_force_3_seeds, stat):
+    """Each point is judged on the statistic of its 3 seeds' step times; the answer is
+    the brute-force one over the same sweep's rows reduced the same way, and at least
+    one point's choice differs from judging seed 0 alone (else the test shows nothing)."""
+    keys = [*SEEDED_SPACE, "policy"]
+    table = brute_force_3_seeds
+    q = {"mean": None, "p90": 0.9, "max": 1.0}[stat]
+    reduce = (lambda g: g.mean()) if q is None else (lambda g: g.quantile(q))
+    assert table["error"].isna().all()
+    per_point = table.groupby(keys, sort=False)[["rl_step_s", "cost_usd"]].apply(reduce).reset_index()
+    per_point["error"] = None
+    seed0 = table[table["seed"] == 0].reset_index(drop=True)
+    target = float(per_point["rl_step_s"].quantile(0.5))
+    result = plan(load_small(**MID), target, SEEDED_SPACE, POLICIES, seeds=3, stat=stat)
+    expected = _cheapest(per_point, target, keys=tuple(SEEDED_SPACE))
+    assert result.best["overrides"] == expected
+    assert result.seeds == [0, 1, 2] and result.stat == stat
+    sim = result.points[result.points["status"] == SIMULATED]
+    merged = sim.merge(per_point, on=keys, suffixes=("", "_sweep"))
+    assert len(merged) == len(sim) > 0
+    np.testing.assert_allclose(merged["rl_step_s"], merged["rl_step_s_sweep"], rtol=1e-12)
+    np.testing.assert_allclose(merged["cost_usd"], merged["cost_usd_sweep"], rtol=1e-12)
+    assert (sim["seeds"] == 3).all() and (sim["rl_step_s_std"] > 0).all()
+    # (the statistic is not seed 0's own step time)
+    by_seed0 = sim.merge(seed0, on=keys, suffixes=("", "_seed0"))
+    assert (by_seed0["rl_step_s"] != by_seed0["rl_step_s_seed0"]).all()
+
+
+def test_plan_over_seeds_cli_reports_the_statistic(tmp_path):
+    out = tmp_path / "plan"
+    args = ["plan", str(SMALL_YAML), "--set", "workload.prompts=16", "--target-step-s", "200",
+            "--grid", "cluster.instances=2,4", "--policies", "baseline", "--seeds", "2", "--stat", "max"]
+    result = CliRunner().invoke(app, [*args, "--out", str(out), "--json"])
+    assert result.exit_code == 0, result.output
+    data = json.loads(result.stdout)
+    assert data["seeds"] == [0, 1] and data["stat"] == "max"
+    assert data["best"]["rl_step_s_std"] > 0
+    assert "(max of seeds 0-1)" in (out / "best.yaml").read_text().splitlines()[0]
+    text = CliRunner().invoke(app, args)
+    assert "max of seeds 0-1" in text.output and " ± " in text.output
+    bad = CliRunner().invoke(app, [*args[:-1], "p95"])
+    assert bad.exit_code == 2 and "--stat 'p95': choose one of mean, median, p90, max" in bad.output
+    assert "Traceback" not in bad.output
+
+
 def test_plan_without_an_instance_axis_still_matches_brute_force(brute_force):
     space = {"cluster.parallelism.tp": [1, 2], "gpu": ["h100-sxm", "a100-80gb"]}
     # small.yaml runs 4 instances: the brute-force rows with cluster.instances=4, in grid order

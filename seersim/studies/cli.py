@@ -314,6 +314,8 @@ def plan_cmd(
     gpus: Annotated[Optional[str], typer.Option("--gpus", help="GPU types to try, e.g. h100-sxm,h800")] = None,
     budget_usd: Annotated[Optional[float], typer.Option("--budget-usd", min=0.0, help="most $ per RL step")] = None,
     objective: Annotated[str, typer.Option("--objective", help="cost_usd or gpu_hours (per RL step)")] = "cost_usd",
+    seeds: Annotated[int, typer.Option("--seeds", min=1, help="RL steps (seeds: scenario seed, +1, ...) each point runs")] = 1,
+    stat: Annotated[str, typer.Option("--stat", help="a point's step time over its seeds: mean, median, p90 or max")] = "mean",
     jobs: JobsOpt = 1,
     executor: ExecutorOpt = "local",
     address: AddressOpt = None,
@@ -325,7 +327,9 @@ def plan_cmd(
     """Find the cheapest configuration whose RL step meets --target-step-s.
 
     Searches the grid (instances, parallelism, GPU type, chunk size, ...) × policies,
-    pruning with memory, roofline and instance-count bounds. Exit codes: 0 a
+    pruning with memory, roofline and instance-count bounds. With --seeds N each point
+    runs N RL steps and is judged on --stat of their times (mean: long-run time and
+    cost per step; p90 or max: sized for the slow steps). Exit codes: 0 a
     configuration meets the target (and budget); 1 none does (the fastest found is
     shown); 2 bad input.
     """
@@ -340,7 +344,8 @@ def plan_cmd(
         with progress(not json_, f"planning {sc.name}") as on_progress:
             result = plan(
                 sc, target_step_s, search_space, split_csv(policies), objective=objective,  # type: ignore[arg-type]
-                budget_usd=budget_usd, jobs=jobs, executor=executor, address=address, progress=on_progress,  # type: ignore[arg-type]
+                budget_usd=budget_usd, seeds=seeds, stat=stat, jobs=jobs, executor=executor, address=address,  # type: ignore[arg-type]
+                progress=on_progress,
             )
         if out is not None:
             clear_results(out)
@@ -360,29 +365,40 @@ def _print_plan(result, out: Path | None) -> None:
         f"simulated {result.evaluated} of {result.space} points; pruned: "
         + (", ".join(f"{v} by {k}" for k, v in result.pruned.items() if v) or "none")
     )
+    several = len(result.seeds) > 1
+
+    def step_s(r: dict) -> str:
+        return f"{r['rl_step_s']:,.1f}" + (f" ± {r['rl_step_s_std']:,.1f}" if several else "")
+
     rows, styles = [], []
     for r in result.frontier.to_dict(orient="records"):
         rows.append([
             ", ".join(f"{k}={v}" for k, v in r["overrides"].items()),
-            f"{r['rl_step_s']:,.1f}", f"{r['gpu_hours']:,.4f}", f"${r['cost_usd']:,.4f}", f"{r['gpu_hour_usd']:g}",
+            step_s(r), f"{r['gpu_hours']:,.4f}", f"${r['cost_usd']:,.4f}", f"{r['gpu_hour_usd']:g}",
             "yes" if r["rl_step_s"] <= result.target_step_s else "no",
         ])
         styles.append("" if r["rl_step_s"] <= result.target_step_s else "dim")
     cols = [Column("configuration", "left", whole=True)] + [
         Column(c) for c in ("rl_step_s", "gpu_hours", "cost_usd", "$/GPU-hour", "meets target")
     ]
-    print_table(f"Pareto frontier (step time vs {result.objective}) among simulated points", cols, rows, styles=styles)
+    notes = [
+        f"rl_step_s, gpu_hours, cost_usd: {result.describe_stat()} (each point runs the same seeds); "
+        "± is the standard deviation of rl_step_s over them"
+    ] if several else []
+    print_table(
+        f"Pareto frontier (step time vs {result.objective}) among simulated points", cols, rows, styles=styles, notes=notes
+    )
     b = result.best
     if b is None:
         f = result.fastest
         typer.echo(f"nothing meets the target of {result.target_step_s:g} s" + (
-            f"; the fastest found: {', '.join(f'{k}={v}' for k, v in f['overrides'].items())} at {f['rl_step_s']:,.1f} s"
+            f"; the fastest found: {', '.join(f'{k}={v}' for k, v in f['overrides'].items())} at {step_s(f)} s"
             if f else "; no configuration fits in memory"
         ))
     else:
         typer.echo(
-            f"best: {', '.join(f'{k}={v}' for k, v in b['overrides'].items())}: rl_step_s={b['rl_step_s']:,.1f} s "
-            f"(target {result.target_step_s:g} s), {b['gpu_hours']:.4f} GPU-hours, ${b['cost_usd']:.4f} per RL step "
+            f"best: {', '.join(f'{k}={v}' for k, v in b['overrides'].items())}: rl_step_s={step_s(b)} s "
+            f"(target {result.target_step_s:g} s{', ' + result.describe_stat() if several else ''}), {b['gpu_hours']:.4f} GPU-hours, ${b['cost_usd']:.4f} per RL step "
             f"at ${b['gpu_hour_usd']:g}/GPU-hour for {b['gpu_type']} ({(b['gpu_hour_usd_source'] or 'no source given').split('. ')[0]})"
         )
     if out is not None:

@@ -1,7 +1,11 @@
 """Capacity planning: the cheapest fleet and policy whose RL step meets a target time.
 
 The search space is a grid of scenario overrides (instance count, parallelism, GPU
-type, chunk size, ...) × policies, one seed. Instead of simulating every point, the
+type, chunk size, ...) × policies. One RL step's time varies with its requests: the
+few longest groups set the makespan, so one seed's step is often 5–10% off another's.
+A point is therefore judged on `seeds` steps (the scenario's seed, +1, ...) by one
+statistic of their times (`STATS`: the mean is the long-run time and cost per step;
+p90 or max size the fleet for the slow steps). Instead of simulating every point, the
 planner prunes with bounds that never discard the optimum:
 
 1. memory — set-ups whose weights, or whose longest possible request (with its
@@ -11,21 +15,24 @@ planner prunes with bounds that never discard the optimum:
    total output tokens over the fleet's peak decode rate, and the longest request
    decoded alone at batch 1 (speculation counted at its best acceptance). A point whose
    bound exceeds the target cannot meet it; one whose bound on cost exceeds the best
-   cost found so far cannot beat it (branch and bound);
+   cost found so far cannot beat it (branch and bound). Over several seeds the bound
+   is the statistic of the seeds' bounds: the mean, a quantile and the max never fall
+   when every value rises, so it stays below the statistic of the step times;
 3. monotonicity in instance count — more instances never make a step slower (an
    assumption of the model: same work, more engines), so along the instance axis the
    planner binary-searches the smallest count that meets the target and never
    simulates counts below it.
 
-The best point is the one a brute-force pass over the same grid's sweep table picks:
-the lowest objective (cost in $, or GPU-hours) among points with rl_step_s ≤ target
-(and cost ≤ budget), ties broken by step time, then grid order.
+The best point is the one a brute-force pass over the same grid's sweep table (the
+same seeds, each configuration's rows reduced by the statistic) picks: the lowest
+objective (cost in $, or GPU-hours) among points with rl_step_s ≤ target (and cost ≤
+budget), ties broken by step time, then grid order.
 """
 
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any, Literal
 
@@ -49,6 +56,13 @@ from seersim.yamlfile import read_yaml_mapping
 Objective = Literal["cost_usd", "gpu_hours"]
 INSTANCES = "cluster.instances"
 
+#: how a point's seeds are reduced to one step time (and cost): name -> quantile (None: the mean)
+STATS: dict[str, float | None] = {"mean": None, "median": 0.5, "p90": 0.9, "max": 1.0}
+#: per-run metrics a plan keeps, each reduced over the seeds by the statistic; throughput,
+#: which falls as step time rises, by its mirror (p90 of the time ↔ p10 of the throughput)
+STEP_METRICS = ("rl_step_s", "makespan_s", "gpu_hours", "cost_usd", "preemptions")
+RATE_METRICS = ("throughput_tokens_per_s",)
+
 # statuses of a point in the plan's table
 SIMULATED = "simulated"
 INVALID = "invalid"  # the overrides do not make a valid scenario (e.g. ep > tp·dp)
@@ -59,15 +73,34 @@ MONOTONE = "monotone"  # fewer instances than a count that missed the target
 COST = "cost"  # lower bound on the objective exceeds the best found
 
 
+def reduce_over_seeds(values: list[float], stat: str, mirror: bool = False) -> float:
+    """`stat` (a `STATS` name) of one metric's values over a point's seeds; `mirror`
+    takes the opposite quantile (a rate that is low when the step is slow)."""
+    q = STATS[stat]
+    if q is None:
+        return float(np.mean(values))
+    return float(np.quantile(values, 1.0 - q if mirror else q))
+
+
+def check_stat(stat: str) -> None:
+    if stat not in STATS:
+        raise ScenarioError(f"--stat '{stat}': choose one of {', '.join(STATS)}")
+
+
 @dataclass
 class _Candidate:
-    point: Point
+    point: Point  # its seed is the first of `seeds`
     scenario: Scenario | None
+    seeds: list[int] = field(default_factory=list)
     status: str = ""
     reason: str = ""
     lb_step_s: float = float("nan")
     lb_objective: float = float("nan")
-    summary: dict | None = None
+    summary: dict | None = None  # STEP_METRICS and RATE_METRICS reduced over the seeds, and rl_step_s_std
+
+    def run_point(self, seed: int) -> Point:
+        """The point of one of its seeds (its key names that run)."""
+        return replace(self.point, seed=seed)
 
     @property
     def family(self) -> tuple:
@@ -85,13 +118,20 @@ class Plan:
     target_step_s: float
     objective: Objective
     budget_usd: float | None
-    space: int  # points in the search space
+    space: int  # points in the search space (configurations × policies; each runs every seed)
+    seeds: list[int]
+    stat: str  # how each point's seeds are reduced (`STATS`)
     points: pd.DataFrame  # every point: overrides, policy, status, bounds, metrics when simulated
     best: dict | None  # overrides, policy, rl_step_s, gpu_hours, cost_usd, gpu_hour_usd, ...
     fastest: dict | None  # the fastest simulated point (what to show when nothing meets the target)
     frontier: pd.DataFrame  # Pareto set of (rl_step_s, objective) among simulated points
     best_scenario: Scenario | None = None
     pruned: dict[str, int] = field(default_factory=dict)
+
+    def describe_stat(self) -> str:
+        """How a point's step time was taken, in words: 'mean of seeds 0-2'."""
+        first, last = self.seeds[0], self.seeds[-1]
+        return f"{self.stat} of seed{'s' if last > first else ''} {first}" + (f"-{last}" if last > first else "")
 
     @property
     def evaluated(self) -> int:
@@ -102,6 +142,8 @@ class Plan:
             "target_step_s": self.target_step_s,
             "objective": self.objective,
             "budget_usd": self.budget_usd,
+            "seeds": self.seeds,
+            "stat": self.stat,
             "met_target": self.best is not None,
             "best": self.best,
             "fastest": self.fastest,
@@ -203,29 +245,41 @@ def plan(
     *,
     objective: Objective = "cost_usd",
     budget_usd: float | None = None,
+    seeds: int = 1,
+    stat: str = "mean",
     jobs: int = 1,
     executor: Executor = "local",
     address: str | None = None,
     progress: Progress | None = None,
 ) -> Plan:
-    """Search `space` × `policies` for the cheapest point with rl_step_s ≤ target."""
+    """Search `space` × `policies` for the cheapest point whose step time, `stat` over
+    `seeds` seeds (the scenario's, +1, ...), is ≤ target."""
     if not target_step_s > 0:
         raise ScenarioError(f"--target-step-s must be > 0 (got {target_step_s})")
     if objective not in ("cost_usd", "gpu_hours"):
         raise ScenarioError(f"--objective '{objective}': choose cost_usd or gpu_hours")
+    if isinstance(seeds, bool) or not isinstance(seeds, int) or seeds < 1:
+        raise ScenarioError(f"--seeds must be a whole number ≥ 1 (got {seeds!r})")
+    check_stat(stat)
     pols = resolve_policies(scenario, policies)
-    points = grid_points(scenario, space, pols, [scenario.seed])
-    cands = _candidates(scenario, points)
+    seed_list = [scenario.seed + i for i in range(seeds)]
+    points = grid_points(scenario, space, pols, seed_list[:1])
+    cands = _candidates(scenario, points, seed_list)
     workloads: dict[str, Workload] = {}
     for c in cands:
         if c.status:
             continue
-        wl = _workload(c.scenario, workloads)
-        why = memory_error(c.scenario, wl)
-        if why:
-            c.status, c.reason = MEMORY, why
+        bounds_s = []
+        for seed in c.seeds:
+            wl = _workload(c.scenario, seed, workloads)
+            why = memory_error(c.scenario, wl)
+            if why:
+                c.status, c.reason = MEMORY, why if len(c.seeds) == 1 else f"seed {seed}: {why}"
+                break
+            bounds_s.append(makespan_lower_bound_s(c.scenario, wl))
+        if c.status:
             continue
-        c.lb_step_s = makespan_lower_bound_s(c.scenario, wl) + c.scenario.training_s
+        c.lb_step_s = reduce_over_seeds(bounds_s, stat) + c.scenario.training_s
         c.lb_objective = c.lb_step_s * _objective_per_step_s(c.scenario, objective)
         lb_cost = c.lb_step_s * _objective_per_step_s(c.scenario, "cost_usd")
         if c.lb_step_s > target_step_s:
@@ -233,39 +287,39 @@ def plan(
         elif budget_usd is not None and lb_cost > budget_usd:
             c.status, c.reason = BUDGET, f"cost ≥ ${lb_cost:.2f} by the roofline bound"
     with Runner(jobs, executor, address) as runner:
-        search = _Search(cands, target_step_s, objective, budget_usd, runner, max(1, jobs), progress)
+        search = _Search(cands, target_step_s, objective, budget_usd, stat, runner, max(1, jobs), progress)
         search.run()
-    return _assemble(scenario, cands, search, target_step_s, objective, budget_usd, len(points))
+    return _assemble(cands, search, target_step_s, objective, budget_usd, len(points), seed_list, stat)
 
 
-def _candidates(scenario: Scenario, points: list[Point]) -> list[_Candidate]:
+def _candidates(scenario: Scenario, points: list[Point], seeds: list[int]) -> list[_Candidate]:
     cands, first_error = [], None
     for p in points:
         try:
-            cands.append(_Candidate(p, point_scenario(scenario, p)))
+            cands.append(_Candidate(p, point_scenario(scenario, p), seeds))
         except ScenarioError as exc:
             first_error = first_error or exc
-            cands.append(_Candidate(p, None, INVALID, str(exc)))
+            cands.append(_Candidate(p, None, seeds, INVALID, str(exc)))
     if first_error is not None and all(c.status == INVALID for c in cands):
         raise first_error  # a typo, not a few impossible combinations
     return cands
 
 
-def _workload(scenario: Scenario, cache: dict[str, Workload]) -> Workload:
+def _workload(scenario: Scenario, seed: int, cache: dict[str, Workload]) -> Workload:
     """The first step's requests (what `simulate` builds from the seed), shared by all
     points with the same workload section."""
-    key = repr((scenario.workload, scenario.base_dir, scenario.seed))
+    key = repr((scenario.workload, scenario.base_dir, seed))
     if key not in cache:
-        cache[key] = build_workload(scenario, np.random.default_rng(scenario.seed))
+        cache[key] = build_workload(scenario, np.random.default_rng(seed))
     return cache[key]
 
 
 class _Search:
     """Binary search along instance counts per family, then branch and bound on cost."""
 
-    def __init__(self, cands, target, objective, budget, runner: Runner, batch: int, progress) -> None:
+    def __init__(self, cands, target, objective, budget, stat: str, runner: Runner, batch: int, progress) -> None:
         self.cands: list[_Candidate] = cands
-        self.target, self.objective, self.budget = target, objective, budget
+        self.target, self.objective, self.budget, self.stat = target, objective, budget, stat
         self.runner, self.batch = runner, batch
         self.progress = progress
         self.incumbent = math.inf
@@ -279,20 +333,30 @@ class _Search:
         return self.budget is None or s["cost_usd"] <= self.budget
 
     def _simulate(self, batch: list[_Candidate]) -> None:
-        tasks = [make_task(c.scenario, c.point.policy, c.point.seed, key=c.point.key) for c in batch]
+        runs = [(c, c.run_point(seed)) for c in batch for seed in c.seeds]
+        tasks = [make_task(c.scenario, p.policy, p.seed, key=p.key) for c, p in runs]
         outcomes: dict[str, Outcome] = run_all(tasks, runner=self.runner)
         for c in batch:
-            out = outcomes[c.point.key]
             c.status = SIMULATED
-            if out.error is not None:
-                c.reason = str(out.error)
+            seeds = [outcomes[c.run_point(seed).key] for seed in c.seeds]
+            failed = next((o for o in seeds if o.error is not None), None)
+            if failed is not None:
+                c.reason = str(failed.error)
             else:
-                c.summary = out.summary
+                c.summary = self._reduce([o.summary for o in seeds])
                 if self._ok(c):
                     self.incumbent = min(self.incumbent, c.summary[self.objective])
         self.simulated += len(batch)
         if self.progress:
             self.progress(self.simulated, self.simulated + sum(1 for c in self.cands if not c.status))
+
+    def _reduce(self, summaries: list[dict]) -> dict:
+        """A point's metrics over its seeds (one seed: that run's own numbers)."""
+        reduced = {m: reduce_over_seeds([s[m] for s in summaries], self.stat) for m in STEP_METRICS}
+        reduced |= {m: reduce_over_seeds([s[m] for s in summaries], self.stat, mirror=True) for m in RATE_METRICS}
+        steps_s = [s["rl_step_s"] for s in summaries]
+        reduced["rl_step_s_std"] = float(np.std(steps_s, ddof=1)) if len(steps_s) > 1 else 0.0
+        return reduced
 
     def run(self) -> None:
         families: dict[tuple, list[_Candidate]] = {}
@@ -360,13 +424,14 @@ class _Search:
 # ------------------------------------------------------------------ result
 def _row(c: _Candidate) -> dict:
     row: dict[str, Any] = dict(c.point.overrides)
-    row["policy"], row["seed"], row["status"], row["reason"] = c.point.policy, c.point.seed, c.status, c.reason
+    row["policy"], row["seed"], row["seeds"] = c.point.policy, c.point.seed, len(c.seeds)
+    row["status"], row["reason"] = c.status, c.reason
     row["lb_step_s"] = c.lb_step_s
     if c.scenario is not None:
         row["gpu_type"] = c.scenario.gpu.name
         row["gpus"] = c.scenario.gpus_total
         row["gpu_hour_usd"] = c.scenario.gpu.gpu_hour_usd
-    for m in ("rl_step_s", "makespan_s", "gpu_hours", "cost_usd", "throughput_tokens_per_s", "preemptions"):
+    for m in ("rl_step_s", "rl_step_s_std", *STEP_METRICS[1:], *RATE_METRICS):
         row[m] = (c.summary or {}).get(m, float("nan"))
     return row
 
@@ -376,6 +441,7 @@ def _brief(c: _Candidate) -> dict:
     return {
         "overrides": {**c.point.overrides, "policy.name": c.point.policy},
         "rl_step_s": s["rl_step_s"],
+        "rl_step_s_std": s["rl_step_s_std"],  # over the seeds (0 with one)
         "makespan_s": s["makespan_s"],
         "gpu_hours": s["gpu_hours"],
         "cost_usd": s["cost_usd"],
@@ -386,7 +452,7 @@ def _brief(c: _Candidate) -> dict:
     }
 
 
-def _assemble(scenario, cands, search, target, objective, budget, space) -> Plan:
+def _assemble(cands, search, target, objective, budget, space, seeds, stat) -> Plan:
     sim = [c for c in cands if c.summary is not None]
     ok = [c for c in sim if search._ok(c)]
     best = min(ok, key=lambda c: (c.summary[objective], c.summary["rl_step_s"], c.point.index)) if ok else None
@@ -404,6 +470,8 @@ def _assemble(scenario, cands, search, target, objective, budget, space) -> Plan
         objective=objective,
         budget_usd=budget,
         space=space,
+        seeds=seeds,
+        stat=stat,
         points=points,
         best=_brief(best) if best else None,
         fastest=_brief(fastest) if fastest else None,
@@ -481,7 +549,7 @@ def plot_pareto(result: Plan):
     if chosen:
         ax.scatter([chosen["rl_step_s"]], [chosen[obj]], marker="*", s=260, color="gold", edgecolors="black",
                    zorder=5, label="best" if result.best else "fastest (target missed)")
-    ax.set_xlabel("RL step time (s)")
+    ax.set_xlabel("RL step time (s)" + (f", {result.describe_stat()}" if len(result.seeds) > 1 else ""))
     ax.set_ylabel(label)
     ax.set_title(f"plan: {result.evaluated} of {result.space} points simulated")
     ax.grid(True, alpha=0.3)
@@ -502,7 +570,8 @@ def write_plan(out: Path, result: Plan, scenario_name: str) -> list[Path]:
     if result.best_scenario is not None:
         b = result.best
         header = (
-            f"written by `seersim plan` for {scenario_name}: cheapest point with rl_step_s <= {result.target_step_s:g} s\n"
+            f"written by `seersim plan` for {scenario_name}: cheapest point with rl_step_s <= {result.target_step_s:g} s"
+            f"{'' if len(result.seeds) == 1 else f' ({result.describe_stat()})'}\n"
             f"overrides: {', '.join(f'{k}={v}' for k, v in b['overrides'].items())}\n"
             f"rl_step_s={b['rl_step_s']:.2f}, gpu_hours={b['gpu_hours']:.4f}, cost_usd={b['cost_usd']:.4f} "
             f"at ${b['gpu_hour_usd']}/GPU-hour ({b['gpu_hour_usd_source'] or 'no source given'})"
