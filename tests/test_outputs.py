@@ -98,6 +98,15 @@ def test_compare_table_gives_the_tail_change_with_its_spread_over_seeds():
     assert divided["tail_reduction_vs_baseline_std"] > 0 and change in rows["divided"]
     assert "+0% ± 0%" in rows["baseline"]  # the baseline against itself (was "-0%")
     assert "±: standard deviation over the 2 seeds" in invoke(*args).stdout
+    assert "one seed is one RL step" not in invoke(*args).stdout
+
+
+def test_compare_on_one_seed_says_how_far_one_step_is_from_the_mean():
+    one = invoke("compare", SMALL, *FAST, "--policies", "baseline,divided").stdout
+    assert "one seed is one RL step" in one and "--seeds 5 or more" in one
+    # a replayed trace is the same work whatever the seed: nothing to say
+    replay = invoke("compare", str(REPO_ROOT / "scenarios" / "small-replay.yaml"), "--policies", "baseline,divided").stdout
+    assert "divided" in replay and "one seed is one RL step" not in replay
 
 
 def test_rich_table_on_a_narrow_terminal_keeps_names_whole(monkeypatch):

@@ -131,6 +131,12 @@ def _print_compare(cmp) -> None:
             f"±: standard deviation over the {n} seeds (how much one RL step varies); the means' standard "
             f"error is that / √{n}"
         )
+    elif len(recs) > 1 and cmp.scenario.workload.kind != "replay":
+        notes.append(
+            "one seed is one RL step: its few longest groups set each makespan, so a speedup moves by about "
+            "±0.1–0.2 between seeds on the paper scenarios (docs/reproduction.md); rank close policies with "
+            "--seeds 5 or more"
+        )
     if any(_tail_change(r["tail_reduction_vs_baseline"]) == "n/a" for r in recs):
         notes.append("n/a: the baseline's last 10% of requests finish together (no tail), so a change of it is undefined")
     print_table(f"{cmp.scenario.name}: {len(cmp.seeds)} seed(s), vs {cmp.baseline}", cols, rows, notes=notes)
