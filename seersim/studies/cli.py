@@ -156,10 +156,10 @@ def regress(
 ) -> None:
     """Check policies against a stored baseline.
 
-    Exit codes: 0 every metric within the tolerance; 1 a metric got worse (regression);
-    3 no regression but a metric improved beyond the tolerance (stale baseline: run
-    `seersim regress --update` so its slack cannot hide a later regression); 2 bad input
-    (e.g. a stored entry lacks a metric).
+    Exit codes: 0 every metric within the tolerance; 1 a metric got worse
+    (regression); 3 no regression but a metric improved beyond the tolerance
+    (stale baseline: run `seersim regress --update` so its slack cannot hide
+    a later regression); 2 bad input (e.g. a stored entry lacks a metric).
     """
     from seersim.studies import regress as rg
 
@@ -332,12 +332,12 @@ def plan_cmd(
 ) -> None:
     """Find the cheapest configuration whose RL step meets --target-step-s.
 
-    Searches the grid (instances, parallelism, GPU type, chunk size, ...) × policies,
-    pruning with memory, roofline and instance-count bounds. With --seeds N each point
-    runs N RL steps and is judged on --stat of their times (mean: long-run time and
-    cost per step; p90 or max: sized for the slow steps). Exit codes: 0 a
-    configuration meets the target (and budget); 1 none does (the fastest found is
-    shown); 2 bad input.
+    Searches the grid (instances, parallelism, GPU type, chunk size, ...)
+    × policies, pruning with memory, roofline and instance-count bounds.
+    With --seeds N each point runs N RL steps and is judged on --stat of
+    their times (mean: long-run time and cost per step; p90 or max: sized
+    for the slow steps). Exit codes: 0 a configuration meets the target
+    (and budget); 1 none does (the fastest found is shown); 2 bad input.
     """
     from seersim.io import clear_results, prepare_out_dir
     from seersim.studies.plan import parse_space_args, plan, write_plan
