@@ -13,10 +13,12 @@ import seersim
 from conftest import SMALL_YAML, TINY, load_small
 from seersim.cli import app
 from seersim.cli_common import EXIT_BAD_INPUT, EXIT_CHECK_FAILED, EXIT_STALE_BASELINE
-from seersim.errors import ExecutorError, SpecError
+from seersim.errors import ExecutorError, ScenarioError, SpecError
 from seersim.studies import regress as rg
 from seersim.studies.compare import compare
-from seersim.studies.runner import Runner, make_task, run_all
+from seersim.studies.plan import plan
+from seersim.studies.runner import Runner, make_task, run_all, seed_list
+from seersim.studies.sweep import sweep
 
 
 def test_tasks_are_plain_data_and_workers_rebuild_the_cost_model():
@@ -112,3 +114,16 @@ def test_regress_help_documents_exit_codes():
     result = CliRunner().invoke(app, ["regress", "--help"])
     assert "stale baseline" in result.output and "3" in result.output
 
+
+
+@pytest.mark.parametrize("count", [0, -1, True, 1.5])
+def test_every_study_refuses_a_seed_count_that_is_not_a_whole_number_from_one(count):
+    sc = load_small(**TINY)
+    assert seed_list(sc.model_copy(update={"seed": 7}), 3) == [7, 8, 9]
+    for study in (
+        lambda: compare(sc, ["baseline"], seeds=count),
+        lambda: sweep(sc, {"cluster.instances": [1]}, ["baseline"], seeds=count),
+        lambda: plan(sc, 100.0, {"cluster.instances": [1]}, ["baseline"], seeds=count),
+    ):
+        with pytest.raises(ScenarioError, match="--seeds must be a whole number ≥ 1"):
+            study()

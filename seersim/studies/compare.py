@@ -16,7 +16,7 @@ from seersim.api import RunResult
 from seersim.config import Scenario
 from seersim.limits import check_work, study_estimate
 from seersim.policies import policy_class
-from seersim.studies.runner import Executor, Outcome, Progress, Task, make_task, run_all
+from seersim.studies.runner import Executor, Outcome, Progress, Task, make_task, run_all, seed_list
 
 DEFAULT_POLICIES = ("baseline", "divided", "context_aware", "seer")
 METRICS = ("makespan_s", "throughput_tokens_per_s", "tail_s")
@@ -105,11 +105,11 @@ def compare(
     the scenario, so workers rebuild it.
     """
     policies = list(dict.fromkeys(policies))
-    seed_list = [scenario.seed + i for i in range(seeds)]
-    tasks = compare_tasks(scenario, policies, seed_list)
+    seeds_run = seed_list(scenario, seeds)
+    tasks = compare_tasks(scenario, policies, seeds_run)
     check_work(scenario, study_estimate(scenario, policies, seeds, jobs))
     outcomes = run_all(tasks, jobs=jobs, executor=executor, address=address, progress=progress)
-    return comparison_from(scenario, policies, seed_list, outcomes)
+    return comparison_from(scenario, policies, seeds_run, outcomes)
 
 
 # ---------------------------------------------------------------------------- plots

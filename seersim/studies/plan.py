@@ -48,7 +48,7 @@ from seersim.engine.stretch import LinearStretch
 from seersim.errors import ScenarioError, SpecError
 from seersim.policies import policy_class
 from seersim.specs import GPUS, MODELS
-from seersim.studies.runner import Executor, Outcome, Progress, Runner, make_task, run_all
+from seersim.studies.runner import Executor, Outcome, Progress, Runner, make_task, run_all, seed_list
 from seersim.studies.sweep import Point, check_grid_keys, grid_points, parse_grid, point_scenario, resolve_policies
 from seersim.workload import Workload, build_workload
 from seersim.yamlfile import read_yaml_mapping
@@ -258,13 +258,11 @@ def plan(
         raise ScenarioError(f"--target-step-s must be > 0 (got {target_step_s})")
     if objective not in ("cost_usd", "gpu_hours"):
         raise ScenarioError(f"--objective '{objective}': choose cost_usd or gpu_hours")
-    if isinstance(seeds, bool) or not isinstance(seeds, int) or seeds < 1:
-        raise ScenarioError(f"--seeds must be a whole number ≥ 1 (got {seeds!r})")
+    seeds_run = seed_list(scenario, seeds)
     check_stat(stat)
     pols = resolve_policies(scenario, policies)
-    seed_list = [scenario.seed + i for i in range(seeds)]
-    points = grid_points(scenario, space, pols, seed_list[:1])
-    cands = _candidates(scenario, points, seed_list)
+    points = grid_points(scenario, space, pols, seeds_run[:1])
+    cands = _candidates(scenario, points, seeds_run)
     workloads: dict[str, Workload] = {}
     for c in cands:
         if c.status:
@@ -289,7 +287,7 @@ def plan(
     with Runner(jobs, executor, address) as runner:
         search = _Search(cands, target_step_s, objective, budget_usd, stat, runner, max(1, jobs), progress)
         search.run()
-    return _assemble(cands, search, target_step_s, objective, budget_usd, len(points), seed_list, stat)
+    return _assemble(cands, search, target_step_s, objective, budget_usd, len(points), seeds_run, stat)
 
 
 def _candidates(scenario: Scenario, points: list[Point], seeds: list[int]) -> list[_Candidate]:

@@ -18,7 +18,7 @@ import pandas as pd
 from seersim.config import Scenario, load_scenario, with_overrides
 from seersim.errors import ScenarioError
 from seersim.studies.compare import comparison_from, compare_tasks
-from seersim.studies.runner import Executor, Progress, run_all
+from seersim.studies.runner import Executor, Progress, run_all, seed_list
 
 # Paper v3 Table 4 (cumulative rollout-throughput speedup) and Seer's tail reduction (DESIGN §4, §6).
 PAPER = {
@@ -83,7 +83,7 @@ def reproduce(
                 raise ScenarioError(f"{name}.yaml: --sensitivity changes the length distribution, so it needs a synthetic workload")
             for label, overrides in SENSITIVITY.items():
                 studies.append((f"{name}/sens {label}/", with_overrides(sc, **overrides(sc)), ("baseline", *STEPS)))
-    seed_lists = {prefix: [sc.seed + i for i in range(seeds)] for prefix, sc, _ in studies}
+    seed_lists = {prefix: seed_list(sc, seeds) for prefix, sc, _ in studies}
     tasks = [t for prefix, sc, pols in studies for t in compare_tasks(sc, list(pols), seed_lists[prefix], prefix, keep=False)]
     outcomes = run_all(tasks, jobs=jobs, executor=executor, address=address, progress=progress)
     tables = {

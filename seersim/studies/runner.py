@@ -18,11 +18,18 @@ from typing import Callable, Iterable, Iterator, Literal
 
 from seersim.api import RunResult, simulate
 from seersim.config import Scenario, scenario_from_dict
-from seersim.errors import ExecutorError, SeersimError
+from seersim.errors import ExecutorError, ScenarioError, SeersimError
 
 Executor = Literal["local", "ray"]
 EXECUTORS: tuple[str, ...] = ("local", "ray")
 Progress = Callable[[int, int], None]
+
+
+def seed_list(scenario: Scenario, count: int) -> list[int]:
+    """The seeds a study runs: the scenario's, +1, ... (`--seeds count`)."""
+    if isinstance(count, bool) or not isinstance(count, int) or count < 1:
+        raise ScenarioError(f"--seeds must be a whole number ≥ 1 (got {count!r})")
+    return [scenario.seed + i for i in range(count)]
 
 
 @dataclass(frozen=True)

@@ -26,7 +26,7 @@ from seersim.config import Scenario, parse_overrides, with_overrides
 from seersim.errors import OutputError, ScenarioError
 from seersim.policies import policy_class
 from seersim.io import write_frame, write_json
-from seersim.studies.runner import Executor, Progress, make_task, run_tasks
+from seersim.studies.runner import Executor, Progress, make_task, run_tasks, seed_list
 
 SPEC_FILE = "sweep.json"
 POINTS_DIR = "points"
@@ -142,8 +142,7 @@ def sweep(
 ) -> SweepResult:
     """Run every point of the grid (resuming from `out` when it holds this sweep)."""
     pols = resolve_policies(scenario, policies)
-    seed_list = [scenario.seed + i for i in range(seeds)]
-    points = grid_points(scenario, grid, pols, seed_list)
+    points = grid_points(scenario, grid, pols, seed_list(scenario, seeds))
     scenarios = {p.key: point_scenario(scenario, p) for p in points}
     done: dict[str, dict] = {}
     if out is not None:
