@@ -64,21 +64,21 @@ class Comparison:
         }
 
 
-def compare_tasks(scenario: Scenario, policies: list[str], seed_list: list[int], prefix: str = "", keep: bool = True) -> list[Task]:
+def compare_tasks(scenario: Scenario, policies: list[str], seeds: list[int], prefix: str = "", keep: bool = True) -> list[Task]:
     """One task per policy × seed (keys `prefix + policy/seed`); the first seed keeps its records."""
     for p in policies:
         policy_class(p)  # fail fast on an unknown name
     return [
-        make_task(scenario, p, s, f"{prefix}{p}/{s}", keep=keep and s == seed_list[0])
-        for s in seed_list
+        make_task(scenario, p, s, f"{prefix}{p}/{s}", keep=keep and s == seeds[0])
+        for s in seeds
         for p in policies
     ]
 
 
-def comparison_from(scenario: Scenario, policies: list[str], seed_list: list[int], outcomes: dict[str, Outcome], prefix: str = "") -> Comparison:
+def comparison_from(scenario: Scenario, policies: list[str], seeds: list[int], outcomes: dict[str, Outcome], prefix: str = "") -> Comparison:
     """Assemble a Comparison from the runner's outcomes (raising a point's typed error)."""
     rows, examples = [], {}
-    for s in seed_list:
+    for s in seeds:
         for p in policies:
             out = outcomes[f"{prefix}{p}/{s}"]
             if out.error is not None:
@@ -87,7 +87,7 @@ def comparison_from(scenario: Scenario, policies: list[str], seed_list: list[int
             if out.result is not None:
                 examples[p] = out.result
     baseline = "baseline" if "baseline" in policies else policies[0]
-    return Comparison(scenario, policies, seed_list, baseline, pd.DataFrame(rows), examples)
+    return Comparison(scenario, policies, seeds, baseline, pd.DataFrame(rows), examples)
 
 
 def compare(

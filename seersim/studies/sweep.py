@@ -142,11 +142,12 @@ def sweep(
 ) -> SweepResult:
     """Run every point of the grid (resuming from `out` when it holds this sweep)."""
     pols = resolve_policies(scenario, policies)
-    points = grid_points(scenario, grid, pols, seed_list(scenario, seeds))
+    seeds_run = seed_list(scenario, seeds)
+    points = grid_points(scenario, grid, pols, seeds_run)
     scenarios = {p.key: point_scenario(scenario, p) for p in points}
     done: dict[str, dict] = {}
     if out is not None:
-        spec = _spec(scenario, grid, pols, seed_list, len(points))
+        spec = _spec(scenario, grid, pols, seeds_run, len(points))
         _prepare(out, spec, overwrite)
         done = _finished(out, {p.key for p in points})
     todo = [p for p in points if p.key not in done]
