@@ -371,7 +371,7 @@ def _print_plan(result, out: Path | None) -> None:
         f"simulated {result.evaluated} of {result.space} points; pruned: "
         + (", ".join(f"{v} by {k}" for k, v in result.pruned.items() if v) or "none")
     )
-    several = len(result.seeds) > 1
+    several = result.several_seeds
 
     def step_s(r: dict) -> str:
         return f"{r['rl_step_s']:,.1f}" + (f" ± {r['rl_step_s_std']:,.1f}" if several else "")

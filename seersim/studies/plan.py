@@ -128,6 +128,11 @@ class Plan:
     best_scenario: Scenario | None = None
     pruned: dict[str, int] = field(default_factory=dict)
 
+    @property
+    def several_seeds(self) -> bool:
+        """Whether each point ran more than one seed (then its numbers are a statistic)."""
+        return len(self.seeds) > 1
+
     def describe_stat(self) -> str:
         """How a point's step time was taken, in words: 'mean of seeds 0-2'."""
         first, last = self.seeds[0], self.seeds[-1]
@@ -547,7 +552,7 @@ def plot_pareto(result: Plan):
     if chosen:
         ax.scatter([chosen["rl_step_s"]], [chosen[obj]], marker="*", s=260, color="gold", edgecolors="black",
                    zorder=5, label="best" if result.best else "fastest (target missed)")
-    ax.set_xlabel("RL step time (s)" + (f", {result.describe_stat()}" if len(result.seeds) > 1 else ""))
+    ax.set_xlabel("RL step time (s)" + (f", {result.describe_stat()}" if result.several_seeds else ""))
     ax.set_ylabel(label)
     ax.set_title(f"plan: {result.evaluated} of {result.space} points simulated")
     ax.grid(True, alpha=0.3)
@@ -569,7 +574,7 @@ def write_plan(out: Path, result: Plan, scenario_name: str) -> list[Path]:
         b = result.best
         header = (
             f"written by `seersim plan` for {scenario_name}: cheapest point with rl_step_s <= {result.target_step_s:g} s"
-            f"{'' if len(result.seeds) == 1 else f' ({result.describe_stat()})'}\n"
+            f"{f' ({result.describe_stat()})' if result.several_seeds else ''}\n"
             f"overrides: {', '.join(f'{k}={v}' for k, v in b['overrides'].items())}\n"
             f"rl_step_s={b['rl_step_s']:.2f}, gpu_hours={b['gpu_hours']:.4f}, cost_usd={b['cost_usd']:.4f} "
             f"at ${b['gpu_hour_usd']}/GPU-hour ({b['gpu_hour_usd_source'] or 'no source given'})"
