@@ -59,15 +59,16 @@ def test_profile_unknown_model(tmp_path):
     assert res.exit_code == 2 and "unknown model" in res.output
 
 
-def test_verify_queries_see_the_context_up_to_their_own_position():
-    from seersim.profile.torch_runner import verify_mask
+def test_split_kv_fills_the_gpu_with_pieces_of_a_long_context():
+    from seersim.profile.torch_runner import kv_splits
 
-    m = verify_mask(torch, 6, 3, "cpu")
-    assert m.tolist() == [
-        [True, True, True, True, False, False],
-        [True, True, True, True, True, False],
-        [True, True, True, True, True, True],
-    ]
+    assert kv_splits(1, 1, 32768, sms=132) == 128  # one latent head: 128 pieces of 256 tokens
+    assert kv_splits(2, 4, 32768, sms=132) == 64  # 2 sequences x 4 K/V heads x 64 pieces >= 264
+    assert kv_splits(256, 1, 32768, sms=132) == 2  # a big batch nearly fills it alone
+    assert kv_splits(512, 1, 32768, sms=132) == 1
+    assert kv_splits(1, 1, 512, sms=132) == 2  # pieces stay >= 256 tokens
+    assert kv_splits(1, 1, 768, sms=132) == 2  # 384-token pieces; 192 would be too short
+    assert kv_splits(8, 1, 300, sms=1) == 1  # a CPU's one "multiprocessor": no split
 
 
 # The runner must import nothing of seersim's dependencies but torch: it runs on a GPU
@@ -164,3 +165,20 @@ def test_an_item_that_fails_is_skipped_and_what_was_measured_is_kept(tmp_path):
     table = read_profile_table(out)
     assert list(table.rows["op"]) == ["qkv_proj", "qkv_proj", "attn_out_proj", "attn_out_proj"]
     assert table.meta["items_done"] == 3 and table.meta["failed_items"][0]["op"] == "mlp_down"
+
+
+def test_a_point_that_fails_costs_that_point_not_its_item(tmp_path):
+    """On a GPU the largest decode shapes may not fit: the item's other points are kept
+    and the failed one is named in the table's meta."""
+    from seersim.profile.torch_ops import ProfileGrid, plan_model
+    from seersim.profile.torch_runner import run_plan
+    from seersim.specs import get_model
+
+    plan = plan_model(get_model("qwen2.5-7b"), 1, ProfileGrid(tokens=(1,), decode_batches=(1, 2), decode_contexts=(16,),
+                                                              decode_widths=(1,), prefill_tokens=(8,), repeats=1, warmup=0),
+                      {"attn_decode"})
+    plan["items"][0]["points"].insert(1, [-1, 16, 1])  # (a shape torch refuses, as it would one out of memory)
+    rows, meta = run_plan(plan, "cpu")
+    assert [r["batch_size"] for r in rows] == [1, 2]
+    assert [f["point"] for f in meta["failed_points"]] == ["batch=-1 context=16 width=1"]
+    assert meta["failed_items"] == [] and not meta["complete"]

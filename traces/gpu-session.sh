@@ -7,7 +7,8 @@
 #   bash traces/gpu-session.sh calibrate DIR         # here: held-out and cross-model MAPE, one calibration
 #
 # Environment: SEERSIM (default `seersim`) runs the CLI, PYTHON (default python3) the
-# runner; PLANS (default traces/plans) is the plans' folder; SMOKE=1 plans tiny
+# runner; PLANS (default traces/plans) is the plans' folder; GPU (default h100-sxm)
+# the catalog GPU the plans name (the lent machine's: h100-sxm or h200); SMOKE=1 plans tiny
 # attention-only grids (tests, CPU); BUDGET_S (default 90) caps each plan's run, so
 # that a session fits the device's 8-minute window even if one plan hangs.
 set -euo pipefail
@@ -15,7 +16,7 @@ here="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
 cd "$here"
 plans="${PLANS:-traces/plans}"
 seersim=(${SEERSIM:-seersim})
-gpu=h100-sxm
+gpu="${GPU:-h100-sxm}"
 
 # name | model | tp | ops ("" = all) | extra grid. In order of importance: the session
 # may be cut short. Moonlight first: seer's speculation gain there rests on verifying

@@ -16,6 +16,7 @@ from __future__ import annotations
 import argparse
 import datetime as _dt
 import json
+import math
 import platform
 import statistics
 import subprocess
@@ -30,30 +31,69 @@ PLAN_SCHEMA = "seersim-profile-plan/1"
 
 
 class _Timer:
+    """Times one operator as a serving engine runs it.
+
+    On CUDA the calls are captured in a CUDA graph and its replays are timed with
+    events, as vLLM replays its decode steps from graphs: the row is the kernels'
+    time, not the host's launch latency, which on a slow host is tens of µs per kernel
+    and would swamp every small operator (an eager MoE layer of 64 experts measured
+    6 ms where its kernels take a fraction of that). Where capture fails, the calls
+    are timed one by one, launches included, and `eager_points` counts them."""
+
+    GRAPH_SPAN_S = 1e-3  # kernel time per replay: the replay's own launch and the events' resolution vanish in it
+    MOST_CALLS = 32  # per graph (its memory pool holds every call's outputs)
+
     def __init__(self, torch, device: str, repeats: int, warmup: int) -> None:
         self.torch, self.device, self.repeats, self.warmup = torch, device, repeats, warmup
         self.cuda = device.startswith("cuda")
+        self.eager_points = 0
 
     def __call__(self, fn: Callable[[], object]) -> tuple[float, float, int]:
-        """(median s, std s, repeats) of fn()."""
-        torch = self.torch
+        """(median s, std s, repeats) of one call of fn()."""
         for _ in range(self.warmup):
             fn()
-        times = []
-        for _ in range(self.repeats):
-            if self.cuda:
-                start, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
-                start.record()
+        if self.cuda:
+            try:
+                return self._graphed(fn)
+            except Exception:  # noqa: BLE001 (an operator that syncs with the host cannot be captured)
+                self.eager_points += 1
+                self.torch.cuda.synchronize()
+        return _summary([self._once(fn) for _ in range(self.repeats)])
+
+    def _once(self, fn: Callable[[], object]) -> float:
+        torch = self.torch
+        if not self.cuda:
+            t0 = time.perf_counter()
+            fn()
+            return time.perf_counter() - t0
+        start, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
+        start.record()
+        fn()
+        end.record()
+        torch.cuda.synchronize()
+        return start.elapsed_time(end) * 1e-3  # ms -> s
+
+    def _graphed(self, fn: Callable[[], object]) -> tuple[float, float, int]:
+        torch = self.torch
+        eager_s = self._once(fn)  # (launches included: an upper bound of the kernels' time)
+        calls = max(1, min(self.MOST_CALLS, math.ceil(self.GRAPH_SPAN_S / max(eager_s, 1e-7))))
+        side = torch.cuda.Stream()
+        side.wait_stream(torch.cuda.current_stream())
+        with torch.cuda.stream(side):  # (capture wants the operator warmed up on a side stream)
+            fn()
+        torch.cuda.current_stream().wait_stream(side)
+        graph = torch.cuda.CUDAGraph()
+        with torch.cuda.graph(graph):
+            for _ in range(calls):
                 fn()
-                end.record()
-                torch.cuda.synchronize()
-                times.append(start.elapsed_time(end) * 1e-3)  # ms -> s
-            else:
-                t0 = time.perf_counter()
-                fn()
-                times.append(time.perf_counter() - t0)
-        std = statistics.pstdev(times) if len(times) > 1 else 0.0
-        return statistics.median(times), std, len(times)
+        graph.replay()
+        torch.cuda.synchronize()
+        return _summary([self._once(graph.replay) / calls for _ in range(self.repeats)])
+
+
+def _summary(times: list[float]) -> tuple[float, float, int]:
+    std = statistics.pstdev(times) if len(times) > 1 else 0.0
+    return statistics.median(times), std, len(times)
 
 
 def _row(op: str, tokens: int, batch: int, context: int, prefill: int, decode: int, timed) -> dict:
@@ -62,94 +102,121 @@ def _row(op: str, tokens: int, batch: int, context: int, prefill: int, decode: i
             "prefill_tokens": prefill, "decode_tokens": decode, "time_s": t, "time_s_std": sd, "repeats": n}
 
 
-def _gemm(torch, item: dict, device: str, dt, timer) -> list[dict]:
+# Each kind plans its points as (point, thunk) pairs: the thunk times one point and
+# returns its row, so that one shape out of GPU memory costs that point, not the item.
+Point = tuple[str, Callable[[], dict]]
+
+
+def _gemm(torch, item: dict, device: str, dt, timer) -> list[Point]:
     w = torch.randn(item["k"], item["n"], device=device, dtype=dt)
-    rows = []
-    for t in item["tokens"]:
+
+    def point(t: int) -> dict:
         x = torch.randn(t, item["k"], device=device, dtype=dt)
-        rows.append(_row(item["op"], t, t, 0, t, 0, timer(lambda: x @ w)))
-    return rows
+        return _row(item["op"], t, t, 0, t, 0, timer(lambda: x @ w))
+
+    return [(f"tokens={t}", lambda t=t: point(t)) for t in item["tokens"]]
 
 
-def _moe(torch, item: dict, device: str, dt, timer) -> list[dict]:
+def _moe(torch, item: dict, device: str, dt, timer) -> list[Point]:
     """Routed experts: `touched` experts, each with `per` token rows."""
     e, h, width = item["experts"], item["hidden"], item["width"]
     up = torch.randn(e, h, 2 * width, device=device, dtype=dt)
     down = torch.randn(e, width, h, device=device, dtype=dt)
-    rows = []
-    for t, touched, per in item["points"]:
+
+    def point(t: int, touched: int, per: int) -> dict:
         x = torch.randn(per, h, device=device, dtype=dt)
 
-        def run(x=x, touched=touched):
+        def run():
             for i in range(touched):
                 a = x @ up[i]
                 (torch.nn.functional.silu(a[:, :width]) * a[:, width:]) @ down[i]
 
-        rows.append(_row("moe_experts", t, t, 0, t, 0, timer(run)))
-    return rows
+        return _row("moe_experts", t, t, 0, t, 0, timer(run))
+
+    return [(f"tokens={p[0]}", lambda p=p: point(*p)) for p in item["points"]]
 
 
-def verify_mask(torch, context: int, width: int, device: str):
-    """(width × context) bool: the last `width` positions of the context are the
-    queries, and query i sees the context up to its own position, context − width + i."""
-    return torch.arange(context, device=device)[None, :] <= torch.arange(context - width, context, device=device)[:, None]
+def kv_splits(batch: int, kv_heads: int, context: int, sms: int, least_tokens: int = 256) -> int:
+    """Pieces to split each sequence's context into, as split-KV decode kernels do
+    (FlashDecoding; vLLM's FlashAttention and FlashMLA): enough that batch × K/V heads ×
+    pieces fill the GPU's `sms` multiprocessors twice over, each piece a power-of-two
+    fraction of the context and at least `least_tokens` long. Without the split a
+    batch of one long sequence is read by one multiprocessor and times 100× slow."""
+    pieces = 1
+    while batch * kv_heads * pieces < 2 * sms and context % (2 * pieces) == 0 and context // (2 * pieces) >= least_tokens:
+        pieces *= 2
+    return pieces
 
 
-def _decode(torch, item: dict, device: str, dt, timer) -> list[dict]:
+def _decode(torch, item: dict, device: str, dt, timer) -> list[Point]:
     """Decode attention of `b` sequences at context `c`, `w` queries each: a plain decode
-    (w = 1) or a verify step of w − 1 drafts, the queries being the context's last w
-    positions (causal among themselves)."""
+    (w = 1) or a verify step of w − 1 drafts.
+
+    Laid out as decode kernels lay it out: the query heads that share a K/V head are
+    packed into the query rows, so each K/V head is read once for all of them (MLA:
+    one latent head, kv_lora + rope wide, whose first kv_lora columns are the values);
+    and the context is split into `kv_splits` pieces attended in parallel (the pieces'
+    combine, a pass over pieces × rows × head width, is left out). The verify queries'
+    causality among themselves is left out too: it masks fewer than w of c keys."""
     heads = item["heads"]
-    rows = []
-    for b, c, w in item["points"]:
-        mask = verify_mask(torch, c, w, device) if w > 1 else None
-        if item["mla"]:  # absorbed: attend over the latent (kv_lora + rope wide)
-            q = torch.randn(b, heads, w, item["width"], device=device, dtype=dt)
-            kv = torch.randn(b, 1, c, item["width"], device=device, dtype=dt)
+    groups, dim = (1, item["width"]) if item["mla"] else (item["kv_heads"], item["head_dim"])
+    per_group = max(1, heads // groups)
+    sms = torch.cuda.get_device_properties(device).multi_processor_count if device.startswith("cuda") else 1
 
-            def run(q=q, kv=kv, mask=mask, scale=item["scale"], lora=item["lora"]):
-                s = (q @ kv.transpose(-1, -2)) * scale
-                if mask is not None:
-                    s = s.masked_fill(~mask, float("-inf"))
-                return torch.softmax(s, dim=-1) @ kv[..., :lora]
+    def point(b: int, c: int, w: int) -> dict:
+        pieces = kv_splits(b, groups, c, sms)
+        q = torch.randn(b, pieces * groups, per_group * w, dim, device=device, dtype=dt)
+        k = torch.randn(b, pieces * groups, c // pieces, dim, device=device, dtype=dt)
+        if item["mla"]:
+            v, scale = k[..., : item["lora"]], item["scale"]
         else:
-            d = item["head_dim"]
-            q = torch.randn(b, heads, w, d, device=device, dtype=dt)
-            k = torch.randn(b, item["kv_heads"], c, d, device=device, dtype=dt)
-            v = torch.randn(b, item["kv_heads"], c, d, device=device, dtype=dt)
+            v, scale = torch.randn(b, pieces * groups, c // pieces, dim, device=device, dtype=dt), None
 
-            def run(q=q, k=k, v=v, mask=mask):
-                return torch.nn.functional.scaled_dot_product_attention(q, k, v, attn_mask=mask, enable_gqa=True)
+        def run():
+            return torch.nn.functional.scaled_dot_product_attention(q, k, v, scale=scale)
 
-        rows.append(_row("attn_decode", b * w, b, b * c, 0, b * w, timer(run)))
-    return rows
+        return _row("attn_decode", b * w, b, b * c, 0, b * w, timer(run))
+
+    return [(f"batch={p[0]} context={p[1]} width={p[2]}", lambda p=p: point(*p)) for p in item["points"]]
 
 
-def _prefill(torch, item: dict, device: str, dt, timer) -> list[dict]:
+def _prefill(torch, item: dict, device: str, dt, timer) -> list[Point]:
+    """Causal self-attention of one prompt of t tokens. Grouped K/V heads are expanded
+    before timing: prefill is bound by arithmetic, which sharing K/V heads does not
+    change, and every torch's flash kernel then takes it."""
     heads, kvh = item["heads"], item["kv_heads"]
-    rows = []
-    for t in item["tokens"]:
+
+    def point(t: int) -> dict:
         q = torch.randn(1, heads, t, item["qk_dim"], device=device, dtype=dt)
-        k = torch.randn(1, kvh, t, item["qk_dim"], device=device, dtype=dt)
-        v = torch.randn(1, kvh, t, item["v_dim"], device=device, dtype=dt)
+        k = torch.randn(1, kvh, t, item["qk_dim"], device=device, dtype=dt).repeat_interleave(heads // kvh, dim=1)
+        v = torch.randn(1, kvh, t, item["v_dim"], device=device, dtype=dt).repeat_interleave(heads // kvh, dim=1)
 
-        def run(q=q, k=k, v=v):
-            return torch.nn.functional.scaled_dot_product_attention(q, k, v, is_causal=True, enable_gqa=True)
+        def run():
+            return torch.nn.functional.scaled_dot_product_attention(q, k, v, is_causal=True)
 
-        rows.append(_row("attn_prefill", t, 1, t, t, 0, timer(run)))
-    return rows
+        return _row("attn_prefill", t, 1, t, t, 0, timer(run))
+
+    return [(f"tokens={t}", lambda t=t: point(t)) for t in item["tokens"]]
 
 
+_TIMING_CUDA = "CUDA-graph replays, median per call (kernels, no launch gaps); eager_points: timed one by one"
+_TIMING_HOST = "host clock per call (perf_counter), median"
 _KINDS = {"gemm": _gemm, "moe": _moe, "attn_decode": _decode, "attn_prefill": _prefill}
+
+
+def _failure(exc: Exception) -> str:
+    return f"{type(exc).__name__}: {(str(exc).splitlines() or [''])[0][:300]}"
 
 
 def run_plan(plan: dict, device: str, on_item: Callable[[list[dict], dict], None] | None = None) -> tuple[list[dict], dict]:
     """Time every item of `plan` on `device`: (rows, the table's meta: the plan's and
     the machine's provenance, and how far it got).
 
-    An item that fails (a shape out of GPU memory; grouped-query SDPA needs torch ≥
-    2.5) is recorded in the meta's `failed_items` and the rest still run; `on_item(rows, meta)` is called after each
-    item, so a caller can keep what is measured if the run is cut short."""
+    A point that fails (a shape out of GPU memory) is recorded in the meta's
+    `failed_points` and the item's other points still run; an item that fails as a
+    whole (its weights out of memory) in `failed_items`. `on_item(rows, meta)` is
+    called after each item, so a caller can keep what is measured if the run is cut
+    short."""
     import torch
 
     if not isinstance(plan, dict) or plan.get("schema") != PLAN_SCHEMA:
@@ -167,20 +234,30 @@ def run_plan(plan: dict, device: str, on_item: Callable[[list[dict], dict], None
     torch.manual_seed(plan.get("seed", 0))
     timer = _Timer(torch, device, plan["repeats"], plan["warmup"])
     items = plan["items"]
-    meta = {**plan["meta"], **machine_provenance(torch, device)}
-    meta.update(items=len(items), items_done=0, failed_items=[], complete=False)
+    meta = {**plan["meta"], **machine_provenance(torch, device), "timing": _TIMING_CUDA if timer.cuda else _TIMING_HOST}
+    meta.update(items=len(items), items_done=0, failed_items=[], failed_points=[], eager_points=0, complete=False)
     rows: list[dict] = []
+
+    def release() -> None:
+        if device.startswith("cuda"):
+            torch.cuda.empty_cache()  # (the next shapes get the memory back)
+
     for item in items:
+        op = item.get("op", "?")
         try:
-            rows += _KINDS[item["kind"]](torch, item, device, dt, timer)
-        except Exception as exc:  # noqa: BLE001 (out of GPU memory, a kernel this torch lacks: keep the rest)
-            error = f"{type(exc).__name__}: {(str(exc).splitlines() or [''])[0][:300]}"
-            meta["failed_items"].append({"op": item.get("op", "?"), "error": error})
+            for point, timed in _KINDS[item["kind"]](torch, item, device, dt, timer):
+                try:
+                    rows.append(timed())
+                except Exception as exc:  # noqa: BLE001 (out of GPU memory, a kernel this torch lacks: keep the rest)
+                    meta["failed_points"].append({"op": op, "point": point, "error": _failure(exc)})
+                    release()
+        except Exception as exc:  # noqa: BLE001 (the item's weights out of memory: keep the other items)
+            meta["failed_items"].append({"op": op, "error": _failure(exc)})
         finally:
-            if device.startswith("cuda"):
-                torch.cuda.empty_cache()  # (the next shapes get the memory back)
+            release()
         meta["items_done"] += 1
-        meta["complete"] = meta["items_done"] == len(items) and not meta["failed_items"]
+        meta["eager_points"] = timer.eager_points
+        meta["complete"] = meta["items_done"] == len(items) and not meta["failed_items"] and not meta["failed_points"]
         if on_item is not None:
             on_item(rows, meta)
     return rows, meta
@@ -236,6 +313,8 @@ def main(argv: list[str] | None = None) -> int:
         return 2
     for failed in meta["failed_items"]:
         print(f"warning: {failed['op']} failed and was skipped: {failed['error']}", file=sys.stderr)
+    for failed in meta["failed_points"]:
+        print(f"warning: {failed['op']} at {failed['point']} failed and was skipped: {failed['error']}", file=sys.stderr)
     if not rows:
         print(f"error: {args.plan}: no item could be timed", file=sys.stderr)
         return 1
