@@ -276,14 +276,37 @@ def test_shipped_h100_curves_hold_on_each_tables_heldout_points():
 
     cal = load_calibration(shipped_calibration("h100"))
     assert cal.fit["heldout_fraction"] == HELDOUT_FRACTION
+    vidur_fit = cal.fit["base"]  # (the GEMM curves; attention was fitted on top: the next test)
     for name, rel in H100_TABLES.items():
         data = read_cost_data(VIDUR / "h100" / rel)
         meas = data.points().to_numpy()
-        held = _split(len(meas), cal.fit["seed"])
+        held = _split(len(meas), vidur_fit["seed"])
         pred = _predict_points(cal.curves, data).to_numpy()
         mape = float(np.mean(np.abs(pred[held] / meas[held] - 1)))
         assert mape <= 0.10, (name, mape)
-        assert mape == pytest.approx(cal.fit["heldout_mape_per_table"][name], rel=1e-6)
+        assert mape == pytest.approx(vidur_fit["heldout_mape_per_table"][name], rel=1e-6)
+
+
+SHIPPED_ATTENTION_TABLES = ("qwen2.5-7b", "llama-3.1-8b", "qwen2-vl-72b-tp8-attention")
+
+
+def test_shipped_h100_attention_refits_from_the_h100_tables_in_traces(repo_root):
+    """The shipped H100 attention efficiencies are no assumption: refitting them on the
+    attention tables recorded on an H100 (traces/) gives them back, and they hold on
+    the held-out quarter of those points."""
+    from seersim.calibrate.costfit import fit_kernel_curves
+    from seersim.calibrate.tables import read_cost_data
+    from seersim.cost.calibration import load_calibration, shipped_calibration
+
+    cal = load_calibration(shipped_calibration("h100"))
+    datas = [read_cost_data(repo_root / "traces" / f"h100-sxm-{t}.csv") for t in SHIPPED_ATTENTION_TABLES]
+    res = fit_kernel_curves(datas, cal.fit["seed"], base=cal)
+    for key in ("attention_flops_efficiency", "attention_bandwidth_efficiency", "attention_latency_s"):
+        assert res.params[key] == pytest.approx(getattr(cal.curves, key), rel=1e-3), key
+    assert res.heldout_mape == pytest.approx(cal.fit["heldout_mape"], rel=1e-3) and res.heldout_mape <= 0.15
+    kept = ("gemm_latency_s", "gemm_bandwidth_efficiency", "flops_efficiency", "elementwise_bandwidth_efficiency")
+    assert all(getattr(res.calibration.curves, k) == getattr(cal.curves, k) for k in kept)
+    assert set(res.calibration.fit["tables"]) == {"qwen2.5-7b", "llama-3.1-8b", "qwen2-vl-72b"}
 
 
 @needs_vidur
@@ -406,3 +429,30 @@ def test_iteration_table_from_a_hub_model_on_cpu(tmp_path):
     cost = build_cost_model(load_small(**{"cost.file": str(out)}))
     assert cost.step_lines(1, 1, 0).at(100) == pytest.approx(0.01, rel=0.05)
     assert cost.step_lines(64, 1024, 0).at(64 * 2000) == pytest.approx(0.01 + 1e-5 * 1024 + 1e-8 * 128_000, rel=0.05)
+
+
+def test_calibrate_cost_base_fits_attention_alone_and_says_when_it_cannot(tmp_path, repo_root):
+    from seersim.cost.calibration import load_calibration, shipped_calibration
+    from seersim.profile.schema import write_profile_table
+    from seersim.profile.table import read_profile_table
+
+    shipped = shipped_calibration("h100")
+    table = repo_root / "traces" / "h100-sxm-qwen2.5-7b.csv"
+    out = tmp_path / "att.yaml"
+    res = CliRunner().invoke(app, ["calibrate", "cost", "--base", str(shipped), str(table), "--out", str(out), "--json"])
+    assert res.exit_code == 0, res.output
+    r = json.loads(res.output)
+    assert r["rows"] == 68 and r["heldout_mape"] <= 0.2  # the attention rows alone
+    fitted, base = load_calibration(out), load_calibration(shipped)
+    assert fitted.curves.flops_efficiency == base.curves.flops_efficiency
+    assert fitted.fit["base"]["command"] == base.fit["base"]["command"]  # (the base's own origin is kept)
+    assert fitted.curves.attention_latency_s > 0
+
+    gemms = read_profile_table(table)
+    only_gemms = tmp_path / "gemms.csv"
+    write_profile_table(gemms.rows[~gemms.rows["op"].str.startswith("attn")].to_dict("records"), only_gemms, gemms.meta)
+    res = CliRunner().invoke(app, ["calibrate", "cost", "--base", str(shipped), str(only_gemms), "--out", str(out)])
+    assert res.exit_code == 2 and "no attention rows" in res.output and "Traceback" not in res.output
+    a100 = shipped_calibration("a100")
+    res = CliRunner().invoke(app, ["calibrate", "cost", "--base", str(a100), str(table), "--out", str(out)])
+    assert res.exit_code == 2 and "not kernel curves of h100-sxm" in res.output

@@ -41,6 +41,11 @@ def cost_cmd(
     ] = None,
     out: Annotated[Optional[Path], typer.Option("--out", "-o", help="calibration file to write (YAML)")] = None,
     gpu: Annotated[Optional[str], typer.Option("--gpu", help="catalog GPU, if the table's meta names none")] = None,
+    base: Annotated[
+        Optional[Path],
+        typer.Option("--base", help="kernel-curves calibration whose GEMM, elementwise and all-reduce curves are kept: "
+                                    "fit only attention, on the tables' attention rows"),
+    ] = None,
     seed: Annotated[int, typer.Option("--seed", help="seed of the held-out split")] = 0,
     as_json: JsonOpt = False,
 ) -> None:
@@ -48,10 +53,10 @@ def cost_cmd(
     from `iteration` tables (live engine steps). Writes the calibration file a scenario's
     `cost: {model: calibrated, file: ...}` reads, and a predicted-vs-measured plot."""
     with cli_errors():
-        _cost(profiles, test, out, gpu, seed, as_json)
+        _cost(profiles, test, out, gpu, base, seed, as_json)
 
 
-def _cost(profiles, test, out, gpu, seed, as_json) -> None:
+def _cost(profiles, test, out, gpu, base, seed, as_json) -> None:
     from seersim.calibrate.costfit import (
         evaluate_iteration,
         evaluate_kernel_curves,
@@ -60,7 +65,7 @@ def _cost(profiles, test, out, gpu, seed, as_json) -> None:
         plot_fit,
     )
     from seersim.calibrate.tables import read_cost_data
-    from seersim.cost.calibration import save_calibration
+    from seersim.cost.calibration import load_calibration, save_calibration
     from seersim.errors import TraceError
 
     datas = [read_cost_data(p, gpu) for p in profiles]
@@ -68,9 +73,11 @@ def _cost(profiles, test, out, gpu, seed, as_json) -> None:
     if iteration:
         if len(datas) > 1:
             raise TraceError("fit one iteration table at a time (each is one deployment)")
+        if base is not None:
+            raise TraceError("--base keeps kernel curves: it applies to operator tables, not iteration tables")
         res = fit_iteration(datas[0], seed, _command())
     else:
-        res = fit_kernel_curves(datas, seed, _command())
+        res = fit_kernel_curves(datas, seed, _command(), base=load_calibration(base) if base is not None else None)
     frames = [res.predicted]
     tests: dict[str, float] = {}
     for p in test or []:

@@ -10,13 +10,13 @@ error. MAPE is the mean |predicted/measured − 1| over measured points, as a fr
 from __future__ import annotations
 
 import datetime as _dt
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 
 import numpy as np
 import pandas as pd
 from scipy import optimize
 
-from seersim.calibrate.tables import CostData
+from seersim.calibrate.tables import ATTENTION_OPS, CostData
 from seersim.cost.calibration import Calibration, IterationFit
 from seersim.cost.curves import KernelCurves, elementwise_bytes, routed_experts_s
 from seersim.errors import TraceError
@@ -26,6 +26,8 @@ from seersim.specs import GPUSpec, ModelSpec, get_gpu
 # up to Vidur's largest profiled batch (4096 tokens); constant beyond the last knot.
 KNOTS_TOKENS = (1.0, 8.0, 32.0, 64.0, 128.0, 256.0, 512.0, 1024.0, 2048.0, 4096.0)
 HELDOUT_FRACTION = 0.25  # a seeded random quarter of each table's points is never fitted
+# what a --base fit records of the fit that gave the curves it keeps
+_BASE_FIT_KEYS = ("tables", "points", "heldout_mape", "heldout_mape_per_table", "seed", "date", "command")
 # Without attention rows in a table (Vidur's public set has none) these stay assumptions:
 ASSUMED_ATTENTION = {
     "attention_flops_efficiency": (
@@ -83,7 +85,7 @@ def predict_rows(curves: KernelCurves, gpu: GPUSpec, model: ModelSpec, rows: pd.
             sizes["add_rmsnorm"] = 2 * sizes["layernorm"]
             sizes["embedding"] = sizes["layernorm"]
             out[idx] = curves.elementwise_s(gpu, sizes[op])
-        elif op in ("attn_decode", "attn_prefill"):
+        elif op in ATTENTION_OPS:
             out[idx] = _attention_s(curves, gpu, model, tp, r, prefill=op == "attn_prefill")
         elif op == "moe_experts":
             out[idx] = [routed_experts_s(curves, gpu, model, float(x), tp, 1) for x in t]
@@ -110,10 +112,11 @@ def _attention_s(curves: KernelCurves, gpu: GPUSpec, model: ModelSpec, tp: int, 
     kv = ctx * model.kv_bytes_per_token_per_gpu(tp) / layers
     compute = flops / (gpu.peak_flops * curves.attention_flops_efficiency)
     memory = kv / (gpu.hbm_bandwidth_bytes_per_s * curves.attention_bandwidth_efficiency)
-    return curves.elementwise_latency_s + np.maximum(compute, memory)
+    return curves.attention_latency_s + np.maximum(compute, memory)
 
 
-def _curves_from(x: np.ndarray, attention: tuple[float, float], all_reduce: tuple[float, float], sources: dict) -> KernelCurves:
+def _curves_from(x: np.ndarray, attention: tuple[float, float, float], all_reduce: tuple[float, float],
+                 sources: dict) -> KernelCurves:
     n = len(KNOTS_TOKENS)
     # monotone in tokens: logit(eff) = first value + non-negative increments
     eff = 1.0 / (1.0 + np.exp(-np.cumsum(x[4 : 4 + n])))
@@ -126,10 +129,20 @@ def _curves_from(x: np.ndarray, attention: tuple[float, float], all_reduce: tupl
         elementwise_bandwidth_efficiency=float(x[3]),
         attention_flops_efficiency=attention[0],
         attention_bandwidth_efficiency=attention[1],
+        attention_latency_s=attention[2],
         all_reduce_latency_s=all_reduce[0],
         all_reduce_bandwidth_efficiency=all_reduce[1],
         sources=sources,
     )
+
+
+def _attention_of(x: np.ndarray) -> tuple[float, float, float]:
+    """(FLOP/s efficiency, KV-read efficiency, latency s) from the fit's last 3 parameters."""
+    return float(x[-3]), float(x[-2]), float(x[-1]) * 1e-6
+
+
+def _has_attention(data: CostData) -> bool:
+    return bool(data.rows["op"].isin(ATTENTION_OPS).any())
 
 
 def _predict_points(curves: KernelCurves, data: CostData) -> pd.Series:
@@ -150,30 +163,57 @@ def _fit_all_reduce(network: pd.DataFrame | None, gpu: GPUSpec) -> tuple[tuple[f
     return (float(latency), float(min(1.0, 1.0 / inv_eff))), "fitted on the network table's all_reduce rows (ring model)"
 
 
-def fit_kernel_curves(datas: list[CostData], seed: int = 0, command: str = "") -> FitResult:
-    """Fit one GPU's kernel curves on operator tables (held-out quarter of each table's points)."""
+def fit_kernel_curves(datas: list[CostData], seed: int = 0, command: str = "", base: Calibration | None = None) -> FitResult:
+    """Fit one GPU's kernel curves on operator tables (held-out quarter of each table's points).
+
+    With `base` (a kernel-curves calibration of the same GPU), its GEMM, elementwise and
+    all-reduce curves are kept and only the attention kernel (FLOP/s and KV-read
+    efficiencies, latency) is fitted, on the tables' attention rows: attention tables
+    measured one way (`seersim profile`) then complete curves fitted on another, larger
+    set (Vidur's) without the two sets' GEMM timings pulling one curve apart."""
     gpus = {d.gpu for d in datas}
     if len(gpus) != 1:
         raise TraceError(f"tables from different GPUs ({', '.join(sorted(gpus))}): fit one GPU at a time")
     gpu = get_gpu(gpus.pop())
     if any(d.is_iteration or d.model is None for d in datas):
         raise TraceError("mixing iteration and operator tables: fit them separately")
-    all_reduce, ar_source = _fit_all_reduce(next((d.network for d in datas if d.network is not None), None), gpu)
-    has_attn = any(d.rows["op"].isin(["attn_decode", "attn_prefill"]).any() for d in datas)
-    attention = tuple(v for v, _ in ASSUMED_ATTENTION.values())
-    sources = {"all_reduce": ar_source}
-    if not has_attn:
-        sources.update({k: s for k, (_, s) in ASSUMED_ATTENTION.items()})
+    has_attn = any(_has_attention(d) for d in datas)
+    if base is not None and has_attn:  # (the other rows fit nothing: the held-out MAPE is attention's)
+        datas = [d.attention_only() for d in datas if _has_attention(d)]
     masks = [_split(d.points().size, seed) for d in datas]
     measured = [d.points().to_numpy() for d in datas]
     n = len(KNOTS_TOKENS)
-    x0 = np.r_[3.0, 0.8, 2.0, 0.6, -3.0, np.full(n - 1, 0.4), list(attention) if has_attn else []]
-    lo = np.r_[0.0, 0.05, 0.0, 0.05, -8.0, np.zeros(n - 1), [0.05, 0.05] if has_attn else []]
-    hi = np.r_[50.0, 1.0, 50.0, 1.0, 8.0, np.full(n - 1, 8.0), [1.0, 1.0] if has_attn else []]
+    attention_source = f"fitted on the attention rows of {', '.join(d.label for d in datas if _has_attention(d))}"
+    if base is not None:
+        if base.curves is None or base.gpu != gpu.name:
+            raise TraceError(f"--base {base.path}: not kernel curves of {gpu.name} (it holds {base.kind} for {base.gpu})")
+        if not has_attn:
+            raise TraceError("--base keeps everything but attention, and these tables hold no attention rows to fit")
+        kept = base.curves
+        sources = {**kept.sources, "attention": f"{attention_source}; the rest from --base {base.path}"}
+        for key in ASSUMED_ATTENTION:
+            sources.pop(key, None)
+        x0 = np.r_[kept.attention_flops_efficiency, kept.attention_bandwidth_efficiency, kept.attention_latency_s * 1e6]
+        lo, hi = np.r_[0.05, 0.05, 0.0], np.r_[1.0, 1.0, 50.0]
 
-    def curves_of(x):
-        att = (float(x[4 + n]), float(x[5 + n])) if has_attn else attention
-        return _curves_from(x, att, all_reduce, sources)
+        def curves_of(x):
+            fl, bw, lat = _attention_of(x)
+            return replace(kept, attention_flops_efficiency=fl, attention_bandwidth_efficiency=bw,
+                           attention_latency_s=lat, sources=sources)
+    else:
+        all_reduce, ar_source = _fit_all_reduce(next((d.network for d in datas if d.network is not None), None), gpu)
+        sources = {"all_reduce": ar_source}
+        if has_attn:
+            sources["attention"] = attention_source
+        else:
+            sources.update({k: s for k, (_, s) in ASSUMED_ATTENTION.items()})
+        attention = tuple(v for v, _ in ASSUMED_ATTENTION.values())
+        x0 = np.r_[3.0, 0.8, 2.0, 0.6, -3.0, np.full(n - 1, 0.4), [*attention, 5.0] if has_attn else []]
+        lo = np.r_[0.0, 0.05, 0.0, 0.05, -8.0, np.zeros(n - 1), [0.05, 0.05, 0.0] if has_attn else []]
+        hi = np.r_[50.0, 1.0, 50.0, 1.0, 8.0, np.full(n - 1, 8.0), [1.0, 1.0, 50.0] if has_attn else []]
+
+        def curves_of(x):
+            return _curves_from(x, _attention_of(x) if has_attn else (*attention, 0.0), all_reduce, sources)
 
     def residuals(x):
         c = curves_of(x)
@@ -208,6 +248,8 @@ def fit_kernel_curves(datas: list[CostData], seed: int = 0, command: str = "") -
         "date": _dt.date.today().isoformat(),
         "command": command,
     }
+    if base is not None:  # where the kept curves were fitted (a base's own base, if it had one)
+        fit["base"] = base.fit.get("base") or {"path": str(base.path), **{k: base.fit[k] for k in _BASE_FIT_KEYS if k in base.fit}}
     cal = Calibration("kernel_curves", gpu.name, curves=curves, fit=fit, sources=sources)
     return FitResult(cal, fit["rows"], heldout, fit["train_mape"], curves.to_dict(), pd.concat(frames, ignore_index=True))
 

@@ -8,7 +8,7 @@ collectives), or a `seersim-profile/1` table (operator or `iteration` rows).
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 
 import numpy as np
@@ -33,6 +33,7 @@ VIDUR_OPS = {
     "mlp_down_proj": "mlp_down",
     "add": "add",
 }
+ATTENTION_OPS = ("attn_decode", "attn_prefill")
 VIDUR_GPUS = {"h100": "h100-sxm", "a100": "a100-80gb"}
 
 
@@ -51,6 +52,12 @@ class CostData:
     @property
     def is_iteration(self) -> bool:
         return bool((self.rows["op"] == "iteration").all())
+
+    def attention_only(self) -> "CostData":
+        """The attention rows alone (their points hold no other operator: a Vidur line
+        sums GEMMs and norms, a seersim-profile row is one operator)."""
+        keep = self.rows["op"].isin(ATTENTION_OPS)
+        return replace(self, rows=self.rows[keep], network=None)
 
     def points(self) -> pd.DataFrame:
         """One measured value per point: the summed time of its rows."""

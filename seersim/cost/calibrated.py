@@ -38,6 +38,8 @@ class KernelCurvesCost(CachedStepLines):
     ) -> None:
         self.model, self.gpu, self.par, self.curves = model, gpu, parallelism, curves
         self.step_overhead_s = step_overhead_s
+        # every layer launches its attention kernel once per iteration, whatever the batch
+        self._attention_floor_s = model.num_layers * curves.attention_latency_s
         tp, dp = parallelism.tp, parallelism.dp
         flops = tp * dp * gpu.peak_flops * curves.attention_flops_efficiency
         self._decode_pair_s = model.attention_flops_per_pair / flops
@@ -105,7 +107,7 @@ class KernelCurvesCost(CachedStepLines):
         if hit is None:
             if len(cache) >= self._CACHE_SIZE:
                 cache.clear()
-            hit = cache[key] = self.step_overhead_s + self._tokens_s(tokens, logit_rows)
+            hit = cache[key] = self.step_overhead_s + self._attention_floor_s + self._tokens_s(tokens, logit_rows)
         return hit
 
     def _step_lines(self, num_seqs: int, new_tokens: int, extra_attn_pairs: int, queries_per_seq: float) -> StepLines:

@@ -60,10 +60,13 @@ class KernelCurves:
     attention_bandwidth_efficiency: float
     all_reduce_latency_s: float
     all_reduce_bandwidth_efficiency: float
+    # one attention kernel's floor (launch to finish of the smallest): fitted on attention
+    # rows; 0 in files fitted without them, where the efficiencies alone were assumed
+    attention_latency_s: float = 0.0
     sources: dict[str, str] = field(default_factory=dict)
 
     def __post_init__(self) -> None:
-        for name in ("gemm_latency_s", "elementwise_latency_s", "all_reduce_latency_s"):
+        for name in ("gemm_latency_s", "elementwise_latency_s", "all_reduce_latency_s", "attention_latency_s"):
             check_number(name, getattr(self, name))
         for name in ("gemm_bandwidth_efficiency", "elementwise_bandwidth_efficiency", "attention_flops_efficiency",
                      "attention_bandwidth_efficiency", "all_reduce_bandwidth_efficiency"):
