@@ -182,3 +182,34 @@ def test_a_point_that_fails_costs_that_point_not_its_item(tmp_path):
     assert [r["batch_size"] for r in rows] == [1, 2]
     assert [f["point"] for f in meta["failed_points"]] == ["batch=-1 context=16 width=1"]
     assert meta["failed_items"] == [] and not meta["complete"]
+
+
+def test_a_whole_decode_step_is_planned_alone_for_dense_models_on_one_gpu():
+    from seersim.errors import ScenarioError
+    from seersim.profile.torch_ops import MOST_STEP_KV_BYTES, plan_model
+    from seersim.specs import get_model
+
+    qwen = get_model("qwen2.5-7b")
+    (item,) = plan_model(qwen, 1, ops={"decode_step"})["items"]
+    assert item["kind"] == "decode_step" and item["layers"] == qwen.num_layers
+    assert item["points"] and all(b * c * qwen.kv_bytes_per_token_per_gpu(1) <= MOST_STEP_KV_BYTES for b, c in item["points"])
+    assert all(i["kind"] != "decode_step" for i in plan_model(qwen, 1)["items"])  # (an iteration table of its own)
+    with pytest.raises(ScenarioError, match="plan it alone"):
+        plan_model(qwen, 1, ops={"decode_step", "qkv_proj"})
+    for model, tp in (("moonlight-16b-a3b", 1), ("qwen2.5-7b", 2)):  # MLA + MoE; the all-reduces
+        with pytest.raises(ScenarioError, match="has no decode_step"):
+            plan_model(get_model(model), tp, ops={"decode_step"})
+
+
+def test_a_whole_decode_step_runs_every_layer_and_writes_iteration_rows():
+    from seersim.profile.torch_runner import run_plan
+
+    tiny = {"kind": "decode_step", "op": "iteration", "layers": 2, "hidden": 64, "heads": 4, "kv_heads": 2,
+            "head_dim": 16, "intermediate": 96, "vocab": 100, "points": [[1, 32], [3, 64]]}
+    plan = {"schema": "seersim-profile-plan/1", "meta": {"dtype": "float32", "model": "tiny"}, "repeats": 1,
+            "warmup": 0, "items": [tiny]}
+    rows, meta = run_plan(plan, "cpu")
+    assert meta["complete"], meta
+    assert [(r["op"], r["batch_size"], r["context_tokens"], r["decode_tokens"]) for r in rows] == [
+        ("iteration", 1, 32, 1), ("iteration", 3, 192, 3)]
+    assert all(r["time_s"] > 0 for r in rows)

@@ -3,7 +3,7 @@
 # calibrate here. The GPU machine needs torch only: the plans carry every kernel shape.
 #
 #   bash traces/gpu-session.sh plan                  # here (seersim installed): traces/plans/*.json
-#   bash traces/gpu-session.sh run OUT_DIR [DEVICE]  # on the GPU machine: minutes (5 plans, ≤ 90 s each)
+#   bash traces/gpu-session.sh run OUT_DIR [DEVICE]  # on the GPU machine: minutes (7 plans, ≤ 90 s each)
 #   bash traces/gpu-session.sh calibrate DIR         # here: held-out and cross-model MAPE, one calibration
 #
 # Environment: SEERSIM (default `seersim`) runs the CLI, PYTHON (default python3) the
@@ -29,6 +29,9 @@ PLAN_LIST=(
   "3-llama-3.1-8b|llama-3.1-8b|1||"
   "4-kimi-k2-attention|kimi-k2|1|attn_decode,attn_prefill|"
   "5-qwen2-vl-72b-tp8-attention|qwen2-vl-72b|8|attn_decode,attn_prefill|"
+  # whole decode iterations (every layer, own weights): the check of the operators' sum
+  "6-qwen2.5-7b-decode-steps|qwen2.5-7b|1|decode_step|--batches 1,8,32,64,128 --contexts 1024,4096"
+  "7-llama-3.1-8b-decode-steps|llama-3.1-8b|1|decode_step|--batches 1,8,32,64,128 --contexts 1024,4096"
 )
 # (smoke: attention only; the GEMMs' weights alone take seconds to fill on a CPU)
 SMOKE_GRID="--ops attn_decode,attn_prefill --batches 1,2 --contexts 16,64 --widths 1,3 --prefill 16 --repeats 2"
@@ -38,6 +41,8 @@ case "${1:-}" in
     mkdir -p "$plans"
     for entry in "${PLAN_LIST[@]}"; do
       IFS='|' read -r name model tp ops grid <<<"$entry"
+      # (smoke: no whole steps, whose weights alone are a 7B model's)
+      [[ -n "${SMOKE:-}" && "$ops" == decode_step ]] && continue
       [[ -n "${SMOKE:-}" ]] && ops="" && grid="$SMOKE_GRID"
       # shellcheck disable=SC2086
       "${seersim[@]}" profile --model "$model" --tp "$tp" --gpu "$gpu" ${ops:+--ops "$ops"} $grid \
@@ -71,7 +76,11 @@ case "${1:-}" in
     shopt -s nullglob
     tables=("$dir"/profile-*.csv)
     (( ${#tables[@]} )) || { echo "no profile-*.csv in $dir"; exit 1; }
+    operators=() tests=()
     for table in "${tables[@]}"; do
+      if [[ "$table" == *-decode-steps.csv ]]; then tests+=(--test "$table"); else operators+=("$table"); fi
+    done
+    for table in "${operators[@]}"; do
       [[ "$table" == *-attention.csv ]] && continue  # (attention alone fixes no GEMM curve)
       echo "== $table alone"
       "${seersim[@]}" calibrate cost "$table" --out "${table%.csv}.calibration.yaml" --json || true
@@ -81,8 +90,8 @@ case "${1:-}" in
       "${seersim[@]}" calibrate cost "$dir/profile-qwen2.5-7b.csv" --test "$dir/profile-llama-3.1-8b.csv" \
         --out "$dir/qwen2.5-7b-tested-on-llama.calibration.yaml" --json || true
     fi
-    echo "== every table: $dir/calibration.yaml"
-    "${seersim[@]}" calibrate cost "${tables[@]}" --out "$dir/calibration.yaml" --json
+    echo "== every operator table, tested on the whole decode steps: $dir/calibration.yaml"
+    "${seersim[@]}" calibrate cost "${operators[@]}" "${tests[@]}" --out "$dir/calibration.yaml" --json
     ;;
   *)
     sed -n '2,12p' "${BASH_SOURCE[0]}"

@@ -87,6 +87,8 @@ def predict_rows(curves: KernelCurves, gpu: GPUSpec, model: ModelSpec, rows: pd.
             out[idx] = curves.elementwise_s(gpu, sizes[op])
         elif op in ATTENTION_OPS:
             out[idx] = _attention_s(curves, gpu, model, tp, r, prefill=op == "attn_prefill")
+        elif op == "iteration":
+            out[idx] = _decode_iteration_s(curves, gpu, model, tp, r)
         elif op == "moe_experts":
             out[idx] = [routed_experts_s(curves, gpu, model, float(x), tp, 1) for x in t]
         elif op == "all_reduce":
@@ -113,6 +115,21 @@ def _attention_s(curves: KernelCurves, gpu: GPUSpec, model: ModelSpec, tp: int, 
     compute = flops / (gpu.peak_flops * curves.attention_flops_efficiency)
     memory = kv / (gpu.hbm_bandwidth_bytes_per_s * curves.attention_bandwidth_efficiency)
     return curves.attention_latency_s + np.maximum(compute, memory)
+
+
+def _decode_iteration_s(curves: KernelCurves, gpu: GPUSpec, model: ModelSpec, tp: int, r: pd.DataFrame) -> list[float]:
+    """Whole decode iterations timed alone (`seersim profile --ops decode_step`): the
+    calibrated cost model's step at the row's batch and context, without the per-step
+    overhead that a bare forward pass does not pay (scheduling, sampling, output)."""
+    from seersim.config import Parallelism
+    from seersim.cost.calibrated import KernelCurvesCost
+
+    if (r["prefill_tokens"] > 0).any():
+        raise TraceError("kernel curves price decode-only iteration rows (seersim profile --ops decode_step); "
+                         "this table has prefill tokens: fit it as an iteration table instead")
+    cost = KernelCurvesCost(model, gpu, Parallelism(tp=tp), curves, step_overhead_s=0.0)
+    rows = zip(r["batch_size"], r["num_tokens"], r["context_tokens"])
+    return [float(cost.step_lines(int(b), int(n), 0).at(float(c))) for b, n, c in rows]
 
 
 def _curves_from(x: np.ndarray, attention: tuple[float, float, float], all_reduce: tuple[float, float],
@@ -255,7 +272,11 @@ def fit_kernel_curves(datas: list[CostData], seed: int = 0, command: str = "", b
 
 
 def evaluate_kernel_curves(curves: KernelCurves, data: CostData) -> tuple[float, pd.DataFrame]:
-    """MAPE of fitted curves on another table (every point is unseen)."""
+    """MAPE of fitted curves on another table (every point is unseen): operator rows, or
+    the whole decode iterations of a catalog model."""
+    if data.model is None:
+        raise TraceError(f"{data.label}: iteration rows of a model outside the catalog; kernel curves need its shapes "
+                         "(name a catalog model in the table's meta.json)")
     pred = _predict_points(curves, data).to_numpy()
     meas = data.points().to_numpy()
     first = data.rows.groupby("point").first()

@@ -18,7 +18,7 @@ from seersim.errors import TraceError
 from seersim.fields import MAX_COUNT
 from seersim.io import read_csv_table
 from seersim.profile.table import read_profile_table
-from seersim.specs import GPUS, ModelSpec, get_model
+from seersim.specs import GPUS, MODELS, ModelSpec, get_model
 
 # Vidur's per-layer operator columns -> seersim op names
 VIDUR_OPS = {
@@ -78,6 +78,8 @@ def read_cost_data(path: str | Path, gpu: str | None = None) -> CostData:
     if not table.is_iteration:  # operator rows are priced from the catalog model's shapes
         if not meta.get("model"):
             raise TraceError(f"{p}: an operator table needs 'model' (a catalog name) in its meta.json")
+        model = get_model(str(meta["model"]))
+    elif str(meta.get("model")) in MODELS:  # (iteration rows of a catalog model: kernel curves can price them)
         model = get_model(str(meta["model"]))
     if "tp" not in rows.columns:
         rows["tp"] = int(meta.get("tp", 1))

@@ -20,6 +20,16 @@ from seersim.profile.torch_runner import PLAN_SCHEMA, run_plan
 from seersim.specs import ModelSpec
 
 
+DECODE_STEP = "decode_step"  # one whole decode iteration of the model (an `iteration` row)
+MOST_STEP_KV_BYTES = 32 * 2**30  # a whole step's KV beside a 7-8B model's weights on an 80 GB GPU
+
+
+def _whole_step_timeable(model: ModelSpec, tp: int) -> bool:
+    """The runner's whole-step forward is a dense GQA/MHA transformer on one GPU (at tp > 1
+    it would leave out the all-reduces)."""
+    return model.attention != "mla" and not model.is_moe and tp == 1
+
+
 @dataclass(frozen=True)
 class ProfileGrid:
     tokens: tuple[int, ...] = (1, 8, 32, 64, 128, 256, 512, 1024, 2048, 4096)
@@ -56,9 +66,14 @@ def plan_model(
     if model.num_layers > model.num_moe_layers:
         gemms += model.mlp_gemms(model.intermediate_size, tp)
     known = [s.op for s in gemms] + ["lm_head"] + (["moe_experts"] if model.is_moe else []) + ["attn_decode", "attn_prefill"]
+    if _whole_step_timeable(model, tp):
+        known.append(DECODE_STEP)
     if ops and not ops <= set(known):
         raise ScenarioError(f"--ops: {model.name} has no {', '.join(sorted(ops - set(known)))}; its ops: {', '.join(known)}")
-    want = (lambda op: op in ops) if ops else (lambda op: True)
+    if ops and DECODE_STEP in ops and len(ops) > 1:
+        raise ScenarioError(f"--ops: {DECODE_STEP} times whole iterations, a table of its own: plan it alone")
+    # (whole steps only when asked: they are an iteration table, not operator rows)
+    want = (lambda op: op in ops) if ops else (lambda op: op != DECODE_STEP)
     items: list[dict] = []
     for shape in gemms:
         if want(shape.op):
@@ -88,6 +103,14 @@ def plan_model(
         else:
             attn = {"kv_heads": model.kv_heads_per_rank(tp), "qk_dim": model.head_dim, "v_dim": model.head_dim}
         items.append({"kind": "attn_prefill", "op": "attn_prefill", "heads": heads, **attn, "tokens": list(grid.prefill_tokens)})
+    if want(DECODE_STEP):
+        kv_token_bytes = model.kv_bytes_per_token_per_gpu(tp)
+        points = [[b, c] for b in grid.decode_batches for c in grid.decode_contexts
+                  if b * c * kv_token_bytes <= MOST_STEP_KV_BYTES]
+        items.append({"kind": "decode_step", "op": "iteration", "layers": model.num_layers, "hidden": model.hidden_size,
+                      "heads": heads, "kv_heads": model.kv_heads_per_rank(tp), "head_dim": model.head_dim,
+                      "intermediate": max(1, model.intermediate_size // tp), "vocab": max(1, model.vocab_size // tp),
+                      "points": points})
     return {
         "schema": PLAN_SCHEMA,
         "meta": {"gpu": gpu, "model": model.name, "tp": tp, "dtype": dtype, "command": command,

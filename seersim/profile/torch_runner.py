@@ -180,6 +180,55 @@ def _decode(torch, item: dict, device: str, dt, timer) -> list[Point]:
     return [(f"batch={p[0]} context={p[1]} width={p[2]}", lambda p=p: point(*p)) for p in item["points"]]
 
 
+def _decode_step(torch, item: dict, device: str, dt, timer) -> list[Point]:
+    """One whole decode iteration of a dense GQA model (one TP rank's share, without
+    its all-reduces) over `b` sequences at context `c`: every layer's RMSNorm, QKV
+    projection, rotary, KV append, split-KV attention (as `_decode`; the pieces'
+    combine approximated by their mean, the same bytes), O projection, residual,
+    RMSNorm and gated MLP; then the final norm and the lm_head on the batch's rows.
+
+    Each layer has its own weights and KV, so a layer's GEMMs find none of their
+    weights in L2, as in a real forward: what the operator rows (one operator replayed
+    over the same weights) cannot show. This is the check of the operators' sum."""
+    fn = torch.nn.functional
+    n_layers, h, heads, kvh, d = item["layers"], item["hidden"], item["heads"], item["kv_heads"], item["head_dim"]
+    inter, group = item["intermediate"], max(1, heads // kvh)
+
+    def w(*shape):
+        return torch.randn(*shape, device=device, dtype=dt) * shape[0] ** -0.5
+
+    layers = [(w(h, (heads + 2 * kvh) * d), w(heads * d, h), w(h, 2 * inter), w(inter, h),
+               torch.ones(h, device=device, dtype=dt), torch.ones(h, device=device, dtype=dt)) for _ in range(n_layers)]
+    lm_head = w(h, item["vocab"])
+    sms = torch.cuda.get_device_properties(device).multi_processor_count if device.startswith("cuda") else 1
+
+    def point(b: int, c: int) -> dict:
+        pieces = kv_splits(b, kvh, c, sms)
+        # per layer K and V as (b, K/V head x piece, c / pieces, d): head j's piece s at j * pieces + s
+        kv = [(w(b, kvh * pieces, c // pieces, d), w(b, kvh * pieces, c // pieces, d)) for _ in range(n_layers)]
+        x0, cos, sin = w(b, h), w(b, 1, d), w(b, 1, d)
+
+        def run():
+            x = x0
+            for (wqkv, wo, wug, wdown, norm1, norm2), (kc, vc) in zip(layers, kv):
+                q, k, v = (fn.rms_norm(x, (h,), norm1) @ wqkv).split([heads * d, kvh * d, kvh * d], dim=-1)
+                q = q.reshape(b, kvh, group, d)
+                q = q * cos[:, None] + q.flip(-1) * sin[:, None]  # (rotary's elementwise work)
+                k = k.reshape(b, kvh, d) * cos + k.reshape(b, kvh, d).flip(-1) * sin
+                kc[:, pieces - 1 :: pieces, -1] = k  # the new token: the last piece's last slot
+                vc[:, pieces - 1 :: pieces, -1] = v.reshape(b, kvh, d)
+                qs = q[:, :, None].expand(b, kvh, pieces, group, d).reshape(b, kvh * pieces, group, d)
+                o = fn.scaled_dot_product_attention(qs, kc, vc).reshape(b, kvh, pieces, group, d).mean(2)
+                x = x + o.reshape(b, heads * d) @ wo
+                gate_up = fn.rms_norm(x, (h,), norm2) @ wug
+                x = x + (fn.silu(gate_up[:, :inter]) * gate_up[:, inter:]) @ wdown
+            return fn.rms_norm(x, (h,)) @ lm_head
+
+        return _row("iteration", b, b, b * c, 0, b, timer(run))
+
+    return [(f"batch={p[0]} context={p[1]}", lambda p=p: point(*p)) for p in item["points"]]
+
+
 def _prefill(torch, item: dict, device: str, dt, timer) -> list[Point]:
     """Causal self-attention of one prompt of t tokens. Grouped K/V heads are expanded
     before timing: prefill is bound by arithmetic, which sharing K/V heads does not
@@ -201,7 +250,7 @@ def _prefill(torch, item: dict, device: str, dt, timer) -> list[Point]:
 
 _TIMING_CUDA = "CUDA-graph replays, median per call (kernels, no launch gaps); eager_points: timed one by one"
 _TIMING_HOST = "host clock per call (perf_counter), median"
-_KINDS = {"gemm": _gemm, "moe": _moe, "attn_decode": _decode, "attn_prefill": _prefill}
+_KINDS = {"gemm": _gemm, "moe": _moe, "attn_decode": _decode, "attn_prefill": _prefill, "decode_step": _decode_step}
 
 
 def _failure(exc: Exception) -> str:
