@@ -192,7 +192,8 @@ def test_a_whole_decode_step_is_planned_alone_for_dense_models_on_one_gpu():
     qwen = get_model("qwen2.5-7b")
     (item,) = plan_model(qwen, 1, ops={"decode_step"})["items"]
     assert item["kind"] == "decode_step" and item["layers"] == qwen.num_layers
-    assert item["points"] and all(b * c * qwen.kv_bytes_per_token_per_gpu(1) <= MOST_STEP_KV_BYTES for b, c in item["points"])
+    assert item["points"] and all(b * c * qwen.kv_bytes_per_token_per_gpu(1) <= MOST_STEP_KV_BYTES for b, c, _ in item["points"])
+    assert {w for _, _, w in item["points"]} == {1, 3, 5, 9}  # (verify steps too)
     assert all(i["kind"] != "decode_step" for i in plan_model(qwen, 1)["items"])  # (an iteration table of its own)
     with pytest.raises(ScenarioError, match="plan it alone"):
         plan_model(qwen, 1, ops={"decode_step", "qkv_proj"})
@@ -205,11 +206,11 @@ def test_a_whole_decode_step_runs_every_layer_and_writes_iteration_rows():
     from seersim.profile.torch_runner import run_plan
 
     tiny = {"kind": "decode_step", "op": "iteration", "layers": 2, "hidden": 64, "heads": 4, "kv_heads": 2,
-            "head_dim": 16, "intermediate": 96, "vocab": 100, "points": [[1, 32], [3, 64]]}
+            "head_dim": 16, "intermediate": 96, "vocab": 100, "points": [[1, 32, 1], [3, 64, 1], [3, 64, 4]]}
     plan = {"schema": "seersim-profile-plan/1", "meta": {"dtype": "float32", "model": "tiny"}, "repeats": 1,
             "warmup": 0, "items": [tiny]}
     rows, meta = run_plan(plan, "cpu")
     assert meta["complete"], meta
     assert [(r["op"], r["batch_size"], r["context_tokens"], r["decode_tokens"]) for r in rows] == [
-        ("iteration", 1, 32, 1), ("iteration", 3, 192, 3)]
+        ("iteration", 1, 32, 1), ("iteration", 3, 192, 3), ("iteration", 3, 192, 12)]
     assert all(r["time_s"] > 0 for r in rows)

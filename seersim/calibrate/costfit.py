@@ -118,9 +118,10 @@ def _attention_s(curves: KernelCurves, gpu: GPUSpec, model: ModelSpec, tp: int, 
 
 
 def _decode_iteration_s(curves: KernelCurves, gpu: GPUSpec, model: ModelSpec, tp: int, r: pd.DataFrame) -> list[float]:
-    """Whole decode iterations timed alone (`seersim profile --ops decode_step`): the
-    calibrated cost model's step at the row's batch and context, without the per-step
-    overhead that a bare forward pass does not pay (scheduling, sampling, output)."""
+    """Whole decode iterations timed alone (`seersim profile --ops decode_step`), plain or
+    verifying drafts: the calibrated cost model's step at the row's batch, tokens and
+    context, without the per-step overhead that a bare forward pass does not pay
+    (scheduling, sampling, output)."""
     from seersim.config import Parallelism
     from seersim.cost.calibrated import KernelCurvesCost
 
@@ -128,8 +129,8 @@ def _decode_iteration_s(curves: KernelCurves, gpu: GPUSpec, model: ModelSpec, tp
         raise TraceError("kernel curves price decode-only iteration rows (seersim profile --ops decode_step); "
                          "this table has prefill tokens: fit it as an iteration table instead")
     cost = KernelCurvesCost(model, gpu, Parallelism(tp=tp), curves, step_overhead_s=0.0)
-    rows = zip(r["batch_size"], r["num_tokens"], r["context_tokens"])
-    return [float(cost.step_lines(int(b), int(n), 0).at(float(c))) for b, n, c in rows]
+    rows = zip(r["batch_size"], r["num_tokens"], r["context_tokens"])  # (n / b tokens a sequence: 1 + its drafts)
+    return [float(cost.step_lines(int(b), int(n), 0, n / b).at(float(c))) for b, n, c in rows]
 
 
 def _curves_from(x: np.ndarray, attention: tuple[float, float, float], all_reduce: tuple[float, float],

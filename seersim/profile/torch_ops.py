@@ -105,8 +105,8 @@ def plan_model(
         items.append({"kind": "attn_prefill", "op": "attn_prefill", "heads": heads, **attn, "tokens": list(grid.prefill_tokens)})
     if want(DECODE_STEP):
         kv_token_bytes = model.kv_bytes_per_token_per_gpu(tp)
-        points = [[b, c] for b in grid.decode_batches for c in grid.decode_contexts
-                  if b * c * kv_token_bytes <= MOST_STEP_KV_BYTES]
+        points = [[b, c, w] for b in grid.decode_batches for c in grid.decode_contexts for w in grid.decode_widths
+                  if b * c * kv_token_bytes <= MOST_STEP_KV_BYTES and w <= c]
         items.append({"kind": "decode_step", "op": "iteration", "layers": model.num_layers, "hidden": model.hidden_size,
                       "heads": heads, "kv_heads": model.kv_heads_per_rank(tp), "head_dim": model.head_dim,
                       "intermediate": max(1, model.intermediate_size // tp), "vocab": max(1, model.vocab_size // tp),

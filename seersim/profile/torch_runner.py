@@ -182,10 +182,11 @@ def _decode(torch, item: dict, device: str, dt, timer) -> list[Point]:
 
 def _decode_step(torch, item: dict, device: str, dt, timer) -> list[Point]:
     """One whole decode iteration of a dense GQA model (one TP rank's share, without
-    its all-reduces) over `b` sequences at context `c`: every layer's RMSNorm, QKV
-    projection, rotary, KV append, split-KV attention (as `_decode`; the pieces'
-    combine approximated by their mean, the same bytes), O projection, residual,
-    RMSNorm and gated MLP; then the final norm and the lm_head on the batch's rows.
+    its all-reduces) over `b` sequences at context `c`, `w` tokens each (a plain
+    decode, or verifying w − 1 drafts): every layer's RMSNorm, QKV projection, rotary,
+    KV append, split-KV attention (as `_decode`; the pieces' combine approximated by
+    their mean, the same bytes), O projection, residual, RMSNorm and gated MLP; then
+    the final norm and the lm_head on every row (a verify step samples each position).
 
     Each layer has its own weights and KV, so a layer's GEMMs find none of their
     weights in L2, as in a real forward: what the operator rows (one operator replayed
@@ -202,31 +203,34 @@ def _decode_step(torch, item: dict, device: str, dt, timer) -> list[Point]:
     lm_head = w(h, item["vocab"])
     sms = torch.cuda.get_device_properties(device).multi_processor_count if device.startswith("cuda") else 1
 
-    def point(b: int, c: int) -> dict:
+    def point(b: int, c: int, width: int = 1) -> dict:
         pieces = kv_splits(b, kvh, c, sms)
         # per layer K and V as (b, K/V head x piece, c / pieces, d): head j's piece s at j * pieces + s
         kv = [(w(b, kvh * pieces, c // pieces, d), w(b, kvh * pieces, c // pieces, d)) for _ in range(n_layers)]
-        x0, cos, sin = w(b, h), w(b, 1, d), w(b, 1, d)
+        x0, cos, sin = w(b * width, h), w(b, 1, width, d), w(b, 1, width, d)
+        rows = group * width  # (each K/V head's query rows: its query heads x the positions)
 
         def run():
             x = x0
             for (wqkv, wo, wug, wdown, norm1, norm2), (kc, vc) in zip(layers, kv):
                 q, k, v = (fn.rms_norm(x, (h,), norm1) @ wqkv).split([heads * d, kvh * d, kvh * d], dim=-1)
-                q = q.reshape(b, kvh, group, d)
-                q = q * cos[:, None] + q.flip(-1) * sin[:, None]  # (rotary's elementwise work)
-                k = k.reshape(b, kvh, d) * cos + k.reshape(b, kvh, d).flip(-1) * sin
-                kc[:, pieces - 1 :: pieces, -1] = k  # the new token: the last piece's last slot
-                vc[:, pieces - 1 :: pieces, -1] = v.reshape(b, kvh, d)
-                qs = q[:, :, None].expand(b, kvh, pieces, group, d).reshape(b, kvh * pieces, group, d)
-                o = fn.scaled_dot_product_attention(qs, kc, vc).reshape(b, kvh, pieces, group, d).mean(2)
-                x = x + o.reshape(b, heads * d) @ wo
+                q = q.reshape(b, width, kvh, group, d).permute(0, 2, 3, 1, 4)  # (b, kvh, group, width, d)
+                q = q * cos[:, :, None] + q.flip(-1) * sin[:, :, None]  # (rotary's elementwise work)
+                k, v = k.reshape(b, width, kvh, d).transpose(1, 2), v.reshape(b, width, kvh, d).transpose(1, 2)
+                k = k * cos + k.flip(-1) * sin
+                kc[:, pieces - 1 :: pieces, -width:] = k  # the new tokens: the last piece's last slots
+                vc[:, pieces - 1 :: pieces, -width:] = v
+                qs = q.reshape(b, kvh, 1, rows, d).expand(b, kvh, pieces, rows, d).reshape(b, kvh * pieces, rows, d)
+                o = fn.scaled_dot_product_attention(qs, kc, vc).reshape(b, kvh, pieces, group, width, d).mean(2)
+                x = x + o.permute(0, 3, 1, 2, 4).reshape(b * width, heads * d) @ wo
                 gate_up = fn.rms_norm(x, (h,), norm2) @ wug
                 x = x + (fn.silu(gate_up[:, :inter]) * gate_up[:, inter:]) @ wdown
             return fn.rms_norm(x, (h,)) @ lm_head
 
-        return _row("iteration", b, b, b * c, 0, b, timer(run))
+        return _row("iteration", b * width, b, b * c, 0, b * width, timer(run))
 
-    return [(f"batch={p[0]} context={p[1]}", lambda p=p: point(*p)) for p in item["points"]]
+    return [(f"batch={p[0]} context={p[1]} width={p[2] if len(p) > 2 else 1}", lambda p=p: point(*p))
+            for p in item["points"]]
 
 
 def _prefill(torch, item: dict, device: str, dt, timer) -> list[Point]:
