@@ -138,7 +138,11 @@ def profile_cmd(
     gpu: Annotated[Optional[str], typer.Option("--gpu", help="catalog GPU this runs on (recorded for calibration)")] = None,
     tp: Annotated[int, typer.Option("--tp", help="tensor-parallel degree whose shard shapes are timed")] = 1,
     dtype: Annotated[str, typer.Option("--dtype", help="torch dtype of weights and activations")] = "bfloat16",
-    ops: Annotated[Optional[str], typer.Option("--ops", help="comma-separated subset of ops (default: all)")] = None,
+    ops: Annotated[
+        Optional[str],
+        typer.Option("--ops", help="comma-separated subset of ops (default: every operator); decode_step alone: "
+                                   "whole decode iterations of a dense model at --tp 1 (batches x contexts x widths)"),
+    ] = None,
     tokens: Annotated[Optional[str], typer.Option("--tokens", help="token counts for GEMMs, comma-separated")] = None,
     batches: Annotated[Optional[str], typer.Option("--batches", help="decode attention batch sizes")] = None,
     contexts: Annotated[Optional[str], typer.Option("--contexts", help="decode attention context lengths")] = None,

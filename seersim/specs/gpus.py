@@ -15,7 +15,8 @@ _EFFICIENCY = (
     "HBM bandwidth in decode are typical of vLLM on Hopper (Vidur MLSys'24 profiles; "
     "DESIGN §5 'roofline realism')"
 )
-_CAL_H100 = "h100: kernel curves fitted on Vidur's H100 tables (seersim/cost/calibrations/h100.yaml)"
+_CAL_H100 = ("h100: GEMM curves fitted on Vidur's H100 tables, attention on seersim's own H100 tables "
+             "(seersim/cost/calibrations/h100.yaml)")
 _PRICES = (
     "https://www.mercatus-ai.com/blog/cloud-gpu-pricing (May 2026 on-demand $/GPU-hour, specialty clouds: "
     "A100 80GB $1.10-1.50, H100 SXM $2.50-3.50, H200 SXM $3.50-4.50; hyperscalers charge more)"
@@ -67,8 +68,9 @@ GPUS: dict[str, GPUSpec] = {
             calibration="h100",
             gpu_hour_usd=3.5,
             sources={
-                "calibration": "H100's efficiency fractions applied to the H200's peaks (same Hopper die, faster HBM; "
-                "no public H200 tables): an assumption; " + _CAL_H100,
+                "calibration": "H100's efficiency fractions applied to the H200's peaks (same Hopper die, faster HBM); "
+                "checked on whole decode steps timed on an H200 (traces/h200-*-decode-steps.csv): MAPE 10-12%, "
+                "0.83-1.12x; " + _CAL_H100,
                 "memory/hbm/flops": _H200_SHEET + ": 141 GB HBM3e, 4.8 TB/s, 989 TFLOPS bf16 dense",
                 "nvlink": _H200_SHEET + ": NVLink 900 GB/s bidirectional",
                 "efficiency": _EFFICIENCY,
