@@ -10,6 +10,7 @@ import sys
 
 import pytest
 
+from seersim.profile.schema import write_profile_table
 from seersim.profile.table import read_profile_table
 
 
@@ -46,10 +47,16 @@ def test_a_gpu_session_runs_its_plans_where_only_torch_is(tmp_path, repo_root):
     assert moonlight.meta["gpu"] == "h100-sxm" and (moonlight.rows["time_s"] > 0).all()
     assert set(moonlight.rows["op"]) == {"attn_decode", "attn_prefill"}
     assert f"torch {torch.__version__}" in (out / "session-machine.txt").read_text()
+    # (whole decode steps are not timed in the smoke run, a 7B model's weights: stand one in)
+    steps = [{"op": "iteration", "num_tokens": b, "batch_size": b, "context_tokens": b * 1024, "prefill_tokens": 0,
+              "decode_tokens": b, "time_s": 0.007 + 1e-4 * b, "time_s_std": 0.0, "repeats": 10} for b in (1, 8, 32)]
+    write_profile_table(steps, out / "profile-qwen2.5-7b-decode-steps.csv", {"gpu": "h100-sxm", "model": "qwen2.5-7b", "tp": 1})
     before = set(repo_root.iterdir())
     res = _session(repo_root, {}, "calibrate", str(out))
     assert res.returncode == 0, res.stdout + res.stderr
     assert "== every operator table" in res.stdout and (out / "calibration.yaml").is_file()
+    combined = json.loads(res.stdout.split("== every operator table", 1)[1].split("\n", 1)[1])
+    assert set(combined["test_mape_per_table"]) == {"qwen2.5-7b"}  # (the whole steps: tested, not fitted)
     assert (out / "profile-moonlight-16b-a3b.calibration.yaml").is_file()
     assert set(repo_root.iterdir()) == before  # everything it writes goes under DIR
 
