@@ -447,6 +447,17 @@ def test_calibrate_cost_base_fits_attention_alone_and_says_when_it_cannot(tmp_pa
     assert fitted.curves.flops_efficiency == base.curves.flops_efficiency
     assert fitted.fit["base"]["command"] == base.fit["base"]["command"]  # (the base's own origin is kept)
     assert fitted.curves.attention_latency_s > 0
+    assert fitted.step_overhead_s is None  # (the shipped file leaves the overhead to the engine kind)
+
+    from dataclasses import replace
+
+    from seersim.cost.calibration import save_calibration
+
+    with_overhead = tmp_path / "base-with-overhead.yaml"  # a deployment's own overhead is kept, like its curves
+    save_calibration(replace(base, step_overhead_s=1.5e-3), with_overhead)
+    res = CliRunner().invoke(app, ["calibrate", "cost", "--base", str(with_overhead), str(table), "--out", str(out)])
+    assert res.exit_code == 0, res.output
+    assert load_calibration(out).step_overhead_s == 1.5e-3
 
     gemms = read_profile_table(table)
     only_gemms = tmp_path / "gemms.csv"

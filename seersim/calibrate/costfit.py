@@ -268,7 +268,8 @@ def fit_kernel_curves(datas: list[CostData], seed: int = 0, command: str = "", b
     }
     if base is not None:  # where the kept curves were fitted (a base's own base, if it had one)
         fit["base"] = base.fit.get("base") or {"path": str(base.path), **{k: base.fit[k] for k in _BASE_FIT_KEYS if k in base.fit}}
-    cal = Calibration("kernel_curves", gpu.name, curves=curves, fit=fit, sources=sources)
+    cal = Calibration("kernel_curves", gpu.name, curves=curves, fit=fit, sources=sources,
+                      step_overhead_s=base.step_overhead_s if base is not None else None)  # (kept, like its curves)
     return FitResult(cal, fit["rows"], heldout, fit["train_mape"], curves.to_dict(), pd.concat(frames, ignore_index=True))
 
 
