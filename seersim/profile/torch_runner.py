@@ -136,6 +136,16 @@ def _moe(torch, item: dict, device: str, dt, timer) -> list[Point]:
     return [(f"tokens={p[0]}", lambda p=p: point(*p)) for p in item["points"]]
 
 
+def _multiprocessors(torch, device: str) -> int:
+    """The GPU's multiprocessors, which split-KV pieces fill (a CPU: one, no split)."""
+    return torch.cuda.get_device_properties(device).multi_processor_count if device.startswith("cuda") else 1
+
+
+def _decode_points(item: dict, point: Callable[[int, int, int], dict]) -> list[Point]:
+    """An item's (batch, context, width) points, each timed by `point`."""
+    return [(f"batch={b} context={c} width={w}", lambda b=b, c=c, w=w: point(b, c, w)) for b, c, w in item["points"]]
+
+
 def kv_splits(batch: int, kv_heads: int, context: int, sms: int, least_tokens: int = 256) -> int:
     """Pieces to split each sequence's context into, as split-KV decode kernels do
     (FlashDecoding; vLLM's FlashAttention and FlashMLA): enough that batch × K/V heads ×
@@ -161,7 +171,7 @@ def _decode(torch, item: dict, device: str, dt, timer) -> list[Point]:
     heads = item["heads"]
     groups, dim = (1, item["width"]) if item["mla"] else (item["kv_heads"], item["head_dim"])
     per_group = max(1, heads // groups)
-    sms = torch.cuda.get_device_properties(device).multi_processor_count if device.startswith("cuda") else 1
+    sms = _multiprocessors(torch, device)
 
     def point(b: int, c: int, w: int) -> dict:
         pieces = kv_splits(b, groups, c, sms)
@@ -177,7 +187,7 @@ def _decode(torch, item: dict, device: str, dt, timer) -> list[Point]:
 
         return _row("attn_decode", b * w, b, b * c, 0, b * w, timer(run))
 
-    return [(f"batch={p[0]} context={p[1]} width={p[2]}", lambda p=p: point(*p)) for p in item["points"]]
+    return _decode_points(item, point)
 
 
 def _decode_step(torch, item: dict, device: str, dt, timer) -> list[Point]:
@@ -201,9 +211,9 @@ def _decode_step(torch, item: dict, device: str, dt, timer) -> list[Point]:
     layers = [(w(h, (heads + 2 * kvh) * d), w(heads * d, h), w(h, 2 * inter), w(inter, h),
                torch.ones(h, device=device, dtype=dt), torch.ones(h, device=device, dtype=dt)) for _ in range(n_layers)]
     lm_head = w(h, item["vocab"])
-    sms = torch.cuda.get_device_properties(device).multi_processor_count if device.startswith("cuda") else 1
+    sms = _multiprocessors(torch, device)
 
-    def point(b: int, c: int, width: int = 1) -> dict:
+    def point(b: int, c: int, width: int) -> dict:
         pieces = kv_splits(b, kvh, c, sms)
         # per layer K and V as (b, K/V head x piece, c / pieces, d): head j's piece s at j * pieces + s
         kv = [(w(b, kvh * pieces, c // pieces, d), w(b, kvh * pieces, c // pieces, d)) for _ in range(n_layers)]
@@ -229,8 +239,7 @@ def _decode_step(torch, item: dict, device: str, dt, timer) -> list[Point]:
 
         return _row("iteration", b * width, b, b * c, 0, b * width, timer(run))
 
-    return [(f"batch={p[0]} context={p[1]} width={p[2] if len(p) > 2 else 1}", lambda p=p: point(*p))
-            for p in item["points"]]
+    return _decode_points(item, point)
 
 
 def _prefill(torch, item: dict, device: str, dt, timer) -> list[Point]:
