@@ -497,6 +497,11 @@ def test_kernel_curves_are_tested_on_whole_decode_steps(tmp_path, repo_root):
     res = CliRunner().invoke(app, ["calibrate", "cost", "--base", str(shipped), str(repo_root / "traces" / "h100-sxm-qwen2.5-7b.csv"),
                                    "--test", str(steps), "--out", str(tmp_path / "c.yaml")])
     assert res.exit_code == 2 and "outside the catalog" in res.output
+    rows[0].update(prefill_tokens=rows[0]["num_tokens"], decode_tokens=0)  # (a live step log's prefill step)
+    write_profile_table(rows, steps, {"gpu": "h100-sxm", "model": "qwen2.5-7b", "tp": 1})
+    res = CliRunner().invoke(app, ["calibrate", "cost", "--base", str(shipped), str(repo_root / "traces" / "h100-sxm-qwen2.5-7b.csv"),
+                                   "--test", str(steps), "--out", str(tmp_path / "c.yaml")])
+    assert res.exit_code == 2 and "decode-only iteration rows" in res.output and "Traceback" not in res.output
 
 
 @pytest.mark.parametrize(
