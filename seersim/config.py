@@ -219,6 +219,16 @@ class PolicyConfig(_Strict):
     anti_starvation_every: NonNegCount = Field(
         0, description="context_aware: every Nth pick serves the group with least served time (0 = off)"
     )
+    # Default from measurements over the shipped scenarios (issue 11, docs/engine.md): with
+    # `estimate`, a request whose group's first finisher was short waits behind every
+    # group without one at each chunk boundary (Kimi-K2: its 98K-token requests end the
+    # step; context_aware 1.26x vs divided 1.39x, seeds 0-2); `first` is as fast or faster
+    # on every shipped scenario but small-replay (-0.5%).
+    continuation_order: Literal["first", "estimate"] = Field(
+        "first",
+        description="context_aware: a request between two chunks continues before the requests not started yet, "
+        "in the order its chunk returned (first), or competes with them by its group's estimate (estimate)",
+    )
     # APRIL over-issues ~2x; 10x is far past any benefit (the extra groups mostly run to waste)
     over_issue_factor: Real = Field(2.0, ge=1, le=10, description="partial_rollout: groups issued / groups needed")
     # Default from measurements over the shipped scenarios (issue 11): the only rule that

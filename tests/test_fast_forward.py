@@ -167,6 +167,7 @@ def _engine_and_policy(draw):
         "policy.migrate_margin_tokens": draw(st.sampled_from([0, 16, 512])),
         "policy.kv_reservation": draw(st.sampled_from(["chunk_limit", "expected_growth", "none"])),
         "policy.anti_starvation_every": draw(st.sampled_from([0, 3])),
+        "policy.continuation_order": draw(st.sampled_from(["first", "estimate"])),
         "kv_pool.enabled": draw(st.booleans()),
     }
     if policy == "partial_rollout":

@@ -191,3 +191,59 @@ def test_chunked_policies_keep_their_order_on_the_shipped_small_scenario(seed):
     }
     assert thr["divided"] >= thr["baseline"], thr
     assert thr["context_aware"] >= thr["divided"], thr
+
+
+class _Log(Policy):
+    """Wraps a policy; records, per dispatch, whether a returned (unfinished) non-probe
+    request was waiting and whether the dispatched request had started before."""
+
+    def __init__(self, inner: Policy) -> None:
+        super().__init__(inner.cfg)
+        self.inner, self.name, self.chunked = inner, inner.name, inner.chunked
+        self.started: set[int] = set()
+        self.returned: set[int] = set()
+        self.probes: set[int] = set()
+        self.fresh_over_continuing = 0  # a not-started non-probe request went first
+        self.continuing_dispatches = 0
+
+    def on_step_start(self, view, request_ids):
+        _, first = np.unique(view.group_id[request_ids], return_index=True)
+        self.probes = {int(request_ids[i]) for i in first}
+        self.inner.on_step_start(view, request_ids)
+
+    def on_chunk_done(self, view, request_id, finished):
+        if not finished and request_id not in self.probes:
+            self.returned.add(request_id)
+        self.inner.on_chunk_done(view, request_id, finished)
+
+    def decide(self, view):
+        out = self.inner.decide(view)
+        for d in out:
+            rid = d.request_id
+            if rid in self.returned:
+                self.returned.discard(rid)
+                self.continuing_dispatches += 1
+            elif rid not in self.started and rid not in self.probes and self.returned:
+                self.fresh_over_continuing += 1
+            self.started.add(rid)
+        return out
+
+
+@pytest.mark.parametrize("order", ["first", "estimate"])
+def test_context_aware_continuation_order(order):
+    """Issue 11: with `continuation_order: first` (the default) a request between two
+    chunks goes before every request not started yet, so a request of an underestimated
+    group is never parked behind fresh work (Kimi-K2's step-ending 98K-token requests);
+    with `estimate` (DESIGN §6 step 3 read literally) fresh requests of groups ranked
+    higher overtake it."""
+    sc = load_small(**{**LONG_TAIL, "cluster.instances": 2, "engine.max_num_seqs": 8, "policy.chunk_tokens": 512})
+    assert sc.policy.continuation_order == "first"  # the default
+    sc = sc.model_copy(update={"policy": sc.policy.model_copy(update={"name": "context_aware", "continuation_order": order})})
+    log = _Log(make_policy(sc.policy))
+    out = simulate_step(sc, build_workload(sc, np.random.default_rng(0)), log)
+    assert not out.requests["finish_s"].isna().any()
+    assert log.continuing_dispatches > 100, log.continuing_dispatches
+    if order == "first":
+        assert log.fresh_over_continuing == 0
+    else:
+        assert log.fresh_over_continuing > 10, log.fresh_over_continuing

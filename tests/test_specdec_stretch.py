@@ -37,7 +37,15 @@ def _record_pieces(monkeypatch) -> dict[str, int]:
 
 
 # queued requests (8 running per instance) and small chunks: dispatches arrive mid-stretch
-SEER = {**SMALL, "workload.prompts": 16, "cluster.instances": 2, "policy.chunk_tokens": 128, "engine.max_num_seqs": 8}
+# (continuations re-ranked by estimate: their dispatch times are what interrupts a piece)
+SEER = {
+    **SMALL,
+    "workload.prompts": 16,
+    "cluster.instances": 2,
+    "policy.chunk_tokens": 128,
+    "engine.max_num_seqs": 8,
+    "policy.continuation_order": "estimate",
+}
 
 
 @pytest.mark.parametrize("over", [{}, {"cluster.parallelism.dp": 2}], ids=["dp1", "dp2"])

@@ -11,6 +11,14 @@ Responses of one group have similar lengths, so each group's first request runs 
   4. its chunk is min(chunk_tokens, max_tokens − generated), sent to an instance with
      KV room for it (placement as divided rollout), else wait until room frees.
 
+Steps 2-3 order the requests *not started yet*. A request between two chunks of divided
+rollout continues first, in the order its chunks returned (`continuation_order: first`,
+the default): longest-first decides the order in which work starts, as in list
+scheduling (LPT), and a chunk boundary is a load-balancing point, not a new decision of
+priority. Re-ranking there by the group's estimate (`continuation_order: estimate`)
+preempts every request whose group's first finisher was short behind all groups without
+one, and those underestimated requests end the step (Kimi-K2; docs/engine.md).
+
 Anti-starvation: every `anti_starvation_every`-th pick (0 = off) serves instead the
 waiting group that has received the least service time so far (to the microsecond,
 ties by group id).
@@ -22,6 +30,7 @@ from __future__ import annotations
 
 import heapq
 from bisect import insort
+from collections import deque
 
 import numpy as np
 
@@ -43,6 +52,7 @@ class ContextAwarePolicy(Policy):
         self._waiting: dict[int, list[int]] = {}  # group -> sorted waiting non-probe ids
         self._estimate: dict[int, int] = {}
         self._is_probe: set[int] = set()
+        self._continuing: deque[int] = deque()  # non-probe requests between chunks (continuation_order: first)
         # service time per group, kept only for anti-starvation
         self._served_s: dict[int, float] = {}
         self._dispatched_at: dict[int, float] = {}
@@ -68,8 +78,10 @@ class ContextAwarePolicy(Policy):
             if new_est != self._estimate.get(group):
                 self._estimate[group] = new_est
                 self._push_group(group)
-        else:
+        elif request_id in self._is_probe or self.cfg.continuation_order == "estimate":
             self._make_waiting(view, request_id)
+        else:
+            self._continuing.append(request_id)
 
     def _make_waiting(self, view: ClusterView, rid: int) -> None:
         if rid in self._is_probe:
@@ -102,9 +114,12 @@ class ContextAwarePolicy(Policy):
         return min(waiting, key=lambda g: (round(served.get(g, 0.0) / SERVED_RESOLUTION_S), g)) if waiting else None
 
     def _next(self) -> tuple[int, str] | None:
-        """The request to serve next and where it comes from ('probe' or 'group')."""
+        """The request to serve next and where it comes from ('probe', 'continuing' or
+        'group')."""
         if self._probe_heap:
             return self._probe_heap[0][1], "probe"
+        if self._continuing:
+            return self._continuing[0], "continuing"
         every = self.cfg.anti_starvation_every
         group = self._starved_group() if every and (self._picks + 1) % every == 0 else self._top_group()
         if group is None:
@@ -125,6 +140,8 @@ class ContextAwarePolicy(Policy):
             self._picks += 1
             if source == "probe":
                 heapq.heappop(self._probe_heap)
+            elif source == "continuing":
+                self._continuing.popleft()
             else:
                 group = int(view.group_id[rid])
                 self._waiting[group].pop(0)
