@@ -11,17 +11,20 @@ Responses of one group have similar lengths, so each group's first request runs 
   4. its chunk is min(chunk_tokens, max_tokens − generated), sent to an instance with
      KV room for it (placement as divided rollout), else wait until room frees.
 
-Steps 2-3 order the requests *not started yet*. A request between two chunks of divided
-rollout continues first, in the order its chunks returned (`continuation_order: first`,
-the default): longest-first decides the order in which work starts, as in list
-scheduling (LPT), and a chunk boundary is a load-balancing point, not a new decision of
-priority. Re-ranking there by the group's estimate (`continuation_order: estimate`)
-preempts every request whose group's first finisher was short behind all groups without
-one, and those underestimated requests end the step (Kimi-K2; docs/engine.md).
+Step 3 orders the requests *not started yet*; probes keep step 2's priority between
+their chunks. Any other request between two chunks of divided rollout continues before
+them, in the order its chunks returned (`continuation_order: first`, the default):
+longest-first decides the order in which work starts, as in list scheduling (LPT), and a
+chunk boundary is a load-balancing point, not a new decision of priority. Re-ranking
+there by the group's estimate (`continuation_order: estimate`, DESIGN §6 step 3 read
+literally) parks every request whose group's first finisher was short behind all groups
+without one, and those underestimated requests end the step (Kimi-K2: README, known
+limitations).
 
 Anti-starvation: every `anti_starvation_every`-th pick (0 = off) serves instead the
 waiting group that has received the least service time so far (to the microsecond,
-ties by group id).
+ties by group id); under `continuation_order: first` it chooses among the requests not
+started yet, as step 3 does.
 
 The policy learns only what it observes: finished lengths, tokens generated so far.
 """
