@@ -475,7 +475,7 @@ def apply_overrides(data: dict, overrides: list[tuple[list[str], Any]]) -> dict:
             else:
                 raise ScenarioError(f"--set {'.'.join(path)}: '{'.'.join(path[:depth])}' is a value, not a mapping")
             if depth == len(path) - 1:
-                node[key] = value
+                node[key] = copy.deepcopy(value)  # a later dotted override must not edit the caller's value
                 break
             nxt = node.get(key) if isinstance(node, dict) else node[key]
             if isinstance(nxt, str) and part in ("model", "gpu") and depth == 0:

@@ -13,7 +13,7 @@ import pytest
 from pydantic import BaseModel
 
 import seersim
-from conftest import SHARED, SMALL_YAML
+from conftest import SHARED, SMALL_YAML, load_small
 from seersim.config import Scenario, tp_divides_heads
 from seersim.errors import ScenarioError
 from seersim.limits import BYTES_PER_REQUEST, estimate_work
@@ -443,3 +443,13 @@ def test_yaml_merge_keys_may_be_overridden(tmp_path):
     p = tmp_path / "m.yaml"
     p.write_text("base: &b {x: 1, y: 2}\nderived: {<<: *b, y: 3}\n")
     assert read_yaml_mapping(p, ScenarioError, "file", "", "")["derived"] == {"x": 1, "y": 3}
+
+
+def test_overrides_never_edit_the_callers_values():
+    """A mapping given as one override's value, then edited by a later dotted override of
+    the same call, stays as the caller wrote it (it leaked between tests that shared it)."""
+    lengths = {"dist": "lognormal", "mean": 900, "sigma": 1.0, "intra_group_corr": 0.8}
+    sc = load_small(**{"workload.output_tokens": lengths, "workload.output_tokens.dist": "constant"})
+    assert sc.workload.output_tokens.dist == "constant"
+    assert lengths == {"dist": "lognormal", "mean": 900, "sigma": 1.0, "intra_group_corr": 0.8}
+    assert seersim.with_overrides(sc, **{"workload.output_tokens": lengths}).workload.output_tokens.dist == "lognormal"
