@@ -219,11 +219,12 @@ class PolicyConfig(_Strict):
     anti_starvation_every: NonNegCount = Field(
         0, description="context_aware: every Nth pick serves the group with least served time (0 = off)"
     )
-    # Default from measurements over the shipped scenarios (issue 11, docs/engine.md): with
-    # `estimate`, a request whose group's first finisher was short waits behind every
-    # group without one at each chunk boundary (Kimi-K2: its 98K-token requests end the
-    # step; context_aware 1.26x vs divided 1.39x, seeds 0-2); `first` is as fast or faster
-    # on every shipped scenario but small-replay (-0.5%).
+    # Default from measurements over the shipped scenarios (issue 11; README, known
+    # limitations): with `estimate`, a request whose group's first finisher was short waits
+    # behind every group without one at each chunk boundary (Kimi-K2: its 98K-token
+    # requests end the step; context_aware 1.32x vs divided 1.38x over 10 seeds, 1.43x with
+    # `first`); `first` is as fast or faster, within seed noise, on every shipped scenario
+    # but small-replay (-0.5%).
     continuation_order: Literal["first", "estimate"] = Field(
         "first",
         description="context_aware: a request between two chunks continues before the requests not started yet, "
