@@ -236,9 +236,17 @@ def test_context_aware_continuation_order(order):
     group is never parked behind fresh work (Kimi-K2's step-ending 98K-token requests);
     with `estimate` (DESIGN §6 step 3 read literally) fresh requests of groups ranked
     higher overtake it."""
-    sc = load_small(**{**LONG_TAIL, "cluster.instances": 2, "engine.max_num_seqs": 8, "policy.chunk_tokens": 512})
-    assert sc.policy.continuation_order == "first"  # the default
-    sc = sc.model_copy(update={"policy": sc.policy.model_copy(update={"name": "context_aware", "continuation_order": order})})
+    assert load_small().policy.continuation_order == "first"  # the default
+    sc = load_small(
+        **{
+            **LONG_TAIL,
+            "cluster.instances": 2,
+            "engine.max_num_seqs": 8,
+            "policy.chunk_tokens": 512,
+            "policy.name": "context_aware",
+            "policy.continuation_order": order,
+        }
+    )
     log = _Log(make_policy(sc.policy))
     out = simulate_step(sc, build_workload(sc, np.random.default_rng(0)), log)
     assert not out.requests["finish_s"].isna().any()

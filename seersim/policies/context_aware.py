@@ -23,8 +23,8 @@ limitations).
 
 Anti-starvation: every `anti_starvation_every`-th pick (0 = off) serves instead the
 waiting group that has received the least service time so far (to the microsecond,
-ties by group id); under `continuation_order: first` it chooses among the requests not
-started yet, as step 3 does.
+ties by group id). Every pick counts; under `continuation_order: first` a waiting
+continuation takes the pick, so anti-starvation serves only requests not started yet.
 
 The policy learns only what it observes: finished lengths, tokens generated so far.
 """
