@@ -99,6 +99,7 @@ def test_unknown_policy_in_scenario():
         ("cluster.parallelism.tp=0", "cluster.parallelism.tp"),
         ("engine.gpu_memory_utilization=1.5", "engine.gpu_memory_utilization"),
         ("cluster.instances=many", "cluster.instances"),
+        ("policy.continuation_order=bogus", "policy.continuation_order"),
     ],
 )
 def test_bad_sizes(setting, field):
