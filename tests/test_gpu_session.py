@@ -64,3 +64,29 @@ def test_a_gpu_session_runs_its_plans_where_only_torch_is(tmp_path, repo_root):
 def test_without_a_step_it_prints_its_usage(repo_root):
     res = _session(repo_root, {})
     assert res.returncode == 2 and "gpu-session.sh run OUT_DIR" in res.stdout
+
+
+def test_only_runs_the_plans_it_names(tmp_path, repo_root):
+    """`ONLY="8 9"`: a later session times the plans an earlier one has not recorded."""
+    pytest.importorskip("torch", reason="torch not installed (pip install 'seersim[gpu]'); GPU session test skipped")
+    plans, out = tmp_path / "plans", tmp_path / "out"
+    assert _session(repo_root, {"PLANS": str(plans), "SMOKE": "1"}, "plan").returncode == 0
+    res = _session(repo_root, {"PLANS": str(plans), "ONLY": "4 5"}, "run", str(out), "cpu")
+    assert res.returncode == 0, res.stdout + res.stderr
+    assert sorted(p.name for p in out.glob("profile-*.csv")) == ["profile-kimi-k2-attention.csv", "profile-qwen2-vl-72b-tp8-attention.csv"]
+
+
+def test_the_fused_plans_are_recorded_not_fitted(tmp_path, repo_root):
+    """`calibrate` leaves `*-fused.csv` out of every fit (our Triton MLA kernel is a floor,
+    not a serving kernel's figure) and says so."""
+    out = tmp_path / "out"
+    out.mkdir()
+    for name in ("qwen2.5-7b", "kimi-k2-fused"):
+        src = repo_root / "traces" / f"h100-sxm-{name}.csv"
+        (out / f"profile-{name}.csv").write_bytes(src.read_bytes())
+        (out / f"profile-{name}.csv.meta.json").write_bytes(src.with_name(src.name + ".meta.json").read_bytes())
+    res = _session(repo_root, {}, "calibrate", str(out))
+    assert res.returncode == 0, res.stdout + res.stderr
+    assert "profile-kimi-k2-fused.csv: recorded, not fitted" in res.stdout
+    combined = json.loads(res.stdout.split("== every operator table", 1)[1].split("\n", 1)[1])
+    assert combined["tables"] == ["qwen2.5-7b"]

@@ -214,3 +214,113 @@ def test_a_whole_decode_step_runs_every_layer_and_writes_iteration_rows():
     assert [(r["op"], r["batch_size"], r["context_tokens"], r["decode_tokens"]) for r in rows] == [
         ("iteration", 1, 32, 1), ("iteration", 3, 192, 3), ("iteration", 3, 192, 12)]
     assert all(r["time_s"] > 0 for r in rows)
+
+
+def test_a_device_fault_stops_the_plan_and_keeps_what_was_measured(monkeypatch):
+    """A kernel's illegal address poisons the CUDA context: every later call fails. The
+    runner keeps the rows measured so far, names the fault, and runs nothing more
+    (it once crashed in its clean-up and lost the item's rows)."""
+    from seersim.profile import torch_runner
+
+    def faulty(torch_, item, device, dt, timer):
+        def boom():
+            raise RuntimeError("CUDA error: an illegal memory access was encountered")
+        return [("first", lambda: torch_runner._row("attn_decode", 1, 1, 8, 0, 1, (1e-5, 0.0, 1))), ("second", boom),
+                ("third", lambda: pytest.fail("ran after the device was lost"))]
+
+    def lost():
+        raise RuntimeError("CUDA error: an illegal memory access was encountered")
+
+    monkeypatch.setitem(torch_runner._KINDS, "faulty", faulty)
+    monkeypatch.setattr(torch.cuda, "empty_cache", lost)
+    monkeypatch.setattr(torch.cuda, "get_device_name", lambda *a: "a faulty GPU")
+    plan = {"schema": torch_runner.PLAN_SCHEMA, "meta": {"dtype": "float32", "gpu": "h100-sxm", "model": "m", "tp": 1},
+            "repeats": 1, "warmup": 0,
+            "items": [{"kind": "faulty", "op": "attn_decode"}, {"kind": "gemm", "op": "qkv_proj", "k": 4, "n": 4, "tokens": [1]}]}
+    seen = []
+    rows, meta = torch_runner.run_plan(plan, "cuda", lambda rows, meta: seen.append(len(rows)))
+    assert [r["op"] for r in rows] == ["attn_decode"] and seen == [1]
+    assert [f["point"] for f in meta["failed_points"]] == ["second"]
+    assert "device was lost" in meta["failed_items"][0]["error"] and "illegal memory access" in meta["failed_items"][0]["error"]
+    assert meta["items_done"] == 0 and not meta["complete"]
+
+
+def test_fused_kernels_are_planned_and_timed(tmp_path, repo_root):
+    """`--fused`: MLA decode through seersim's Triton kernel (checked against float32
+    attention before it is timed) and the routed experts as grouped GEMMs. On a CPU
+    Triton's interpreter runs the kernel, in float32 (its bfloat16 is not exact)."""
+    pytest.importorskip("triton", reason="triton not installed (CUDA builds of torch bring it); fused MLA test skipped")
+    import os
+    import subprocess
+    import sys
+
+    from seersim.profile.torch_ops import ProfileGrid, plan_model
+    from seersim.specs import get_model
+
+    grid = ProfileGrid(tokens=(1, 8), decode_batches=(1, 2), decode_contexts=(64,), decode_widths=(1, 3), repeats=1, warmup=0)
+    plan = plan_model(get_model("moonlight-16b-a3b"), 1, grid, {"attn_decode", "moe_experts"}, "float32", "h100-sxm", fused=True)
+    moe = next(i for i in plan["items"] if i["kind"] == "moe")
+    assert moe["fused"] and next(i for i in plan["items"] if i["kind"] == "attn_decode")["fused"] and plan["meta"]["fused"]
+    moe.update(hidden=64, width=32)  # (Moonlight's experts at full size in float32 would take seconds to fill)
+    path, out = tmp_path / "plan.json", tmp_path / "t.csv"
+    path.write_text(json.dumps(plan))
+    res = subprocess.run([sys.executable, "-m", "seersim.profile.torch_runner", str(path), "--out", str(out), "--device", "cpu"],
+                         capture_output=True, text=True, env={**os.environ, "TRITON_INTERPRET": "1", "PYTHONPATH": str(repo_root)})
+    assert res.returncode == 0, res.stderr
+    table = read_profile_table(out)
+    assert table.meta["complete"] and table.meta["fused"] and "triton" in table.meta
+    decode = table.rows[table.rows["op"] == "attn_decode"]
+    assert sorted(zip(decode["batch_size"], decode["num_tokens"])) == [(1, 1), (1, 3), (2, 2), (2, 6)]
+    assert list(table.rows.loc[table.rows["op"] == "moe_experts", "num_tokens"]) == [1, 8]
+    assert (table.rows["time_s"] > 0).all()
+
+
+_KERNEL_CHECK = """
+import sys, torch
+from seersim.profile.triton_mla import check, mla_decode
+rows, context, pieces = map(int, sys.argv[1:])
+gen = torch.Generator().manual_seed(rows + context)
+q = torch.randn(2, rows, 576, generator=gen)
+latent = torch.randn(2, context, 576, generator=gen)
+got = mla_decode(torch, q, latent, 512, 0.07, pieces)
+want = torch.softmax(q @ latent.transpose(1, 2) * 0.07, -1) @ latent[..., :512]
+print(float((got - want).abs().max()), check(torch, "cpu", torch.float32, rows, 576, 512, 0.07))
+"""
+
+
+@pytest.mark.parametrize("rows, context, pieces", [(16, 64, 1), (48, 100, 4), (32, 300, 3)])
+def test_the_fused_mla_kernel_is_attention(repo_root, rows, context, pieces):
+    """The Triton kernel equals softmax(q·latentᵀ·scale)·latent[:, :512] however the
+    context is cut into pieces (the last one short included). (Its own process:
+    Triton reads TRITON_INTERPRET when it is imported.)"""
+    pytest.importorskip("triton", reason="triton not installed (CUDA builds of torch bring it); fused MLA test skipped")
+    import os
+    import subprocess
+    import sys
+
+    res = subprocess.run([sys.executable, "-c", _KERNEL_CHECK, str(rows), str(context), str(pieces)], capture_output=True,
+                         text=True, env={**os.environ, "TRITON_INTERPRET": "1", "PYTHONPATH": str(repo_root)})
+    assert res.returncode == 0, res.stderr
+    error, checked = map(float, res.stdout.split())
+    assert error < 1e-4 and checked < 1e-4
+
+
+def test_fp8_experts_are_planned_for_an_fp8_checkpoint_and_quantized_per_row():
+    """`--fused` times an fp8 checkpoint's experts (Kimi-K2's) in fp8, each input row
+    quantized with its own scale; a bf16 model's stay bf16; fp8 is never timed unfused."""
+    from seersim.profile.torch_ops import ProfileGrid, plan_model
+    from seersim.profile.torch_runner import _moe, _quantize_rows
+    from seersim.specs import get_model
+
+    grid = ProfileGrid(tokens=(1,), repeats=1, warmup=0)
+    weights = {m: next(i for i in plan_model(get_model(m), 1, grid, {"moe_experts"}, fused=f)["items"])["weights"]
+               for m, f in (("kimi-k2", True), ("moonlight-16b-a3b", True))}
+    assert weights == {"kimi-k2": "float8_e4m3fn", "moonlight-16b-a3b": "bfloat16"}
+    assert next(iter(plan_model(get_model("kimi-k2"), 1, grid, {"moe_experts"})["items"]))["weights"] == "bfloat16"
+    a = torch.randn(5, 64) * torch.tensor([1e-3, 1.0, 10.0, 300.0, 1e4])[:, None]
+    q, scale = _quantize_rows(torch, a)
+    assert q.dtype == torch.float8_e4m3fn and scale.shape == (5,)
+    back = q.float() * scale[:, None]
+    assert torch.allclose(back, a, rtol=0.07, atol=0) and float(q.float().abs().max()) <= 448.0
+    with pytest.raises(ValueError, match="fused"):
+        _moe(torch, {"experts": 2, "hidden": 8, "width": 8, "points": [], "weights": "float8_e4m3fn"}, "cpu", torch.float32, None)

@@ -160,6 +160,14 @@ def profile_cmd(
         ),
     ] = None,
     repeats: Annotated[int, typer.Option("--repeats", min=1, help="timed repeats per point (median kept; vllm default 3)")] = 10,
+    fused: Annotated[
+        bool,
+        typer.Option(
+            "--fused",
+            help="torch: time MLA decode with seersim's fused Triton kernel (needs triton) and the routed experts as one "
+            "grouped GEMM per projection, as serving engines run them, instead of torch's unfused paths",
+        ),
+    ] = False,
 ) -> None:
     """Write a `seersim-profile/1` table for `seersim calibrate cost`: a catalog model's
     operators timed with torch at its TP-shard shapes (`--backend torch`, needs
@@ -235,13 +243,13 @@ def profile_cmd(
             raise ScenarioError("--widths: queries per sequence lie in 1..9 (a decode, or γ+1 for γ ≤ 8 drafts)")
         wanted = {o.strip() for o in ops.split(",")} if ops else None
         if plan_out is not None:
-            plan = plan_model(spec, tp, grid, wanted, dtype, gpu, _command())
+            plan = plan_model(spec, tp, grid, wanted, dtype, gpu, _command(), fused=fused)
             write_json(plan_out, plan)
             points = sum(len(i.get("tokens") or i["points"]) for i in plan["items"])
             typer.echo(f"planned {points} points of {spec.name} (tp={tp}): wrote {plan_out}; time them with "
                        f"python -m seersim.profile.torch_runner {plan_out} --out TABLE.csv --device cuda")
             return
-        rows, meta = profile_model(spec, tp, device, dtype, grid, wanted, gpu=gpu or "cpu", command=_command())
+        rows, meta = profile_model(spec, tp, device, dtype, grid, wanted, gpu=gpu or "cpu", command=_command(), fused=fused)
         write_profile_table(rows, out, meta)
         typer.echo(f"profiled {len(rows)} points of {spec.name} (tp={tp}) on {device}: wrote {out}")
         for failed in meta["failed_items"]:

@@ -3,7 +3,9 @@
 One layer's GEMMs (QKV/O or MLA's projections, the MLP, shared experts), the routed
 MoE experts with the expected touched-expert count, the lm_head, and attention kernels
 for prefill (causal SDPA; MLA in its non-absorbed form) and decode (SDPA over a batch ×
-context × verify-width grid; MLA absorbed over its 576-wide latent). `plan_model`
+context × verify-width grid; MLA absorbed over its 576-wide latent). Fused, MLA decode
+runs seersim's Triton kernel (`triton_mla`) and the routed experts one grouped GEMM per
+projection, as serving engines run them; unfused, torch's own paths. `plan_model`
 turns the catalog's shapes into a plan (JSON-ready); `torch_runner.run_plan` times it,
 here in-process or standalone on a GPU machine that has torch only. Rows follow
 `seersim-profile/1`. Needs the `[gpu]` extra (torch) to time; runs on CPU for tests.
@@ -51,6 +53,7 @@ def plan_model(
     gpu: str = "cpu",
     command: str = "",
     seed: int = 0,
+    fused: bool = False,
 ) -> dict:
     """The kernel shapes of one layer's operators (and the lm_head) of `model` on one
     TP rank, as a plan for `torch_runner.run_plan`. A tp vLLM could not use, an op
@@ -87,13 +90,15 @@ def plan_model(
             touched = max(1, round(model.distinct_experts_touched(t)))
             points.append([t, touched, max(1, round(t * model.experts_per_token / touched))])
         items.append({"kind": "moe", "op": "moe_experts", "experts": model.num_experts, "hidden": model.hidden_size,
-                      "width": max(1, model.moe_intermediate_size // tp), "points": points})
+                      "width": max(1, model.moe_intermediate_size // tp), "points": points, "fused": fused,
+                      # (an fp8 checkpoint's experts in fp8 where they are timed fused)
+                      "weights": "float8_e4m3fn" if fused and model.weight_bytes_per_param == 1 else dtype})
     heads = max(1, model.num_attention_heads // tp)
     if want("attn_decode"):
         points = [[b, c, w] for b in grid.decode_batches for c in grid.decode_contexts for w in grid.decode_widths if w <= c]
         if model.attention == "mla":
             attn = {"mla": True, "width": model.kv_lora_rank + model.qk_rope_head_dim, "lora": model.kv_lora_rank,
-                    "scale": 1.0 / (model.qk_nope_head_dim + model.qk_rope_head_dim) ** 0.5}
+                    "scale": 1.0 / (model.qk_nope_head_dim + model.qk_rope_head_dim) ** 0.5, "fused": fused}
         else:
             attn = {"mla": False, "kv_heads": model.kv_heads_per_rank(tp), "head_dim": model.head_dim}
         items.append({"kind": "attn_decode", "op": "attn_decode", "heads": heads, **attn, "points": points})
@@ -113,7 +118,7 @@ def plan_model(
                       "points": points})
     return {
         "schema": PLAN_SCHEMA,
-        "meta": {"gpu": gpu, "model": model.name, "tp": tp, "dtype": dtype, "command": command,
+        "meta": {"gpu": gpu, "model": model.name, "tp": tp, "dtype": dtype, "command": command, "fused": fused,
                  "grid": {k: v for k, v in asdict(grid).items() if k not in ("repeats", "warmup")}},
         "repeats": grid.repeats,
         "warmup": grid.warmup,
@@ -132,6 +137,7 @@ def profile_model(
     seed: int = 0,
     gpu: str = "cpu",
     command: str = "",
+    fused: bool = False,
 ) -> tuple[pd.DataFrame, dict]:
     """Profile one layer's operators (and the lm_head) of `model` on one TP rank, in
     this process: (rows, the table's meta)."""
@@ -139,7 +145,7 @@ def profile_model(
         import torch  # noqa: F401
     except ImportError:
         raise SpecError("`seersim profile` needs torch: pip install 'seersim[gpu]'") from None
-    rows, meta = run_plan(plan_model(model, tp, grid, ops, dtype, gpu, command, seed), device)
+    rows, meta = run_plan(plan_model(model, tp, grid, ops, dtype, gpu, command, seed, fused), device)
     if not rows:
         raise SpecError(f"no operator of {model.name} could be timed on {device}: {meta['failed_items']}")
     return pd.DataFrame(rows), meta

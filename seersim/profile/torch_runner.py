@@ -117,13 +117,57 @@ def _gemm(torch, item: dict, device: str, dt, timer) -> list[Point]:
     return [(f"tokens={t}", lambda t=t: point(t)) for t in item["tokens"]]
 
 
+FP8 = "float8_e4m3fn"  # expert weights of an fp8 checkpoint (Kimi-K2's), with one scale per output column
+FP8_MAX = 448.0
+
+
+def _quantize_rows(torch, a):
+    """a's rows in fp8 with one scale each, as fp8 MoE kernels quantize their input."""
+    scale = a.abs().amax(dim=1).float().clamp(min=1e-12) / FP8_MAX
+    return (a / scale[:, None]).to(getattr(torch, FP8)), scale
+
+
+def _expert_weights(torch, e: int, k: int, n: int, device: str, dt, fp8: bool):
+    """e experts' [k, n] weights: in dt, or fp8 laid out column-major (as the scaled
+    grouped GEMM reads them) with their per-column scales."""
+    if not fp8:
+        return torch.randn(e, k, n, device=device, dtype=dt), None
+    values = torch.randn(e, n, k, device=device, dtype=dt).to(getattr(torch, FP8)).transpose(-2, -1)
+    return values, torch.rand(e, n, device=device, dtype=torch.float32) / FP8_MAX
+
+
 def _moe(torch, item: dict, device: str, dt, timer) -> list[Point]:
-    """Routed experts: `touched` experts, each with `per` token rows."""
+    """Routed experts: `touched` experts, each with `per` token rows. Fused (as vLLM's
+    fused-MoE kernels run them): the touched experts' up and down projections as one
+    grouped GEMM each (`torch._grouped_mm`, rows sorted by expert; fp8 weights through
+    `torch._scaled_grouped_mm`, the input quantized per row); else a loop of GEMMs,
+    one pair per expert."""
     e, h, width = item["experts"], item["hidden"], item["width"]
-    up = torch.randn(e, h, 2 * width, device=device, dtype=dt)
-    down = torch.randn(e, width, h, device=device, dtype=dt)
+    fp8 = item.get("weights") == FP8
+    if fp8 and not item.get("fused"):
+        raise ValueError("fp8 expert weights are timed fused only (plan with --fused)")
+    up, up_scale = _expert_weights(torch, e, h, 2 * width, device, dt, fp8)
+    down, down_scale = _expert_weights(torch, e, width, h, device, dt, fp8)
+
+    def fused_point(t: int, touched: int, per: int) -> dict:
+        x = torch.randn(touched * per, h, device=device, dtype=dt)
+        ends = torch.arange(1, touched + 1, device=device, dtype=torch.int32) * per
+
+        def grouped(a, w, w_scale):  # one launch over the touched experts
+            if not fp8:
+                return torch._grouped_mm(a, w[:touched], offs=ends)
+            q, q_scale = _quantize_rows(torch, a)
+            return torch._scaled_grouped_mm(q, w[:touched], q_scale, w_scale[:touched], offs=ends, out_dtype=dt)
+
+        def run():
+            a = grouped(x, up, up_scale)
+            return grouped(torch.nn.functional.silu(a[:, :width]) * a[:, width:], down, down_scale)
+
+        return _row("moe_experts", t, t, 0, t, 0, timer(run))
 
     def point(t: int, touched: int, per: int) -> dict:
+        if item.get("fused"):
+            return fused_point(t, touched, per)
         x = torch.randn(per, h, device=device, dtype=dt)
 
         def run():
@@ -172,6 +216,8 @@ def _decode(torch, item: dict, device: str, dt, timer) -> list[Point]:
     groups, dim = (1, item["width"]) if item["mla"] else (item["kv_heads"], item["head_dim"])
     per_group = max(1, heads // groups)
     sms = _multiprocessors(torch, device)
+    if item["mla"] and item.get("fused"):
+        return _mla_fused(torch, item, device, dt, timer, sms)
 
     def point(b: int, c: int, w: int) -> dict:
         pieces = kv_splits(b, groups, c, sms)
@@ -186,6 +232,29 @@ def _decode(torch, item: dict, device: str, dt, timer) -> list[Point]:
             return torch.nn.functional.scaled_dot_product_attention(q, k, v, scale=scale)
 
         return _row("attn_decode", b * w, b, b * c, 0, b * w, timer(run))
+
+    return _decode_points(item, point)
+
+
+def _mla_fused(torch, item: dict, device: str, dt, timer, sms: int) -> list[Point]:
+    """MLA decode through seersim's fused Triton kernel (`triton_mla`): every query row
+    (heads × width) against the latent cache once per piece of context, the pieces
+    (`kv_splits`) combined in a second kernel, as FlashMLA and vLLM's Triton MLA do.
+    The kernel is checked against float32 attention first: a wrong kernel's timing is
+    no evidence."""
+    from seersim.profile.triton_mla import check, mla_decode, tune
+
+    check(torch, device, dt, item["heads"], item["width"], item["lora"], item["scale"])
+    if device.startswith("cuda"):
+        for w in sorted({w for _, _, w in item["points"]}):
+            tune(torch, device, dt, item["heads"] * w, item["width"], item["lora"], item["scale"], sms)
+
+    def point(b: int, c: int, w: int) -> dict:
+        q = torch.randn(b, item["heads"] * w, item["width"], device=device, dtype=dt)
+        latent = torch.randn(b, c, item["width"], device=device, dtype=dt)
+        pieces = kv_splits(b, 1, c, sms)
+        return _row("attn_decode", b * w, b, b * c, 0, b * w,
+                    timer(lambda: mla_decode(torch, q, latent, item["lora"], item["scale"], pieces)))
 
     return _decode_points(item, point)
 
@@ -300,9 +369,14 @@ def run_plan(plan: dict, device: str, on_item: Callable[[list[dict], dict], None
     meta.update(items=len(items), items_done=0, failed_items=[], failed_points=[], eager_points=0, complete=False)
     rows: list[dict] = []
 
+    lost: list[str] = []  # a kernel's fault (an illegal address) poisons the device: nothing more runs
+
     def release() -> None:
-        if device.startswith("cuda"):
-            torch.cuda.empty_cache()  # (the next shapes get the memory back)
+        if device.startswith("cuda") and not lost:
+            try:
+                torch.cuda.empty_cache()  # (the next shapes get the memory back)
+            except Exception as exc:  # noqa: BLE001
+                lost.append(_failure(exc))
 
     for item in items:
         op = item.get("op", "?")
@@ -313,10 +387,17 @@ def run_plan(plan: dict, device: str, on_item: Callable[[list[dict], dict], None
                 except Exception as exc:  # noqa: BLE001 (out of GPU memory, a kernel this torch lacks: keep the rest)
                     meta["failed_points"].append({"op": op, "point": point, "error": _failure(exc)})
                     release()
+                if lost:
+                    break
         except Exception as exc:  # noqa: BLE001 (the item's weights out of memory: keep the other items)
             meta["failed_items"].append({"op": op, "error": _failure(exc)})
         finally:
             release()
+        if lost:
+            meta["failed_items"].append({"op": op, "error": f"the device was lost, the rest of the plan not run: {lost[0]}"})
+            if on_item is not None:
+                on_item(rows, meta)
+            break
         meta["items_done"] += 1
         meta["eager_points"] = timer.eager_points
         meta["complete"] = meta["items_done"] == len(items) and not meta["failed_items"] and not meta["failed_points"]
@@ -334,6 +415,12 @@ def machine_provenance(torch, device: str) -> dict:
         "host": platform.node(),
         "weights": "random (timing only)",
     }
+    try:
+        import triton  # (the fused MLA kernel's compiler, where installed)
+
+        meta["triton"] = triton.__version__
+    except ImportError:
+        pass
     if device.startswith("cuda"):
         meta["device_name"] = torch.cuda.get_device_name(0)
         meta["cuda"] = torch.version.cuda
