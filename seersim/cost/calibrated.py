@@ -67,7 +67,7 @@ class KernelCurvesCost(CachedStepLines):
         """Everything that depends on the iteration's token count, per rank."""
         layers_s, after_s = self._token_parts(tokens)
         # (summed in this order: the layers, lm_head, then the rest)
-        total = layers_s + self.curves.gemm_scalar_s(self.gpu, logit_rows / self.par.dp, *self._lm_head, self.model.weight_bytes_per_param)
+        total = layers_s + self.curves.gemm_scalar_s(self.gpu, logit_rows / self.par.dp, *self._lm_head, self.model.vocab_bytes_per_param)
         for part in after_s:
             total += part
         return total

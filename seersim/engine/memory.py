@@ -16,7 +16,8 @@ def kv_capacity_blocks(scenario: Scenario) -> int:
     eng, m, g = scenario.engine, scenario.model, scenario.gpu
     par = scenario.cluster.parallelism
     bs = eng.block_size_tokens
-    weights = m.dense_params * m.weight_bytes_per_param * par.dp + m.routed_expert_params * m.weight_bytes_per_param
+    # dense weights on every DP rank, routed experts sharded over them
+    weights = m.params_bytes(m.dense_params, m.vocab_params) * par.dp + m.params_bytes(m.routed_expert_params)
     budget = par.gpus * (g.memory_bytes * eng.gpu_memory_utilization - eng.activation_reserve_bytes_per_gpu)
     kv_bytes = budget - weights
     block_bytes = m.kv_bytes_per_token_stored(par.tp) * bs

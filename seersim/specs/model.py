@@ -194,7 +194,7 @@ class ModelSpec(BaseModel):
     @property
     def dense_params(self) -> int:
         """Parameters every token touches: embeddings, attention, dense MLPs, shared experts."""
-        embed = self.vocab_size * self.hidden_size * (1 if self.tie_word_embeddings else 2)
+        embed = self.vocab_params
         attn = self.num_layers * self.attention_params_per_layer
         dense_layers = self.num_layers - self.num_moe_layers
         mlp = dense_layers * (3 if self.mlp_gated else 2) * self.hidden_size * self.intermediate_size
@@ -211,8 +211,24 @@ class ModelSpec(BaseModel):
         return self.dense_params + self.num_moe_layers * self.experts_per_token * self.expert_params
 
     @property
+    def vocab_params(self) -> int:
+        """The input embedding and the lm_head (once if tied)."""
+        return self.vocab_size * self.hidden_size * (1 if self.tie_word_embeddings else 2)
+
+    @property
+    def vocab_bytes_per_param(self) -> float:
+        """Bytes of an embedding or lm_head parameter: quantized checkpoints keep both in
+        16 bits (DeepSeek-V3's and Kimi-K2's fp8 checkpoints ship them in bf16, outside
+        the fp8 blocks; vLLM's fp8 and int4 methods leave the lm_head unquantized)."""
+        return max(self.weight_bytes_per_param, 2.0)
+
+    def params_bytes(self, params: float, vocab_params: float = 0.0) -> float:
+        """Bytes of `params` parameters of which `vocab_params` are embedding or lm_head."""
+        return (params - vocab_params) * self.weight_bytes_per_param + vocab_params * self.vocab_bytes_per_param
+
+    @property
     def weight_bytes(self) -> float:
-        return self.total_params * self.weight_bytes_per_param
+        return self.params_bytes(self.total_params, self.vocab_params)
 
     @property
     def attention_flops_per_pair(self) -> float:
