@@ -219,6 +219,42 @@ def test_mla_kv_is_replicated_under_tp():
     assert tokens[2] < 1.5 * tokens[1]
 
 
+def test_fp8_checkpoints_keep_the_embedding_and_lm_head_in_bf16():
+    """Kimi-K2's fp8 checkpoint ships its 2 x 1.17B vocabulary parameters in bf16: they
+    were counted at 1 byte, which put 2.3 GB more KV on every DP rank (1.07M tokens an
+    instance, 9%) and read the lm_head at half its bytes."""
+    from seersim.calibrate.costfit import predict_rows
+    from seersim.cost.calibration import load_calibration, shipped_calibration
+
+    kimi, qwen = get_model("kimi-k2"), get_model("qwen2.5-7b")
+    assert kimi.vocab_bytes_per_param == 2.0 and qwen.vocab_bytes_per_param == qwen.weight_bytes_per_param == 2.0
+    assert kimi.weight_bytes == kimi.total_params - kimi.vocab_params + 2 * kimi.vocab_params
+    sc = seersim.load_scenario("scenarios/kimi-k2.yaml")
+    par, eng = sc.cluster.parallelism, sc.engine
+    budget = par.gpus * (sc.gpu.memory_bytes * eng.gpu_memory_utilization - eng.activation_reserve_bytes_per_gpu)
+    weights = (kimi.dense_params + kimi.vocab_params) * par.dp + kimi.routed_expert_params  # (dense at 1 B, vocab 2 B)
+    assert kv_capacity_blocks(sc) == int((budget - weights) // (kimi.kv_bytes_per_token_stored(par.tp) * eng.block_size_tokens))
+    curves = load_calibration(shipped_calibration("h100")).curves
+    row = pd.DataFrame([{"op": "lm_head", "num_tokens": 1, "tp": 1}])
+    expected = curves.gemm_s(get_gpu("h100-sxm"), 1, kimi.hidden_size, kimi.vocab_size, 2.0)
+    assert predict_rows(curves, get_gpu("h100-sxm"), kimi, row)[0] == pytest.approx(float(expected))
+    assert RooflineCost(kimi, get_gpu("h800"), Parallelism(tp=1, dp=32, ep=32))._dense_bytes == pytest.approx(
+        32 * ((kimi.dense_params - kimi.vocab_params) + 2 * kimi.lm_head_params))
+
+
+def test_an_fp8_models_gemm_rows_are_not_fitted_as_bf16_curves(tmp_path, repo_root):
+    """traces/h100-sxm-kimi-k2-fp8-gemms.csv times fp8 GEMMs: fitting the bf16 curves on
+    them is refused, naming why; with --base, which fits attention alone, the table
+    holds nothing to fit."""
+    table = str(repo_root / "traces" / "h100-sxm-kimi-k2-fp8-gemms.csv")
+    res = CliRunner().invoke(app, ["calibrate", "cost", table, "--out", str(tmp_path / "c.yaml")])
+    assert res.exit_code == 2 and "fp8 model" in res.output and "Traceback" not in res.output
+    shipped = repo_root / "seersim" / "cost" / "calibrations" / "h100.yaml"
+    res = CliRunner().invoke(app, ["calibrate", "cost", "--base", str(shipped), table, "--out", str(tmp_path / "c.yaml")])
+    assert res.exit_code == 2 and "no attention rows" in res.output
+    assert not (tmp_path / "c.yaml").exists()
+
+
 def test_gqa_kv_heads_replicate_past_their_count():
     m = get_model("qwen2.5-7b")  # 4 KV heads
     assert m.kv_bytes_per_token_stored(4) == m.kv_bytes_per_token

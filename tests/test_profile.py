@@ -324,3 +324,20 @@ def test_fp8_experts_are_planned_for_an_fp8_checkpoint_and_quantized_per_row():
     assert torch.allclose(back, a, rtol=0.07, atol=0) and float(q.float().abs().max()) <= 448.0
     with pytest.raises(ValueError, match="fused"):
         _moe(torch, {"experts": 2, "hidden": 8, "width": 8, "points": [], "weights": "float8_e4m3fn"}, "cpu", torch.float32, None)
+
+
+def test_an_fp8_checkpoints_gemms_are_timed_in_fp8_but_its_lm_head():
+    """`--fused` on Kimi-K2: every projection in fp8 through `torch._scaled_mm` (the
+    input quantized per row in the timed call), the lm_head in bf16 as the checkpoint
+    ships it."""
+    from seersim.profile.torch_ops import ProfileGrid, plan_model
+    from seersim.profile.torch_runner import run_plan
+    from seersim.specs import get_model
+
+    grid = ProfileGrid(tokens=(1, 4), repeats=1, warmup=0)
+    plan = plan_model(get_model("kimi-k2"), 1, grid, {"q_a_proj", "kv_b_proj", "lm_head"}, "float32", fused=True)
+    assert {i["op"]: i.get("weights") for i in plan["items"]} == {
+        "q_a_proj": "float8_e4m3fn", "kv_b_proj": "float8_e4m3fn", "lm_head": None}
+    plan["items"] = [dict(plan["items"][0], k=64, n=32)]  # (Kimi-K2's shapes take seconds on a CPU)
+    rows, meta = run_plan(plan, "cpu")
+    assert [r["num_tokens"] for r in rows] == [1, 4] and meta["complete"], meta["failed_points"]

@@ -3,7 +3,7 @@
 # calibrate here. The GPU machine needs torch only: the plans carry every kernel shape.
 #
 #   bash traces/gpu-session.sh plan                  # here (seersim installed): traces/plans/*.json
-#   bash traces/gpu-session.sh run OUT_DIR [DEVICE]  # on the GPU machine: minutes (9 plans, ≤ 90 s each)
+#   bash traces/gpu-session.sh run OUT_DIR [DEVICE]  # on the GPU machine: minutes (10 plans, ≤ 90 s each)
 #   bash traces/gpu-session.sh calibrate DIR         # here: held-out and cross-model MAPE, one calibration
 #
 # Environment: SEERSIM (default `seersim`) runs the CLI, PYTHON (default python3) the
@@ -37,6 +37,8 @@ PLAN_LIST=(
   # MLA decode through seersim's Triton kernel, the routed experts as grouped GEMMs
   "8-moonlight-16b-a3b-fused|moonlight-16b-a3b|1|attn_decode,moe_experts|--fused --batches 1,8,32,128,256"
   "9-kimi-k2-fused|kimi-k2|1|attn_decode,moe_experts|--fused"
+  # an fp8 checkpoint's dense GEMMs in fp8 (the curves' 8-bit speedup: calibrate --base)
+  "10-kimi-k2-fp8-gemms|kimi-k2|1|q_a_proj,q_b_proj,kv_a_proj,kv_b_proj,attn_out_proj,mlp_up_gate,mlp_down|--fused --tokens 1,8,32,64,128,256,512,1024,2048,4096,8192"
 )
 # (smoke: attention only; the GEMMs' weights alone take seconds to fill on a CPU)
 SMOKE_GRID="--ops attn_decode,attn_prefill --batches 1,2 --contexts 16,64 --widths 1,3 --prefill 16 --repeats 2"
@@ -64,7 +66,7 @@ case "${1:-}" in
     { nvidia-smi || true; "$python" -c 'import torch; print("torch", torch.__version__, "cuda", torch.version.cuda)'; } \
       >"$out/session-machine.txt" 2>&1
     status=0
-    for plan in "$plans"/*.json; do
+    while IFS= read -r plan; do  # (in the plans' numbered order: 2 before 10)
       name="$(basename "$plan" .json)"
       # ONLY="8 9" runs those plans alone (the ones a session has not recorded yet)
       [[ -n "${ONLY:-}" && " $ONLY " != *" ${name%%-*} "* ]] && continue
@@ -77,7 +79,7 @@ case "${1:-}" in
         echo "$name: incomplete (exit $?: an item failed, or cut at ${BUDGET_S:-90} s); its table keeps what was measured"
         status=1
       fi
-    done
+    done < <(printf '%s\n' "$plans"/*.json | sort -V)
     exit $status
     ;;
   calibrate)

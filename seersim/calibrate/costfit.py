@@ -79,7 +79,7 @@ def predict_rows(curves: KernelCurves, gpu: GPUSpec, model: ModelSpec, rows: pd.
         if op in gemms:
             out[idx] = curves.gemm_s(gpu, t, gemms[op].k, gemms[op].n, w)
         elif op == "lm_head":
-            out[idx] = curves.gemm_s(gpu, t, model.hidden_size, max(1, model.vocab_size // tp), w)
+            out[idx] = curves.gemm_s(gpu, t, model.hidden_size, max(1, model.vocab_size // tp), model.vocab_bytes_per_param)
         elif op in ("layernorm", "rope", "mlp_act", "add", "add_rmsnorm", "embedding"):
             sizes = dict(elementwise_bytes(model, tp, t, fused=False))
             sizes["add_rmsnorm"] = 2 * sizes["layernorm"]
@@ -188,7 +188,8 @@ def fit_kernel_curves(datas: list[CostData], seed: int = 0, command: str = "", b
     all-reduce curves are kept and only the attention kernel (FLOP/s and KV-read
     efficiencies, latency) is fitted, on the tables' attention rows: attention tables
     measured one way (`seersim profile`) then complete curves fitted on another, larger
-    set (Vidur's) without the two sets' GEMM timings pulling one curve apart."""
+    set (Vidur's) without the two sets' GEMM timings pulling one curve apart. Without
+    `base`, tables holding an fp8 model's GEMM rows are refused: the curves are bf16's."""
     gpus = {d.gpu for d in datas}
     if len(gpus) != 1:
         raise TraceError(f"tables from different GPUs ({', '.join(sorted(gpus))}): fit one GPU at a time")
@@ -219,6 +220,9 @@ def fit_kernel_curves(datas: list[CostData], seed: int = 0, command: str = "", b
             return replace(kept, attention_flops_efficiency=fl, attention_bandwidth_efficiency=bw,
                            attention_latency_s=lat, sources=sources)
     else:
+        if any(d.eight_bit_gemms().any() for d in datas):
+            raise TraceError("these tables hold GEMM rows of an fp8 model (weights in fp8): the curves are the bf16 "
+                             "GEMMs', so such rows are recorded, not fitted (docs/calibration.md); fit bf16 tables")
         all_reduce, ar_source = _fit_all_reduce(next((d.network for d in datas if d.network is not None), None), gpu)
         sources = {"all_reduce": ar_source}
         if has_attn:

@@ -56,7 +56,18 @@ class CostData:
     def attention_only(self) -> "CostData":
         """The attention rows alone (their points hold no other operator: a Vidur line
         sums GEMMs and norms, a seersim-profile row is one operator)."""
-        keep = self.rows["op"].isin(ATTENTION_OPS)
+        return self.only(self.rows["op"].isin(ATTENTION_OPS))
+
+    def eight_bit_gemms(self) -> pd.Series:
+        """Which rows are GEMMs with 8-bit weights: every weight GEMM of an fp8 model's
+        table (the routed experts included) but its lm_head, which stays bf16."""
+        if self.model is None or self.model.weight_bytes_per_param != 1:
+            return pd.Series(False, index=self.rows.index)
+        m = self.model
+        ops = {s.op for s in m.attention_gemms(1) + m.mlp_gemms(m.intermediate_size, 1)} | {"moe_experts"}
+        return self.rows["op"].isin(ops)
+
+    def only(self, keep: pd.Series) -> "CostData":
         return replace(self, rows=self.rows[keep], network=None)
 
     def points(self) -> pd.DataFrame:

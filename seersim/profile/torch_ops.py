@@ -78,9 +78,12 @@ def plan_model(
     # (whole steps only when asked: they are an iteration table, not operator rows)
     want = (lambda op: op in ops) if ops else (lambda op: op != DECODE_STEP)
     items: list[dict] = []
+    # (an fp8 checkpoint's weights in fp8 where they are timed as engines run them; its lm_head stays bf16)
+    weights = "float8_e4m3fn" if fused and model.weight_bytes_per_param == 1 else dtype
     for shape in gemms:
         if want(shape.op):
-            items.append({"kind": "gemm", "op": shape.op, "k": shape.k, "n": shape.n, "tokens": list(grid.tokens)})
+            items.append({"kind": "gemm", "op": shape.op, "k": shape.k, "n": shape.n, "tokens": list(grid.tokens),
+                          "weights": weights})
     if want("lm_head"):
         items.append({"kind": "gemm", "op": "lm_head", "k": model.hidden_size, "n": max(1, model.vocab_size // tp),
                       "tokens": list(grid.tokens)})
@@ -90,9 +93,7 @@ def plan_model(
             touched = max(1, round(model.distinct_experts_touched(t)))
             points.append([t, touched, max(1, round(t * model.experts_per_token / touched))])
         items.append({"kind": "moe", "op": "moe_experts", "experts": model.num_experts, "hidden": model.hidden_size,
-                      "width": max(1, model.moe_intermediate_size // tp), "points": points, "fused": fused,
-                      # (an fp8 checkpoint's experts in fp8 where they are timed fused)
-                      "weights": "float8_e4m3fn" if fused and model.weight_bytes_per_param == 1 else dtype})
+                      "width": max(1, model.moe_intermediate_size // tp), "points": points, "fused": fused, "weights": weights})
     heads = max(1, model.num_attention_heads // tp)
     if want("attn_decode"):
         points = [[b, c, w] for b in grid.decode_batches for c in grid.decode_contexts for w in grid.decode_widths if w <= c]

@@ -108,11 +108,22 @@ Point = tuple[str, Callable[[], dict]]
 
 
 def _gemm(torch, item: dict, device: str, dt, timer) -> list[Point]:
-    w = torch.randn(item["k"], item["n"], device=device, dtype=dt)
+    """x · w over `tokens` rows; fp8 weights through `torch._scaled_mm`, the input
+    quantized per row inside the timed call (as fp8 linear layers run)."""
+    fp8 = item.get("weights") == FP8
+    w, w_scale = _expert_weights(torch, 1, item["k"], item["n"], device, dt, fp8)
+    w = w[0]
 
     def point(t: int) -> dict:
         x = torch.randn(t, item["k"], device=device, dtype=dt)
-        return _row(item["op"], t, t, 0, t, 0, timer(lambda: x @ w))
+        if not fp8:
+            return _row(item["op"], t, t, 0, t, 0, timer(lambda: x @ w))
+
+        def run():
+            q, q_scale = _quantize_rows(torch, x)
+            return torch._scaled_mm(q, w, scale_a=q_scale[:, None], scale_b=w_scale, out_dtype=dt)
+
+        return _row(item["op"], t, t, 0, t, 0, timer(run))
 
     return [(f"tokens={t}", lambda t=t: point(t)) for t in item["tokens"]]
 
