@@ -61,13 +61,13 @@ class KernelCurvesCost(CachedStepLines):
                 gemms += [(m.num_moe_layers, s.k, s.n) for s in m.mlp_gemms(width, par.tp)]
         self._gemms = gemms
         self._elem_bytes_per_token = [float(b) for _, b in elementwise_bytes(m, par.tp, 1.0, fused=True)]
-        self._lm_head = (m.hidden_size, max(1, m.vocab_size // par.tp))
+        self._lm_head = (m.hidden_size, max(1, m.vocab_size // par.tp), m.vocab_bytes_per_param)  # (k, n, bytes a weight)
 
     def _tokens_s(self, tokens: float, logit_rows: float) -> float:
         """Everything that depends on the iteration's token count, per rank."""
         layers_s, after_s = self._token_parts(tokens)
         # (summed in this order: the layers, lm_head, then the rest)
-        total = layers_s + self.curves.gemm_scalar_s(self.gpu, logit_rows / self.par.dp, *self._lm_head, self.model.vocab_bytes_per_param)
+        total = layers_s + self.curves.gemm_scalar_s(self.gpu, logit_rows / self.par.dp, *self._lm_head)
         for part in after_s:
             total += part
         return total

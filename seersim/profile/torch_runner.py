@@ -107,11 +107,30 @@ def _row(op: str, tokens: int, batch: int, context: int, prefill: int, decode: i
 Point = tuple[str, Callable[[], dict]]
 
 
+FP8 = "float8_e4m3fn"  # the weights of an fp8 checkpoint (Kimi-K2's), with one scale per output column
+FP8_MAX = 448.0
+
+
+def _quantize_rows(torch, a):
+    """a's rows in fp8 with one scale each, as fp8 linear and MoE kernels quantize their input."""
+    scale = a.abs().amax(dim=1).float().clamp(min=1e-12) / FP8_MAX
+    return (a / scale[:, None]).to(getattr(torch, FP8)), scale
+
+
+def _weight_stack(torch, e: int, k: int, n: int, device: str, dt, fp8: bool):
+    """e weight matrices [k, n] (a layer's experts; one for a dense GEMM): in dt, or fp8
+    laid out column-major (as the scaled GEMMs read them) with their per-column scales."""
+    if not fp8:
+        return torch.randn(e, k, n, device=device, dtype=dt), None
+    values = torch.randn(e, n, k, device=device, dtype=dt).to(getattr(torch, FP8)).transpose(-2, -1)
+    return values, torch.rand(e, n, device=device, dtype=torch.float32) / FP8_MAX
+
+
 def _gemm(torch, item: dict, device: str, dt, timer) -> list[Point]:
     """x · w over `tokens` rows; fp8 weights through `torch._scaled_mm`, the input
     quantized per row inside the timed call (as fp8 linear layers run)."""
     fp8 = item.get("weights") == FP8
-    w, w_scale = _expert_weights(torch, 1, item["k"], item["n"], device, dt, fp8)
+    w, w_scale = _weight_stack(torch, 1, item["k"], item["n"], device, dt, fp8)
     w = w[0]
 
     def point(t: int) -> dict:
@@ -128,25 +147,6 @@ def _gemm(torch, item: dict, device: str, dt, timer) -> list[Point]:
     return [(f"tokens={t}", lambda t=t: point(t)) for t in item["tokens"]]
 
 
-FP8 = "float8_e4m3fn"  # expert weights of an fp8 checkpoint (Kimi-K2's), with one scale per output column
-FP8_MAX = 448.0
-
-
-def _quantize_rows(torch, a):
-    """a's rows in fp8 with one scale each, as fp8 MoE kernels quantize their input."""
-    scale = a.abs().amax(dim=1).float().clamp(min=1e-12) / FP8_MAX
-    return (a / scale[:, None]).to(getattr(torch, FP8)), scale
-
-
-def _expert_weights(torch, e: int, k: int, n: int, device: str, dt, fp8: bool):
-    """e experts' [k, n] weights: in dt, or fp8 laid out column-major (as the scaled
-    grouped GEMM reads them) with their per-column scales."""
-    if not fp8:
-        return torch.randn(e, k, n, device=device, dtype=dt), None
-    values = torch.randn(e, n, k, device=device, dtype=dt).to(getattr(torch, FP8)).transpose(-2, -1)
-    return values, torch.rand(e, n, device=device, dtype=torch.float32) / FP8_MAX
-
-
 def _moe(torch, item: dict, device: str, dt, timer) -> list[Point]:
     """Routed experts: `touched` experts, each with `per` token rows. Fused (as vLLM's
     fused-MoE kernels run them): the touched experts' up and down projections as one
@@ -157,8 +157,8 @@ def _moe(torch, item: dict, device: str, dt, timer) -> list[Point]:
     fp8 = item.get("weights") == FP8
     if fp8 and not item.get("fused"):
         raise ValueError("fp8 expert weights are timed fused only (plan with --fused)")
-    up, up_scale = _expert_weights(torch, e, h, 2 * width, device, dt, fp8)
-    down, down_scale = _expert_weights(torch, e, width, h, device, dt, fp8)
+    up, up_scale = _weight_stack(torch, e, h, 2 * width, device, dt, fp8)
+    down, down_scale = _weight_stack(torch, e, width, h, device, dt, fp8)
 
     def fused_point(t: int, touched: int, per: int) -> dict:
         x = torch.randn(touched * per, h, device=device, dtype=dt)
