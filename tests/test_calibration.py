@@ -292,7 +292,47 @@ def test_mla_prefill_pairs_use_the_non_absorbed_form():
     no_pairs = cost.step_lines(1, 4096, 0)
     extra_s = prefill.intercepts_s[0] - no_pairs.intercepts_s[0]
     assert extra_s == pytest.approx(pairs * cost._prefill_pair_s, rel=1e-9)
-    assert cost._prefill_pair_s < cost._decode_pair_s / 3
+    # (per FLOP at each kernel's efficiency: prefill's attention kernel, decode's FlashMLA)
+    c = cost.curves
+    assert cost._prefill_pair_s * c.attention_flops_efficiency < cost._decode_pair_s * c.mla_decode_flops_efficiency / 3
+
+
+def test_mla_decode_is_charged_in_whole_query_tiles():
+    """MLA decode attention runs FlashMLA's 64-row query tiles (heads x query tokens a
+    sequence) at its published efficiency: Moonlight's 16 heads fill one tile with up to
+    4 query tokens and two with 5; Kimi-K2's 64 heads fill one per query token."""
+    from dataclasses import replace
+
+    from seersim.cost.curves import KernelCurves
+
+    def attention_slope(cost, queries):
+        return cost.step_lines(8, 8 * queries, 0, float(queries)).slopes_s[0]
+
+    moon = _cost("moonlight-16b-a3b", gpu="h800")
+    eff, tile = moon.curves.mla_decode_flops_efficiency, moon.curves.mla_decode_tile_rows
+    assert (eff, tile) == (0.667, 64)
+    m, g = get_model("moonlight-16b-a3b"), get_gpu("h800")
+    per_query_s = m.attention_flops_per_pair / (g.peak_flops * eff)
+    assert attention_slope(moon, 1) == pytest.approx(per_query_s * 4, rel=1e-12)  # 16 rows: a whole tile
+    assert attention_slope(moon, 4) == attention_slope(moon, 1)
+    assert attention_slope(moon, 5) == pytest.approx(per_query_s * 8, rel=1e-12)  # 80 rows: two tiles
+    kimi = _cost("kimi-k2", gpu="h800", tp=1, dp=32, ep=32)
+    assert attention_slope(kimi, 3) == pytest.approx(3 * attention_slope(kimi, 1), rel=1e-12)
+    assert attention_slope(kimi, 1) == pytest.approx(
+        get_model("kimi-k2").attention_flops_per_pair / (32 * g.peak_flops * eff), rel=1e-12)
+    # prefill pairs (the non-absorbed form) and GQA models keep the attention efficiency
+    assert moon._prefill_pair_s == pytest.approx(
+        m.prefill_attention_flops_per_pair / (g.peak_flops * moon.curves.attention_flops_efficiency), rel=1e-12)
+    qwen = _cost("qwen2.5-7b")
+    assert attention_slope(qwen, 5) == pytest.approx(5 * attention_slope(qwen, 1), rel=1e-12)
+    # without a kernel of its own (the A100's curves), MLA decode is priced as other attention
+    plain = KernelCurvesCost(m, g, Parallelism(), replace(moon.curves, mla_decode_flops_efficiency=None), 0.0)
+    assert attention_slope(plain, 5) == pytest.approx(
+        5 * m.attention_flops_per_pair / (g.peak_flops * moon.curves.attention_flops_efficiency), rel=1e-12)
+    assert build_cost_model(load_small(model="moonlight-16b-a3b", gpu="a100-80gb")).curves.mla_decode_flops_efficiency is None
+    for bad in (0, 2.5):
+        with pytest.raises(ValueError, match="mla_decode_tile_rows"):
+            replace(moon.curves, mla_decode_tile_rows=bad)
 
 
 def test_kimi_small_batches_read_fewer_experts_under_the_calibrated_model():

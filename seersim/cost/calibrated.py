@@ -8,6 +8,7 @@ token-dependent part), so fast-forward sums stay closed-form and exact.
 
 from __future__ import annotations
 
+import math
 from pathlib import Path
 
 from seersim.config import Parallelism, Scenario
@@ -28,7 +29,8 @@ class KernelCurvesCost(CachedStepLines):
     shared experts, router and the routed experts the batch touches (one fused kernel
     launch, each touched expert's weights read once); lm_head on the logit rows only;
     the embedding as a row gather; TP all-reduces and EP all-to-alls; attention as the
-    max of its FLOPs (decode: MLA absorbed; prefill pairs: non-absorbed) and its KV reads.
+    max of its FLOPs (decode: MLA absorbed, in its kernel's query tiles where the curves
+    name one; prefill pairs: non-absorbed) and its KV reads.
     """
 
     name = "calibrated"
@@ -42,8 +44,14 @@ class KernelCurvesCost(CachedStepLines):
         self._attention_floor_s = model.num_layers * curves.attention_latency_s
         tp, dp = parallelism.tp, parallelism.dp
         flops = tp * dp * gpu.peak_flops * curves.attention_flops_efficiency
-        self._decode_pair_s = model.attention_flops_per_pair / flops
         self._prefill_pair_s = model.prefill_attention_flops_per_pair / flops
+        # MLA decode through its own kernel (FlashMLA on Hopper): its efficiency, and its
+        # query rows (the GPU's heads per query token) rounded up to whole tiles
+        self._mla_tiles = model.attention == "mla" and curves.mla_decode_flops_efficiency is not None
+        if self._mla_tiles:
+            flops = tp * dp * gpu.peak_flops * curves.mla_decode_flops_efficiency
+            self._heads_per_gpu = max(1, model.num_attention_heads // tp)
+        self._decode_pair_s = model.attention_flops_per_pair / flops
         kv_rate = gpu.hbm_bandwidth_bytes_per_s * curves.attention_bandwidth_efficiency
         self._kv_s = model.kv_bytes_per_token_per_gpu(tp) / kv_rate / dp
         self._prepare()
@@ -110,12 +118,21 @@ class KernelCurvesCost(CachedStepLines):
             hit = cache[key] = self.step_overhead_s + self._attention_floor_s + self._tokens_s(tokens, logit_rows)
         return hit
 
+    def _tiled_queries(self, queries_per_seq: float) -> float:
+        """Query tokens a sequence is charged for in decode attention: with MLA's tiled
+        kernel its rows (heads x queries) rounded up to whole tiles, in query tokens. (A
+        batch of mixed widths is charged at its mean width: sequences differ in drafts.)"""
+        if not self._mla_tiles:
+            return queries_per_seq
+        heads, tile = self._heads_per_gpu, self.curves.mla_decode_tile_rows
+        return math.ceil(queries_per_seq * heads / tile - 1e-9) * tile / heads
+
     def _step_lines(self, num_seqs: int, new_tokens: int, extra_attn_pairs: int, queries_per_seq: float) -> StepLines:
         logit_rows = min(float(new_tokens), num_seqs * queries_per_seq)
         base = self._base_s(new_tokens, logit_rows)
         return StepLines(
             intercepts_s=(base + self._prefill_pair_s * extra_attn_pairs, base),
-            slopes_s=(self._decode_pair_s * queries_per_seq, self._kv_s),
+            slopes_s=(self._decode_pair_s * self._tiled_queries(queries_per_seq), self._kv_s),
         )
 
 

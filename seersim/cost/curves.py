@@ -63,6 +63,12 @@ class KernelCurves:
     # one attention kernel's floor (launch to finish of the smallest): fitted on attention
     # rows; 0 in files fitted without them, where the efficiencies alone were assumed
     attention_latency_s: float = 0.0
+    # MLA decode (the absorbed form over the latent) as serving runs it: vLLM's Hopper
+    # kernel, FlashMLA, computes query rows (heads x tokens a sequence verifies) in tiles
+    # of `mla_decode_tile_rows`, a partial tile costing a whole one, at this FLOP/s
+    # efficiency. None: MLA decode priced as other attention (no kernel of its own known)
+    mla_decode_flops_efficiency: float | None = None
+    mla_decode_tile_rows: int = 1
     sources: dict[str, str] = field(default_factory=dict)
 
     def __post_init__(self) -> None:
@@ -74,6 +80,12 @@ class KernelCurves:
         check_knots("flops_knots_tokens", self.flops_knots_tokens, "flops_efficiency", self.flops_efficiency)
         for e in self.flops_efficiency:
             check_number("flops_efficiency", e, 0.0, 1.0, low_open=True)
+        if self.mla_decode_flops_efficiency is not None:
+            check_number("mla_decode_flops_efficiency", self.mla_decode_flops_efficiency, 0.0, 1.0, low_open=True)
+        check_number("mla_decode_tile_rows", self.mla_decode_tile_rows, 1.0, 4096.0)
+        if self.mla_decode_tile_rows != int(self.mla_decode_tile_rows):
+            raise ValueError(f"mla_decode_tile_rows must be a whole number of rows, got {self.mla_decode_tile_rows!r}")
+        object.__setattr__(self, "mla_decode_tile_rows", int(self.mla_decode_tile_rows))
         for name in ("flops_knots_tokens", "flops_efficiency"):  # (a file may write 1 for 1.0)
             object.__setattr__(self, name, tuple(float(v) for v in getattr(self, name)))
 
