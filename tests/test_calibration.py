@@ -219,27 +219,32 @@ def test_mla_kv_is_replicated_under_tp():
     assert tokens[2] < 1.5 * tokens[1]
 
 
-def test_fp8_checkpoints_keep_the_embedding_and_lm_head_in_bf16():
-    """Kimi-K2's fp8 checkpoint ships its 2 x 1.17B vocabulary parameters in bf16: they
-    were counted at 1 byte, which put 2.3 GB more KV on every DP rank (1.07M tokens an
-    instance, 9%) and read the lm_head at half its bytes."""
+def test_fp8_checkpoints_keep_the_embedding_lm_head_and_router_in_bf16():
+    """Kimi-K2's fp8 checkpoint ships its 2 x 1.17B vocabulary parameters and its MoE
+    router (60 layers x 7168 x 384) in bf16: they were counted at 1 byte, which put
+    2.5 GB more KV on every DP rank and read the lm_head and router at half their bytes."""
     from seersim.calibrate.costfit import predict_rows
     from seersim.cost.calibration import load_calibration, shipped_calibration
 
     kimi, qwen = get_model("kimi-k2"), get_model("qwen2.5-7b")
-    assert kimi.vocab_bytes_per_param == 2.0 and qwen.vocab_bytes_per_param == qwen.weight_bytes_per_param == 2.0
-    assert kimi.weight_bytes == kimi.total_params - kimi.vocab_params + 2 * kimi.vocab_params
+    assert kimi.router_params == 60 * 7168 * 384 and qwen.router_params == 0
+    assert kimi.unquantized_params == kimi.vocab_params + kimi.router_params
+    assert kimi.unquantized_bytes_per_param == 2.0 and qwen.unquantized_bytes_per_param == qwen.weight_bytes_per_param == 2.0
+    assert kimi.weight_bytes == kimi.total_params + kimi.vocab_params + kimi.router_params
     sc = seersim.load_scenario("scenarios/kimi-k2.yaml")
     par, eng = sc.cluster.parallelism, sc.engine
     budget = par.gpus * (sc.gpu.memory_bytes * eng.gpu_memory_utilization - eng.activation_reserve_bytes_per_gpu)
-    weights = (kimi.dense_params + kimi.vocab_params) * par.dp + kimi.routed_expert_params  # (dense at 1 B, vocab 2 B)
+    # (dense at 1 B, vocabulary and router 2 B)
+    weights = (kimi.dense_params + kimi.vocab_params + kimi.router_params) * par.dp + kimi.routed_expert_params
     assert kv_capacity_blocks(sc) == int((budget - weights) // (kimi.kv_bytes_per_token_stored(par.tp) * eng.block_size_tokens))
     curves = load_calibration(shipped_calibration("h100")).curves
     row = pd.DataFrame([{"op": "lm_head", "num_tokens": 1, "tp": 1}])
     expected = curves.gemm_s(get_gpu("h100-sxm"), 1, kimi.hidden_size, kimi.vocab_size, 2.0)
     assert predict_rows(curves, get_gpu("h100-sxm"), kimi, row)[0] == pytest.approx(float(expected))
     assert RooflineCost(kimi, get_gpu("h800"), Parallelism(tp=1, dp=32, ep=32))._dense_bytes == pytest.approx(
-        32 * ((kimi.dense_params - kimi.vocab_params) + 2 * kimi.lm_head_params))
+        32 * ((kimi.dense_params - kimi.vocab_params) + 2 * kimi.lm_head_params + kimi.router_params))
+    cost = _cost("kimi-k2", gpu="h800", tp=1, dp=32, ep=32)
+    assert (60, kimi.hidden_size, 384, 2.0) in cost._gemms
 
 
 def test_an_fp8_models_gemm_rows_are_not_fitted_as_bf16_curves(tmp_path, repo_root):

@@ -35,8 +35,9 @@ def test_derived_params_match_model_cards(name):
     assert m.total_params == pytest.approx(total, rel=0.05)
     assert m.active_params == pytest.approx(active, rel=0.05)
     assert m.active_params <= m.total_params
-    # (a quantized checkpoint's embedding and lm_head stay bf16)
-    assert m.weight_bytes == pytest.approx((m.total_params - m.vocab_params) * m.weight_bytes_per_param + 2 * m.vocab_params)
+    # (a quantized checkpoint's embedding, lm_head and router stay bf16)
+    kept = m.vocab_params + m.router_params
+    assert m.weight_bytes == pytest.approx((m.total_params - kept) * m.weight_bytes_per_param + 2 * kept)
 
 
 def test_every_catalog_model_has_a_card_check():

@@ -75,11 +75,11 @@ def predict_rows(curves: KernelCurves, gpu: GPUSpec, model: ModelSpec, rows: pd.
         r = rows.iloc[idx]
         t = r["num_tokens"].to_numpy(dtype=np.float64)
         tp = int(tp)
-        gemms = {s.op: s for s in model.attention_gemms(tp) + model.mlp_gemms(model.intermediate_size, tp)}
+        gemms = {s.op: s for s in model.layer_gemms(tp)}
         if op in gemms:
             out[idx] = curves.gemm_s(gpu, t, gemms[op].k, gemms[op].n, w)
         elif op == "lm_head":
-            out[idx] = curves.gemm_s(gpu, t, model.hidden_size, max(1, model.vocab_size // tp), model.vocab_bytes_per_param)
+            out[idx] = curves.gemm_s(gpu, t, model.hidden_size, max(1, model.vocab_size // tp), model.unquantized_bytes_per_param)
         elif op in ("layernorm", "rope", "mlp_act", "add", "add_rmsnorm", "embedding"):
             sizes = dict(elementwise_bytes(model, tp, t, fused=False))
             sizes["add_rmsnorm"] = 2 * sizes["layernorm"]

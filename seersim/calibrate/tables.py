@@ -64,7 +64,7 @@ class CostData:
         if self.model is None or self.model.weight_bytes_per_param != 1:
             return pd.Series(False, index=self.rows.index)
         m = self.model
-        ops = {s.op for s in m.attention_gemms(1) + m.mlp_gemms(m.intermediate_size, 1)} | {"moe_experts"}
+        ops = {s.op for s in m.layer_gemms(1)} | {"moe_experts"}
         return self.rows["op"].isin(ops)
 
     def only(self, keep: pd.Series) -> "CostData":

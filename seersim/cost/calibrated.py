@@ -57,19 +57,21 @@ class KernelCurvesCost(CachedStepLines):
         self._prepare()
 
     def _prepare(self) -> None:
-        """Per-rank shapes, once: (layers, k, n) of every GEMM and the elementwise bytes per token."""
+        """Per-rank shapes, once: (layers, k, n, bytes a weight) of every GEMM and the
+        elementwise bytes per token."""
         m, par = self.model, self.par
+        w = m.weight_bytes_per_param
         dense_layers = m.num_layers - m.num_moe_layers
-        gemms = [(m.num_layers, s.k, s.n) for s in m.attention_gemms(par.tp)]
-        gemms += [(dense_layers, s.k, s.n) for s in m.mlp_gemms(m.intermediate_size, par.tp)] if dense_layers else []
+        gemms = [(m.num_layers, s.k, s.n, w) for s in m.attention_gemms(par.tp)]
+        gemms += [(dense_layers, s.k, s.n, w) for s in m.mlp_gemms(m.intermediate_size, par.tp)] if dense_layers else []
         if m.is_moe:
-            gemms.append((m.num_moe_layers, m.hidden_size, m.num_experts))  # router
+            gemms.append((m.num_moe_layers, m.hidden_size, m.num_experts, m.unquantized_bytes_per_param))  # router
             if m.num_shared_experts:
                 width = m.num_shared_experts * m.moe_intermediate_size
-                gemms += [(m.num_moe_layers, s.k, s.n) for s in m.mlp_gemms(width, par.tp)]
+                gemms += [(m.num_moe_layers, s.k, s.n, w) for s in m.mlp_gemms(width, par.tp)]
         self._gemms = gemms
         self._elem_bytes_per_token = [float(b) for _, b in elementwise_bytes(m, par.tp, 1.0, fused=True)]
-        self._lm_head = (m.hidden_size, max(1, m.vocab_size // par.tp), m.vocab_bytes_per_param)  # (k, n, bytes a weight)
+        self._lm_head = (m.hidden_size, max(1, m.vocab_size // par.tp), m.unquantized_bytes_per_param)  # (k, n, bytes a weight)
 
     def _tokens_s(self, tokens: float, logit_rows: float) -> float:
         """Everything that depends on the iteration's token count, per rank."""
@@ -89,10 +91,9 @@ class KernelCurvesCost(CachedStepLines):
         if hit is not None:
             return hit
         m, c, g, par = self.model, self.curves, self.gpu, self.par
-        w = m.weight_bytes_per_param
         t = tokens / par.dp
         gemm = c.gemm_scalar_s
-        total = sum(layers * gemm(g, t, k, n, w) for layers, k, n in self._gemms)
+        total = sum(layers * gemm(g, t, k, n, w) for layers, k, n, w in self._gemms)
         elem_rate = g.hbm_bandwidth_bytes_per_s * c.elementwise_bandwidth_efficiency
         total += m.num_layers * sum(c.elementwise_latency_s + b * t / elem_rate for b in self._elem_bytes_per_token)
         if m.is_moe:

@@ -169,17 +169,6 @@ def elementwise_bytes(model: ModelSpec, tp: int, tokens, fused: bool) -> list[tu
     return [("layernorm", 2 * t * h), ("layernorm", 2 * t * h), ("rope", rope), ("mlp_act", act), ("add", 3 * t * h)]
 
 
-def dense_layer_s(curves: KernelCurves, gpu: GPUSpec, model: ModelSpec, tp: int, tokens, fused: bool = True):
-    """One dense decoder layer's non-attention-kernel time (GEMMs + elementwise) on one rank."""
-    w = model.weight_bytes_per_param
-    total = 0.0
-    for g in model.attention_gemms(tp) + model.mlp_gemms(model.intermediate_size, tp):
-        total = total + curves.gemm_s(gpu, tokens, g.k, g.n, w)
-    for _, moved in elementwise_bytes(model, tp, tokens, fused):
-        total = total + curves.elementwise_s(gpu, moved)
-    return total
-
-
 def routed_experts_s(curves: KernelCurves, gpu: GPUSpec, model: ModelSpec, tokens: float, tp: int, ep: int) -> float:
     """One MoE layer's routed experts on the slowest rank: one fused launch, each touched
     expert's weights read once. An EP group sees its ep ranks' tokens and holds E/ep

@@ -17,7 +17,7 @@ def kv_capacity_blocks(scenario: Scenario) -> int:
     par = scenario.cluster.parallelism
     bs = eng.block_size_tokens
     # dense weights on every DP rank, routed experts sharded over them
-    weights = m.params_bytes(m.dense_params, m.vocab_params) * par.dp + m.params_bytes(m.routed_expert_params)
+    weights = m.params_bytes(m.dense_params, m.unquantized_params) * par.dp + m.params_bytes(m.routed_expert_params)
     budget = par.gpus * (g.memory_bytes * eng.gpu_memory_utilization - eng.activation_reserve_bytes_per_gpu)
     kv_bytes = budget - weights
     block_bytes = m.kv_bytes_per_token_stored(par.tp) * bs

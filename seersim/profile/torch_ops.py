@@ -65,9 +65,7 @@ def plan_model(
         raise SpecError(f"--tp {tp}: {why}")
     if grid.repeats < 1:
         raise ScenarioError(f"--repeats {grid.repeats}: time each point at least once")
-    gemms = model.attention_gemms(tp)
-    if model.num_layers > model.num_moe_layers:
-        gemms += model.mlp_gemms(model.intermediate_size, tp)
+    gemms = model.layer_gemms(tp)
     known = [s.op for s in gemms] + ["lm_head"] + (["moe_experts"] if model.is_moe else []) + ["attn_decode", "attn_prefill"]
     if _whole_step_timeable(model, tp):
         known.append(DECODE_STEP)

@@ -168,6 +168,15 @@ class ModelSpec(BaseModel):
         up = (2 if self.mlp_gated else 1) * width
         return [LinearShape("mlp_up_gate", self.hidden_size, up), LinearShape("mlp_down", width, self.hidden_size)]
 
+    def layer_gemms(self, tp: int) -> list[LinearShape]:
+        """A decoder layer's weight GEMMs outside the MoE (what a profile times and the
+        curves price as named GEMM operators): the attention projections, and the dense
+        MLP where the model has dense layers."""
+        gemms = self.attention_gemms(tp)
+        if self.num_layers > self.num_moe_layers:
+            gemms += self.mlp_gemms(self.intermediate_size, tp)
+        return gemms
+
     @property
     def attention_params_per_layer(self) -> int:
         h, nh = self.hidden_size, self.num_attention_heads
@@ -198,8 +207,8 @@ class ModelSpec(BaseModel):
         attn = self.num_layers * self.attention_params_per_layer
         dense_layers = self.num_layers - self.num_moe_layers
         mlp = dense_layers * (3 if self.mlp_gated else 2) * self.hidden_size * self.intermediate_size
-        shared = self.num_moe_layers * (self.num_shared_experts * self.expert_params + self.hidden_size * self.num_experts)
-        return embed + attn + mlp + shared
+        shared = self.num_moe_layers * self.num_shared_experts * self.expert_params
+        return embed + attn + mlp + shared + self.router_params
 
     @property
     def total_params(self) -> int:
@@ -216,19 +225,29 @@ class ModelSpec(BaseModel):
         return self.vocab_size * self.hidden_size * (1 if self.tie_word_embeddings else 2)
 
     @property
-    def vocab_bytes_per_param(self) -> float:
-        """Bytes of an embedding or lm_head parameter: quantized checkpoints keep both in
-        16 bits (DeepSeek-V3's and Kimi-K2's fp8 checkpoints ship them in bf16, outside
-        the fp8 blocks; vLLM's fp8 and int4 methods leave the lm_head unquantized)."""
+    def router_params(self) -> int:
+        """The MoE layers' router (gate) weights."""
+        return self.num_moe_layers * self.hidden_size * self.num_experts
+
+    @property
+    def unquantized_params(self) -> int:
+        """Parameters a quantized checkpoint keeps in 16 bits: the embedding, the lm_head
+        and the MoE router (DeepSeek-V3's and Kimi-K2's fp8 checkpoints ship them in bf16,
+        outside the fp8 blocks; vLLM builds the lm_head and the router unquantized)."""
+        return self.vocab_params + self.router_params
+
+    @property
+    def unquantized_bytes_per_param(self) -> float:
+        """Bytes of one of `unquantized_params` (16 bits, or the weights' own if wider)."""
         return max(self.weight_bytes_per_param, 2.0)
 
-    def params_bytes(self, params: float, vocab_params: float = 0.0) -> float:
-        """Bytes of `params` parameters of which `vocab_params` are embedding or lm_head."""
-        return (params - vocab_params) * self.weight_bytes_per_param + vocab_params * self.vocab_bytes_per_param
+    def params_bytes(self, params: float, unquantized_params: float = 0.0) -> float:
+        """Bytes of `params` parameters of which `unquantized_params` stay in 16 bits."""
+        return (params - unquantized_params) * self.weight_bytes_per_param + unquantized_params * self.unquantized_bytes_per_param
 
     @property
     def weight_bytes(self) -> float:
-        return self.params_bytes(self.total_params, self.vocab_params)
+        return self.params_bytes(self.total_params, self.unquantized_params)
 
     @property
     def attention_flops_per_pair(self) -> float:

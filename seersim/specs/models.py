@@ -75,7 +75,7 @@ MODELS: dict[str, ModelSpec] = {
             weight_bytes_per_param=1.0,
             sources={
                 "architecture": _HF.format(repo="moonshotai/Kimi-K2-Instruct") + " (kimi_k2 = deepseek_v3 arch)",
-                "weight_bytes_per_param": "checkpoint ships fp8 block-quantised weights (quantization_config), its embedding and lm_head in bf16 (ModelSpec.vocab_bytes_per_param); Seer: 1 TB",
+                "weight_bytes_per_param": "checkpoint ships fp8 block-quantised weights (quantization_config), its embedding, lm_head and MoE router in bf16 (ModelSpec.unquantized_params); Seer: 1 TB",
                 "params": "model card: 1T total, 32B activated",
             },
         ),
