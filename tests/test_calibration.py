@@ -526,6 +526,9 @@ def test_calibrate_cost_base_fits_attention_alone_and_says_when_it_cannot(tmp_pa
     assert r["rows"] == 68 and r["heldout_mape"] <= 0.2  # the attention rows alone
     fitted, base = load_calibration(out), load_calibration(shipped)
     assert fitted.curves.flops_efficiency == base.curves.flops_efficiency
+    # (the MLA decode kernel's published figures are kept, with their source)
+    assert (fitted.curves.mla_decode_flops_efficiency, fitted.curves.mla_decode_tile_rows) == (0.667, 64)
+    assert "FlashMLA" in fitted.curves.sources["mla_decode"]
     assert fitted.fit["base"]["command"] == base.fit["base"]["command"]  # (the base's own origin is kept)
     assert fitted.curves.attention_latency_s > 0
     assert fitted.step_overhead_s is None  # (the shipped file leaves the overhead to the engine kind)
