@@ -341,3 +341,19 @@ def test_an_fp8_checkpoints_gemms_are_timed_in_fp8_but_its_lm_head():
     plan["items"] = [dict(plan["items"][0], k=64, n=32)]  # (Kimi-K2's shapes take seconds on a CPU)
     rows, meta = run_plan(plan, "cpu")
     assert [r["num_tokens"] for r in rows] == [1, 4] and meta["complete"], meta["failed_points"]
+
+
+def test_the_autotuner_sees_the_context_cut_as_the_timed_points_cut_it(monkeypatch):
+    """On a GPU the fused MLA item first lets Triton's autotuner pick a tile per row count
+    on a batch of 32 at 8K context, cut into the pieces `kv_splits` gives that shape (16
+    on an H100's 132 multiprocessors), as the timed points' contexts are cut."""
+    pytest.importorskip("triton", reason="triton not installed (CUDA builds of torch bring it); fused MLA test skipped")
+    from seersim.profile import torch_runner, triton_mla
+
+    tuned = []
+    monkeypatch.setattr(triton_mla, "check", lambda *a: 0.0)
+    monkeypatch.setattr(triton_mla, "tune", lambda torch_, device, dt, rows, width, lora, scale, pieces: tuned.append((rows, pieces)))
+    item = {"heads": 16, "width": 576, "lora": 512, "scale": 0.07, "points": [(32, 8192, 1), (32, 8192, 5), (8, 1024, 5)]}
+    points = torch_runner._mla_fused(torch, item, "cuda", torch.bfloat16, None, sms=132)
+    assert tuned == [(16, 16), (80, 16)] and torch_runner.kv_splits(32, 1, 8192, 132) == 16
+    assert len(points) == 3  # (timed later, each cut by kv_splits of its own shape)

@@ -253,12 +253,13 @@ def _mla_fused(torch, item: dict, device: str, dt, timer, sms: int) -> list[Poin
     (`kv_splits`) combined in a second kernel, as FlashMLA and vLLM's Triton MLA do.
     The kernel is checked against float32 attention first: a wrong kernel's timing is
     no evidence."""
-    from seersim.profile.triton_mla import check, mla_decode, tune
+    from seersim.profile.triton_mla import TUNE_SHAPE, check, mla_decode, tune
 
     check(torch, device, dt, item["heads"], item["width"], item["lora"], item["scale"])
     if device.startswith("cuda"):
+        tune_pieces = kv_splits(TUNE_SHAPE[0], 1, TUNE_SHAPE[1], sms)  # (the rule the points use)
         for w in sorted({w for _, _, w in item["points"]}):
-            tune(torch, device, dt, item["heads"] * w, item["width"], item["lora"], item["scale"], sms)
+            tune(torch, device, dt, item["heads"] * w, item["width"], item["lora"], item["scale"], tune_pieces)
 
     def point(b: int, c: int, w: int) -> dict:
         q = torch.randn(b, item["heads"] * w, item["width"], device=device, dtype=dt)

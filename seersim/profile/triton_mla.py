@@ -123,14 +123,17 @@ def mla_decode(torch, q, latent, lora: int, scale: float, pieces: int):
     return out
 
 
-def tune(torch, device: str, dtype, rows: int, width: int, lora: int, scale: float, sms: int,
-         batch: int = 32, context: int = 8192) -> None:
+TUNE_SHAPE = (32, 8192)  # (batch, context): where Seer's instances decode
+
+
+def tune(torch, device: str, dtype, rows: int, width: int, lora: int, scale: float, pieces: int) -> None:
     """Let the autotuner pick the tile for `rows` query rows on a representative shape
-    (a batch of 32 at 8K context, where Seer's instances decode) rather than on
-    whichever point comes first."""
+    (`TUNE_SHAPE`, its context cut into `pieces` as the timed points cut theirs) rather
+    than on whichever point comes first."""
+    batch, context = TUNE_SHAPE
     q = torch.randn(batch, rows, width, device=device, dtype=dtype)
     latent = torch.randn(batch, context, width, device=device, dtype=dtype)
-    mla_decode(torch, q, latent, lora, scale, max(1, (2 * sms) // batch))
+    mla_decode(torch, q, latent, lora, scale, pieces)
 
 
 def check(torch, device: str, dtype, rows: int, width: int, lora: int, scale: float) -> float:
