@@ -308,8 +308,6 @@ def test_mla_decode_is_charged_in_whole_query_tiles():
     4 query tokens and two with 5; Kimi-K2's 64 heads fill one per query token."""
     from dataclasses import replace
 
-    from seersim.cost.curves import KernelCurves
-
     def attention_slope(cost, queries):
         return cost.step_lines(8, 8 * queries, 0, float(queries)).slopes_s[0]
 

@@ -43,8 +43,9 @@ class RooflineCost(CachedStepLines):
         self._bytes_per_s = g * gpu.hbm_bandwidth_bytes_per_s * (bandwidth_efficiency or gpu.bandwidth_efficiency)
         self._link_bytes_per_s = link_bytes_per_s(gpu, g)
         # Dense weights are replicated per DP rank; routed experts are sharded (EP), read once.
-        read_params = model.dense_params - (0 if model.tie_word_embeddings else model.embedding_params)
-        self._dense_bytes = model.params_bytes(read_params, model.lm_head_params + model.router_params) * parallelism.dp
+        # (the input embedding is gathered row by row, not read whole; it is one of the 16-bit ones)
+        gathered = 0 if model.tie_word_embeddings else model.embedding_params
+        self._dense_bytes = model.params_bytes(model.dense_params - gathered, model.unquantized_params - gathered) * parallelism.dp
         self._expert_bytes = model.expert_params * model.weight_bytes_per_param
         self._layer_params = model.active_params - model.embedding_params * (1 if model.tie_word_embeddings else 2)
         self._moe_layers = model.num_moe_layers
